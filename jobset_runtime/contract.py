@@ -1,0 +1,155 @@
+"""Every name shared by the runtime and the manifests that feed it.
+
+JobSet label/annotation keys, the Job controller's keys, our own env vars,
+downward-API paths, exit codes and default ports are written here once and
+imported wherever they are read (identity, peers, supervisor) or injected
+(manifests, the local runner).  Nothing else in the project spells them.
+"""
+
+# --- JobSet v0.12 (kubernetes-sigs/jobset) ------------------------------------
+# api/jobset/v1alpha2/jobset_types.go and pkg/constants/constants.go; applied by
+# labelAndAnnotateObject in pkg/controllers/jobset_controller.go, each one set as
+# both a label and an annotation with the same decimal-string value.
+JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
+JOBSET_KIND = "JobSet"
+
+JOBSET_NAME_KEY = "jobset.sigs.k8s.io/jobset-name"
+JOBSET_UID_KEY = "jobset.sigs.k8s.io/jobset-uid"
+REPLICATED_JOB_NAME_KEY = "jobset.sigs.k8s.io/replicatedjob-name"
+REPLICATED_JOB_REPLICAS_KEY = "jobset.sigs.k8s.io/replicatedjob-replicas"
+JOB_INDEX_KEY = "jobset.sigs.k8s.io/job-index"
+JOB_GLOBAL_INDEX_KEY = "jobset.sigs.k8s.io/job-global-index"
+GLOBAL_REPLICAS_KEY = "jobset.sigs.k8s.io/global-replicas"
+JOB_KEY = "jobset.sigs.k8s.io/job-key"
+RESTART_ATTEMPT_KEY = "jobset.sigs.k8s.io/restart-attempt"
+GROUP_NAME_KEY = "jobset.sigs.k8s.io/group-name"
+GROUP_REPLICAS_KEY = "jobset.sigs.k8s.io/group-replicas"
+JOB_GROUP_INDEX_KEY = "jobset.sigs.k8s.io/job-group-index"
+# `<js>-<rjob>-<jobIdx>-<podIdx>.<subdomain>`; only when spec.coordinator is set.
+COORDINATOR_KEY = "jobset.sigs.k8s.io/coordinator"
+DEFAULT_GROUP_NAME = "default"
+
+# Annotation-only keys.
+EXCLUSIVE_TOPOLOGY_KEY = "alpha.jobset.sigs.k8s.io/exclusive-topology"
+NODE_SELECTOR_STRATEGY_KEY = "alpha.jobset.sigs.k8s.io/node-selector"
+IN_PLACE_RESTART_ATTEMPT_KEY = "jobset.sigs.k8s.io/in-place-restart-attempt"
+
+# --- Kubernetes (Job controller, kubelet) --------------------------------------
+# pkg/controller/job/indexed_job_utils.go: Indexed pods get this annotation and
+# label, and the env var below.
+JOB_COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+HOSTNAME_ENV = "HOSTNAME"
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+HOSTS_FILE = "/etc/hosts"
+RESOLV_CONF = "/etc/resolv.conf"
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_MAX = 4096  # the kubelet truncates beyond this
+# Kubernetes DNS-1123 label limit; JobSet keeps 6 more characters for the
+# pod-name suffix, so a JobSet pod hostname is at most 57 characters.
+DNS_LABEL_MAX = 63
+POD_NAME_SUFFIX_LEN = 6
+HOSTNAME_MAX = DNS_LABEL_MAX - POD_NAME_SUFFIX_LEN
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+# --- Downward API --------------------------------------------------------------
+# The volume the manifests mount: files `labels` and `annotations` (one
+# key="value" per line, value Go-quoted) plus `name` and `namespace`.
+PODINFO_ENV = "JOBSET_RUNTIME_PODINFO"
+PODINFO_DIR = "/etc/podinfo"
+PODINFO_VOLUME = "jobset-runtime-podinfo"
+PODINFO_LABELS = "labels"
+PODINFO_ANNOTATIONS = "annotations"
+PODINFO_NAME = "name"
+PODINFO_NAMESPACE = "namespace"
+
+# --- Our env vars ---------------------------------------------------------------
+ENV_PREFIX = "JOBSET_RUNTIME_"
+# `name:REPLICASxPODS,...` in spec order, e.g. `launcher:1x1,worker:2x4`.
+TOPOLOGY_ENV = "JOBSET_RUNTIME_TOPOLOGY"
+# `ip[:port],...`: ask these servers instead of /etc/resolv.conf's.
+NAMESERVERS_ENV = "JOBSET_RUNTIME_NAMESERVERS"
+CLUSTER_DOMAIN_ENV = "JOBSET_RUNTIME_CLUSTER_DOMAIN"
+TERMINATION_LOG_ENV = "JOBSET_RUNTIME_TERMINATION_LOG"
+LOG_FORMAT_ENV = "JOBSET_RUNTIME_LOG_FORMAT"
+# The in-place restart epoch handed to the child (0 on the first start).
+RESTART_ENV = "JOBSET_RUNTIME_RESTART"
+
+# One env var per identity field: read as input (a hand-written JobSet sets them
+# from fieldRefs) and exported by `jobset-run` for the child.  Same name both
+# ways, so a nested call sees exactly what its parent derived.
+IDENTITY_ENV = {
+    "jobset_name": "JOBSET_RUNTIME_JOBSET_NAME",
+    "jobset_uid": "JOBSET_RUNTIME_JOBSET_UID",
+    "namespace": "JOBSET_RUNTIME_NAMESPACE",
+    "pod_name": "JOBSET_RUNTIME_POD_NAME",
+    "replicated_job": "JOBSET_RUNTIME_REPLICATED_JOB",
+    "replicated_job_replicas": "JOBSET_RUNTIME_REPLICATED_JOB_REPLICAS",
+    "job_index": "JOBSET_RUNTIME_JOB_INDEX",
+    "job_global_index": "JOBSET_RUNTIME_JOB_GLOBAL_INDEX",
+    "global_replicas": "JOBSET_RUNTIME_GLOBAL_REPLICAS",
+    "pod_index": "JOBSET_RUNTIME_POD_INDEX",
+    "restart_attempt": "JOBSET_RUNTIME_RESTART_ATTEMPT",
+    "subdomain": "JOBSET_RUNTIME_SUBDOMAIN",
+    "coordinator": "JOBSET_RUNTIME_COORDINATOR",
+}
+# The labels/annotations each identity field comes from, for the fieldRef env
+# route and for the manifests that write it.
+IDENTITY_KEYS = {
+    "jobset_name": JOBSET_NAME_KEY,
+    "jobset_uid": JOBSET_UID_KEY,
+    "replicated_job": REPLICATED_JOB_NAME_KEY,
+    "replicated_job_replicas": REPLICATED_JOB_REPLICAS_KEY,
+    "job_index": JOB_INDEX_KEY,
+    "job_global_index": JOB_GLOBAL_INDEX_KEY,
+    "global_replicas": GLOBAL_REPLICAS_KEY,
+    "pod_index": JOB_COMPLETION_INDEX_KEY,
+    "restart_attempt": RESTART_ATTEMPT_KEY,
+    "coordinator": COORDINATOR_KEY,
+}
+# Exported only (derived, never read back as input).
+RANK_ENV = "JOBSET_RUNTIME_RANK"
+WORLD_SIZE_ENV = "JOBSET_RUNTIME_WORLD_SIZE"
+SLICE_ID_ENV = "JOBSET_RUNTIME_SLICE_ID"
+NUM_SLICES_ENV = "JOBSET_RUNTIME_NUM_SLICES"
+HOSTS_PER_SLICE_ENV = "JOBSET_RUNTIME_HOSTS_PER_SLICE"
+WORKER_ID_ENV = "JOBSET_RUNTIME_WORKER_ID"
+HOST_ENV = "JOBSET_RUNTIME_HOSTNAME"
+FQDN_ENV = "JOBSET_RUNTIME_FQDN"
+COORDINATOR_ADDRESS_ENV = "JOBSET_RUNTIME_COORDINATOR_ADDRESS"
+
+# --- Framework env (names owned by the frameworks) ------------------------------
+# PyTorch (torch.distributed env:// init, torchrun's PET_* argument env).
+TORCH_MASTER_ADDR = "MASTER_ADDR"
+TORCH_MASTER_PORT = "MASTER_PORT"
+TORCH_WORLD_SIZE = "WORLD_SIZE"
+TORCH_RANK = "RANK"
+TORCH_NODE_RANK = "NODE_RANK"
+TORCHRUN_NNODES = "PET_NNODES"
+TORCHRUN_NODE_RANK = "PET_NODE_RANK"
+TORCHRUN_MASTER_ADDR = "PET_MASTER_ADDR"
+TORCHRUN_MASTER_PORT = "PET_MASTER_PORT"
+# libtpu / Cloud TPU (jax/_src/clusters/cloud_tpu_cluster.py reads these).
+TPU_WORKER_ID = "TPU_WORKER_ID"
+TPU_WORKER_HOSTNAMES = "TPU_WORKER_HOSTNAMES"
+MEGASCALE_COORDINATOR_ADDRESS = "MEGASCALE_COORDINATOR_ADDRESS"
+MEGASCALE_NUM_SLICES = "MEGASCALE_NUM_SLICES"
+MEGASCALE_SLICE_ID = "MEGASCALE_SLICE_ID"
+MEGASCALE_PORT = "MEGASCALE_PORT"
+# Set by GKE on TPU nodes; their presence marks a TPU workload.
+TPU_PRESENCE_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_SKIP_MDS_QUERY")
+
+# --- Ports ---------------------------------------------------------------------
+TORCH_PORT = 29500  # torchrun's default --master-port
+JAX_PORT = 8476     # chosen over JAX >= 0.8.1's 8482: GCP's default TPU firewall opens 8476 (jax#35905)
+MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
+GROUP_PORT = 7470   # the fail-fast group channel
+SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
+
+# --- Exit codes ----------------------------------------------------------------
+# Chosen so a manifest's podFailurePolicy/failurePolicy can tell causes apart.
+EXIT_OK = 0
+EXIT_CONFIG = 2          # bad configuration: restarting cannot fix it -> fail the JobSet
+EXIT_PEERS_TIMEOUT = 69  # sysexits EX_UNAVAILABLE: peers never appeared before the deadline
+EXIT_PEER_FAILED = 75    # sysexits EX_TEMPFAIL: stopped because another pod failed first
+EXIT_SIGNAL_BASE = 128   # child killed by signal N -> 128 + N, as shells report it
