@@ -421,6 +421,10 @@ def derive(meta: PodMetadata) -> Identity:
     if topo_text:
         topology = Topology.parse(topo_text)
         _check_topology(topology, topo_text, rjob, job_index, pod_index, replicas, global_index, global_replicas)
+        # What the labels left out, the topology answers.
+        replicas = topology.shape(rjob).replicas
+        global_index = topology.job_global_index(rjob, job_index)
+        global_replicas = topology.global_replicas
 
     # Subdomain, namespace and cluster domain: explicit env, then the downward API, then /etc/hosts.
     from_hosts = fqdn_from_hosts(meta.hosts, host) or (None, None, None)
