@@ -20,6 +20,7 @@ import hashlib
 from dataclasses import dataclass
 
 from . import contract
+from .identity import ReplicatedJobShape, Topology, hostname_of
 
 
 # --- names ----------------------------------------------------------------------
@@ -31,7 +32,7 @@ def job_name(jobset_name: str, rjob_name: str, job_index: int) -> str:
 
 def pod_hostname(jobset_name: str, rjob_name: str, job_index: int, pod_index: int) -> str:
     """`<js>-<rjob>-<jobIdx>-<podIdx>`: an Indexed pod's hostname is `<job>-<index>`."""
-    return f"{job_name(jobset_name, rjob_name, job_index)}-{pod_index}"
+    return hostname_of(jobset_name, rjob_name, job_index, pod_index)
 
 
 def job_key(namespace: str, name_of_job: str) -> str:
@@ -120,9 +121,10 @@ def coordinator_endpoint(jobset: dict) -> str | None:
     return f"{host}.{subdomain(jobset)}"
 
 
-def topology(jobset: dict) -> str:
-    """The JOBSET_RUNTIME_TOPOLOGY value: `name:REPLICASxPODS,...` in spec order."""
-    return ",".join(f"{r['name']}:{replicas(r)}x{pods_per_job(r)}" for r in replicated_jobs(jobset))
+def topology(jobset: dict) -> Topology:
+    """The shapes the JOBSET_RUNTIME_TOPOLOGY value spells (`str()` of it), in spec order."""
+    return Topology(tuple(ReplicatedJobShape(r["name"], replicas(r), pods_per_job(r))
+                          for r in replicated_jobs(jobset)))
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,9 @@ def field_ref(path: str, pod: PodMeta) -> str:
     raise ValueError(f"unsupported fieldPath {path!r}")
 
 
+_GO_LETTER_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\v": "\\v"}
+
+
 def go_quote(value: str) -> str:
     """Go's strconv.Quote for the values the kubelet writes into labels/annotations files."""
     out = ['"']
@@ -233,6 +238,8 @@ def go_quote(value: str) -> str:
             out.append("\\t")
         elif ch == "\r":
             out.append("\\r")
+        elif ch in _GO_LETTER_ESCAPES:
+            out.append(_GO_LETTER_ESCAPES[ch])
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\x{code:02x}")
         else:

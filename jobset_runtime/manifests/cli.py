@@ -128,8 +128,15 @@ def _crd(path: str | None):
 def dump_yaml(docs: list) -> str:
     import yaml
 
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump_all(docs, Dumper=dumper, sort_keys=False, default_flow_style=False, explicit_start=True)
+    base = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+    class Dumper(base):
+        # Shared sub-objects must print in full: `kubectl` accepts anchors, but people
+        # reading the manifest should not have to chase them.
+        def ignore_aliases(self, data):
+            return True
+
+    return yaml.dump_all(docs, Dumper=Dumper, sort_keys=False, default_flow_style=False, explicit_start=True)
 
 
 def generate(args, command: list) -> list:

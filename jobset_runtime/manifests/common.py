@@ -180,7 +180,7 @@ def replicated_job(name: str, replicas: int, pods: int, spec: dict, *, job_annot
 
 def topology_of(rjobs: list) -> str:
     """`name:REPLICASxPODS,...` for the env var, from the same values the spec holds."""
-    return js.topology({"spec": {"replicatedJobs": rjobs}})
+    return str(js.topology({"spec": {"replicatedJobs": rjobs}}))
 
 
 def jobset(c: Common, rjobs: list, *, coordinator: tuple | None = None, success_targets: list | None = None,
@@ -218,6 +218,10 @@ def jobset(c: Common, rjobs: list, *, coordinator: tuple | None = None, success_
 
 def finish(docs: list) -> list:
     """Run the webhook rules on what was built; raise ConfigError naming each problem."""
+    import copy
+
     from .validate import check
     check(docs)
-    return docs
+    # Callers get documents that share no sub-objects, so editing one pod spec
+    # cannot silently change another.
+    return copy.deepcopy(docs)
