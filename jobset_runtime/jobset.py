@@ -297,3 +297,16 @@ def _expand(value: str, env: dict) -> str:
             out.append(value[i])
             i += 1
     return "".join(out)
+
+
+def etc_hosts(pod_ip: str, hostname: str, pod_subdomain: str | None, pod_namespace: str,
+              cluster_domain: str = contract.DEFAULT_CLUSTER_DOMAIN) -> str:
+    """The kubelet-managed /etc/hosts of a pod with a hostname (and subdomain):
+    `<ip> <host>.<subdomain>.<ns>.svc.<domain> <host>` (kubernetes pkg/kubelet/kubelet_pods.go,
+    managedHostsFileContent)."""
+    lines = ["# Kubernetes-managed hosts file.", "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if pod_subdomain:
+        lines.append(f"{pod_ip}\t{hostname}.{pod_subdomain}.{pod_namespace}.svc.{cluster_domain}\t{hostname}")
+    else:
+        lines.append(f"{pod_ip}\t{hostname}")
+    return "\n".join(lines) + "\n"
