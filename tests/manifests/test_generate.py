@@ -197,3 +197,19 @@ def test_cli_rejects_a_file_that_is_not_a_crd(tmp_path):
     not_crd.write_text("kind: Secret\n")
     code, out, err = mc.run_cli(mc.EXAMPLES_ARGV["jax"][:-3] + ["--crd", str(not_crd), "--", "x"])
     assert code == contract.EXIT_CONFIG and "CustomResourceDefinition" in err
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_container_commands_parse_with_jobset_run(kind, tmp_path):
+    """The wrapped command is one `jobset-run` accepts, with the user's command intact after `--`."""
+    from jobset_runtime.cli import _run_parser
+
+    for doc in yaml.safe_load_all(golden_output(kind, tmp_path)):
+        if doc["kind"] != contract.JOBSET_KIND:
+            continue
+        for rjob in doc["spec"]["replicatedJobs"]:
+            for c in rjob["template"]["spec"]["template"]["spec"]["containers"]:
+                args = _run_parser("jobset-run").parse_args(c["command"][1:])
+                assert args.command[1:] == c["command"][c["command"].index("--") + 1:]
+                assert args.timeout == 300.0  # --peer-timeout in the golden options
+                assert args.tpu is (True if kind == "tpu-multislice" else None)
