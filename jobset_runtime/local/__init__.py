@@ -1,0 +1,1 @@
+"""Run a JobSet on one machine: pods as processes, with a real DNS server (dns.py)."""
