@@ -143,6 +143,11 @@ MEGASCALE_PORT = "MEGASCALE_PORT"
 # Set by GKE on TPU nodes; their presence marks a TPU workload.
 TPU_PRESENCE_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_SKIP_MDS_QUERY")
 
+# `jobset-run --wait` scopes: the peers that must resolve before the command starts.
+# Workers wait for their coordinator (TPU: their slice); only a launcher waits for
+# all, so cluster DNS load stays linear in the number of pods.
+WAIT_SCOPES = ("coordinator", "slice", "all", "none")
+
 # --- Ports ---------------------------------------------------------------------
 TORCH_PORT = 29500  # torchrun's default --master-port
 JAX_PORT = 8476     # chosen over JAX >= 0.8.1's 8482: GCP's default TPU firewall opens 8476 (jax#35905)
