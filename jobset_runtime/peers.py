@@ -402,7 +402,10 @@ def _retrying(deadline: float, timeout: float, max_backoff: float):
     """Rounds until the attempt returns a falsy value or the deadline passes."""
     import tenacity
 
-    backoff = tenacity.wait_exponential_jitter(initial=0.1, max=max_backoff, jitter=0.5)
+    try:
+        backoff = tenacity.wait_exponential_jitter(multiplier=0.1, max=max_backoff, jitter=0.5)
+    except TypeError:  # tenacity < 9 calls the multiplier `initial`
+        backoff = tenacity.wait_exponential_jitter(initial=0.1, max=max_backoff, jitter=0.5)
 
     def wait(state):  # never sleep past the deadline
         return max(0.0, min(backoff(state), deadline - time.monotonic()))
