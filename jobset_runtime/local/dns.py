@@ -62,6 +62,11 @@ class _Record:
     v4: tuple[str, ...]
     v6: tuple[str, ...]
     visible_at: float  # time.monotonic() from which the record is answered
+    v4_wire: tuple[bytes, ...] = ()  # packed addresses, for the fast path
+
+
+_HEADER = struct.Struct("!HHHHHH")
+_A_RR = struct.Struct("!HHHIH")  # pointer to the question name, type A, class IN, ttl, rdlength 4
 
 
 class _TcpConn:
@@ -87,6 +92,7 @@ class DnsServer:
         self._bind_ip = address
         self._bind_port = int(port)
         self._zones = tuple(dns.name.from_text(normalize(z)) for z in zones) or (dns.name.root,)
+        self._zone_texts = tuple(z.to_text().lower() for z in self._zones)
         self.ttl = int(ttl)
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
@@ -117,7 +123,8 @@ class DnsServer:
         for ip in ips:
             addr = ipaddress.ip_address(ip)  # ValueError on a bad address, at the caller
             (v4 if addr.version == 4 else v6).append(str(addr))
-        rec = _Record(tuple(v4), tuple(v6), time.monotonic() + max(0.0, float(visible_after)))
+        rec = _Record(tuple(v4), tuple(v6), time.monotonic() + max(0.0, float(visible_after)),
+                      tuple(socket.inet_aton(ip) for ip in v4))
         key = normalize(name)
         with self._lock:
             if key not in self._records:
@@ -337,6 +344,9 @@ class DnsServer:
 
     # --- answering (pure apart from the record table) ------------------------
     def _answer(self, wire: bytes, *, udp: bool) -> bytes | None:
+        fast = self._fast_answer(wire, udp)
+        if fast is not None:
+            return fast
         try:
             query = dns.message.from_wire(wire)
         except dns.message.ShortHeader:
@@ -367,6 +377,50 @@ class DnsServer:
             resp.additional.clear()
             resp.flags |= dns.flags.TC
             return resp.to_wire(max_size=limit)
+
+    def _fast_answer(self, wire: bytes, udp: bool) -> bytes | None:
+        """The common case by hand: a plain A query for a visible record that fits.
+
+        Anything else (EDNS, other types, negative answers, SERVFAIL, TC, names
+        outside the zones) returns None and goes through dnspython.
+        """
+        if len(wire) < 17:
+            return None
+        qid, flags, qd, an, ns, ar = _HEADER.unpack_from(wire)
+        if flags & 0xF800 or qd != 1 or an or ns or ar:
+            return None  # a response, another opcode, or extra sections
+        off, labels = 12, []
+        try:
+            while True:
+                n = wire[off]
+                if n == 0:
+                    off += 1
+                    break
+                if n > 63:
+                    return None
+                labels.append(wire[off + 1 : off + 1 + n].decode("ascii"))
+                off += n + 1
+        except (IndexError, UnicodeDecodeError):
+            return None
+        if wire[off : off + 4] != b"\x00\x01\x00\x01" or off + 4 != len(wire):
+            return None
+        key = ".".join(labels).lower() + "."
+        if not any(z == "." or key == z or key.endswith("." + z) for z in self._zone_texts):
+            return None
+        if key in self.servfail or key[:-1] in self.servfail:
+            return None
+        rec = self._records.get(key)  # one dict read: atomic, the lock is for writers
+        if rec is None or not rec.v4_wire or rec.visible_at > time.monotonic():
+            return None
+        out = [_HEADER.pack(qid, 0x8400 | (flags & 0x0100), 1, len(rec.v4_wire), 0, 0), wire[12 : off + 4]]
+        rr = _A_RR.pack(0xC00C, 1, 1, self.ttl, 4)
+        for packed in rec.v4_wire:
+            out.append(rr)
+            out.append(packed)
+        reply = b"".join(out)
+        if len(reply) > (UDP_DEFAULT_PAYLOAD if udp else 65535):
+            return None
+        return reply
 
     @staticmethod
     def _formerr(wire: bytes) -> bytes | None:

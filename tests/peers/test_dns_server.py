@@ -206,3 +206,16 @@ def test_fixed_port_and_no_zones_means_every_name():
 def test_bad_ip_is_rejected_at_set(dns_server):
     with pytest.raises(ValueError):
         dns_server.set(HOST, ["10.0.0.300"])
+
+
+def test_hand_built_and_dnspython_answers_agree(dns_server):
+    # Plain queries take the hand-built path, EDNS queries the dnspython one.
+    ips = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    dns_server.set(HOST, ips)
+    plain = ask(dns_server.address, HOST.upper())
+    edns = ask(dns_server.address, HOST.upper(), use_edns=0)
+    for resp in (plain, edns):
+        assert resp.rcode() == dns.rcode.NOERROR and resp.flags & dns.flags.AA and resp.flags & dns.flags.RD
+        assert a_records(resp) == ips
+        assert resp.question[0].name.to_text() == HOST.upper() + "."
+    assert plain.answer[0].ttl == edns.answer[0].ttl == 0
