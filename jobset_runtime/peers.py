@@ -42,7 +42,7 @@ __all__ = ["BatchResult", "resolve_batch", "wait_for_hosts", "wait_for_ports", "
 
 NO_REPLY = "no reply"
 NODATA = "no A record"
-NOT_ASKED = "not asked"  # the batch ended (deadline, silent servers) before this name was sent
+NOT_ASKED = "not asked"  # the batch ended before this name got a verdict (never sent, or cut by the deadline)
 _RCODES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 # id | flags RD | QDCOUNT 1 | AN/NS/AR 0 -- the id is prepended per query.
 _QUERY_FLAGS = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -54,18 +54,20 @@ _TC, _QR = 0x0200, 0x8000
 
 def _qname_wire(name: str) -> bytes:
     """`a.b.c` -> wire labels, lower case (the reply's question is compared case-blind)."""
-    labels = name.rstrip(".").lower().split(".")
-    out = bytearray()
-    for label in labels:
-        raw = label.encode("ascii")
-        if not 0 < len(raw) < 64:
-            raise ValueError(name)
-        out.append(len(raw))
-        out += raw
-    out.append(0)
-    if len(out) > 255:
+    labels = name.rstrip(".").lower().encode("ascii").split(b".")
+    wire = b"".join([bytes((len(label),)) + label for label in labels]) + b"\0"
+    if len(wire) > 255 or not all(0 < len(label) < 64 for label in labels):
         raise ValueError(name)
-    return bytes(out)
+    return wire
+
+
+def _ip_literal(name: str) -> str | None:
+    if not (name[-1:].isdigit() or ":" in name):
+        return None  # cheap test first: most names are hostnames, and this runs per name
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return None
 
 
 def _first_a(data: bytes, off: int, ancount: int) -> str | None:
@@ -179,11 +181,10 @@ def resolve_batch(
     result = BatchResult()
     jobs = []
     for name in dict.fromkeys(names):
-        try:
-            result.resolved[name] = str(ipaddress.ip_address(name))
+        ip = _ip_literal(name)
+        if ip is not None:
+            result.resolved[name] = ip
             continue
-        except ValueError:
-            pass
         try:
             jobs.append((name, _qname_wire(name) + _QTYPE_A_IN))
         except (ValueError, UnicodeEncodeError):
@@ -339,9 +340,11 @@ class _UdpEngine:
                 entry[2] = sends + 1
                 send(qid, entry[1], sends)
                 heapq.heappush(timers, (now + min(self.max_rto, self.rto * (2**sends)), qid, sends + 1))
-        # Whatever is left was cut short by the deadline or the silence.
+        # Whatever is left was cut short: by the silence (no reply, truly), or by
+        # the deadline (no verdict: an earlier answer stays the one reported).
+        silent = time.monotonic() < self.deadline
         for entry in inflight.values():
-            failed.setdefault(entry[0], NO_REPLY)
+            failed.setdefault(entry[0], NO_REPLY if silent else NOT_ASKED)
         for name, _ in queue:
             failed.setdefault(name, NOT_ASKED)
         result.queries += sent
@@ -447,6 +450,7 @@ def wait_for_hosts(
     resolved: dict[str, str] = {}
     failed: dict[str, str] = {}
     totals = {"replies": 0, "queries": 0}
+    warned: list = []
 
     def dns_round():
         pending = [n for n in names if n not in resolved]
@@ -459,7 +463,8 @@ def wait_for_hosts(
         totals["queries"] += got.queries
         missing = [n for n in names if n not in resolved]
         if missing:
-            if totals["replies"] == 0 and totals["queries"]:
+            if totals["replies"] == 0 and totals["queries"] and not warned:
+                warned.append(True)  # once: the final error says it again
                 log.warning("no answer yet from DNS server %s", ", ".join(map(format_nameserver, servers)))
             progress.maybe("resolved", len(names) - len(missing), missing)
         return missing
@@ -475,13 +480,17 @@ def wait_for_hosts(
         raise PeersTimeout(
             f"timed out after {timeout:g}s waiting for {len(missing)} of {len(names)} hosts to resolve "
             f"(DNS A records, asked {asked}): {first_few(missing)}; last answers: "
-            f"{_by_status({n: failed.get(n, NO_REPLY) for n in missing})}"
+            f"{_by_status({n: _verdict(failed.get(n)) for n in missing})}"
         )
     result = {n: resolved[n] for n in names}
     if port is None:
         return result
     return wait_for_ports(result, port, deadline=deadline, nameservers=servers, progress=progress,
                           max_backoff=max_backoff, timeout=timeout, start=start)
+
+
+def _verdict(status: str | None) -> str:
+    return NO_REPLY if status in (None, NOT_ASKED) else status
 
 
 _CONNECT_ERRORS = {
@@ -598,8 +607,4 @@ def wait_for_ports(
 
 
 def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
+    return _ip_literal(text) is not None

@@ -46,6 +46,9 @@ def test_records_that_appear_late_dnsmasq(tmp_path, dnsmasq):
     names = pod_names(4, 8)
     hosts = {n: address_of(i) for i, n in enumerate(names)}
     dnsmasq.update(dict(list(hosts.items())[:10]))
+    wait_for_hosts(names[:10], nameservers=[dnsmasq.address], timeout=30, max_backoff=0.1)  # reloaded
+    early = resolve_batch(names, [dnsmasq.address])
+    assert set(early.failed) == set(names[10:]) and set(early.failed.values()) == {"NXDOMAIN"}
     timer = later(0.5, dnsmasq.update, hosts)  # SIGHUP: the rest appear
     try:
         got = wait_for_hosts(names, nameservers=[dnsmasq.nameserver], timeout=60, max_backoff=0.3)
