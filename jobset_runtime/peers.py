@@ -175,7 +175,7 @@ def resolve_batch(
     (time.monotonic()).  Names without an A record are in `failed` with the
     last answer seen.  An invalid name raises ConfigError.
     """
-    servers = [parse_one(s) if isinstance(s, str) else (s[0], int(s[1])) for s in nameservers]
+    servers = _normalize_servers(nameservers)
     if not servers:
         raise ConfigError("no DNS server to ask: set JOBSET_RUNTIME_NAMESERVERS or a nameserver in /etc/resolv.conf")
     result = BatchResult()
@@ -422,9 +422,16 @@ def _retrying(deadline: float, timeout: float, max_backoff: float):
 
 
 def _normalize_servers(nameservers):
+    """None -> the system's; else [(ip, port)] or ['ip[:port]'] -> [(ip, port)]."""
     if nameservers is None:
         return system_nameservers()
-    return [parse_one(s) if isinstance(s, str) else (s[0], int(s[1])) for s in nameservers]
+    servers = []
+    for s in nameservers:
+        try:
+            servers.append(parse_one(s) if isinstance(s, str) else (str(s[0]), int(s[1])))
+        except (ValueError, TypeError, IndexError):
+            raise ConfigError(f"nameserver {s!r}: expected 'ip[:port]' or (ip, port)") from None
+    return servers
 
 
 def wait_for_hosts(
@@ -474,7 +481,7 @@ def wait_for_hosts(
     if missing:
         if totals["replies"] == 0 and totals["queries"]:
             raise ConfigError(
-                f"DNS server {asked} never answered ({totals['queries']} queries over {timeout:g}s); "
+                f"DNS server{'s' if len(servers) > 1 else ''} {asked} never answered ({totals['queries']} queries over {timeout:g}s); "
                 f"check JOBSET_RUNTIME_NAMESERVERS or the nameserver lines of /etc/resolv.conf"
             )
         raise PeersTimeout(

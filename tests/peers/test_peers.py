@@ -257,3 +257,9 @@ def test_no_reply_status_when_silent(dns_server):
     dns_server.silent = True
     got = resolve_batch([f"a.{SUB}"], [dns_server.address], silence=0.5)
     assert got.failed == {f"a.{SUB}": NO_REPLY} and got.replies == 0 and got.queries >= 1
+
+
+def test_bad_nameserver_argument_and_empty_list():
+    with pytest.raises(ConfigError, match="nameserver 'dns.example'"):
+        resolve_batch([f"a.{SUB}"], ["dns.example"])
+    assert wait_for_hosts([], nameservers=["127.0.0.1:53"], timeout=1) == {}
