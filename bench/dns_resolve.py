@@ -26,9 +26,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "peers"))
 
-import dnsfixtures  # noqa: E402  (tests/peers/dnsfixtures.py: the dnsmasq wrapper the tests use)
+import dnsfixtures
 
-from jobset_runtime.peers import resolve_batch  # noqa: E402
+from jobset_runtime.peers import resolve_batch
 
 SUB = "js.default.svc.cluster.local"
 

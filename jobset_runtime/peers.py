@@ -38,7 +38,7 @@ from .nameservers import Nameserver, format_nameserver, parse_one, system_namese
 
 log = logging.getLogger("jobset_runtime.peers")
 
-__all__ = ["BatchResult", "resolve_batch", "wait_for_hosts", "wait_for_ports", "NO_REPLY"]
+__all__ = ["NO_REPLY", "BatchResult", "resolve_batch", "wait_for_hosts", "wait_for_ports"]
 
 NO_REPLY = "no reply"
 NODATA = "no A record"
@@ -92,7 +92,7 @@ def _first_a(data: bytes, off: int, ancount: int) -> str | None:
             rtype, rclass, _ttl, rdlen = _RR.unpack_from(data, off)
             off += 10
             if rtype == 1 and rclass == 1 and rdlen == 4 and off + 4 <= len(data):
-                return "%d.%d.%d.%d" % tuple(data[off : off + 4])
+                return "%d.%d.%d.%d" % tuple(data[off : off + 4])  # noqa: UP031 (hot path)
             off += rdlen
     except (IndexError, struct.error):
         return None
@@ -129,10 +129,7 @@ class BatchResult:
 
 
 def _server_socket(server: Nameserver, kind=socket.SOCK_DGRAM) -> socket.socket:
-    ip, port = server
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    s = socket.socket(family, kind)
-    return s
+    return socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET, kind)
 
 
 def _tcp_query(server: Nameserver, qid: int, question: bytes, timeout: float):

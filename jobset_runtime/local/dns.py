@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import random
 import selectors
 import socket
@@ -45,6 +46,8 @@ import dns.rdatatype
 import dns.rrset
 
 __all__ = ["DnsServer", "normalize"]
+
+log = logging.getLogger("jobset_runtime.local.dns")
 
 UDP_DEFAULT_PAYLOAD = 512  # RFC 1035 4.2.1: without EDNS a UDP message is at most 512 bytes
 _TCP_MAX_CONNS = 512
@@ -70,7 +73,7 @@ _A_RR = struct.Struct("!HHHIH")  # pointer to the question name, type A, class I
 
 
 class _TcpConn:
-    __slots__ = ("sock", "inbuf", "outbuf", "last")
+    __slots__ = ("inbuf", "last", "outbuf", "sock")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -157,7 +160,7 @@ class DnsServer:
         host, port = self.address
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def start(self) -> "DnsServer":
+    def start(self) -> DnsServer:
         if self._thread is not None:
             raise RuntimeError("DnsServer already started")
         family = socket.AF_INET6 if ":" in self._bind_ip else socket.AF_INET
@@ -189,7 +192,7 @@ class DnsServer:
                 s.close()
         self._udp = self._tcp = self._wake_r = self._wake_w = None
 
-    def __enter__(self) -> "DnsServer":
+    def __enter__(self) -> DnsServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -261,7 +264,7 @@ class DnsServer:
             if self.drop_rate > 0 and self._rng.random() < self.drop_rate:
                 self.stats["dropped"] += 1
                 continue
-            reply = self._answer(data, udp=True)
+            reply = self._answer_safely(data, udp=True)
             if reply is not None:
                 try:
                     self._udp.sendto(reply, peer)
@@ -322,7 +325,7 @@ class DnsServer:
                 self.stats["tcp"] += 1
                 if self.silent:
                     continue
-                reply = self._answer(data, udp=False)
+                reply = self._answer_safely(data, udp=False)
                 if reply is not None:
                     conn.outbuf += struct.pack("!H", len(reply)) + reply
         if conn.outbuf:
@@ -343,6 +346,13 @@ class DnsServer:
             self._close(sel, conn)
 
     # --- answering (pure apart from the record table) ------------------------
+    def _answer_safely(self, wire: bytes, *, udp: bool) -> bytes | None:
+        try:
+            return self._answer(wire, udp=udp)
+        except Exception:
+            log.exception("DNS server: no answer to a %d-byte query", len(wire))
+            return None
+
     def _answer(self, wire: bytes, *, udp: bool) -> bytes | None:
         fast = self._fast_answer(wire, udp)
         if fast is not None:
@@ -351,7 +361,7 @@ class DnsServer:
             query = dns.message.from_wire(wire)
         except dns.message.ShortHeader:
             return None  # not even a header: nothing to answer to
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever fails to parse is FORMERR
             return self._formerr(wire)
         if query.flags & dns.flags.QR:
             return None  # a response, not a query: never answer those

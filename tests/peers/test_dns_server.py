@@ -11,8 +11,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-
 from dnsfixtures import ask
+
 from jobset_runtime.local.dns import DnsServer
 
 HOST = "js-worker-0-0.js.default.svc.cluster.local"

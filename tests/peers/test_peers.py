@@ -4,9 +4,9 @@ import logging
 import socket
 import threading
 
+import dnsfixtures
 import pytest
 
-import dnsfixtures
 from jobset_runtime import contract
 from jobset_runtime.errors import ConfigError, PeersTimeout
 from jobset_runtime.local.dns import DnsServer
