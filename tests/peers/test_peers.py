@@ -263,3 +263,17 @@ def test_bad_nameserver_argument_and_empty_list():
     with pytest.raises(ConfigError, match="nameserver 'dns.example'"):
         resolve_batch([f"a.{SUB}"], ["dns.example"])
     assert wait_for_hosts([], nameservers=["127.0.0.1:53"], timeout=1) == {}
+
+
+def test_importing_peers_loads_neither_dnspython_nor_tenacity():
+    # jobset-run imports peers on its way to every training process.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    code = "import sys, jobset_runtime.peers; print(sorted(m for m in sys.modules if m.split('.')[0] in ('dns', 'tenacity')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[]"
