@@ -246,18 +246,14 @@ class _UdpEngine:
             for s in socks:
                 s.close()
 
-    def _sample(self, rtt: float) -> None:
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(self.max_rto, max(self.MIN_RTO, self.srtt + 4 * self.rttvar))
-
     def _loop(self, jobs, socks, sel):
+        # The hot loop: a few microseconds per name, so state lives in locals
+        # (window, RTO) and is written back at the end.
         rng = random.Random(os.urandom(8))
         getrandbits = rng.getrandbits
         pack_id = struct.Struct("!H").pack
+        monotonic = time.monotonic
+        heappush, heappop = heapq.heappush, heapq.heappop
         queue = deque(jobs)
         inflight = {}  # qid -> [name, question, sends so far, first send time]
         timers = []  # heap of (expiry, qid, sends so far)
@@ -265,31 +261,34 @@ class _UdpEngine:
         result = self.result
         resolved, failed = result.resolved, result.failed
         nsocks = len(socks)
-        last_reply = time.monotonic()
+        first = socks[0]
+        deadline, silence, max_window, max_rto = self.deadline, self.silence, self.max_window, self.max_rto
+        window, ssthresh, rto, srtt, rttvar = self.window, self.ssthresh, self.rto, self.srtt, self.rttvar
+        last_cut = 0.0
+        replies = 0
+        last_reply = monotonic()
         sent = 0
 
-        def send(qid, question, attempt):
-            nonlocal sent
-            sent += 1
-            try:
-                socks[attempt % nsocks].send(pack_id(qid) + _QUERY_FLAGS + question)
-            except OSError:
-                pass  # a full buffer or an ICMP error: lost, retransmitted on its timer
-
         while queue or inflight:
-            now = time.monotonic()
-            if now >= self.deadline or now - last_reply > self.silence:
+            now = monotonic()
+            if now >= deadline or now - last_reply > silence:
                 break
-            while queue and len(inflight) < self.window:
+            while queue and len(inflight) < window:
                 name, question = queue.popleft()
                 qid = getrandbits(16)
                 while qid in inflight:
                     qid = getrandbits(16)
                 inflight[qid] = [name, question, 1, now]
-                send(qid, question, 0)
-                heapq.heappush(timers, (now + self.rto, qid, 1))
-            wait = max(0.0, min(timers[0][0], self.deadline) - time.monotonic()) if timers else 0.0
-            for key, _ in sel.select(wait):
+                sent += 1
+                try:
+                    first.send(pack_id(qid) + _QUERY_FLAGS + question)
+                except OSError:
+                    pass  # a full buffer or an ICMP error: lost, retransmitted on its timer
+                heappush(timers, (now + rto, qid, 1))
+            wait = max(0.0, min(timers[0][0], deadline) - monotonic()) if timers else 0.0
+            events = sel.select(wait)
+            now = monotonic()
+            for key, _ in events:
                 s = key.fileobj
                 while True:
                     try:
@@ -306,45 +305,57 @@ class _UdpEngine:
                     if got is None:
                         continue
                     del inflight[qid]
-                    result.replies += 1
-                    last_reply = time.monotonic()
-                    if entry[2] == 1:
-                        self._sample(last_reply - entry[3])
-                    if self.window < self.max_window:
-                        self.window += 1.0 if self.window < self.ssthresh else 1.0 / self.window
+                    replies += 1
+                    last_reply = now
+                    if entry[2] == 1 and not replies & 7:
+                        # RFC 6298 estimator, from queries sent once (Karn), one sample in eight.
+                        rtt = now - entry[3]
+                        if srtt is None:
+                            srtt, rttvar = rtt, rtt / 2
+                        else:
+                            rttvar = 0.75 * rttvar + 0.25 * abs(srtt - rtt)
+                            srtt = 0.875 * srtt + 0.125 * rtt
+                        rto = min(max_rto, max(self.MIN_RTO, srtt + 4 * rttvar))
+                    if window < max_window:
+                        window += 1.0 if window < ssthresh else 1.0 / window
                     status, ip = got
-                    name = entry[0]
                     if status == "ok":
-                        resolved[name] = ip
-                        failed.pop(name, None)
+                        resolved[entry[0]] = ip
                     elif status == "tc":
-                        truncated.append((name, entry[1]))
+                        truncated.append((entry[0], entry[1]))
                     else:
-                        failed[name] = status
-            now = time.monotonic()
+                        failed[entry[0]] = status
             while timers and timers[0][0] <= now:
-                _, qid, sends = heapq.heappop(timers)
+                _, qid, sends = heappop(timers)
                 entry = inflight.get(qid)
                 if entry is None or entry[2] != sends:
                     continue  # answered meanwhile
-                if now - self.last_cut > (self.srtt or self.rto):
-                    self.last_cut = now  # one cut per loss event, not per lost query
-                    self.ssthresh = self.window = max(8.0, self.window / 2)
+                if now - last_cut > (srtt or rto):
+                    last_cut = now  # one cut per loss event, not per lost query
+                    ssthresh = window = max(8.0, window / 2)
                 if sends >= self.tries:
                     del inflight[qid]
                     failed.setdefault(entry[0], NO_REPLY)
                     continue
                 entry[2] = sends + 1
-                send(qid, entry[1], sends)
-                heapq.heappush(timers, (now + min(self.max_rto, self.rto * (2**sends)), qid, sends + 1))
+                sent += 1
+                try:
+                    socks[sends % nsocks].send(pack_id(qid) + _QUERY_FLAGS + entry[1])
+                except OSError:
+                    pass
+                heappush(timers, (now + min(max_rto, rto * (2**sends)), qid, sends + 1))
         # Whatever is left was cut short: by the silence (no reply, truly), or by
         # the deadline (no verdict: an earlier answer stays the one reported).
-        silent = time.monotonic() < self.deadline
+        silent = monotonic() < deadline
         for entry in inflight.values():
             failed.setdefault(entry[0], NO_REPLY if silent else NOT_ASKED)
         for name, _ in queue:
             failed.setdefault(name, NOT_ASKED)
+        for name in resolved:
+            failed.pop(name, None)  # answered after all (a late reply to an earlier try)
         result.queries += sent
+        result.replies += replies
+        self.window, self.ssthresh, self.rto, self.srtt, self.rttvar = window, ssthresh, rto, srtt, rttvar
         return truncated
 
 
