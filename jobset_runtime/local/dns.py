@@ -129,6 +129,8 @@ class DnsServer:
         rec = _Record(tuple(v4), tuple(v6), time.monotonic() + max(0.0, float(visible_after)),
                       tuple(socket.inet_aton(ip) for ip in v4))
         key = normalize(name)
+        if self._zone_of(dns.name.from_text(key)) is None:
+            raise ValueError(f"{name!r} is outside this server's zones {list(self._zone_texts)}: it would be REFUSED")
         with self._lock:
             if key not in self._records:
                 self._ancestors = None

@@ -203,9 +203,11 @@ def test_fixed_port_and_no_zones_means_every_name():
         assert ask(server.address, "other.example").rcode() == dns.rcode.NXDOMAIN
 
 
-def test_bad_ip_is_rejected_at_set(dns_server):
+def test_bad_ip_or_foreign_name_is_rejected_at_set(dns_server):
     with pytest.raises(ValueError):
         dns_server.set(HOST, ["10.0.0.300"])
+    with pytest.raises(ValueError, match="outside this server's zones"):
+        dns_server.set("js-0.example.com", ["10.0.0.1"])
 
 
 def test_hand_built_and_dnspython_answers_agree(dns_server):
