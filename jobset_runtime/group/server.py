@@ -14,6 +14,7 @@ import socket
 import threading
 
 from .. import contract
+from ..errors import ConfigError
 from . import wire
 from .state import ALL, GroupState, MemberId, Phase
 
@@ -29,7 +30,9 @@ def check_auth(token: bytes | None, insecure: bool) -> bytes:
     if insecure:
         log.warning("group: no token; the group channel runs WITHOUT authentication (--insecure)")
         return b""
-    raise ValueError("the group channel needs a token (mount the group Secret) or insecure=True")
+    raise ConfigError(
+        f"the group channel needs a token: mount the group Secret at {contract.GROUP_TOKEN_FILE} "
+        f"(or point {contract.GROUP_TOKEN_FILE_ENV} at it), or pass --insecure to run it without authentication")
 
 
 class _Conn:
