@@ -68,6 +68,7 @@ class GroupServer:
         self.state = GroupState(list(world), attempt)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -138,6 +139,10 @@ class GroupServer:
             server.close()
             for conn in list(self._conns.values()):
                 conn.writer.close()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await server.wait_closed()
 
     def _apply(self, outs) -> None:
@@ -185,6 +190,7 @@ class GroupServer:
         return wire.server_session(wire.session_key(self._key, hello_b, challenge_b)), hello
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tasks.add(asyncio.current_task())
         peer = writer.get_extra_info("peername")
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -226,8 +232,9 @@ class GroupServer:
                 log.warning("group: lost %s: %s", self.state.world[conn.rank], _why(e))
                 self._drop(conn, f"connection lost ({_why(e)})")
         except asyncio.CancelledError:
-            raise
+            pass  # the server is stopping; end quietly
         finally:
+            self._tasks.discard(asyncio.current_task())
             writer.close()
 
     def _handle(self, conn: _Conn, msg: dict) -> None:
