@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from jobset_runtime.group import GroupMember, GroupServer, MemberId  # noqa: E402
 
 HEARTBEAT, DEADLINE = 0.5, 3.0
+IDLE_WINDOW = 3.0
 
 
 def world_of(n):
@@ -145,12 +146,18 @@ def one_run(n, workers, attempt, mode):
         for w in everyone:
             assert w.recv()["joined"]
         time.sleep(0.3)  # let the first heartbeats go by
+        if mode == "idle":
+            # The coordinator's steady load: this process does nothing else meanwhile.
+            c0, w0 = os.times(), time.monotonic()
+            time.sleep(IDLE_WINDOW)
+            c1, w1 = os.times(), time.monotonic()
+            idle_load = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0)
         if mode == "restart":
             victim.send(cmd="fail")
             t0 = victim.recv()["t0"]
         else:
             t0 = time.monotonic()
-            victim.p.send_signal(signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
+            victim.p.send_signal(signal.SIGSTOP if mode == "stop" else signal.SIGKILL)
         times, named = [], set()
         polled = workers + ([victim] if mode == "restart" else [])
         for w in polled:
@@ -172,7 +179,7 @@ def one_run(n, workers, attempt, mode):
         else:
             victim.p.kill()
             victim.p.wait(10)
-    return max(times) - t0
+    return idle_load if mode == "idle" else max(times) - t0
 
 
 def pct(values, q):
@@ -198,6 +205,12 @@ def main():
     try:
         plan = [("kill", n, a.runs) for n in a.sizes]
         plan += [("stop", min(a.sizes), a.stop_runs), ("restart", a.restart_size, a.runs)]
+        n = max(a.sizes)
+        load = one_run(n, workers, attempt + 1, "idle")
+        attempt += 1
+        frames = 2 * n / HEARTBEAT  # heartbeats in and out per second
+        print(f"idle     {n:4} members  coordinator CPU {load * 100:5.1f}% of a core for {frames:.0f} frames/s "
+              f"= {load / frames * 1e6:.0f} us per heartbeat frame", flush=True)
         for mode, n, runs in plan:
             lat = []
             for _ in range(runs):
@@ -212,7 +225,7 @@ def main():
     print(f"\nmachine: {os.cpu_count()} CPUs; heartbeat {HEARTBEAT} s, deadline {DEADLINE} s; "
           f"{a.workers} worker processes + 1 victim process; coordinator in the driver process")
     print("kill    : SIGKILL of one member's process -> last surviving member's abort (goal p99 < 1 s)")
-    print("stop    : SIGSTOP (vanished node, no RST) -> last abort; bounded below by the deadline (baseline)")
+    print("stop    : SIGSTOP (vanished node, no RST) -> last abort; the deadline, give or take a heartbeat (baseline)")
     print("restart : a member reports its child's failure -> every member past the restart barrier")
     print("JAX's own detection of a dead non-coordinator process is ~heartbeat_timeout_seconds "
           "(100 s by default); not measured here (jax not installed).")
