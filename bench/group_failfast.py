@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jobset_runtime.group import GroupMember, GroupServer, MemberId  # noqa: E402
+from jobset_runtime.errors import JobSetRuntimeError
+from jobset_runtime.group import GroupMember, GroupServer, MemberId
 
 HEARTBEAT, DEADLINE = 0.5, 3.0
 IDLE_WINDOW = 3.0
@@ -45,66 +46,87 @@ def world_of(n):
 
 # --- worker process ----------------------------------------------------------------
 
+class MemberSet:
+    """The members one worker process runs for one group, with their abort and restart times."""
+
+    def __init__(self, cmd):
+        world = world_of(cmd["n"])
+        token = bytes.fromhex(cmd["token"])
+        self.members = [GroupMember(server=("127.0.0.1", cmd["port"]), me=world[r], world=world, token=token,
+                                    attempt=cmd["attempt"], heartbeat=HEARTBEAT, deadline=DEADLINE)
+                        for r in cmd["ranks"]]
+        self.restart = cmd.get("restart", False)
+        self.aborted_at = {}  # rank -> (monotonic time, rank the abort named)
+        self.restarted_at = {}
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        for m in self.members:
+            m.on_abort(lambda failure, m=m: self.on_abort(m, failure))
+
+    def join(self):
+        threads = [threading.Thread(target=m.join, args=(60,)) for m in self.members]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def on_abort(self, m, failure):
+        with self.lock:
+            if m.me.rank in self.aborted_at:
+                return
+            self.aborted_at[m.me.rank] = (time.monotonic(), failure.rank)
+            everyone = len(self.aborted_at) == len(self.members)
+        if self.restart:
+            threading.Thread(target=self.barrier, args=(m,), daemon=True).start()
+        elif everyone:
+            self.done.set()
+
+    def barrier(self, m):
+        try:
+            m.restart_barrier(30)
+            with self.lock:
+                self.restarted_at[m.me.rank] = time.monotonic()
+                everyone = len(self.restarted_at) == len(self.members)
+            if everyone:
+                self.done.set()
+        except JobSetRuntimeError as e:  # shows as a missing time
+            print(f"barrier: {e}", file=sys.stderr)
+
+    def result(self):
+        self.done.wait(30)
+        with self.lock:
+            times = self.restarted_at.values() if self.restart else [t for t, _ in self.aborted_at.values()]
+            named = {who for _, who in self.aborted_at.values()}
+        return {"times": sorted(times), "expected": len(self.members), "named": sorted(named)}
+
+    def close(self):
+        for m in self.members:
+            m.close()
+
+
 def worker() -> None:
-    """Runs the members it is told to, reports join, abort times and barrier times."""
+    """Runs the members it is told to; reports join, then abort or restart times."""
     logging.getLogger("jobset_runtime.group").setLevel(logging.CRITICAL)
-    out = sys.stdout
-    members = []
+    group = None
+
+    def say(**reply):
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "run":
-            world = world_of(cmd["n"])
-            token = bytes.fromhex(cmd["token"])
-            members = [GroupMember(server=("127.0.0.1", cmd["port"]), me=world[r], world=world, token=token,
-                                   attempt=cmd["attempt"], heartbeat=HEARTBEAT, deadline=DEADLINE)
-                       for r in cmd["ranks"]]
-            aborted_at = {}
-            restarted_at = {}
-            done = threading.Event()
-            restart = cmd.get("restart", False)
-
-            def on_abort(failure, m=None):
-                if m.me.rank in aborted_at:
-                    return
-                aborted_at[m.me.rank] = (time.monotonic(), failure.rank)
-                if restart:
-                    threading.Thread(target=barrier, args=(m,), daemon=True).start()
-                elif len(aborted_at) == len(members):
-                    done.set()
-
-            def barrier(m):
-                try:
-                    m.restart_barrier(30)
-                    restarted_at[m.me.rank] = time.monotonic()
-                except Exception as e:  # reported as a missing time
-                    print(f"barrier: {e}", file=sys.stderr)
-                if len(restarted_at) == len(members):
-                    done.set()
-
-            for m in members:
-                m.on_abort(lambda f, m=m: on_abort(f, m))
-            threads = [threading.Thread(target=m.join, args=(60,)) for m in members]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            out.write(json.dumps({"joined": True}) + "\n")
-            out.flush()
+            group = MemberSet(cmd)
+            group.join()
+            say(joined=True)
         elif cmd["cmd"] == "fail":
             t0 = time.monotonic()
-            members[0].report_failure(1, "bench")
-            out.write(json.dumps({"t0": t0}) + "\n")
-            out.flush()
+            group.members[0].report_failure(1, "bench")
+            say(t0=t0)
         elif cmd["cmd"] == "collect":
-            done.wait(30)
-            times = sorted(restarted_at.values()) if restart else sorted(t for t, _ in aborted_at.values())
-            named = sorted({who for _, who in aborted_at.values()})
-            out.write(json.dumps({"times": times, "expected": len(members), "named": named}) + "\n")
-            out.flush()
+            say(**group.result())
         elif cmd["cmd"] == "close":
-            for m in members:
-                m.close()
-            members = []
+            group.close()
 
 
 class Worker:
@@ -139,8 +161,8 @@ def one_run(n, workers, attempt, mode):
         victim = Worker()
         everyone = workers + [victim]
         shares = [list(range(i, n - 1, len(workers))) for i in range(len(workers))] + [[victim_rank]]
-        common = dict(cmd="run", port=srv.address[1], attempt=attempt, n=n, token=token.hex(),
-                      restart=mode == "restart")
+        common = {"cmd": "run", "port": srv.address[1], "attempt": attempt, "n": n, "token": token.hex(),
+                  "restart": mode == "restart"}
         for w, ranks in zip(everyone, shares):
             w.send(ranks=ranks, **common)
         for w in everyone:

@@ -36,7 +36,7 @@ def check_auth(token: bytes | None, insecure: bool) -> bytes:
 
 
 class _Conn:
-    __slots__ = ("rank", "writer", "session", "last", "peer")
+    __slots__ = ("last", "peer", "rank", "session", "writer")
 
     def __init__(self, rank, writer, session, last, peer):
         self.rank, self.writer, self.session, self.last, self.peer = rank, writer, session, last, peer

@@ -65,7 +65,7 @@ class Failure:
                 "pod": self.pod, "code": self.code, "cause": self.cause}
 
     @classmethod
-    def from_message(cls, msg: dict) -> "Failure":
+    def from_message(cls, msg: dict) -> Failure:
         return cls(msg["rank"], msg["pod"], msg["code"], msg["cause"])
 
 
@@ -94,8 +94,9 @@ class GroupState:
     def admit(self, hello: dict) -> tuple[str, bool] | None:
         """None to admit an authenticated hello, else (reason, whether retrying may help)."""
         if hello["attempt"] > self.attempt:
-            return (f"the coordinator runs restart-attempt {self.attempt}, older than the "
-                    f"member's {hello['attempt']}; it is being replaced", True)
+            reason = (f"the coordinator runs restart-attempt {self.attempt}, older than the "
+                      f"member's {hello['attempt']}; it is being replaced")
+            return reason, True
         if hello["attempt"] < self.attempt:
             return (f"restart-attempt {hello['attempt']} is over; the group runs attempt {self.attempt}", False)
         me = self.world.get(hello["rank"])

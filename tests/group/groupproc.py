@@ -9,8 +9,8 @@ import json
 import sys
 import threading
 
-from jobset_runtime.group import GroupAborted, GroupMember, GroupServer, MemberId
 from jobset_runtime.errors import JobSetRuntimeError
+from jobset_runtime.group import GroupMember, GroupServer, MemberId, read_token
 
 
 def say(**event):
@@ -37,9 +37,10 @@ def main():
     ap.add_argument("--deadline", type=float, default=1.5)
     ap.add_argument("--join-timeout", type=float, default=20)
     a = ap.parse_args()
-    token = open(a.token_file, "rb").read().strip() if a.token_file else None
+    token = read_token(a.token_file) if a.token_file else None
     world = [MemberId(r, f"pod-{r}") for r in range(a.world)]
-    common = dict(token=token, insecure=token is None, attempt=a.attempt, heartbeat=a.heartbeat, deadline=a.deadline)
+    common = {"token": token, "insecure": token is None, "attempt": a.attempt, "heartbeat": a.heartbeat,
+              "deadline": a.deadline}
     port = a.port
     if a.serve:
         server = GroupServer(bind=("127.0.0.1", a.port), world=world, **common)

@@ -6,12 +6,26 @@ import threading
 import time
 
 import pytest
+from grouphelpers import (
+    WAIT,
+    RecordingProxy,
+    closed_by_peer,
+    join_all,
+    make_world,
+    raw_connect,
+)
 
-from grouphelpers import WAIT, RecordingProxy, closed_by_peer, join_all, make_world, raw_connect
 from jobset_runtime.errors import ConfigError, PeersTimeout
-from jobset_runtime.group import GroupAborted, GroupMember, GroupServer, MemberPhase, Phase, wire
+from jobset_runtime.group import (
+    GroupAborted,
+    GroupMember,
+    GroupServer,
+    MemberPhase,
+    Phase,
+    wire,
+)
 
-FAST = dict(heartbeat=0.1, deadline=2.0)
+FAST = {"heartbeat": 0.1, "deadline": 2.0}
 
 
 def wait_until(cond, what):
