@@ -16,7 +16,7 @@ import threading
 from .. import contract
 from ..errors import ConfigError
 from . import wire
-from .state import ALL, GroupState, MemberId, Phase
+from .state import ALL, UP, Failure, GroupState, MemberId, Phase
 
 log = logging.getLogger("jobset_runtime.group")
 
@@ -60,12 +60,14 @@ class GroupServer:
 
     def __init__(self, *, bind: tuple[str, int] | str, world: list[MemberId], token: bytes | None,
                  insecure: bool = False, attempt: int, heartbeat: float = 0.5, deadline: float = 3.0,
-                 handshake_timeout: float = 5.0):
+                 handshake_timeout: float = 5.0, on_up=None):
         self._key = check_auth(token, insecure)
         if isinstance(bind, str):
             bind = (bind, contract.GROUP_PORT)
         self._bind = bind
-        self.state = GroupState(list(world), attempt)
+        # on_up(msg): relay mode (relay.py) -- collective steps go to the leaders' group.
+        self._on_up = on_up
+        self.state = GroupState(list(world), attempt, relay=on_up is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -145,8 +147,22 @@ class GroupServer:
             await asyncio.gather(*tasks, return_exceptions=True)
             await server.wait_closed()
 
+    def upstream(self, event: str, failure: Failure | None = None) -> None:
+        """Relay mode, from any thread: the leaders' group's answer (start, abort, complete, restart)."""
+        def apply():
+            step = getattr(self.state, f"up_{event}")
+            self._apply(step(failure) if event == "abort" else step())
+
+        try:
+            self._loop.call_soon_threadsafe(apply)
+        except (AttributeError, RuntimeError):
+            log.warning("group: slice server not running; dropped the leaders' %s", event)
+
     def _apply(self, outs) -> None:
         for to, msg in outs:
+            if to == UP:
+                self._on_up(msg)
+                continue
             targets = list(self._conns.values()) if to == ALL else [c for c in [self._conns.get(to)] if c]
             for conn in targets:
                 conn.send(msg)
@@ -245,7 +261,12 @@ class GroupServer:
         if kind == "hb":
             return
         if kind == "fail":
-            self._apply(self.state.fail(conn.rank, msg["code"], msg["cause"], msg["epoch"]))
+            origin = None
+            if "origin_rank" in msg:  # relayed by a slice leader (relay.py)
+                if not (wire.typed(msg["origin_rank"], int) and wire.typed(msg.get("origin_pod"), str)):
+                    raise wire.ProtocolError("fail message with a malformed origin")
+                origin = MemberId(msg["origin_rank"], msg["origin_pod"][:253])
+            self._apply(self.state.fail(conn.rank, msg["code"], msg["cause"], msg["epoch"], origin))
         elif kind == "done":
             self._apply(self.state.finish(conn.rank, msg["epoch"]))
         elif kind == "barrier":

@@ -110,7 +110,7 @@ def encode(msg: dict) -> bytes:
     return json.dumps(msg, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _typed(value, want) -> bool:
+def typed(value, want) -> bool:
     wants = want if isinstance(want, tuple) else (want,)
     # bool is an int in Python; on the wire it is not.
     if isinstance(value, bool) and bool not in wants:
@@ -130,7 +130,7 @@ def decode(body: bytes) -> dict:
     if schema is None:
         raise ProtocolError(f"unknown message type {msg['t'][:40]!r}")
     for name, want in schema.items():
-        if name not in msg or not _typed(msg[name], want):
+        if name not in msg or not typed(msg[name], want):
             raise ProtocolError(f"{msg['t']} message lacks a valid {name!r}")
     return msg
 

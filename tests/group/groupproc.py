@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--rank", type=int, required=True)
     ap.add_argument("--world", type=int, required=True)
+    ap.add_argument("--first", type=int, default=0, help="the world's first rank (a slice of a tree)")
     ap.add_argument("--token-file")
     ap.add_argument("--attempt", type=int, default=0)
     ap.add_argument("--heartbeat", type=float, default=0.2)
@@ -38,7 +39,7 @@ def main():
     ap.add_argument("--join-timeout", type=float, default=20)
     a = ap.parse_args()
     token = read_token(a.token_file) if a.token_file else None
-    world = [MemberId(r, f"pod-{r}") for r in range(a.world)]
+    world = [MemberId(r, f"pod-{r}") for r in range(a.first, a.first + a.world)]
     common = {"token": token, "insecure": token is None, "attempt": a.attempt, "heartbeat": a.heartbeat,
               "deadline": a.deadline}
     port = a.port
@@ -46,7 +47,7 @@ def main():
         server = GroupServer(bind=("127.0.0.1", a.port), world=world, **common)
         port = server.start()[1]
         say(event="listening", port=port)
-    member = GroupMember(server=("127.0.0.1", port), me=world[a.rank], world=world, **common)
+    member = GroupMember(server=("127.0.0.1", port), me=world[a.rank - a.first], world=world, **common)
     member.on_abort(lambda f: say(event="aborted", rank=f.rank, pod=f.pod, code=f.code, cause=f.cause,
                                   epoch=member.epoch))
     try:
