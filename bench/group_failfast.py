@@ -19,6 +19,7 @@ shared by all processes of the machine).  Printed beside it, measured in the sam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from jobset_runtime.errors import JobSetRuntimeError
 from jobset_runtime.group import GroupMember, GroupServer, MemberId
+from jobset_runtime.group.relay import SliceLeader
 
 HEARTBEAT, DEADLINE = 0.5, 3.0
 IDLE_WINDOW = 3.0
@@ -52,7 +54,9 @@ class MemberSet:
     def __init__(self, cmd):
         world = world_of(cmd["n"])
         token = bytes.fromhex(cmd["token"])
-        self.members = [GroupMember(server=("127.0.0.1", cmd["port"]), me=world[r], world=world, token=token,
+        size = cmd["slice"]  # flat: the whole world is one slice
+        self.members = [GroupMember(server=("127.0.0.1", cmd["ports"][r // size]), me=world[r],
+                                    world=world[r // size * size:(r // size + 1) * size], token=token,
                                     attempt=cmd["attempt"], heartbeat=HEARTBEAT, deadline=DEADLINE)
                         for r in cmd["ranks"]]
         self.restart = cmd.get("restart", False)
@@ -151,18 +155,30 @@ class Worker:
 
 # --- driver ------------------------------------------------------------------------
 
-def one_run(n, workers, attempt, mode):
-    """mode: kill (SIGKILL the victim), stop (SIGSTOP it), restart (victim reports a failure)."""
+def one_run(n, workers, attempt, mode, slice_size=0):
+    """mode: kill (SIGKILL the victim), stop (SIGSTOP it), restart (victim reports a failure).
+
+    slice_size: 0 for one flat group; else a two-level tree of slices of that size, the
+    leaders' server and every slice leader in this process."""
     token = os.urandom(32)
     world = world_of(n)
     victim_rank = n - 1
-    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=attempt,
-                     heartbeat=HEARTBEAT, deadline=DEADLINE) as srv:
+    size = slice_size or n
+    opts = {"token": token, "attempt": attempt, "heartbeat": HEARTBEAT, "deadline": DEADLINE}
+    with contextlib.ExitStack() as stack:
+        if slice_size:
+            leaders = world[::size]
+            top = stack.enter_context(GroupServer(bind=("127.0.0.1", 0), world=leaders, **opts))
+            ports = [stack.enter_context(SliceLeader(
+                bind=("127.0.0.1", 0), slice_world=world[i:i + size], upstream=top.address, me=world[i],
+                leaders=leaders, **opts)).address[1] for i in range(0, n, size)]
+        else:
+            ports = [stack.enter_context(GroupServer(bind=("127.0.0.1", 0), world=world, **opts)).address[1]]
         victim = Worker()
         everyone = workers + [victim]
         shares = [list(range(i, n - 1, len(workers))) for i in range(len(workers))] + [[victim_rank]]
-        common = {"cmd": "run", "port": srv.address[1], "attempt": attempt, "n": n, "token": token.hex(),
-                  "restart": mode == "restart"}
+        common = {"cmd": "run", "ports": ports, "slice": size, "attempt": attempt, "n": n,
+                  "token": token.hex(), "restart": mode == "restart"}
         for w, ranks in zip(everyone, shares):
             w.send(ranks=ranks, **common)
         for w in everyone:
@@ -216,6 +232,7 @@ def main():
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--stop-runs", type=int, default=3, help="runs of the SIGSTOP baseline (each ~deadline)")
     ap.add_argument("--restart-size", type=int, default=64)
+    ap.add_argument("--slice", type=int, default=16, help="slice size of the two-level tree line")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -225,21 +242,22 @@ def main():
     attempt = 0
     rows = []
     try:
-        plan = [("kill", n, a.runs) for n in a.sizes]
-        plan += [("stop", min(a.sizes), a.stop_runs), ("restart", a.restart_size, a.runs)]
+        plan = [("kill", "kill", n, a.runs, 0) for n in a.sizes]
+        plan += [("stop", "stop", min(a.sizes), a.stop_runs, 0), ("restart", "restart", a.restart_size, a.runs, 0)]
+        plan += [(f"tree/{a.slice}", "kill", max(a.sizes), a.runs, a.slice)]
         n = max(a.sizes)
         load = one_run(n, workers, attempt + 1, "idle")
         attempt += 1
         frames = 2 * n / HEARTBEAT  # heartbeats in and out per second
         print(f"idle     {n:4} members  coordinator CPU {load * 100:5.1f}% of a core for {frames:.0f} frames/s "
               f"= {load / frames * 1e6:.0f} us per heartbeat frame", flush=True)
-        for mode, n, runs in plan:
+        for label, mode, n, runs, slice_size in plan:
             lat = []
             for _ in range(runs):
                 attempt += 1
-                lat.append(one_run(n, workers, attempt, mode))
+                lat.append(one_run(n, workers, attempt, mode, slice_size))
             rows.append((mode, n, runs, statistics.median(lat), pct(lat, 99), max(lat)))
-            print(f"{mode:8} {n:4} members  runs {runs:3}  p50 {rows[-1][3]*1e3:8.1f} ms  "
+            print(f"{label:8} {n:4} members  runs {runs:3}  p50 {rows[-1][3]*1e3:8.1f} ms  "
                   f"p99 {rows[-1][4]*1e3:8.1f} ms  max {rows[-1][5]*1e3:8.1f} ms", flush=True)
     finally:
         for w in workers:
@@ -249,6 +267,8 @@ def main():
     print("kill    : SIGKILL of one member's process -> last surviving member's abort (goal p99 < 1 s)")
     print("stop    : SIGSTOP (vanished node, no RST) -> last abort; the deadline, give or take a heartbeat (baseline)")
     print("restart : a member reports its child's failure -> every member past the restart barrier")
+    print(f"tree/{a.slice} : kill, through a two-level tree (slice leaders of {a.slice} members each, "
+          "all leaders in the driver process)")
     print("JAX's own detection of a dead non-coordinator process is ~heartbeat_timeout_seconds "
           "(100 s by default); not measured here (jax not installed).")
 
