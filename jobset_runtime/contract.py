@@ -147,6 +147,7 @@ TORCH_PORT = 29500  # torchrun's default --master-port
 JAX_PORT = 8476     # chosen over JAX >= 0.8.1's 8482: GCP's default TPU firewall opens 8476 (jax#35905)
 MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
 GROUP_PORT = 7470   # the fail-fast group channel
+GROUP_LEADERS_PORT = 7471  # its leaders' group, when slice leaders form a two-level tree
 SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
 
 # --- Exit codes ----------------------------------------------------------------

@@ -126,10 +126,10 @@ class GroupMember:
         if refused is not None:
             raise GroupAborted(Failure(None, host, None, f"refused this member: {refused}"))
         if phase is MemberPhase.WAITING and self._n_missing:
+            shown, more = first_few(self._missing), self._n_missing - len(self._missing)
             raise PeersTimeout(
                 f"gang start: after {timeout:g} s, {self._n_missing} of {len(self.world)} group members "
-                f"had not joined the coordinator at {host}:{port}: "
-                f"{first_few(self._missing, 5)}{' ...' if self._n_missing > len(self._missing) else ''}; "
+                f"had not joined the coordinator at {host}:{port}: {shown}{f' (+{more} more)' if more > 0 else ''}; "
                 "check those pods (scheduled? their wrapper started? same group token?)")
         if phase is MemberPhase.WAITING:
             raise PeersTimeout(

@@ -183,6 +183,14 @@ def test_gang_start_timeout_names_the_missing_member(token):
             m.close()
 
 
+def test_gang_start_timeout_counts_the_missing_beyond_the_first_few(token):
+    world = make_world(8)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, **FAST) as srv:
+        m = GroupMember(server=srv.address, me=world[0], world=world, token=token, attempt=0, **FAST)
+        with pytest.raises(PeersTimeout, match=r"7 of 8 .*: rank 1 \(pod-1\), .*rank 5 \(pod-5\) \(\+2 more\)"):
+            m.join(1.0)
+
+
 def test_gang_start_timeout_when_the_coordinator_never_answers(token):
     world = make_world(2)
     with socket.create_server(("127.0.0.1", 0)) as closed_port:
