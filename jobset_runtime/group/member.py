@@ -30,8 +30,8 @@ import time
 from .. import contract
 from ..errors import ConfigError, JobSetRuntimeError, PeersTimeout, first_few
 from . import wire
-from .server import check_auth
 from .state import Failure, MemberId
+from .wire import check_auth
 
 log = logging.getLogger("jobset_runtime.group")
 

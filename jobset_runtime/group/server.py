@@ -17,22 +17,11 @@ from .. import contract
 from ..errors import ConfigError
 from . import wire
 from .state import ALL, UP, Failure, GroupState, MemberId, Phase
+from .wire import check_auth
 
 log = logging.getLogger("jobset_runtime.group")
 
 _WRITE_BUFFER_MAX = 1 << 20  # a member that stops reading is treated as vanished
-
-
-def check_auth(token: bytes | None, insecure: bool) -> bytes:
-    """The HMAC key: the token, or b"" when the caller explicitly asked for no authentication."""
-    if token:
-        return token
-    if insecure:
-        log.warning("group: no token; the group channel runs WITHOUT authentication (--insecure)")
-        return b""
-    raise ConfigError(
-        f"the group channel needs a token: mount the group Secret at {contract.GROUP_TOKEN_FILE} "
-        f"(or point {contract.GROUP_TOKEN_FILE_ENV} at it), or pass --insecure to run it without authentication")
 
 
 class _Conn:
@@ -96,7 +85,12 @@ class GroupServer:
         self._thread.start()
         ready.wait()
         if errors:
-            raise errors[0]
+            e = errors[0]
+            if isinstance(e, OSError):
+                host, port = self._bind
+                raise ConfigError(f"the group channel cannot listen on {host}:{port}: {e.strerror or e}; "
+                                  "bind the pod's own address and a port nothing else uses") from None
+            raise e
         return self.address
 
     def stop(self) -> None:

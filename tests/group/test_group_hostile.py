@@ -72,6 +72,15 @@ def test_no_token_refused_unless_insecure():
         m.close()
 
 
+def test_a_busy_port_is_a_configuration_error(token):
+    world = make_world(1)
+    with (
+        socket.create_server(("127.0.0.1", 0)) as busy,
+        pytest.raises(ConfigError, match="cannot listen on 127.0.0.1"),
+    ):
+        GroupServer(bind=busy.getsockname(), world=world, token=token, attempt=0).start()
+
+
 def test_a_member_with_the_wrong_token_cannot_join(group):
     srv, members, world = group
     intruder = GroupMember(server=srv.address, me=world[0], world=world, token=b"not-the-token-0123", attempt=1,
