@@ -77,6 +77,9 @@ TERMINATION_LOG_ENV = "JOBSET_RUNTIME_TERMINATION_LOG"
 LOG_FORMAT_ENV = "JOBSET_RUNTIME_LOG_FORMAT"
 # The in-place restart epoch handed to the child (0 on the first start).
 RESTART_ENV = "JOBSET_RUNTIME_RESTART"
+# The fail-fast group channel's shared token: a file mounted from a Secret.
+GROUP_TOKEN_FILE_ENV = "JOBSET_RUNTIME_GROUP_TOKEN_FILE"
+GROUP_TOKEN_FILE = "/etc/jobset-runtime/group/token"
 
 # One env var per identity field: read as input (a hand-written JobSet sets them
 # from fieldRefs) and exported by `jobset-run` for the child.  Same name both
@@ -153,6 +156,7 @@ TORCH_PORT = 29500  # torchrun's default --master-port
 JAX_PORT = 8476     # chosen over JAX >= 0.8.1's 8482: GCP's default TPU firewall opens 8476 (jax#35905)
 MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
 GROUP_PORT = 7470   # the fail-fast group channel
+GROUP_LEADERS_PORT = 7471  # its leaders' group, when slice leaders form a two-level tree
 SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
 
 # --- MPI ssh transport -----------------------------------------------------------
