@@ -74,12 +74,17 @@ TOPOLOGY_ENV = "JOBSET_RUNTIME_TOPOLOGY"
 NAMESERVERS_ENV = "JOBSET_RUNTIME_NAMESERVERS"
 CLUSTER_DOMAIN_ENV = "JOBSET_RUNTIME_CLUSTER_DOMAIN"
 TERMINATION_LOG_ENV = "JOBSET_RUNTIME_TERMINATION_LOG"
+# The pod's own IP (fieldRef status.podIP); else the kubelet's /etc/hosts line gives it.
+POD_IP_ENV = "JOBSET_RUNTIME_POD_IP"
 LOG_FORMAT_ENV = "JOBSET_RUNTIME_LOG_FORMAT"
 # The in-place restart epoch handed to the child (0 on the first start).
 RESTART_ENV = "JOBSET_RUNTIME_RESTART"
 # The fail-fast group channel's shared token: a file mounted from a Secret.
 GROUP_TOKEN_FILE_ENV = "JOBSET_RUNTIME_GROUP_TOKEN_FILE"
-GROUP_TOKEN_FILE = "/etc/jobset-runtime/group/token"
+GROUP_TOKEN_DIR = "/etc/jobset-runtime/group"  # where the group Secret is mounted
+GROUP_TOKEN_KEY = "token"                      # its one key
+GROUP_TOKEN_FILE = f"{GROUP_TOKEN_DIR}/{GROUP_TOKEN_KEY}"
+GROUP_VOLUME = "jobset-runtime-group"
 
 # One env var per identity field: read as input (a hand-written JobSet sets them
 # from fieldRefs) and exported by `jobset-run` for the child.  Same name both

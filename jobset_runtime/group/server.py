@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 
 from .. import contract
 from ..errors import ConfigError
@@ -101,6 +102,12 @@ class GroupServer:
                 pass  # loop already closed
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def drain(self, timeout: float) -> None:
+        """Wait (up to timeout) until every member has hung up, so a last broadcast reaches them."""
+        end = time.monotonic() + timeout
+        while self._conns and time.monotonic() < end:
+            time.sleep(0.02)
 
     def __enter__(self):
         self.start()
