@@ -1,0 +1,208 @@
+"""Command line: `jobset-runtime {env,wait,run,manifest,local}` and the `jobset-run` wrapper.
+
+Kept light: `jobset-run` starts in front of every training process, so only the
+modules a path needs are imported, and only when it needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import contract, log
+from .errors import ConfigError, JobSetRuntimeError
+
+logger = logging.getLogger("jobset_runtime.cli")
+
+WAIT_CHOICES = ("coordinator", "slice", "all", "none")
+
+
+def _identity():
+    from .podinfo import current_identity
+
+    ident = current_identity()
+    rank = None
+    try:
+        rank = ident.rank
+    except ConfigError:
+        pass
+    log.set_pod(ident.pod_name or ident.hostname, rank)
+    return ident
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=log.FORMATS, help=f"log line format (default: text, or ${contract.LOG_FORMAT_ENV})")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _wait_options(parser: argparse.ArgumentParser, default_timeout: float) -> None:
+    parser.add_argument("--timeout", type=float, default=default_timeout, metavar="S",
+                        help=f"overall deadline in seconds (default {default_timeout:g})")
+
+
+# --- env --------------------------------------------------------------------------
+
+def cmd_env(args) -> int:
+    import json
+    import shlex
+
+    from .exports import runtime_env
+
+    ident = _identity()
+    if args.format == "json":
+        print(json.dumps(ident.to_dict(), indent=2))
+    else:
+        for name, value in sorted(runtime_env(ident).items()):
+            print(f"export {name}={shlex.quote(value)}")
+    if ident.topology is None:
+        logger.warning("rank and world size are unknown without %s (name:REPLICASxPODS,... in spec order)",
+                       contract.TOPOLOGY_ENV)
+    return 0
+
+
+# --- wait -------------------------------------------------------------------------
+
+def wait_for_scope(ident, scope: str, timeout: float, port: int | None = None) -> None:
+    if scope == "none":
+        return
+    from . import peers
+
+    hosts = ident.scope_hosts(scope)
+    fqdns = [ident.fqdn(h) for h in hosts]
+    what = f"{len(fqdns)} host{'s' if len(fqdns) != 1 else ''} ({scope})" + (f", TCP port {port}" if port else "")
+    logger.info("waiting for %s, up to %gs", what, timeout)
+    peers.wait_for_hosts(fqdns, port=port, timeout=timeout)
+    logger.info("all %d ready", len(fqdns))
+
+
+def cmd_wait(args) -> int:
+    wait_for_scope(_identity(), args.scope, args.timeout, args.port)
+    return 0
+
+
+# --- run (the wrapper) ----------------------------------------------------------------
+
+def _run_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Wait for peers, export the pod's identity for any framework, run CMD, and report how it ended.",
+        usage=f"{prog} [options] -- CMD [ARGS...]",
+    )
+    _run_options(p)
+    return p
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--wait", choices=WAIT_CHOICES, default="coordinator",
+                   help="which peers must resolve in DNS before CMD starts (default: coordinator)")
+    _wait_options(p, 300.0)
+    tpu = p.add_mutually_exclusive_group()
+    tpu.add_argument("--tpu", dest="tpu", action="store_true", default=None,
+                     help="export TPU_WORKER_* and MEGASCALE_* (default: when GKE's TPU env is present)")
+    tpu.add_argument("--no-tpu", dest="tpu", action="store_false")
+    p.add_argument("--master-port", type=int, default=contract.TORCH_PORT, metavar="P",
+                   help=f"MASTER_PORT for PyTorch (default {contract.TORCH_PORT})")
+    p.add_argument("--grace", type=float, default=10.0, metavar="S",
+                   help="seconds between SIGTERM and SIGKILL when stopping leftovers of CMD (default 10)")
+    p.add_argument("--termination-log", metavar="PATH",
+                   help=f"where to write the cause of a failure (default ${contract.TERMINATION_LOG_ENV} or {contract.TERMINATION_LOG})")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+
+
+def cmd_run(args) -> int:
+    import os
+
+    from . import exports, supervisor
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ConfigError("no command given: use jobset-run [options] -- CMD [ARGS...]")
+    ident = _identity()
+    wait_for_scope(ident, args.wait, args.timeout)
+    exported = exports.runtime_env(ident)
+    exported.update(exports.torch_env(ident, args.master_port))
+    tpu = args.tpu if args.tpu is not None else any(k in os.environ for k in contract.TPU_PRESENCE_ENV)
+    if tpu:
+        exported.update(exports.tpu_env(ident))
+    env, warnings = exports.merge(os.environ, exported)
+    for w in warnings:
+        logger.warning(w)
+    code = supervisor.run(command, env, grace=args.grace)
+    if code != 0:
+        cause = f"pod {ident.pod_name or ident.hostname}"
+        try:
+            cause += f" (rank {ident.rank})"
+        except ConfigError:
+            pass
+        cause += f": {command[0]} {supervisor.describe_exit(code)}"
+        logger.error(cause)
+        supervisor.write_termination_message(cause, args.termination_log)
+    return code
+
+
+# --- entry points -------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jobset-runtime", description="Bring a distributed job up inside JobSet pods.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    e = sub.add_parser("env", help="print this pod's identity")
+    _common(e)
+    e.add_argument("--format", choices=("json", "shell"), default="json")
+    e.set_defaults(func=cmd_env)
+
+    w = sub.add_parser("wait", help="wait until peers resolve in DNS (and accept TCP)")
+    _common(w)
+    w.add_argument("scope", choices=WAIT_CHOICES[:3])
+    w.add_argument("--port", type=int, metavar="P", help="also wait until each accepts TCP on port P")
+    _wait_options(w, 300.0)
+    w.set_defaults(func=cmd_wait)
+
+    r = sub.add_parser("run", help="the jobset-run wrapper", usage="jobset-runtime run [options] -- CMD [ARGS...]")
+    _run_options(r)
+    r.set_defaults(func=cmd_run)
+
+    # Subcommands with parsers of their own; everything after the name is theirs.
+    sub.add_parser("manifest", help="generate or validate JobSet manifests", add_help=False)
+    sub.add_parser("local", help="run a JobSet on this machine", add_help=False)
+    return p
+
+
+def _guard(fn, args, termination_log: str | None = None) -> int:
+    """Errors for people: message, no traceback, the error's exit code."""
+    try:
+        return fn(args)
+    except JobSetRuntimeError as e:
+        logger.error("%s", e)
+        from .supervisor import write_termination_message
+
+        write_termination_message(str(e), termination_log)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return contract.EXIT_SIGNAL_BASE + 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["manifest"], ["local"]):
+        log.setup("jobset-runtime")
+        if argv[0] == "manifest":
+            from .manifests.cli import main as sub_main
+        else:
+            from .local.cli import main as sub_main
+        return _guard(lambda rest: sub_main(rest), argv[1:])
+    args = _parser().parse_args(argv)
+    log.setup("jobset-runtime", args.log_format, args.log_level)
+    return _guard(args.func, args, getattr(args, "termination_log", None))
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    args = _run_parser("jobset-run").parse_args(sys.argv[1:] if argv is None else argv)
+    log.setup("jobset-run", args.log_format, args.log_level)
+    return _guard(cmd_run, args, args.termination_log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Read what Kubernetes hands the pod: downward-API files, env, /etc/hosts.
+
+The I/O edge in front of `identity.derive`.  The labels and annotations files are
+in the kubelet's format (kubernetes pkg/fieldpath/fieldpath.go, FormatMap): one
+`key="value"` line per entry, keys sorted, the value quoted as Go's `%q` does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from . import contract
+from .errors import ConfigError
+from .identity import Identity, PodMetadata, derive
+
+_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"', "'": "'"}
+
+
+def go_unquote(quoted: str) -> str:
+    """Inverse of Go's strconv.Quote: `"a\\"b\\u00e9"` → `a"bé`. Raises ValueError on bad input."""
+    if len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
+        raise ValueError("value is not in double quotes")
+    body, out, i = quoted[1:-1], bytearray(), 0
+    while i < len(body):
+        c = body[i]
+        if c == '"':
+            raise ValueError("unescaped quote inside the value")
+        if c != "\\":
+            out += c.encode()
+            i += 1
+            continue
+        if i + 1 >= len(body):
+            raise ValueError("value ends in a lone backslash")
+        e = body[i + 1]
+        if e in _SIMPLE:
+            out += _SIMPLE[e].encode()
+            i += 2
+        elif e in "xuU":
+            width = {"x": 2, "u": 4, "U": 8}[e]
+            digits = body[i + 2:i + 2 + width]
+            if len(digits) != width or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                raise ValueError(f"bad \\{e} escape")
+            code = int(digits, 16)
+            out += bytes([code]) if e == "x" else chr(code).encode("utf-8", "surrogatepass")
+            i += 2 + width
+        elif e in "01234567":
+            digits = body[i + 1:i + 4]
+            if len(digits) != 3 or any(d not in "01234567" for d in digits) or int(digits, 8) > 255:
+                raise ValueError("bad octal escape")
+            out.append(int(digits, 8))
+            i += 4
+        else:
+            raise ValueError(f"unknown escape \\{e}")
+    return out.decode("utf-8")
+
+
+def parse_downward_file(text: str, path: str = "labels") -> dict[str, str]:
+    """Parse a downward-API labels/annotations file; a bad line is a ConfigError naming it."""
+    result = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError('expected key="value"')
+            result[key] = go_unquote(value)
+        except ValueError as e:
+            raise ConfigError(
+                f"{path}:{n}: cannot read {line[:80]!r} ({e}); the file must be a downward-API volume item "
+                "(fieldRef metadata.labels or metadata.annotations), as the kubelet writes it"
+            ) from None
+    return result
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+
+
+def read_pod_metadata(environ: Mapping[str, str] | None = None, hosts_file: str = contract.HOSTS_FILE) -> PodMetadata:
+    """Collect the pod's metadata from the downward-API dir, env and /etc/hosts."""
+    env = dict(os.environ if environ is None else environ)
+    explicit = contract.PODINFO_ENV in env
+    podinfo = Path(env.get(contract.PODINFO_ENV) or contract.PODINFO_DIR)
+    if not podinfo.is_dir():
+        if explicit:
+            raise ConfigError(
+                f"{contract.PODINFO_ENV}={podinfo} is not a directory: point it at the downward-API volume's "
+                "mount path, or unset it"
+            )
+        if contract.IDENTITY_ENV["jobset_name"] not in env:
+            raise ConfigError(
+                f"no pod metadata: {podinfo} does not exist and {contract.IDENTITY_ENV['jobset_name']} is unset. "
+                f"Run inside a JobSet pod with the downward-API volume mounted at {contract.PODINFO_DIR} "
+                f"(or {contract.PODINFO_ENV}=DIR), or set the {contract.ENV_PREFIX}* env vars from fieldRefs; "
+                "`jobset-runtime manifest` generates both"
+            )
+
+    def downward(name: str) -> dict[str, str]:
+        text = _read(podinfo / name)
+        return {} if text is None else parse_downward_file(text, str(podinfo / name))
+
+    def plain(name: str) -> str | None:
+        text = _read(podinfo / name)
+        return text.strip() or None if text is not None else None
+
+    return PodMetadata(
+        labels=downward(contract.PODINFO_LABELS),
+        annotations=downward(contract.PODINFO_ANNOTATIONS),
+        env=env,
+        hosts=_read(Path(hosts_file)) or "",
+        name=plain(contract.PODINFO_NAME),
+        namespace=plain(contract.PODINFO_NAMESPACE),
+    )
+
+
+def current_identity(environ: Mapping[str, str] | None = None, hosts_file: str = contract.HOSTS_FILE) -> Identity:
+    return derive(read_pod_metadata(environ, hosts_file))

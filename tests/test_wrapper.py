@@ -1,0 +1,118 @@
+"""jobset-run with real child processes: exit codes, signals, termination message, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+PYTHON = sys.executable
+
+POD = {
+    "JOBSET_RUNTIME_JOBSET_NAME": "demo", "JOBSET_RUNTIME_REPLICATED_JOB": "worker",
+    "JOBSET_RUNTIME_JOB_INDEX": "1", "JOB_COMPLETION_INDEX": "0", "JOBSET_RUNTIME_NAMESPACE": "default",
+    "JOBSET_RUNTIME_TOPOLOGY": "worker:2x2",
+}
+
+
+def jobset_run(cli_env, *args, extra=None, **kw):
+    env = {**cli_env, **POD, **(extra or {})}
+    return subprocess.run([PYTHON, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())", *args],
+                          env=env, capture_output=True, text=True, timeout=60, **kw)
+
+
+@pytest.fixture
+def cli_env(cli_env):
+    cli_env = dict(cli_env)
+    cli_env.pop("JOBSET_RUNTIME_PODINFO", None)
+    return cli_env
+
+
+def test_exports_identity_and_exit_code(cli_env, tmp_path):
+    out = tmp_path / "env.json"
+    r = jobset_run(cli_env, "--wait", "none", "--", PYTHON, "-c",
+                   f"import os, json; json.dump(dict(os.environ), open({str(out)!r}, 'w')); raise SystemExit(7)")
+    assert r.returncode == 7
+    env = json.loads(out.read_text())
+    assert env["RANK"] == "2" and env["WORLD_SIZE"] == "4"
+    assert env["MASTER_ADDR"] == "demo-worker-0-0.demo.default.svc.cluster.local"
+    assert env["JOBSET_RUNTIME_RANK"] == "2"
+    assert "TPU_WORKER_ID" not in env
+    assert "exited with code 7" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tpu_env_on_request(cli_env, tmp_path):
+    out = tmp_path / "env.json"
+    r = jobset_run(cli_env, "--wait", "none", "--tpu", "--", PYTHON, "-c",
+                   f"import os, json; json.dump(dict(os.environ), open({str(out)!r}, 'w'))")
+    assert r.returncode == 0, r.stderr
+    env = json.loads(out.read_text())
+    assert env["TPU_WORKER_ID"] == "0" and env["MEGASCALE_SLICE_ID"] == "1" and env["MEGASCALE_NUM_SLICES"] == "2"
+
+
+def test_killed_child_gives_128_plus_signal_and_termination_message(cli_env, tmp_path):
+    log = tmp_path / "termination-log"
+    r = jobset_run(cli_env, "--wait", "none", "--termination-log", str(log), "--",
+                   PYTHON, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert r.returncode == 128 + 9
+    msg = log.read_text()
+    assert "pod demo-worker-1-0 (rank 2)" in msg and "SIGKILL" in msg
+
+
+def test_sigterm_is_forwarded_to_the_whole_group(cli_env, tmp_path):
+    marker = tmp_path / "got-term"
+    ready = tmp_path / "ready"
+    # The child and a grandchild both trap SIGTERM; both must receive it.
+    path = tmp_path / "child.py"
+    path.write_text(
+        "import os, signal, subprocess, sys, time\n"
+        "def on_term(*_):\n"
+        f"    open({str(marker)!r} + str(os.getpid()), 'w').close()\n"
+        "    sys.exit(42)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "if sys.argv[1:] != ['grandchild']:\n"
+        "    subprocess.Popen([sys.executable, __file__, 'grandchild'])\n"
+        f"open({str(ready)!r} + str(os.getpid()), 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    env = {**cli_env, **POD}
+    p = subprocess.Popen([PYTHON, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())",
+                          "--wait", "none", "--", PYTHON, str(path)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while len(list(tmp_path.glob("ready*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 42
+    got = list(tmp_path.glob("got-term*"))
+    assert len(got) == 2, got
+
+
+def test_config_errors_exit_2_without_traceback(cli_env, tmp_path):
+    log = tmp_path / "termination-log"
+    r = jobset_run(cli_env, "--wait", "none", "--termination-log", str(log), "--", "true",
+                   extra={"JOBSET_RUNTIME_TOPOLOGY": "worker:2"})
+    assert r.returncode == 2
+    assert "JOBSET_RUNTIME_TOPOLOGY" in r.stderr and "Traceback" not in r.stderr
+    assert "JOBSET_RUNTIME_TOPOLOGY" in log.read_text()
+    r = jobset_run(cli_env, "--wait", "none")
+    assert r.returncode == 2 and "no command given" in r.stderr
+    r = jobset_run(cli_env, "--wait", "none", "--", "/no/such/program")
+    assert r.returncode == 127 and "command not found" in r.stderr
+
+
+def test_env_command_outputs(cli_env, podinfo):
+    env, hosts = podinfo("multislice-1-3", JOBSET_RUNTIME_TOPOLOGY="slice:2x4")
+    # /etc/hosts is the machine's here; namespace comes from the podinfo file
+    r = subprocess.run([PYTHON, "-m", "jobset_runtime", "env"], env={**cli_env, **env}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["rank"] == 7 and d["coordinator"] == "train-slice-0-0" and d["namespace"] == "ml-team"
+    r = subprocess.run([PYTHON, "-m", "jobset_runtime", "env", "--format", "shell"], env={**cli_env, **env},
+                       capture_output=True, text=True)
+    assert "export JOBSET_RUNTIME_RANK=7" in r.stdout.splitlines()
+    r = subprocess.run([PYTHON, "-m", "jobset_runtime", "env"], env={**cli_env, "JOBSET_RUNTIME_PODINFO": "/nope"},
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
