@@ -19,13 +19,12 @@ names the upstream code it reproduces:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import uuid
 from dataclasses import dataclass, field
 
-from .. import contract
+from .. import jobset
 
 # pkg/kubelet/kubelet.go: container restart back-off starts at 10 s, doubles, caps at 300 s.
 CRASH_BACKOFF_INITIAL = 10.0
@@ -37,81 +36,24 @@ POD_BACKOFF_MAX = 600.0
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
-def job_name(js_name: str, rjob: str, job_index: int) -> str:
-    """pkg/util/placement GenJobName: `<jobset>-<replicatedJob>-<jobIndex>`."""
-    return f"{js_name}-{rjob}-{job_index}"
-
-
-def job_key(namespace: str, name: str) -> str:
-    """jobset_controller.go: SHA1 of `<namespace>/<jobName>`, hex."""
-    return hashlib.sha1(f"{namespace}/{name}".encode()).hexdigest()
-
-
 def subdomain_of(js: dict) -> str:
-    return (js["spec"].get("network") or {}).get("subdomain") or js["metadata"]["name"]
-
-
-def _groups(js: dict):
-    """{group: (total replicas, {rjob: offset of its first Job in the group})}."""
-    out = {}
-    for rj in js["spec"]["replicatedJobs"]:
-        g = rj.get("groupName", contract.DEFAULT_GROUP_NAME)
-        total, offsets = out.get(g, (0, {}))
-        offsets[rj["name"]] = total
-        out[g] = (total + int(rj["replicas"]), offsets)
-    return out
-
-
-def jobset_metadata(js: dict, rjob_name: str, job_index: int, restart_attempt: int) -> dict:
-    """The keys labelAndAnnotateObject (jobset_controller.go) sets on a child Job and its
-    pod template, each as both label and annotation (decimal strings)."""
-    name = js["metadata"]["name"]
-    ns = js["metadata"].get("namespace", "default")
-    rjobs = js["spec"]["replicatedJobs"]
-    rj = next(r for r in rjobs if r["name"] == rjob_name)
-    global_index = sum(int(r["replicas"]) for r in rjobs[:rjobs.index(rj)]) + job_index
-    group = rj.get("groupName", contract.DEFAULT_GROUP_NAME)
-    group_total, offsets = _groups(js)[group]
-    meta = {
-        contract.JOBSET_NAME_KEY: name,
-        contract.REPLICATED_JOB_NAME_KEY: rjob_name,
-        contract.REPLICATED_JOB_REPLICAS_KEY: str(rj["replicas"]),
-        contract.GROUP_NAME_KEY: group,
-        contract.GROUP_REPLICAS_KEY: str(group_total),
-        contract.JOB_INDEX_KEY: str(job_index),
-        contract.JOB_GROUP_INDEX_KEY: str(offsets[rjob_name] + job_index),
-        contract.RESTART_ATTEMPT_KEY: str(restart_attempt),
-        contract.JOB_KEY: job_key(ns, job_name(name, rjob_name, job_index)),
-        contract.JOB_GLOBAL_INDEX_KEY: str(global_index),
-        contract.GLOBAL_REPLICAS_KEY: str(sum(int(r["replicas"]) for r in rjobs)),
-        contract.JOBSET_UID_KEY: js["metadata"].get("uid", ""),
-    }
-    coord = js["spec"].get("coordinator")
-    if coord:
-        host = f"{name}-{coord['replicatedJob']}-{coord.get('jobIndex', 0)}-{coord.get('podIndex', 0)}"
-        meta[contract.COORDINATOR_KEY] = f"{host}.{subdomain_of(js)}"
-    return meta
+    return jobset.subdomain(js)
 
 
 def pod_metadata(js: dict, rjob_name: str, job_index: int, pod_index: int, restart_attempt: int,
                  job_uid: str = "") -> tuple[dict, dict]:
-    """(labels, annotations) of one pod: the template's own, JobSet's (both), and the Job
-    controller's (pkg/controller/job: job-completion-index as label and annotation,
-    job-name and controller-uid labels, with and without the batch.kubernetes.io/ prefix)."""
-    rj = next(r for r in js["spec"]["replicatedJobs"] if r["name"] == rjob_name)
-    tmeta = rj["template"]["spec"]["template"].get("metadata") or {}
-    labels = dict(tmeta.get("labels") or {})
-    annotations = dict(tmeta.get("annotations") or {})
-    meta = jobset_metadata(js, rjob_name, job_index, restart_attempt)
-    labels.update(meta)
-    annotations.update(meta)
-    jname = job_name(js["metadata"]["name"], rjob_name, job_index)
+    """(labels, annotations) of one pod: the template's own, JobSet's (jobset.child_pod_metadata:
+    labelAndAnnotateObject, each key both label and annotation, plus the completion index),
+    and the rest of the Job controller's labels (pkg/controller/job: job-name and
+    controller-uid, with and without the batch.kubernetes.io/ prefix)."""
+    labels, annotations = jobset.child_pod_metadata(js, rjob_name, job_index, pod_index,
+                                                    restart_attempt=restart_attempt,
+                                                    uid=js["metadata"].get("uid", ""))
+    jname = jobset.job_name(js["metadata"]["name"], rjob_name, job_index)
     labels.update({
         "batch.kubernetes.io/controller-uid": job_uid, "batch.kubernetes.io/job-name": jname,
         "controller-uid": job_uid, "job-name": jname,
-        contract.JOB_COMPLETION_INDEX_KEY: str(pod_index),
     })
-    annotations[contract.JOB_COMPLETION_INDEX_KEY] = str(pod_index)
     return labels, annotations
 
 
@@ -273,7 +215,7 @@ class Controller:
                 self._create_job(rj, i)
 
     def _create_job(self, rj: dict, index: int) -> None:
-        name = job_name(self.name, rj["name"], index)
+        name = jobset.job_name(self.name, rj["name"], index)
         job = Job(rjob=rj["name"], index=index, name=name, uid=str(uuid.uuid4()),
                   restart_attempt=self.restarts, spec=rj["template"]["spec"])
         self.jobs[(rj["name"], index)] = job

@@ -265,6 +265,8 @@ class Runner:
         c.exit_code = None
 
     def _read(self, proc: _Proc) -> None:
+        if not proc.out_open:
+            return
         try:
             data = os.read(proc.popen.stdout.fileno(), 65536)
         except BlockingIOError:
@@ -295,6 +297,8 @@ class Runner:
         proc.log.close()
 
     def _exited(self, proc: _Proc) -> None:
+        if proc.exited:
+            return
         self.sel.unregister(proc.pidfd)
         os.close(proc.pidfd)
         code = proc.popen.wait()
