@@ -23,7 +23,7 @@ import time
 from .. import contract
 from . import kubelet
 from .controller import Controller, Pod, Container, subdomain_of
-from .pods import LOOPBACK_LIMITS, Loopback, Network
+from .pods import LOOPBACK_LIMITS, Loopback, Network, run_id
 
 EXIT_TIMEOUT = 124   # as timeout(1)
 EXIT_INTERRUPTED = 130
@@ -52,7 +52,7 @@ class Runner:
         self.dns_delay = dns_delay
         self.out = out or sys.stdout
         self.interrupt_grace = interrupt_grace
-        self.run_id = os.urandom(3).hex()
+        self.run_id = run_id()
         self.net = Network(self.run_id) if mode == "netns" else Loopback(self.run_id)
         self.namespace = js["metadata"].get("namespace", "default")
         self.subdomain = subdomain_of(js)
@@ -419,7 +419,8 @@ class Runner:
                 self.net.setup()
                 self._start_dns()
                 self._print(f"run directory: {self.run_dir}")
-                self.event(f"jobset {self.ctl.name}: mode {self.net.mode}, DNS {self.nameserver}")
+                where = f" (namespaces {self.net.cluster_ns}*)" if self.net.mode == "netns" else ""
+                self.event(f"jobset {self.ctl.name}: mode {self.net.mode}{where}, DNS {self.nameserver}")
                 if timeout:
                     self.call_later(timeout, lambda: self._stop("timeout"))
                 self.ctl.start()
