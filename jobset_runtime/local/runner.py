@@ -393,6 +393,29 @@ class Runner:
         self.dns = server
         self.nameserver = server.nameserver
 
+    def preflight(self) -> None:
+        """Resolve every container's env, command and volumes once with placeholder pod
+        facts, so a missing Secret key or command is reported before anything starts."""
+        from .controller import pod_metadata
+
+        for rj in self.ctl.rjobs:
+            labels, annotations = pod_metadata(self.js, rj["name"], 0, 0, 0)
+            pod_spec = rj["template"]["spec"]["template"]["spec"]
+            facts = kubelet.PodFacts(name="preflight", namespace=self.namespace, uid="", labels=labels,
+                                     annotations=annotations, hostname="preflight", subdomain=self.subdomain,
+                                     pod_ip="198.18.0.2", host_ip="127.0.0.1", node_name="node", objects=self.objects)
+            names = set()
+            for vol in pod_spec.get("volumes") or []:
+                kubelet.volume_files(facts, vol)
+                names.add(vol.get("name"))
+            for c in pod_spec["containers"]:
+                kubelet.container_argv(c, kubelet.container_env(facts, c))
+                for vm in c.get("volumeMounts") or []:
+                    if vm.get("name") not in names:
+                        from ..errors import ConfigError
+                        raise ConfigError(f"replicatedJob {rj['name']}, container {c.get('name')}: volumeMount "
+                                          f"{vm.get('name')!r} names no volume of the pod; add it to spec.volumes")
+
     # --- main loop -------------------------------------------------------------------
     def _print(self, line: str) -> None:
         try:
@@ -413,6 +436,7 @@ class Runner:
         outcome = None
         try:
             try:
+                self.preflight()
                 os.makedirs(self.run_dir, exist_ok=True)
                 if self.net.mode == "loopback":
                     self._print("notice: " + LOOPBACK_LIMITS)
