@@ -21,7 +21,7 @@ import sys
 import time
 
 from .. import contract
-from . import kubelet
+from . import kubelet, probes
 from .controller import Controller, Pod, Container, subdomain_of
 from .pods import LOOPBACK_LIMITS, Loopback, Network, run_id
 
@@ -64,6 +64,11 @@ class Runner:
             kw["pod_backoff"] = pod_backoff
         self.ctl = Controller(js, self, skew=skew, **kw)
         self.sel = selectors.DefaultSelector()
+        self._results: list = []
+        import socket
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._timers: list = []
         self._seq = itertools.count()
         self._pending: list = []       # pods waiting for their namespaces
@@ -97,9 +102,22 @@ class Runner:
     def pod_has_processes(self, pod: Pod) -> bool:
         return bool(self._by_pod.get(pod.name))
 
-    def restart_container(self, pod: Pod, container: Container) -> None:
+    def spawn(self, pod: Pod, container: Container) -> None:
         self._spawn(pod, container)
-        pod.ready = all(c.running for c in pod.containers)
+
+    def stop_containers(self, pod: Pod, containers, grace: float) -> None:
+        for p in self._by_pod.get(pod.name) or []:
+            if p.container in containers:
+                self._signal(p, signal.SIGTERM)
+                p.kill_timer = self.call_later(grace, lambda p=p: self._signal(p, signal.SIGKILL))
+
+    def pod_ready_changed(self, pod: Pod) -> None:
+        # publishNotReadyAddresses false: only Ready pods are in the Service's endpoints.
+        if not self.js["spec"]["network"].get("publishNotReadyAddresses", True) and not pod.stopping:
+            if pod.ready:
+                self._dns_add(pod)
+            elif pod.ip:
+                self._dns_remove(pod)
 
     def stop_pod(self, pod: Pod, grace: float) -> None:
         procs = self._by_pod.get(pod.name) or []
@@ -160,12 +178,9 @@ class Runner:
                                    kubelet.resolv_conf(self.namespace, self.nameserver.split(":")[0], self.domain))
             if self.js["spec"]["network"].get("publishNotReadyAddresses", True):
                 self._dns_add(pod)
-            for c in pod.containers:
-                self._spawn(pod, c, facts)
+            pod._facts = facts
             self.event(f"pod {pod.name} started, ip {pod.ip}")
-            self.ctl.pod_started(pod)
-            if not self.js["spec"]["network"].get("publishNotReadyAddresses", True):
-                self._dns_add(pod)
+            self.ctl.sandbox_ready(pod)
 
     def _write_volumes(self, pod: Pod, facts, pod_dir: str) -> None:
         pod._volume_dirs = {}
@@ -218,7 +233,7 @@ class Runner:
                 if not k.startswith(contract.ENV_PREFIX) and k != contract.HOSTNAME_ENV}
 
     def _spawn(self, pod: Pod, c: Container, facts=None) -> None:
-        facts = facts or self._facts(pod)
+        facts = facts or getattr(pod, "_facts", None) or self._facts(pod)
         spec = c.spec
         env = kubelet.container_env(facts, spec, extra={contract.HOSTNAME_ENV: pod.hostname})
         # pkg/controller/job/indexed_job_utils.go addCompletionIndexEnvVariable: the Job
@@ -263,6 +278,68 @@ class Runner:
         c.handle = proc
         c.running = True
         c.exit_code = None
+        proc.env = full_env
+        proc.probes = probes.parse(spec)
+        proc.probe_state = {}
+        c.started = "startupProbe" not in proc.probes
+        c.ready = "readinessProbe" not in proc.probes
+        for kind in proc.probes:
+            proc.probe_state[kind] = [0, 0]  # consecutive successes, failures
+        # Readiness and liveness probes wait until the startupProbe has passed.
+        first = [k for k in proc.probes if k == "startupProbe"] or list(proc.probes)
+        for kind in first:
+            self.call_later(proc.probes[kind].initial_delay, lambda k=kind, p=proc: self._probe(p, k))
+
+    # --- probes --------------------------------------------------------------------
+    def _probe(self, proc: _Proc, kind: str) -> None:
+        if proc.exited or proc.pod.stopping:
+            return
+        probe = proc.probes[kind]
+        ns = self._slots.get(proc.pod.name, "")
+        netns_path = os.path.join("/run/netns", ns) if ns else None
+        prefix = (["nsenter", "-t", str(proc.popen.pid), "-n", "-m", "-u", "--"] if ns else [])
+        probes.run_async(probe, container=proc.container.spec, pod_ip=proc.pod.ip, netns_path=netns_path,
+                         exec_prefix=prefix, env=proc.env,
+                         post=lambda ok: self._post((proc, kind, ok)))
+
+    def _post(self, item) -> None:
+        # From a probe thread: queue the result and wake the loop.
+        self._results.append(item)
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _probe_result(self, proc: _Proc, kind: str, ok: bool) -> None:
+        if proc.exited or proc.pod.stopping:
+            return
+        c, probe, state = proc.container, proc.probes[kind], proc.probe_state[kind]
+        state[0], state[1] = (state[0] + 1, 0) if ok else (0, state[1] + 1)
+        again = probe.period
+        if kind == "startupProbe":
+            if ok:
+                self.event(f"pod {proc.pod.name}: container {c.name} started (startupProbe)")
+                for k in proc.probes:
+                    if k != "startupProbe":
+                        self.call_later(proc.probes[k].initial_delay, lambda k=k: self._probe(proc, k))
+                self.ctl.container_started(proc.pod, c)
+                return
+            if state[1] >= probe.failure_threshold:
+                self.event(f"pod {proc.pod.name}: container {c.name} failed its startupProbe; killing it")
+                self._signal(proc, signal.SIGKILL)
+                return
+        elif kind == "readinessProbe":
+            if ok and not c.ready and state[0] >= probe.success_threshold:
+                c.ready = True
+                self.ctl.readiness_changed(proc.pod)
+            elif not ok and c.ready and state[1] >= probe.failure_threshold:
+                c.ready = False
+                self.ctl.readiness_changed(proc.pod)
+        elif kind == "livenessProbe" and state[1] >= probe.failure_threshold:
+            self.event(f"pod {proc.pod.name}: container {c.name} failed its livenessProbe; killing it")
+            self._signal(proc, signal.SIGKILL)
+            return
+        self.call_later(again, lambda: self._probe(proc, kind))
 
     def _read(self, proc: _Proc) -> None:
         if not proc.out_open:
@@ -408,8 +485,9 @@ class Runner:
             for vol in pod_spec.get("volumes") or []:
                 kubelet.volume_files(facts, vol)
                 names.add(vol.get("name"))
-            for c in pod_spec["containers"]:
+            for c in pod_spec["containers"] + (pod_spec.get("initContainers") or []):
                 kubelet.container_argv(c, kubelet.container_env(facts, c))
+                probes.parse(c)
                 for vm in c.get("volumeMounts") or []:
                     if vm.get("name") not in names:
                         from ..errors import ConfigError
@@ -512,7 +590,7 @@ class Runner:
             timeout = None
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            if not self.sel.get_map() and timeout is None:
+            if len(self.sel.get_map()) <= 1 and timeout is None and not self._results:
                 if self.ctl.live_pods():
                     # Pods whose start never happened (stopped before launch).
                     for p in self.ctl.live_pods():
@@ -524,8 +602,15 @@ class Runner:
                 kind, proc = key.data
                 if kind == "out":
                     self._read(proc)
-                else:
+                elif kind == "exit":
                     self._exited(proc)
+                else:
+                    try:
+                        self._wake_r.recv(4096)
+                    except OSError:
+                        pass
+                    while self._results:
+                        self._probe_result(*self._results.pop(0))
 
     # --- status and cleanup ------------------------------------------------------------
     def _print_status(self, outcome) -> None:
@@ -584,6 +669,8 @@ class Runner:
                 except OSError:
                     pass
             self.sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
             try:
                 atexit.unregister(self.close)
             except Exception:
