@@ -48,8 +48,14 @@ SHIM = (
     'printf %s "$1" > /proc/sys/kernel/hostname || exit 128\n'
     'wd=$2; shift 2\n'
     'while [ "$1" != -- ]; do\n'
-    '  mount --bind "$1" "$2" || exit 128\n'
-    '  if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 128; fi\n'
+    '  case "$3" in\n'
+    '  ov) mount -t tmpfs tmpfs "$1" && mkdir "$1/u" "$1/w" &&\n'
+    '      mount -t overlay overlay -o "lowerdir=$2,upperdir=$1/u,workdir=$1/w" "$2" || exit 128 ;;\n'
+    '  dir) mkdir -p "$2" || exit 128 ;;\n'
+    '  file) mkdir -p "${2%/*}" && : > "$2" || exit 128 ;;\n'
+    '  *) mount --bind "$1" "$2" || exit 128\n'
+    '     if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 128; fi ;;\n'
+    '  esac\n'
     '  shift 3\n'
     'done\n'
     'shift\n'
@@ -249,8 +255,8 @@ class Network:
 
     def argv(self, ns: str, hostname: str, workdir: str, mounts: list, command: list) -> list:
         flat = []
-        for src, dst, ro in mounts:
-            flat += [src, dst, "ro" if ro else "rw"]
+        for src, dst, mode in mounts:
+            flat += [src, dst, mode]
         return ["ip", "netns", "exec", ns, "unshare", "--uts", "--", "/bin/sh", "-c", SHIM, "shim",
                 hostname, workdir or "", *flat, "--", *command]
 

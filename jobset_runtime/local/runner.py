@@ -196,7 +196,11 @@ class Runner:
             pod._volume_dirs[vol["name"]] = (d, vol)
 
     def _mounts(self, pod: Pod, container: dict) -> list:
-        mounts = []
+        """(src, dst, mode) steps for SHIM: `ov` overlays a tmpfs-backed layer on an
+        existing directory so a missing mountpoint can be made inside the pod's own
+        mount namespace (the host's filesystem is never written), `dir`/`file` make
+        that mountpoint, `ro`/`rw` bind a volume."""
+        binds, missing = [], []
         for vm in container.get("volumeMounts") or []:
             src, vol = pod._volume_dirs.get(vm["name"], (None, None))
             if src is None:
@@ -204,12 +208,37 @@ class Runner:
                 raise ConfigError(f"container {container.get('name')}: volumeMount {vm['name']!r} names no volume of the pod")
             if vm.get("subPath"):
                 src = os.path.join(src, vm["subPath"])
-            dst = vm["mountPath"]
+            dst = os.path.normpath(vm["mountPath"])
             if not os.path.exists(dst):
-                is_file = os.path.isfile(src)
-                self._make_mountpoint(dst, is_file)
-            mounts.append((src, dst, bool(vm.get("readOnly")) or (vol is not None and ("secret" in vol or "configMap" in vol or "downwardAPI" in vol))))
-        return mounts
+                missing.append((dst, os.path.isfile(src)))
+            read_only = bool(vm.get("readOnly")) or (vol is not None and any(k in vol for k in ("secret", "configMap", "downwardAPI")))
+            binds.append((src, dst, "ro" if read_only else "rw"))
+        steps, anchors = [], []
+        for dst, is_file in missing:
+            anchor = os.path.dirname(dst)
+            while not os.path.isdir(anchor):
+                anchor = os.path.dirname(anchor)
+            if anchor == "/" or any(ch in anchor for ch in ",:"):
+                self._make_mountpoint(dst, is_file)  # cannot overlay /: made on the host, removed at the end
+                continue
+            if anchor not in anchors:
+                anchors.append(anchor)
+            steps.append(("-", dst, "file" if is_file else "dir"))
+        if anchors:
+            scratch = os.path.join(self.run_dir, "pods", pod.name, f"mnt-{container.get('name') or 'c'}")
+            layers = []
+            for i, anchor in enumerate(sorted(anchors, key=lambda d: d.count("/"))):
+                layer = os.path.join(scratch, str(i))
+                os.makedirs(layer, exist_ok=True)
+                layers.append((layer, anchor, "ov"))
+            # An overlay on /etc (or above it) hides the pod's hosts and resolv.conf binds: redo them.
+            ns_etc = os.path.join("/etc/netns", self._slots[pod.name])
+            for name in ("hosts", "resolv.conf"):
+                target = os.path.join("/etc", name)
+                if any(target.startswith(a.rstrip("/") + "/") for a in anchors):
+                    layers.append((os.path.join(ns_etc, name), target, "rw"))
+            steps = layers + steps
+        return steps + binds
 
     def _make_mountpoint(self, dst: str, is_file: bool) -> None:
         # The pods share this machine's filesystem: a mountpoint that does not exist

@@ -13,15 +13,17 @@ def ok(r):
     return f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
 
 
-SIDECAR = 'trap "echo sidecar stopped; exit 0" TERM; echo sidecar up; sleep 60 & wait'
+SIDECAR = 'trap "echo sidecar stopped; exit 0" TERM; echo sidecar up; touch "$1/sidecar-$(hostname)"; sleep 60 & wait'
 
 
 def test_init_containers_run_first_and_sidecars_stop_after_main(tmp_path):
-    js = lf.jobset("ic", [("w", 1, 2, lf.sh('[ -e "$1/init-$(hostname)" ] && echo main sees init', str(tmp_path)))])
+    main = ('[ -e "$1/init-$(hostname)" ] && echo main sees init; '
+            'while [ ! -e "$1/sidecar-$(hostname)" ]; do sleep 0.02; done')
+    js = lf.jobset("ic", [("w", 1, 2, lf.sh(main, str(tmp_path)))])
     pod = js["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     pod["initContainers"] = [
         {"name": "prepare", "image": "x", **lf.sh('sleep 0.2; touch "$1/init-$(hostname)"', str(tmp_path))},
-        {"name": "helper", "image": "x", "restartPolicy": "Always", **lf.sh(SIDECAR)},
+        {"name": "helper", "image": "x", "restartPolicy": "Always", **lf.sh(SIDECAR, str(tmp_path))},
     ]
     r = lf.run_local(tmp_path, js, args=["--timeout", "60"])
     assert r.returncode == 0, ok(r)
@@ -123,3 +125,23 @@ def test_unsupported_input_is_named_before_anything_starts(tmp_path):
     js = lf.jobset("bad", [("w", 1, 1, {"args": ["x"]})])
     r = lf.run_local(tmp_path, js)
     assert r.returncode == 2 and "has no command" in r.stderr and "Traceback" not in r.stderr, ok(r)
+
+
+def test_secret_and_configmap_volumes_with_subpath_at_missing_paths(tmp_path):
+    import base64
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+              "data": {"token": base64.b64encode(b"s3cret").decode()}}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"a.conf": "x=1\n"}}
+    check = ('cat /opt/jsr-missing/deep/token; echo; cat /etc/jsr-cfg/a.conf; '
+             'if echo no > /etc/jsr-cfg/a.conf 2>/dev/null; then echo writable; else echo read-only; fi')
+    c = {**lf.sh(check), "volumeMounts": [
+        {"name": "creds", "mountPath": "/opt/jsr-missing/deep/token", "subPath": "token"},
+        {"name": "cfg", "mountPath": "/etc/jsr-cfg"}]}
+    pod = {"volumes": [{"name": "creds", "secret": {"secretName": "creds"}},
+                       {"name": "cfg", "configMap": {"name": "cfg"}}]}
+    js = lf.jobset("vol", [("w", 1, 1, c, {}, pod)])
+    r = lf.run_local(tmp_path, js, secret, cm, args=["--timeout", "60"])
+    assert r.returncode == 0, ok(r)
+    assert "s3cret" in r.stdout and "x=1" in r.stdout and "read-only" in r.stdout, ok(r)
+    import os
+    assert not os.path.exists("/opt/jsr-missing") and not os.path.exists("/etc/jsr-cfg")

@@ -207,6 +207,8 @@ def test_pods_see_jobset_metadata_and_the_runtime_reads_it(tmp_path):
             assert src["jobset.sigs.k8s.io/coordinator"] == "md-launcher-0-0.md"
         assert (out / f"{host}.name").read_text().startswith(host + "-")
         assert (out / f"{host}.namespace").read_text() == "default"
+        # The overlay that made /etc/podinfo inside the pod kept the pod's own /etc/hosts.
+        assert (out / f"{host}.hosts").read_text().splitlines()[-1].endswith(f"\t{host}.md.default.svc.cluster.local\t{host}")
         # The runtime's reader gets the same identity back (the podinfo round trip).
         pd = tmp_path / "pi" / host
         pd.mkdir(parents=True)
