@@ -12,10 +12,10 @@ import sys
 
 from . import contract, log
 from .errors import ConfigError, JobSetRuntimeError
+from .identity import SCOPES
 
 logger = logging.getLogger("jobset_runtime.cli")
 
-WAIT_CHOICES = ("coordinator", "slice", "all", "none")
 
 
 def _identity():
@@ -95,7 +95,7 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--wait", choices=WAIT_CHOICES, default="coordinator",
+    p.add_argument("--wait", choices=contract.WAIT_SCOPES, default="coordinator",
                    help="which peers must resolve in DNS before CMD starts (default: coordinator)")
     _wait_options(p, 300.0)
     tpu = p.add_mutually_exclusive_group()
@@ -155,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("wait", help="wait until peers resolve in DNS (and accept TCP)")
     _common(w)
-    w.add_argument("scope", choices=WAIT_CHOICES[:3])
+    w.add_argument("scope", choices=SCOPES)
     w.add_argument("--port", type=int, metavar="P", help="also wait until each accepts TCP on port P")
     _wait_options(w, 300.0)
     w.set_defaults(func=cmd_wait)

@@ -16,7 +16,7 @@ from typing import Mapping
 from . import contract
 from .errors import ConfigError
 
-SCOPES = ("coordinator", "slice", "all")
+SCOPES = tuple(s for s in contract.WAIT_SCOPES if s != "none")
 
 _SHAPE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?):(\d+)x(\d+)$")
 _TOPOLOGY_FORM = "name:REPLICASxPODS,... in spec order, e.g. launcher:1x1,worker:2x4"

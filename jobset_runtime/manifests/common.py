@@ -15,7 +15,7 @@ from ..errors import ConfigError
 
 CONTAINER = "main"
 RUNNER = "jobset-run"
-WAIT_CHOICES = ("coordinator", "slice", "all", "none")
+WAIT_CHOICES = contract.WAIT_SCOPES
 # Names of the JobSet failurePolicy rule and the podFailurePolicy it answers.
 CONFIG_RULE = "ConfigurationError"
 

@@ -32,8 +32,12 @@ def secret_name(jobset_name: str) -> str:
 def ssh_key_pair(private_key_pem: bytes | None = None, comment: str = "jobset-runtime") -> tuple[bytes, bytes]:
     """(OpenSSH private key, `ssh-ed25519 ...` public key): new unless one is given."""
     # Lazy: only the mpi kind needs `cryptography`.
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    except ImportError:
+        raise common.ConfigError("the mpi kind makes an ssh key pair with the `cryptography` package, "
+                                 "which is not installed: pip install cryptography") from None
 
     if private_key_pem is None:
         key = Ed25519PrivateKey.generate()

@@ -213,3 +213,24 @@ def test_container_commands_parse_with_jobset_run(kind, tmp_path):
                 assert args.command[1:] == c["command"][c["command"].index("--") + 1:]
                 assert args.timeout == 300.0  # --peer-timeout in the golden options
                 assert args.tpu is (True if kind == "tpu-multislice" else None)
+
+
+def test_through_the_project_cli_as_a_process(cli_env, tmp_path):
+    """`jobset-runtime manifest ...` end to end: the YAML goes out on stdout, exit codes come back."""
+    import subprocess
+    import sys
+
+    cli_env[contract.JOBSET_CRD_ENV] = ""
+    run = [sys.executable, "-m", "jobset_runtime", "manifest"]
+    done = subprocess.run(run + mc.EXAMPLES_ARGV["torch"], env=cli_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "torch.yaml"
+    path.write_text(done.stdout)
+    done = subprocess.run(run + ["validate", "-"], input=done.stdout, env=cli_env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "1 JobSet valid" in done.stdout, done.stderr
+    broken = path.read_text().replace("parallelism:", "paralelism:", 1)
+    done = subprocess.run(run + ["validate", "-"], input=broken, env=cli_env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == contract.EXIT_CONFIG and "Traceback" not in done.stderr
+    assert "completions" in done.stderr  # without the CRD: completions (2) != parallelism (1, the default)
