@@ -18,6 +18,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from .. import contract
@@ -666,6 +667,10 @@ class Runner:
         if self._closed:
             return
         self._closed = True
+        if threading.current_thread() is threading.main_thread():
+            # A second Ctrl-C must not cut the cleanup short; run() restores the handlers.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
         for procs in list(self._by_pod.values()):
             for p in procs:
                 self._signal(p, signal.SIGKILL)
