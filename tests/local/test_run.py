@@ -341,3 +341,28 @@ def test_dns_stays_reachable_when_other_pods_leave_the_bridge(tmp_path):
     r = lf.run_local(tmp_path, js, args=["--timeout", "30"])
     assert r.returncode == 0, ok(r)
     assert r.stdout.count("answer 198.18.0.") == 3
+
+
+def test_failure_policy_rule_targets_and_ignore_max_restarts(tmp_path):
+    # The first rule targets another replicatedJob, so it does not match; the second
+    # restarts without counting toward maxRestarts 0.
+    marker = tmp_path / "failed-once"
+    flaky = lf.sh('[ -e "$1" ] || { touch "$1"; exit 4; }', str(marker))
+    js = lf.jobset("ig", [("lead", 1, 1, lf.sh("sleep 0.2")),
+                          ("w", 1, 1, flaky, {"backoffLimit": 0}, {"restartPolicy": "Never"})],
+                   failurePolicy={"maxRestarts": 0, "rules": [
+                       {"name": "leadFails", "action": "FailJobSet", "targetReplicatedJobs": ["lead"]},
+                       {"name": "free", "action": "RestartJobSetAndIgnoreMaxRestarts",
+                        "onJobFailureReasons": ["BackoffLimitExceeded"], "onJobFailureMessagePatterns": ["backoff limit"]}]})
+    r = lf.run_local(tmp_path, js, args=["--timeout", "60", *FAST])
+    assert r.returncode == 0, ok(r)
+    assert "rule free matched" in r.stdout and "rule leadFails" not in r.stdout
+    assert r.stdout.split("NAME")[1].splitlines()[1].split()[:3] == ["ig", "Completed", "1"]
+
+
+def test_active_deadline_fails_the_job(tmp_path):
+    js = lf.jobset("ad", [("w", 1, 1, lf.sh("sleep 30"), {"activeDeadlineSeconds": 1},
+                           {"terminationGracePeriodSeconds": 1})])
+    r = lf.run_local(tmp_path, js, args=["--timeout", "60"])
+    assert r.returncode == 1, ok(r)
+    assert "job ad-w-0 failed: DeadlineExceeded" in r.stdout
