@@ -1,7 +1,6 @@
 """jobset-run with real child processes: exit codes, signals, termination message, bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """Pod-level rules: init containers, sidecars, probes and what Ready means for DNS and dependsOn."""
 
-import sys
 
 import pytest
 

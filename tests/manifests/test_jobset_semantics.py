@@ -4,7 +4,6 @@ import hashlib
 
 from jobset_runtime import contract
 from jobset_runtime import jobset as js
-from jobset_runtime.podinfo import go_unquote, parse_downward_file
 
 JOBSET = {
     "metadata": {"name": "js", "namespace": "ns", "annotations": {contract.EXCLUSIVE_TOPOLOGY_KEY: "pool"}},
@@ -53,38 +52,3 @@ def test_topology_hostnames_and_pod_order():
     assert refs[2] == js.PodRef("b", 0, 0) and refs[-1] == js.PodRef("c", 0, 0)
     assert js.pod_hostname("js", "b", 2, 3) == "js-b-2-3"
     assert js.subdomain({"metadata": {"name": "x"}, "spec": {}}) == "x"
-
-
-def test_downward_files_round_trip_through_the_runtime_reader():
-    meta = js.PodMeta("p-x", "ns", {"k": 'va"l\\ue\n'}, {"a/b": "1", "z": "é\t"})
-    volume = {"downwardAPI": {"items": [
-        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
-        {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
-        {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
-        {"path": "one", "fieldRef": {"fieldPath": "metadata.annotations['a/b']"}},
-    ]}}
-    files = js.downward_api_files(volume, meta)
-    assert parse_downward_file(files["labels"]) == meta.labels
-    assert parse_downward_file(files["annotations"]) == meta.annotations
-    assert files["annotations"].splitlines()[0].startswith("a/b=")  # sorted by key
-    assert (files["name"], files["one"]) == ("p-x", "1")
-    for text in ("", "plain", "\x00\x07\x7f", "日本"):
-        assert go_unquote(js.go_quote(text)) == text
-
-
-def test_container_env_resolves_field_refs_and_expansions():
-    meta = js.PodMeta("p", "ns", {contract.JOB_INDEX_KEY: "2"}, {})
-    container = {"env": [
-        {"name": "IDX", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{contract.JOB_INDEX_KEY}']"}}},
-        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "BOTH", "value": "$(IDX)-$(JOB_COMPLETION_INDEX)-$(NOPE)-$$(IDX)"},
-    ]}
-    env = js.container_env(container, meta, 5)
-    assert env == {"JOB_COMPLETION_INDEX": "5", "IDX": "2", "NS": "ns", "BOTH": "2-5-$(NOPE)-$(IDX)"}
-
-
-def test_etc_hosts_line_is_what_the_runtime_parses():
-    from jobset_runtime.identity import fqdn_from_hosts
-
-    text = js.etc_hosts("10.1.2.3", "js-b-0-0", "net", "ns")
-    assert fqdn_from_hosts(text, "js-b-0-0") == ("net", "ns", "cluster.local")

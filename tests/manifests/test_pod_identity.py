@@ -9,6 +9,7 @@ import manifest_cases as mc
 from jobset_runtime import contract
 from jobset_runtime import exports
 from jobset_runtime import jobset as js
+from jobset_runtime.local import kubelet
 from jobset_runtime import manifests
 from jobset_runtime.identity import PodMetadata, derive
 from jobset_runtime.podinfo import read_pod_metadata
@@ -32,20 +33,22 @@ def expand(doc, ref, tmp_path, restart_attempt=0):
     labels, annotations = js.child_pod_metadata(doc, ref.replicated_job, ref.job_index, ref.pod_index,
                                                 restart_attempt=restart_attempt, uid="0f4c-uid")
     host = js.pod_hostname(js.name(doc), ref.replicated_job, ref.job_index, ref.pod_index)
-    meta = js.PodMeta(js.pod_name(doc, ref.replicated_job, ref.job_index, ref.pod_index), js.namespace(doc),
-                      labels, annotations)
+    facts = kubelet.PodFacts(name=js.pod_name(doc, ref.replicated_job, ref.job_index, ref.pod_index),
+                             namespace=js.namespace(doc), uid="pod-uid", labels=labels, annotations=annotations,
+                             hostname=host, subdomain=js.subdomain(doc), pod_ip="10.0.0.7", host_ip="10.0.0.1",
+                             node_name="node-1")
     spec = pod_template(doc, ref.replicated_job)
     (container,) = spec["containers"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == contract.PODINFO_VOLUME)
     volume = next(v for v in spec["volumes"] if v["name"] == contract.PODINFO_VOLUME)
     podinfo = tmp_path / host / mount["mountPath"].lstrip("/")
     podinfo.mkdir(parents=True)
-    for rel, text in js.downward_api_files(volume, meta).items():
+    for rel, text in kubelet.volume_files(facts, volume, container).items():
         (podinfo / rel).write_text(text)
     hosts = tmp_path / host / "hosts"
-    hosts.write_text(js.etc_hosts("10.0.0.7", host, js.subdomain(doc), js.namespace(doc)))
-    env = js.container_env(container, meta, ref.pod_index)
-    env[contract.HOSTNAME_ENV] = host
+    hosts.write_text(kubelet.hosts_file(facts))
+    env = kubelet.container_env(facts, container, extra={contract.HOSTNAME_ENV: host,
+                                                        contract.JOB_COMPLETION_INDEX_ENV: str(ref.pod_index)})
     env[contract.PODINFO_ENV] = str(podinfo)  # the mount path, inside this test's directory
     return derive(read_pod_metadata(env, str(hosts))), host
 
