@@ -143,6 +143,11 @@ def cmd_run(args) -> int:
     env, warnings = exports.merge(os.environ, exported)
     for w in warnings:
         logger.warning(w)
+    # The command may write its own cause (an MPI launcher names the worker it lost): keep it.
+    term_log = supervisor.termination_log_path(args.termination_log)
+    if term_log:
+        env[contract.TERMINATION_LOG_ENV] = term_log
+    before = supervisor.read_termination_message(term_log)
     who = f"pod {ident.pod_name or ident.hostname}"
     try:
         who += f" (rank {ident.rank})"
@@ -155,7 +160,7 @@ def cmd_run(args) -> int:
             raise ConfigError(f"--restarts needs the group channel: mount the group token at {token} "
                               "(generated manifests do), or pass --insecure")
         code = supervisor.run(command, env, grace=args.grace)
-        cause = f"{who}: {command[0]} {supervisor.describe_exit(code)}"
+        cause = f"{who}: {supervisor.describe_exit(command[0], code)}"
     else:
         from .group.session import GroupOptions, open_session
 
@@ -171,8 +176,11 @@ def cmd_run(args) -> int:
             session.close(success=outcome.code == 0)
         code, cause = outcome.code, f"{who}: {outcome.cause}"
     if code != 0:
-        logger.error(cause)
-        supervisor.write_termination_message(cause, args.termination_log)
+        logger.error("%s; exit code %d", cause, code)
+        own = supervisor.read_termination_message(term_log)
+        if own and own != before:
+            cause = f"{who}: {own}"
+        supervisor.write_termination_message(cause, term_log)
     return code
 
 

@@ -31,13 +31,15 @@ def exit_code_of(status: int) -> int:
     return contract.EXIT_SIGNAL_BASE - status if status < 0 else status
 
 
-def describe_exit(code: int) -> str:
+def describe_exit(program: str, code: int, with_code: bool = True) -> str:
+    """`python was killed by SIGKILL (exit code 137)`, `python exited with code 3`."""
     if code > contract.EXIT_SIGNAL_BASE:
         try:
-            return f"was killed by {signal.Signals(code - contract.EXIT_SIGNAL_BASE).name} (exit code {code})"
+            name = signal.Signals(code - contract.EXIT_SIGNAL_BASE).name
+            return f"{program} was killed by {name}" + (f" (exit code {code})" if with_code else "")
         except ValueError:
             pass
-    return f"exited with code {code}"
+    return f"{program} exited" + (f" with code {code}" if with_code else "")
 
 
 @dataclass
@@ -122,14 +124,28 @@ def run(argv: list[str], env: dict[str, str], grace: float = 10.0) -> int:
     return code
 
 
+def termination_log_path(path: str | None = None) -> str | None:
+    """Where the kubelet reads the cause: --termination-log, $JOBSET_RUNTIME_TERMINATION_LOG,
+    else /dev/termination-log where the kubelet mounted it (elsewhere, leave /dev alone)."""
+    path = path or os.environ.get(contract.TERMINATION_LOG_ENV)
+    if path:
+        return path
+    return contract.TERMINATION_LOG if os.path.exists(contract.TERMINATION_LOG) else None
+
+
+def read_termination_message(path: str | None) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(contract.TERMINATION_MESSAGE_MAX).decode("utf-8", "replace").strip()
+    except (OSError, TypeError):
+        return ""
+
+
 def write_termination_message(message: str, path: str | None = None) -> bool:
     """Write the cause where the kubelet reads it (at most 4 KiB); False when the path is not writable."""
-    path = path or os.environ.get(contract.TERMINATION_LOG_ENV)
-    if not path:
-        # The kubelet mounts the default path into every container; elsewhere, leave /dev alone.
-        path = contract.TERMINATION_LOG
-        if not os.path.exists(path):
-            return False
+    path = termination_log_path(path)
+    if path is None:
+        return False
     data = message.encode("utf-8")[: contract.TERMINATION_MESSAGE_MAX]
     try:
         with open(path, "wb") as f:
@@ -164,7 +180,7 @@ def run_in_group(argv: list[str], env: dict[str, str], member, me, *, restarts: 
         child = current[0]
         if child is not None and failure.rank != me.rank:
             stopped_by_group.set()
-            log.error("group aborted: %s; stopping the command", failure.describe())
+            log.info("stopping the command (SIGTERM, then SIGKILL after %gs)", grace)
             child.signal(signal.SIGTERM)
             threading.Timer(grace, child.signal, (signal.SIGKILL,)).start()
 
@@ -193,14 +209,14 @@ def run_in_group(argv: list[str], env: dict[str, str], member, me, *, restarts: 
             if member.finish():
                 return Outcome(contract.EXIT_OK)
         elif not member.aborted.is_set():
-            member.report_failure(code, f"{argv[0]} {describe_exit(code)}")
+            member.report_failure(code, describe_exit(argv[0], code, with_code=False))
             member.aborted.wait(member.deadline * 2)
         failure = member.abort_cause
         if failure is not None and failure.rank == me.rank:
             outcome = Outcome(code, failure.describe())
         elif code != 0 and not stopped_by_group.is_set() and (failure is None or failure.rank is None):
             # Failed on its own while the coordinator was unreachable: as far as anyone knows, the cause.
-            outcome = Outcome(code, f"{argv[0]} {describe_exit(code)}")
+            outcome = Outcome(code, describe_exit(argv[0], code))
         else:
             cause = failure.describe() if failure else "the group coordinator was lost"
             outcome = Outcome(contract.EXIT_PEER_FAILED, f"stopped because a peer failed: {cause}")

@@ -115,3 +115,12 @@ def test_env_command_outputs(cli_env, podinfo):
     r = subprocess.run([PYTHON, "-m", "jobset_runtime", "env"], env={**cli_env, "JOBSET_RUNTIME_PODINFO": "/nope"},
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_a_cause_written_by_the_command_is_kept(cli_env, tmp_path):
+    log = tmp_path / "termination-log"
+    r = jobset_run(cli_env, "--wait", "none", "--termination-log", str(log), "--", PYTHON, "-c",
+                   "import os; open(os.environ['JOBSET_RUNTIME_TERMINATION_LOG'], 'w').write('lost worker w-3');"
+                   "raise SystemExit(75)")
+    assert r.returncode == 75
+    assert log.read_text() == "pod demo-worker-1-0 (rank 2): lost worker w-3"

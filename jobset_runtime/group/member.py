@@ -338,7 +338,7 @@ class GroupMember:
             self.epoch = first["epoch"]
             self.phase = MemberPhase.WAITING
             self._cond.notify_all()
-        log.info("group: %s joined the coordinator at %s:%d", self.me, *self.server)
+        log.debug("group: %s joined the coordinator at %s:%d", self.me, *self.server)
 
     def _serve(self) -> str:
         """Read and heartbeat until the connection is lost; returns why."""

@@ -238,7 +238,7 @@ class GroupServer:
             conn = _Conn(rank, writer, session, self._loop.time(), peer)
             self._conns[rank] = conn
             conn.send({"t": "welcome", "attempt": self.state.attempt, "epoch": self.state.epoch})
-            log.info("group: %s joined from %s", self.state.world[rank], peer)
+            log.debug("group: %s joined from %s", self.state.world[rank], peer)
             self._apply(self.state.join(rank))
             while True:
                 msg = session.open(await self._read(reader, wire.MAX_FRAME))
@@ -246,7 +246,9 @@ class GroupServer:
                 self._handle(conn, msg)
         except (wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError) as e:
             if conn is not None:
-                log.warning("group: lost %s: %s", self.state.world[conn.rank], _why(e))
+                # After `done`, the completion or an abort, hanging up is how a member leaves.
+                quiet = conn.rank in self.state.done or self.state.phase in (Phase.COMPLETE, Phase.ABORTED)
+                (log.debug if quiet else log.warning)("group: lost %s: %s", self.state.world[conn.rank], _why(e))
                 self._drop(conn, f"connection lost ({_why(e)})")
         except asyncio.CancelledError:
             pass  # the server is stopping; end quietly

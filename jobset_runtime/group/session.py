@@ -7,7 +7,6 @@ by hostname, which survives restarts (the pod name's random suffix does not).
 
 from __future__ import annotations
 
-import logging
 import socket
 from dataclasses import dataclass
 
@@ -18,7 +17,6 @@ from .member import GroupMember
 from .state import MemberId
 from .wire import read_token
 
-log = logging.getLogger("jobset_runtime.group")
 
 @dataclass(frozen=True)
 class GroupOptions:
@@ -75,7 +73,6 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
                              attempt=ident.restart_attempt, heartbeat=opts.heartbeat, deadline=opts.deadline)
         server.start()
         target = (address, opts.port)
-        log.info("group: hosting the group channel for %d members on %s:%d", len(world), address, opts.port)
     else:
         target = (ident.fqdn(ident.coordinator), opts.port)
     member = GroupMember(server=target, me=me, world=world, token=token, insecure=opts.insecure,

@@ -1,0 +1,106 @@
+"""Fail fast and restart in place, end to end: generated manifests on the local runner,
+one `jobset-run` per pod joined through the authenticated group channel."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobset_runtime import contract, manifests
+from jobset_runtime.manifests.cli import dump_yaml
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pods in network namespaces need root")
+
+BIN = Path(sys.executable).parent
+TOKEN = "a-test-token-of-at-least-16-bytes"
+HOSTS = ["ff-worker-0-0", "ff-worker-0-1", "ff-worker-1-0", "ff-worker-1-1"]  # ranks 0..3
+
+
+def run_jobset(tmp_path, program: str, **options):
+    assert (BIN / "jobset-run").exists(), "install the project into this environment first (./dev test does)"
+    docs = manifests.jax(name="ff", image="ignored", hosts=2, replicas=2, max_restarts=0,
+                         command=[sys.executable, "-c", program], group_token=TOKEN, **options)
+    path = tmp_path / "ff.yaml"
+    path.write_text(dump_yaml(docs))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run([str(BIN / "jobset-runtime"), "local", "run", str(path), "--timeout", "90",
+                        "--run-dir", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=150)
+    return r, r.stdout + r.stderr
+
+
+def exit_codes(out: str) -> dict:
+    """{hostname: [exit codes of its pods, in order]} from the runner's event lines."""
+    codes = {}
+    for pod, code in re.findall(r"pod (ff-worker-\d-\d)-\w{5} failed \(exit codes main=(\d+)\)", out):
+        codes.setdefault(pod, []).append(int(code))
+    return codes
+
+
+def wrapper_exit_codes(out: str) -> dict:
+    """{hostname: exit code} from each wrapper's last line, also for a pod the controller was
+    already stopping (after the JobSet failed) when its wrapper finished."""
+    return {pod: int(code) for pod, code in
+            re.findall(r"^\[(ff-worker-\d-\d)-\w{5}\] jobset-run\[.*; exit code (\d+)$", out, flags=re.M)}
+
+
+def termination_messages(out: str) -> dict:
+    return dict(re.findall(r"pod (ff-worker-\d-\d)-\w{5}: termination message: (.*)", out))
+
+
+def test_a_killed_rank_stops_every_pod_and_each_names_it(tmp_path):
+    program = ("import os, signal, time\n"
+               "if os.environ['JOBSET_RUNTIME_RANK'] == '2':\n"
+               "    time.sleep(1); os.kill(os.getpid(), signal.SIGKILL)\n"
+               "time.sleep(120)\n")
+    r, out = run_jobset(tmp_path, program)
+    assert r.returncode == 1, out[-4000:]
+    assert "ff     Failed" in out
+    codes = exit_codes(out)
+    assert codes["ff-worker-1-0"][0] == 128 + 9  # the root cause keeps its own code
+    # Every other wrapper exits with the peer-failed code (the runner may already be stopping
+    # a pod when its wrapper finishes, as a cluster would once the JobSet has failed).
+    assert wrapper_exit_codes(out) == {"ff-worker-0-0": 75, "ff-worker-0-1": 75, "ff-worker-1-0": 137,
+                                       "ff-worker-1-1": 75}, out[-4000:]
+    assert all(codes[h][0] == contract.EXIT_PEER_FAILED for h in codes if h != "ff-worker-1-0"), codes
+    messages = termination_messages(out)
+    for host in HOSTS:
+        assert "rank 2 (pod ff-worker-1-0) failed first with exit code 137" in messages[host], (host, messages)
+        if host != "ff-worker-1-0":
+            assert "stopped because a peer failed" in messages[host]
+
+
+def test_when_the_coordinator_pod_dies_every_member_exits(tmp_path):
+    # Rank 0's command kills its pod's wrapper (the group's coordinator), then itself.
+    program = ("import os, signal, time\n"
+               "if os.environ['JOBSET_RUNTIME_RANK'] == '0':\n"
+               "    time.sleep(1); os.kill(os.getppid(), signal.SIGKILL); os.kill(os.getpid(), signal.SIGKILL)\n"
+               "time.sleep(120)\n")
+    r, out = run_jobset(tmp_path, program)
+    assert r.returncode == 1, out[-4000:]
+    codes = wrapper_exit_codes(out)
+    assert {h: codes.get(h) for h in HOSTS[1:]} == dict.fromkeys(HOSTS[1:], contract.EXIT_PEER_FAILED), out[-4000:]
+    messages = termination_messages(out)
+    for host in ("ff-worker-0-1", "ff-worker-1-0", "ff-worker-1-1"):
+        assert "lost the group coordinator" in messages[host], (host, messages)
+
+
+def test_in_place_restart_completes_in_the_same_pods(tmp_path):
+    # Rank 1 fails on epochs 0 and 1; every pod records (epoch, its IP) each time it starts.
+    log = tmp_path / "starts"
+    log.mkdir()
+    program = ("import os, socket\n"
+               "epoch = os.environ['JOBSET_RUNTIME_RESTART']\n"
+               f"open(os.path.join({str(log)!r}, socket.gethostname() + '-' + epoch), 'w')"
+               ".write(os.environ['JOBSET_RUNTIME_POD_IP'])\n"
+               "if os.environ['JOBSET_RUNTIME_RANK'] == '1' and int(epoch) < 2:\n"
+               "    raise SystemExit(3)\n")
+    r, out = run_jobset(tmp_path, program, in_place_restarts=2)
+    assert r.returncode == 0, out[-4000:]
+    assert re.search(r"ff\s+Completed\s+0\s", out), out[-2000:]  # no JobSet restart
+    assert exit_codes(out) == {}  # no pod failed, none was recreated
+    for host in HOSTS:
+        ips = {(log / f"{host}-{epoch}").read_text() for epoch in range(3)}
+        assert len(ips) == 1, (host, ips)  # same pod, same IP, three epochs
