@@ -74,6 +74,9 @@ TERMINATION_LOG_ENV = "JOBSET_RUNTIME_TERMINATION_LOG"
 LOG_FORMAT_ENV = "JOBSET_RUNTIME_LOG_FORMAT"
 # The in-place restart epoch handed to the child (0 on the first start).
 RESTART_ENV = "JOBSET_RUNTIME_RESTART"
+# The fail-fast group channel's shared token: a file mounted from a Secret.
+GROUP_TOKEN_FILE_ENV = "JOBSET_RUNTIME_GROUP_TOKEN_FILE"
+GROUP_TOKEN_FILE = "/etc/jobset-runtime/group/token"
 
 # One env var per identity field: read as input (a hand-written JobSet sets them
 # from fieldRefs) and exported by `jobset-run` for the child.  Same name both
