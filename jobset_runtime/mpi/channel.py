@@ -176,6 +176,4 @@ def accept(sock: socket.socket, key: bytes, *, pod: str, timeout: float = 10.0) 
     return Channel(sock, session, hmsg["pod"]), hmsg
 
 
-def read_token(path: str) -> bytes:
-    """The MPI token from its Secret file (group.wire.read_token's rules: >= 16 bytes, whitespace trimmed)."""
-    return wire.read_token(path)
+
