@@ -279,12 +279,15 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
         child.stop(grace=1.0)
     for sig in supervisor.FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
-    if code == 0:
-        return 0, "mpirun succeeded"
     lost = sorted(watch.lost, key=watch.lost.get)
+    if code == 0 and not lost:
+        return 0, "mpirun succeeded"
     if lost:
-        if stopped_for:
+        # Workers leave only when told to, so a lost one is a failure even when mpirun
+        # says 0: PRRTE 5.0.11 exits 0 after "lost communication with a remote daemon".
+        how = "was stopped" if stopped_for else supervisor.describe_exit(code)
+        if stopped_for or code == 0:
             code = contract.EXIT_PEER_FAILED
         return code, (f"MPI worker {first_few(lost)} went away (pod killed, OOM or evicted?) and mpirun "
-                      f"{supervisor.describe_exit(code)}; look at that worker's pod first")
+                      f"{how}; look at that worker's pod first")
     return code, f"mpirun {supervisor.describe_exit(code)}"

@@ -42,3 +42,71 @@ def test_allreduce_on_every_worker(cluster, which):
     assert "MPI: " + which in err
     codes = cl.wait_workers()
     assert codes == {h: 0 for h in cl.workers}, {h: cl.log(h) for h in cl.workers}
+
+
+def _wait_for_line(stream, needle: str, timeout: float) -> str:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"{needle!r} never came: {''.join(seen)}")
+
+
+def test_killed_worker_fails_the_launcher_fast_and_is_named(cluster):
+    mpi = c.need(c.openmpi(), "Open MPI")
+    cl = cluster(3)
+    cl.start_workers()
+    proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--timeout", "30",
+                              "--", sys.executable, c.PROG, "--sleep", "30"])
+    _wait_for_line(proc.stderr, "running ", 30)
+    time.sleep(1.5)  # the ranks are up and sleeping
+    victim = cl.workers[1]
+    killed = time.monotonic()
+    cl.net.kill_pod(victim)
+    proc.wait(20)
+    took = time.monotonic() - killed
+    assert proc.returncode != 0, proc.stdout.read() + proc.stderr.read()
+    assert took < 5, f"the launcher took {took:.1f}s to fail"
+    message = cl.termination(cl.launcher)
+    assert victim in message and "went away" in message, message
+    # The other workers are told, and leave with a failure of their own.
+    codes = {h: cl.procs[h].wait(10) for h in cl.workers if h != victim}
+    assert all(code == 75 for code in codes.values()), codes
+    assert "failed" in cl.termination(cl.workers[0])
+
+
+def test_launcher_waits_for_late_dns_records(cluster):
+    mpi = c.need(c.mpich(), "MPICH")
+    cl = cluster(3, dns_delay=10.0)
+    started = time.monotonic()
+    proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--timeout", "60",
+                              "--", sys.executable, c.PROG], env=mpi.env)
+    time.sleep(2)
+    cl.start_workers(env=mpi.env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started >= 10
+    _check_ranks(cl, _result(out))
+    assert "resolved 0 of 3" in err or "resolved" in err, err
+
+
+def test_python_exception_aborts_instead_of_hanging(cluster, tmp_path):
+    mpi = c.need(c.openmpi(), "Open MPI")
+    prog = tmp_path / "boom.py"
+    prog.write_text("from mpi4py import MPI\nimport time\n"
+                    "if MPI.COMM_WORLD.rank == 3:\n    raise RuntimeError('boom')\n"
+                    "MPI.COMM_WORLD.Barrier()\n")
+    cl = cluster(2)
+    cl.start_workers()
+    proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--", sys.executable, str(prog)])
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode != 0
+    assert "boom" in err
+    codes = cl.wait_workers()
+    assert all(code == 75 for code in codes.values()), codes
+    assert "mpirun" in cl.termination(cl.launcher)
