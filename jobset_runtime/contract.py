@@ -166,6 +166,11 @@ SSH_AUTHORIZED_KEYS = "authorized_keys"
 # above (already shared by exactly the launcher and the workers of one JobSet).
 MPI_TOKEN_FILE_ENV = "JOBSET_RUNTIME_MPI_TOKEN_FILE"
 MPI_PORT_ENV = "JOBSET_RUNTIME_MPI_PORT"  # overrides MPI_PORT (tests, hosts sharing one network)
+SSH_DIR_ENV = "JOBSET_RUNTIME_SSH_DIR"    # overrides SSH_DIR
+# sshd's static settings (port 2222, keys only, runs as a non-root user); Dockerfile.mpi copies
+# launchers/sshd_config here.  JOBSET_RUNTIME_SSHD_CONFIG overrides the path.
+SSHD_CONFIG = "/etc/jobset-runtime/sshd_config"
+SSHD_CONFIG_ENV = "JOBSET_RUNTIME_SSHD_CONFIG"
 
 # --- Exit codes ----------------------------------------------------------------
 # Chosen so a manifest's podFailurePolicy/failurePolicy can tell causes apart.

@@ -60,6 +60,14 @@ def _worker(argv: list[str]) -> int:
         from .sshd import start_sshd
 
         sshd = start_sshd()
+
+        def watch_sshd():
+            code = supervisor.exit_code_of(sshd.proc.wait())
+            server.fail(f"sshd {supervisor.describe_exit(code)}; the launcher cannot start MPI daemons here")
+
+        import threading
+
+        threading.Thread(target=watch_sshd, daemon=True).start()
     log.info("serving the launcher on port %d (%s transport)", server.port, ns.transport)
     outcome = server.wait(ns.launcher_timeout)
     if outcome is None and server.watchers == 0:
@@ -70,7 +78,7 @@ def _worker(argv: list[str]) -> int:
         return contract.EXIT_PEERS_TIMEOUT
     outcome = outcome or server.wait()
     server.close()
-    if sshd is not None:
+    if sshd is not None and sshd.proc.poll() is None:
         sshd.stop(grace=2.0)
     (log.info if outcome.code == 0 else log.error)("%s", outcome.cause)
     if outcome.code:

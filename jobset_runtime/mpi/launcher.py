@@ -235,15 +235,15 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
             with open(agent, "w") as f:
                 f.write(script_text(sys.executable))
             os.chmod(agent, 0o700)
-            # The agent file exists on the launcher only: no daemon starts other daemons.
-            if impl.prrte:
-                env["PRTE_MCA_plm_ssh_no_tree_spawn"] = "1"
-            elif impl.family == hostfile.OPENMPI:
-                env["OMPI_MCA_plm_rsh_no_tree_spawn"] = "1"
         else:
             from .sshd import client_setup
 
             agent, agent_args = client_setup(workdir)
+        # The agent and its key exist on the launcher only: no daemon starts other daemons.
+        if impl.prrte:
+            env["PRTE_MCA_plm_ssh_no_tree_spawn"] = "1"
+        elif impl.family == hostfile.OPENMPI:
+            env["OMPI_MCA_plm_rsh_no_tree_spawn"] = "1"
         env.update(hostfile.settings(impl, path, agent=agent, agent_args=agent_args, keep_fqdn=not by_ip))
         me = local_address(next(iter(addresses.values()))) if by_ip else identity.fqdn()
         argv = mpirun_argv(impl, opts, uid=os.getuid(), total=len(hosts) * opts.slots, launcher_address=me)

@@ -75,6 +75,10 @@ class WorkerServer:
         for proc in daemons:
             _kill_group(proc)
 
+    def fail(self, cause: str, code: int = 1) -> None:
+        """End the worker with a failure of its own (e.g. its sshd died)."""
+        self._finish(Outcome(code, cause))
+
     # --- connections ---------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
         with self._lock:

@@ -110,3 +110,28 @@ def test_python_exception_aborts_instead_of_hanging(cluster, tmp_path):
     codes = cl.wait_workers()
     assert all(code == 75 for code in codes.values()), codes
     assert "mpirun" in cl.termination(cl.launcher)
+
+
+def test_ssh_transport_with_real_sshd(cluster, tmp_path):
+    import shutil
+    import subprocess
+
+    if not (shutil.which("sshd", path="/usr/sbin:/usr/local/sbin") and shutil.which("ssh")
+            and shutil.which("ssh-keygen")):
+        pytest.skip("openssh-server and openssh-client are not installed (sshd, ssh, ssh-keygen)")
+    mpi = c.need(c.openmpi(), "Open MPI")
+    keys = tmp_path / "ssh"
+    keys.mkdir(mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "ssh-privatekey")], check=True)
+    (keys / "authorized_keys").write_bytes((keys / "ssh-privatekey.pub").read_bytes())
+    env = {"JOBSET_RUNTIME_SSH_DIR": str(keys), "JOBSET_RUNTIME_SSHD_CONFIG": str(c.ROOT / "launchers" / "sshd_config"),
+           # The channel token: the ssh private key itself, as in a pod.
+           "JOBSET_RUNTIME_MPI_TOKEN_FILE": str(keys / "ssh-privatekey")}
+    cl = cluster(3)
+    cl.start_workers(["--transport", "ssh"], env=env)
+    proc = cl.start_launcher(["--transport", "ssh", "--mpirun", mpi.mpirun, "--slots-per-worker", "2",
+                              "--timeout", "30", "--", sys.executable, c.PROG], env=env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err + "".join(cl.log(h) for h in cl.workers)
+    _check_ranks(cl, _result(out))
+    assert cl.wait_workers() == {h: 0 for h in cl.workers}
