@@ -73,6 +73,10 @@ def decode(body: bytes, schemas: dict) -> dict:
     return msg
 
 
+class Probe(ProtocolError):
+    """The peer closed before saying anything: a port check or readiness probe, not an error."""
+
+
 class _Session(wire.Session):
     """group.wire.Session with this channel's message types."""
 
@@ -123,8 +127,10 @@ def _recv_exact(sock: socket.socket, n: int, eof_ok: bool = False) -> bytes | No
     return bytes(data)
 
 
-def _handshake_frame(sock: socket.socket, kind: str) -> tuple[bytes, dict]:
-    header = _recv_exact(sock, wire.HEADER.size)
+def _handshake_frame(sock: socket.socket, kind: str, first: bool = False) -> tuple[bytes, dict]:
+    header = _recv_exact(sock, wire.HEADER.size, eof_ok=first)
+    if header is None:
+        raise Probe("closed before the handshake")
     body = _recv_exact(sock, wire.body_length(header, wire.MAX_HANDSHAKE_FRAME))
     msg = decode(body, _HANDSHAKE)
     if msg["t"] != kind:
@@ -161,7 +167,7 @@ def accept(sock: socket.socket, key: bytes, *, pod: str, timeout: float = 10.0) 
     """
     sock.settimeout(timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    hello, hmsg = _handshake_frame(sock, "hello")
+    hello, hmsg = _handshake_frame(sock, "hello", first=True)
     wire.check_nonce(hmsg["nonce"])
     if hmsg["v"] != VERSION or hmsg["role"] not in ROLES:
         raise ProtocolError(f"unsupported hello (v={hmsg['v']}, role={hmsg['role'][:20]!r})")

@@ -128,6 +128,8 @@ class Watch:
         return self
 
     def _lose(self, host: str) -> None:
+        if self._stop.is_set():
+            return  # closing after finish is expected
         with self._lock:
             if host not in self.lost:
                 self.lost[host] = time.monotonic()

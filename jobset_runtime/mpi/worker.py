@@ -97,6 +97,9 @@ class WorkerServer:
     def _serve(self, sock: socket.socket, addr) -> None:
         try:
             chan, hello = channel.accept(sock, self.key, pod=self.pod)
+        except (channel.Probe, ConnectionResetError):
+            sock.close()  # a port check (the launcher's wait, a readiness probe)
+            return
         except (OSError, ProtocolError) as e:
             log.warning("refused a connection from %s: %s", addr[0], e)
             sock.close()
