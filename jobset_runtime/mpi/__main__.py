@@ -92,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         from .agent import main as agent_main
 
         return agent_main(argv[1:])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s mpi %(levelname)s %(message)s")
+    import socket
+
+    from .. import log as runtime_log
+
+    runtime_log.setup(f"mpi {argv[0] if argv else ''}".strip())
+    runtime_log.set_pod(socket.gethostname(), None)
     roles = {"launcher": _launcher, "worker": _worker}
     if not argv or argv[0] not in roles:
         print("usage: python -m jobset_runtime.mpi launcher|worker|agent ...", file=sys.stderr)
