@@ -68,6 +68,11 @@ def _worker(argv: list[str]) -> int:
         import threading
 
         threading.Thread(target=watch_sshd, daemon=True).start()
+    import signal
+
+    # SIGTERM (the JobSet stopping this pod): say so to the launcher, so it can tell
+    # the worker that failed from the ones stopped because of it.
+    signal.signal(signal.SIGTERM, lambda *_: server.stopping("received SIGTERM"))
     log.info("serving the launcher on port %d (%s transport)", server.port, ns.transport)
     outcome = server.wait(ns.launcher_timeout)
     if outcome is None and server.watchers == 0:

@@ -13,6 +13,7 @@ The worker listens; the launcher (role `watch`) and the remote-start agent
 
     watch: launcher -> worker  hb {}                   every HEARTBEAT_S
                                finish {code, cause}    the launcher is done
+           worker -> launcher  stopping {cause}        the worker is being stopped (SIGTERM)
     exec:  agent -> worker     exec {argv, env}        start an MPI daemon (no shell)
            worker -> agent     started {pid} | refused {cause}
                                out {fd, data}...       the daemon's stdout/stderr
@@ -43,6 +44,7 @@ _HANDSHAKE = {
 _SEALED = {
     "hb": {},
     "finish": {"code": int, "cause": str},
+    "stopping": {"cause": str},  # worker -> launcher: the worker got SIGTERM and is leaving
     "exec": {"argv": list, "env": list},
     "started": {"pid": int},
     "refused": {"cause": str},

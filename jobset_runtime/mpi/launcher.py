@@ -117,7 +117,8 @@ class Watch:
 
     def __init__(self, channels: dict[str, channel.Channel]):
         self.channels = channels
-        self.lost: dict[str, float] = {}  # host -> monotonic time it went away
+        self.lost: dict[str, float] = {}  # host -> monotonic time it went away or was stopped
+        self.stopped: dict[str, str] = {}  # host -> why, for workers that said they were stopped
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._changed = threading.Event()
@@ -127,13 +128,16 @@ class Watch:
         threading.Thread(target=self._listen, daemon=True, name="mpi-watch-listen").start()
         return self
 
-    def _lose(self, host: str) -> None:
+    def _lose(self, host: str, cause: str | None = None) -> None:
+        """Record a worker's end: `cause` when it said why (it was stopped), None when it just vanished."""
         if self._stop.is_set():
             return  # closing after finish is expected
         with self._lock:
             if host not in self.lost:
                 self.lost[host] = time.monotonic()
-                log.error("worker %s went away", host)
+                if cause:
+                    self.stopped[host] = cause
+                log.error("worker %s %s", host, f"was stopped ({cause})" if cause else "went away")
                 self._changed.set()
 
     def _beat(self) -> None:
@@ -155,9 +159,17 @@ class Watch:
             sel.register(chan.sock, selectors.EVENT_READ, host)
         while not self._stop.is_set() and sel.get_map():
             for key, _ in sel.select(0.2):
-                # Workers never send on a watch channel: readable means closed (or broken).
+                # A worker sends on its watch channel only to say it is being stopped
+                # (SIGTERM); anything else readable means it closed or broke.
                 sel.unregister(key.fileobj)
-                self._lose(key.data)
+                cause = None
+                try:
+                    msg = self.channels[key.data].recv(timeout=1.0)
+                    if msg is not None and msg["t"] == "stopping":
+                        cause = msg["cause"][:200]
+                except (OSError, ProtocolError):
+                    pass
+                self._lose(key.data, cause)
         sel.close()
 
     def finish(self, code: int, cause: str) -> None:
@@ -290,6 +302,17 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
         how = "was stopped" if stopped_for else supervisor.describe_exit(code)
         if stopped_for or code == 0:
             code = contract.EXIT_PEER_FAILED
-        return code, (f"MPI worker {first_few(lost)} went away (pod killed, OOM or evicted?) and mpirun "
-                      f"{how}; look at that worker's pod first")
+        # The cause is a worker that vanished (killed, OOM) rather than one stopped by
+        # SIGTERM: once the JobSet fails, the controller stops all the others.
+        vanished = [h for h in lost if h not in watch.stopped]
+        stopped = [h for h in lost if h in watch.stopped]
+        parts = []
+        if vanished:
+            parts.append(f"MPI worker {first_few(vanished)} went away without being stopped "
+                         "(pod killed, OOM or evicted?)")
+        if stopped:
+            parts.append(f"worker {first_few(stopped)} {'was' if len(stopped) == 1 else 'were'} stopped "
+                         f"({watch.stopped[stopped[0]]})")
+        culprit = "that worker's pod" if vanished else "why the pods were stopped"
+        return code, f"{'; '.join(parts)}; mpirun {how}; look at {culprit} first"
     return code, f"mpirun {supervisor.describe_exit(code)}"

@@ -51,6 +51,7 @@ class WorkerServer:
         self._lock = threading.Lock()
         self._daemons: set[subprocess.Popen] = set()
         self.watchers = 0  # launchers connected so far (benchmarks and tests read it)
+        self._watch_channels: list[channel.Channel] = []
 
     @property
     def port(self) -> int:
@@ -116,9 +117,21 @@ class WorkerServer:
         finally:
             chan.close()
 
+    def stopping(self, cause: str) -> None:
+        """Tell the launcher this worker is being stopped (not lost), then end with EXIT_SIGNAL_BASE+15."""
+        with self._lock:
+            chans = list(self._watch_channels)
+        for chan in chans:
+            try:
+                chan.send({"t": "stopping", "cause": cause})
+            except OSError:
+                pass
+        self._finish(Outcome(contract.EXIT_SIGNAL_BASE + signal.SIGTERM, f"the worker was stopped ({cause})"))
+
     def _watch(self, chan: channel.Channel) -> None:
         with self._lock:
             self.watchers += 1
+            self._watch_channels.append(chan)
         log.info("launcher %s connected", chan.peer)
         while True:
             try:

@@ -154,3 +154,12 @@ def test_replayed_frame_is_rejected(worker):
     chan.sock.sendall(sealed)  # the same bytes again: wrong sequence number
     outcome = worker.wait(5)
     assert outcome.code == 75
+
+
+def test_worker_says_it_is_stopped(worker):
+    chan = channel.connect("127.0.0.1", worker.port, KEY, role="watch", pod="launcher")
+    chan.send({"t": "hb"})
+    time.sleep(0.2)
+    worker.stopping("received SIGTERM")
+    assert chan.recv(5) == {"t": "stopping", "cause": "received SIGTERM"}
+    assert worker.wait(5).code == 143

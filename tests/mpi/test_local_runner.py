@@ -28,13 +28,14 @@ def _bin(tmp_path: Path) -> Path:
     return d
 
 
-def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90):
+def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, **options):
     from jobset_runtime.local.pods import netns_available
 
     ok, why = netns_available()
     if not ok:
         pytest.skip(f"the local runner's namespaces are unavailable: {why}")
-    docs = manifests.mpi(name="pi", image="unused", command=program, workers=3, slots_per_worker=2, mpi=mpi.family)
+    docs = manifests.mpi(name="pi", image="unused", command=program, workers=3, slots_per_worker=2, mpi=mpi.family,
+                           **options)
     path = tmp_path / "mpi.yaml"
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
@@ -58,3 +59,37 @@ def test_generated_manifest_runs_allreduce(tmp_path, which):
     assert collections.Counter(result["hosts"]) == {f"pi-worker-0-{i}": 2 for i in range(3)}
     status = r.stdout.split("NAME")[-1]
     assert "Completed" in status, r.stdout[-3000:]
+
+
+def _at(stdout: str, needle: str) -> float:
+    """The runner's `[   1.96s] ...` time of the first line holding `needle`."""
+    line = next(l for l in stdout.splitlines() if needle in l and l.startswith("["))
+    return float(line[1:line.index("s]")])
+
+
+VICTIM = "pi-worker-0-1"
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """One JobSet (maxRestarts 0) in which the pod of worker 1 is SIGKILLed 1 s into the run."""
+    mpi = c.need(c.openmpi(), "Open MPI")
+    return run_manifest(tmp_path_factory.mktemp("killed"), mpi, ["python", c.PROG, "--kill-pod", VICTIM, "1.0"],
+                        max_restarts=0)
+
+
+def test_killed_worker_fails_the_jobset_fast_naming_the_worker(killed_run):
+    out = killed_run.stdout
+    assert killed_run.returncode != 0, out[-3000:]
+    status = out.split("NAME")[-1]
+    assert "Failed" in status.splitlines()[1], status
+    # The launcher says which worker went away, and ends within 5 s of it.
+    assert any("pi-launcher-0-0" in l and f"MPI worker {VICTIM} went away without being stopped" in l for l in out.splitlines()), out[-3000:]
+    assert _at(out, "pod pi-launcher-0-0") - _at(out, f"pod {VICTIM}") < 5, out[-3000:]
+
+
+@pytest.mark.xfail(strict=True, reason="jobset-run (cli.py cmd_run) overwrites the termination message its child "
+                                       "wrote with `python exited with code N`; it should keep the child's cause")
+def test_killed_worker_named_in_the_launchers_termination_message(killed_run):
+    msg = next(l for l in killed_run.stdout.splitlines() if "pod pi-launcher-0-0" in l and "termination message" in l)
+    assert f"{VICTIM} went away without being stopped" in msg, msg
