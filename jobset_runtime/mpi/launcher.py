@@ -115,13 +115,22 @@ def worker_hosts(identity, workers_job: str) -> list[str]:
 class Watch:
     """The launcher's side of every worker's `watch` channel: heartbeats out, losses in."""
 
-    def __init__(self, channels: dict[str, channel.Channel]):
-        self.channels = channels
+    def __init__(self, channels: dict[str, channel.Channel] | None = None):
+        self.channels: dict[str, channel.Channel] = {}
+        self._pending: list[str] = []  # added, not yet watched for reads
         self.lost: dict[str, float] = {}  # host -> monotonic time it went away or was stopped
         self.stopped: dict[str, str] = {}  # host -> why, for workers that said they were stopped
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._changed = threading.Event()
+        for host, chan in (channels or {}).items():
+            self.add(host, chan)
+
+    def add(self, host: str, chan: channel.Channel) -> None:
+        """Watch one more worker; heartbeats start at once, so early workers never wait for the last."""
+        with self._lock:
+            self.channels[host] = chan
+            self._pending.append(host)
 
     def start(self) -> "Watch":
         threading.Thread(target=self._beat, daemon=True, name="mpi-watch-beat").start()
@@ -142,7 +151,9 @@ class Watch:
 
     def _beat(self) -> None:
         while not self._stop.wait(channel.HEARTBEAT_S):
-            for host, chan in list(self.channels.items()):
+            with self._lock:
+                snapshot = list(self.channels.items())
+            for host, chan in snapshot:
                 if host in self.lost:
                     continue
                 try:
@@ -155,9 +166,11 @@ class Watch:
         import selectors
 
         sel = selectors.DefaultSelector()
-        for host, chan in self.channels.items():
-            sel.register(chan.sock, selectors.EVENT_READ, host)
-        while not self._stop.is_set() and sel.get_map():
+        while not self._stop.is_set():
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for host in pending:
+                sel.register(self.channels[host].sock, selectors.EVENT_READ, host)
             for key, _ in sel.select(0.2):
                 # A worker sends on its watch channel only to say it is being stopped
                 # (SIGTERM); anything else readable means it closed or broke.
@@ -174,7 +187,9 @@ class Watch:
 
     def finish(self, code: int, cause: str) -> None:
         self._stop.set()
-        for host, chan in self.channels.items():
+        with self._lock:
+            snapshot = list(self.channels.items())
+        for host, chan in snapshot:
             if host in self.lost:
                 continue
             try:
@@ -182,18 +197,20 @@ class Watch:
                     chan.send({"t": "finish", "code": code, "cause": cause[:1000]})
             except OSError:
                 pass
-        for chan in self.channels.values():
+        for _, chan in snapshot:
             chan.close()
 
 
-def connect_all(addresses: dict[str, str], port: int, key: bytes, me: str, timeout: float) -> dict[str, channel.Channel]:
-    """One authenticated watch channel per worker, opened concurrently."""
+def connect_all(addresses: dict[str, str], port: int, key: bytes, me: str, timeout: float,
+                watch: "Watch") -> None:
+    """One authenticated watch channel per worker, opened concurrently, each handed to `watch` at once."""
     def one(item):
         host, ip = item
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return host, channel.connect(ip, port, key, role="watch", pod=me, timeout=min(10.0, timeout))
+                watch.add(host, channel.connect(ip, port, key, role="watch", pod=me, timeout=min(10.0, timeout)))
+                return
             except ProtocolError as e:
                 raise ConfigError(f"worker {host} ({ip}:{port}) rejected the launcher: {e}") from None
             except OSError as e:
@@ -202,7 +219,7 @@ def connect_all(addresses: dict[str, str], port: int, key: bytes, me: str, timeo
                 time.sleep(0.2)
 
     with ThreadPoolExecutor(max_workers=min(64, max(1, len(addresses)))) as pool:
-        return dict(pool.map(one, addresses.items()))
+        list(pool.map(one, addresses.items()))
 
 
 def local_address(peer_ip: str) -> str:
@@ -232,8 +249,12 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     addresses = {h: by_fqdn[fqdns[h]] for h in hosts}
     marks["peers"] = time.monotonic()
     remaining = max(1.0, opts.timeout - (marks["peers"] - marks["start"]))
-    channels = connect_all(addresses, chan_port, key, identity.hostname, remaining)
-    watch = Watch(channels).start()
+    watch = Watch().start()
+    try:
+        connect_all(addresses, chan_port, key, identity.hostname, remaining, watch)
+    except BaseException:
+        watch.finish(contract.EXIT_PEERS_TIMEOUT, "the launcher could not reach every worker")
+        raise
     marks["channels"] = time.monotonic()
 
     workdir = tempfile.mkdtemp(prefix="jobset-runtime-mpi-")

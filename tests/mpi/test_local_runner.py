@@ -28,7 +28,7 @@ def _bin(tmp_path: Path) -> Path:
     return d
 
 
-def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, **options):
+def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, launcher_args=(), **options):
     from jobset_runtime.local.pods import netns_available
 
     ok, why = netns_available()
@@ -36,6 +36,13 @@ def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, **options):
         pytest.skip(f"the local runner's namespaces are unavailable: {why}")
     docs = manifests.mpi(name="pi", image="unused", command=program, workers=3, slots_per_worker=2, mpi=mpi.family,
                            **options)
+    if launcher_args:  # options the generator does not expose, put before the launcher's `--`
+        for doc in docs:
+            for rj in doc.get("spec", {}).get("replicatedJobs", []):
+                if rj["name"] == "launcher":
+                    cmd = rj["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
+                    at = cmd.index("launcher") + 1
+                    cmd[at:at] = list(launcher_args)
     path = tmp_path / "mpi.yaml"
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
@@ -48,10 +55,10 @@ def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, **options):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("which", ["openmpi", "mpich"])
-def test_generated_manifest_runs_allreduce(tmp_path, which):
+@pytest.mark.parametrize("which, by", [("openmpi", "ip"), ("mpich", "ip"), ("openmpi", "fqdn"), ("mpich", "fqdn")])
+def test_generated_manifest_runs_allreduce(tmp_path, which, by):
     mpi = c.need(c.openmpi() if which == "openmpi" else c.mpich(), "Open MPI" if which == "openmpi" else "MPICH")
-    r = run_manifest(tmp_path, mpi, ["python", c.PROG])
+    r = run_manifest(tmp_path, mpi, ["python", c.PROG], launcher_args=["--hostfile-by", by])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     line = next(l for l in r.stdout.splitlines() if "RESULT " in l)
     result = json.loads(line.split("RESULT ", 1)[1])
