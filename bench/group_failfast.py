@@ -19,6 +19,7 @@ shared by all processes of the machine).  Printed beside it, measured in the sam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -33,9 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jobset_runtime.group import GroupMember, GroupServer, MemberId  # noqa: E402
+from jobset_runtime.errors import JobSetRuntimeError
+from jobset_runtime.group import GroupMember, GroupServer, MemberId
+from jobset_runtime.group.relay import SliceLeader
 
 HEARTBEAT, DEADLINE = 0.5, 3.0
+IDLE_WINDOW = 3.0
 
 
 def world_of(n):
@@ -44,66 +48,89 @@ def world_of(n):
 
 # --- worker process ----------------------------------------------------------------
 
+class MemberSet:
+    """The members one worker process runs for one group, with their abort and restart times."""
+
+    def __init__(self, cmd):
+        world = world_of(cmd["n"])
+        token = bytes.fromhex(cmd["token"])
+        size = cmd["slice"]  # flat: the whole world is one slice
+        self.members = [GroupMember(server=("127.0.0.1", cmd["ports"][r // size]), me=world[r],
+                                    world=world[r // size * size:(r // size + 1) * size], token=token,
+                                    attempt=cmd["attempt"], heartbeat=HEARTBEAT, deadline=DEADLINE)
+                        for r in cmd["ranks"]]
+        self.restart = cmd.get("restart", False)
+        self.aborted_at = {}  # rank -> (monotonic time, rank the abort named)
+        self.restarted_at = {}
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        for m in self.members:
+            m.on_abort(lambda failure, m=m: self.on_abort(m, failure))
+
+    def join(self):
+        threads = [threading.Thread(target=m.join, args=(60,)) for m in self.members]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def on_abort(self, m, failure):
+        with self.lock:
+            if m.me.rank in self.aborted_at:
+                return
+            self.aborted_at[m.me.rank] = (time.monotonic(), failure.rank)
+            everyone = len(self.aborted_at) == len(self.members)
+        if self.restart:
+            threading.Thread(target=self.barrier, args=(m,), daemon=True).start()
+        elif everyone:
+            self.done.set()
+
+    def barrier(self, m):
+        try:
+            m.restart_barrier(30)
+            with self.lock:
+                self.restarted_at[m.me.rank] = time.monotonic()
+                everyone = len(self.restarted_at) == len(self.members)
+            if everyone:
+                self.done.set()
+        except JobSetRuntimeError as e:  # shows as a missing time
+            print(f"barrier: {e}", file=sys.stderr)
+
+    def result(self):
+        self.done.wait(30)
+        with self.lock:
+            times = self.restarted_at.values() if self.restart else [t for t, _ in self.aborted_at.values()]
+            named = {who for _, who in self.aborted_at.values()}
+        return {"times": sorted(times), "expected": len(self.members), "named": sorted(named)}
+
+    def close(self):
+        for m in self.members:
+            m.close()
+
+
 def worker() -> None:
-    """Runs the members it is told to, reports join, abort times and barrier times."""
+    """Runs the members it is told to; reports join, then abort or restart times."""
     logging.getLogger("jobset_runtime.group").setLevel(logging.CRITICAL)
-    out = sys.stdout
-    members = []
+    group = None
+
+    def say(**reply):
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "run":
-            world = world_of(cmd["n"])
-            token = bytes.fromhex(cmd["token"])
-            members = [GroupMember(server=("127.0.0.1", cmd["port"]), me=world[r], world=world, token=token,
-                                   attempt=cmd["attempt"], heartbeat=HEARTBEAT, deadline=DEADLINE)
-                       for r in cmd["ranks"]]
-            aborted_at = {}
-            restarted_at = {}
-            done = threading.Event()
-            restart = cmd.get("restart", False)
-
-            def on_abort(failure, m=None):
-                if m.me.rank in aborted_at:
-                    return
-                aborted_at[m.me.rank] = (time.monotonic(), failure.rank)
-                if restart:
-                    threading.Thread(target=barrier, args=(m,), daemon=True).start()
-                elif len(aborted_at) == len(members):
-                    done.set()
-
-            def barrier(m):
-                try:
-                    m.restart_barrier(30)
-                    restarted_at[m.me.rank] = time.monotonic()
-                except Exception as e:  # reported as a missing time
-                    print(f"barrier: {e}", file=sys.stderr)
-                if len(restarted_at) == len(members):
-                    done.set()
-
-            for m in members:
-                m.on_abort(lambda f, m=m: on_abort(f, m))
-            threads = [threading.Thread(target=m.join, args=(60,)) for m in members]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            out.write(json.dumps({"joined": True}) + "\n")
-            out.flush()
+            group = MemberSet(cmd)
+            group.join()
+            say(joined=True)
         elif cmd["cmd"] == "fail":
             t0 = time.monotonic()
-            members[0].report_failure(1, "bench")
-            out.write(json.dumps({"t0": t0}) + "\n")
-            out.flush()
+            group.members[0].report_failure(1, "bench")
+            say(t0=t0)
         elif cmd["cmd"] == "collect":
-            done.wait(30)
-            times = sorted(restarted_at.values()) if restart else sorted(t for t, _ in aborted_at.values())
-            named = sorted({who for _, who in aborted_at.values()})
-            out.write(json.dumps({"times": times, "expected": len(members), "named": named}) + "\n")
-            out.flush()
+            say(**group.result())
         elif cmd["cmd"] == "close":
-            for m in members:
-                m.close()
-            members = []
+            group.close()
 
 
 class Worker:
@@ -128,29 +155,47 @@ class Worker:
 
 # --- driver ------------------------------------------------------------------------
 
-def one_run(n, workers, attempt, mode):
-    """mode: kill (SIGKILL the victim), stop (SIGSTOP it), restart (victim reports a failure)."""
+def one_run(n, workers, attempt, mode, slice_size=0):
+    """mode: kill (SIGKILL the victim), stop (SIGSTOP it), restart (victim reports a failure).
+
+    slice_size: 0 for one flat group; else a two-level tree of slices of that size, the
+    leaders' server and every slice leader in this process."""
     token = os.urandom(32)
     world = world_of(n)
     victim_rank = n - 1
-    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=attempt,
-                     heartbeat=HEARTBEAT, deadline=DEADLINE) as srv:
+    size = slice_size or n
+    opts = {"token": token, "attempt": attempt, "heartbeat": HEARTBEAT, "deadline": DEADLINE}
+    with contextlib.ExitStack() as stack:
+        if slice_size:
+            leaders = world[::size]
+            top = stack.enter_context(GroupServer(bind=("127.0.0.1", 0), world=leaders, **opts))
+            ports = [stack.enter_context(SliceLeader(
+                bind=("127.0.0.1", 0), slice_world=world[i:i + size], upstream=top.address, me=world[i],
+                leaders=leaders, **opts)).address[1] for i in range(0, n, size)]
+        else:
+            ports = [stack.enter_context(GroupServer(bind=("127.0.0.1", 0), world=world, **opts)).address[1]]
         victim = Worker()
         everyone = workers + [victim]
         shares = [list(range(i, n - 1, len(workers))) for i in range(len(workers))] + [[victim_rank]]
-        common = dict(cmd="run", port=srv.address[1], attempt=attempt, n=n, token=token.hex(),
-                      restart=mode == "restart")
+        common = {"cmd": "run", "ports": ports, "slice": size, "attempt": attempt, "n": n,
+                  "token": token.hex(), "restart": mode == "restart"}
         for w, ranks in zip(everyone, shares):
             w.send(ranks=ranks, **common)
         for w in everyone:
             assert w.recv()["joined"]
         time.sleep(0.3)  # let the first heartbeats go by
+        if mode == "idle":
+            # The coordinator's steady load: this process does nothing else meanwhile.
+            c0, w0 = os.times(), time.monotonic()
+            time.sleep(IDLE_WINDOW)
+            c1, w1 = os.times(), time.monotonic()
+            idle_load = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0)
         if mode == "restart":
             victim.send(cmd="fail")
             t0 = victim.recv()["t0"]
         else:
             t0 = time.monotonic()
-            victim.p.send_signal(signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
+            victim.p.send_signal(signal.SIGSTOP if mode == "stop" else signal.SIGKILL)
         times, named = [], set()
         polled = workers + ([victim] if mode == "restart" else [])
         for w in polled:
@@ -172,7 +217,7 @@ def one_run(n, workers, attempt, mode):
         else:
             victim.p.kill()
             victim.p.wait(10)
-    return max(times) - t0
+    return idle_load if mode == "idle" else max(times) - t0
 
 
 def pct(values, q):
@@ -187,6 +232,7 @@ def main():
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--stop-runs", type=int, default=3, help="runs of the SIGSTOP baseline (each ~deadline)")
     ap.add_argument("--restart-size", type=int, default=64)
+    ap.add_argument("--slice", type=int, default=16, help="slice size of the two-level tree line")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -196,15 +242,22 @@ def main():
     attempt = 0
     rows = []
     try:
-        plan = [("kill", n, a.runs) for n in a.sizes]
-        plan += [("stop", min(a.sizes), a.stop_runs), ("restart", a.restart_size, a.runs)]
-        for mode, n, runs in plan:
+        plan = [("kill", "kill", n, a.runs, 0) for n in a.sizes]
+        plan += [("stop", "stop", min(a.sizes), a.stop_runs, 0), ("restart", "restart", a.restart_size, a.runs, 0)]
+        plan += [(f"tree/{a.slice}", "kill", max(a.sizes), a.runs, a.slice)]
+        n = max(a.sizes)
+        load = one_run(n, workers, attempt + 1, "idle")
+        attempt += 1
+        frames = 2 * n / HEARTBEAT  # heartbeats in and out per second
+        print(f"idle     {n:4} members  coordinator CPU {load * 100:5.1f}% of a core for {frames:.0f} frames/s "
+              f"= {load / frames * 1e6:.0f} us per heartbeat frame", flush=True)
+        for label, mode, n, runs, slice_size in plan:
             lat = []
             for _ in range(runs):
                 attempt += 1
-                lat.append(one_run(n, workers, attempt, mode))
+                lat.append(one_run(n, workers, attempt, mode, slice_size))
             rows.append((mode, n, runs, statistics.median(lat), pct(lat, 99), max(lat)))
-            print(f"{mode:8} {n:4} members  runs {runs:3}  p50 {rows[-1][3]*1e3:8.1f} ms  "
+            print(f"{label:8} {n:4} members  runs {runs:3}  p50 {rows[-1][3]*1e3:8.1f} ms  "
                   f"p99 {rows[-1][4]*1e3:8.1f} ms  max {rows[-1][5]*1e3:8.1f} ms", flush=True)
     finally:
         for w in workers:
@@ -212,8 +265,10 @@ def main():
     print(f"\nmachine: {os.cpu_count()} CPUs; heartbeat {HEARTBEAT} s, deadline {DEADLINE} s; "
           f"{a.workers} worker processes + 1 victim process; coordinator in the driver process")
     print("kill    : SIGKILL of one member's process -> last surviving member's abort (goal p99 < 1 s)")
-    print("stop    : SIGSTOP (vanished node, no RST) -> last abort; bounded below by the deadline (baseline)")
+    print("stop    : SIGSTOP (vanished node, no RST) -> last abort; the deadline, give or take a heartbeat (baseline)")
     print("restart : a member reports its child's failure -> every member past the restart barrier")
+    print(f"tree/{a.slice} : kill, through a two-level tree (slice leaders of {a.slice} members each, "
+          "all leaders in the driver process)")
     print("JAX's own detection of a dead non-coordinator process is ~heartbeat_timeout_seconds "
           "(100 s by default); not measured here (jax not installed).")
 

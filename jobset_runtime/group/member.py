@@ -30,8 +30,8 @@ import time
 from .. import contract
 from ..errors import ConfigError, JobSetRuntimeError, PeersTimeout, first_few
 from . import wire
-from .server import check_auth
 from .state import Failure, MemberId
+from .wire import check_auth
 
 log = logging.getLogger("jobset_runtime.group")
 
@@ -126,20 +126,29 @@ class GroupMember:
         if refused is not None:
             raise GroupAborted(Failure(None, host, None, f"refused this member: {refused}"))
         if phase is MemberPhase.WAITING and self._n_missing:
+            shown, more = first_few(self._missing), self._n_missing - len(self._missing)
             raise PeersTimeout(
                 f"gang start: after {timeout:g} s, {self._n_missing} of {len(self.world)} group members "
-                f"had not joined the coordinator at {host}:{port}: "
-                f"{first_few(self._missing, 5)}{' ...' if self._n_missing > len(self._missing) else ''}; "
+                f"had not joined the coordinator at {host}:{port}: {shown}{f' (+{more} more)' if more > 0 else ''}; "
                 "check those pods (scheduled? their wrapper started? same group token?)")
+        if phase is MemberPhase.WAITING:
+            raise PeersTimeout(
+                f"gang start: every member joined the coordinator at {host}:{port}, but the group did "
+                f"not start within {timeout:g} s: the slice leaders' group is still missing some slices")
         raise PeersTimeout(
             f"gang start: could not join the group coordinator at {host}:{port} within {timeout:g} s "
             f"as {self.me}: {self._last_error}")
 
-    def report_failure(self, exit_code: int | None, cause: str) -> None:
-        """Tell the group this member's child failed; the abort comes back to every member."""
-        log.error("group: reporting failure of %s: exit code %s: %s", self.me, exit_code, cause)
-        self._send({"t": "fail", "attempt": self.attempt, "epoch": self.epoch,
-                    "code": exit_code, "cause": cause[: wire.MAX_CAUSE]})
+    def report_failure(self, exit_code: int | None, cause: str, origin: MemberId | None = None) -> None:
+        """Tell the group this member's child failed; the abort comes back to every member.
+
+        origin: a slice leader relays the failure of one of its slice's members."""
+        log.error("group: reporting failure of %s: exit code %s: %s", origin or self.me, exit_code, cause)
+        msg = {"t": "fail", "attempt": self.attempt, "epoch": self.epoch,
+               "code": exit_code, "cause": cause[: wire.MAX_CAUSE]}
+        if origin is not None:
+            msg.update(origin_rank=origin.rank, origin_pod=origin.pod)
+        self._send(msg)
 
     def finish(self, timeout: float | None = None) -> bool:
         """This member's child succeeded: wait for the whole group.

@@ -12,31 +12,21 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 
 from .. import contract
 from ..errors import ConfigError
 from . import wire
-from .state import ALL, GroupState, MemberId, Phase
+from .state import ALL, UP, Failure, GroupState, MemberId, Phase
+from .wire import check_auth
 
 log = logging.getLogger("jobset_runtime.group")
 
 _WRITE_BUFFER_MAX = 1 << 20  # a member that stops reading is treated as vanished
 
 
-def check_auth(token: bytes | None, insecure: bool) -> bytes:
-    """The HMAC key: the token, or b"" when the caller explicitly asked for no authentication."""
-    if token:
-        return token
-    if insecure:
-        log.warning("group: no token; the group channel runs WITHOUT authentication (--insecure)")
-        return b""
-    raise ConfigError(
-        f"the group channel needs a token: mount the group Secret at {contract.GROUP_TOKEN_FILE} "
-        f"(or point {contract.GROUP_TOKEN_FILE_ENV} at it), or pass --insecure to run it without authentication")
-
-
 class _Conn:
-    __slots__ = ("rank", "writer", "session", "last", "peer")
+    __slots__ = ("last", "peer", "rank", "session", "writer")
 
     def __init__(self, rank, writer, session, last, peer):
         self.rank, self.writer, self.session, self.last, self.peer = rank, writer, session, last, peer
@@ -60,12 +50,14 @@ class GroupServer:
 
     def __init__(self, *, bind: tuple[str, int] | str, world: list[MemberId], token: bytes | None,
                  insecure: bool = False, attempt: int, heartbeat: float = 0.5, deadline: float = 3.0,
-                 handshake_timeout: float = 5.0):
+                 handshake_timeout: float = 5.0, on_up=None):
         self._key = check_auth(token, insecure)
         if isinstance(bind, str):
             bind = (bind, contract.GROUP_PORT)
         self._bind = bind
-        self.state = GroupState(list(world), attempt)
+        # on_up(msg): relay mode (relay.py) -- collective steps go to the leaders' group.
+        self._on_up = on_up
+        self.state = GroupState(list(world), attempt, relay=on_up is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -94,7 +86,12 @@ class GroupServer:
         self._thread.start()
         ready.wait()
         if errors:
-            raise errors[0]
+            e = errors[0]
+            if isinstance(e, OSError):
+                host, port = self._bind
+                raise ConfigError(f"the group channel cannot listen on {host}:{port}: {e.strerror or e}; "
+                                  "bind the pod's own address and a port nothing else uses") from None
+            raise e
         return self.address
 
     def stop(self) -> None:
@@ -105,6 +102,12 @@ class GroupServer:
                 pass  # loop already closed
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def drain(self, timeout: float) -> None:
+        """Wait (up to timeout) until every member has hung up, so a last broadcast reaches them."""
+        end = time.monotonic() + timeout
+        while self._conns and time.monotonic() < end:
+            time.sleep(0.02)
 
     def __enter__(self):
         self.start()
@@ -145,8 +148,22 @@ class GroupServer:
             await asyncio.gather(*tasks, return_exceptions=True)
             await server.wait_closed()
 
+    def upstream(self, event: str, failure: Failure | None = None) -> None:
+        """Relay mode, from any thread: the leaders' group's answer (start, abort, complete, restart)."""
+        def apply():
+            step = getattr(self.state, f"up_{event}")
+            self._apply(step(failure) if event == "abort" else step())
+
+        try:
+            self._loop.call_soon_threadsafe(apply)
+        except (AttributeError, RuntimeError):
+            log.warning("group: slice server not running; dropped the leaders' %s", event)
+
     def _apply(self, outs) -> None:
         for to, msg in outs:
+            if to == UP:
+                self._on_up(msg)
+                continue
             targets = list(self._conns.values()) if to == ALL else [c for c in [self._conns.get(to)] if c]
             for conn in targets:
                 conn.send(msg)
@@ -245,7 +262,12 @@ class GroupServer:
         if kind == "hb":
             return
         if kind == "fail":
-            self._apply(self.state.fail(conn.rank, msg["code"], msg["cause"], msg["epoch"]))
+            origin = None
+            if "origin_rank" in msg:  # relayed by a slice leader (relay.py)
+                if not (wire.typed(msg["origin_rank"], int) and wire.typed(msg.get("origin_pod"), str)):
+                    raise wire.ProtocolError("fail message with a malformed origin")
+                origin = MemberId(msg["origin_rank"], msg["origin_pod"][:253])
+            self._apply(self.state.fail(conn.rank, msg["code"], msg["cause"], msg["epoch"], origin))
         elif kind == "done":
             self._apply(self.state.finish(conn.rank, msg["epoch"]))
         elif kind == "barrier":

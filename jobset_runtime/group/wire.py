@@ -24,8 +24,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import struct
+
+from .. import contract
+
+log = logging.getLogger("jobset_runtime.group")
 
 VERSION = 1
 NONCE_LEN = 32
@@ -110,7 +115,7 @@ def encode(msg: dict) -> bytes:
     return json.dumps(msg, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _typed(value, want) -> bool:
+def typed(value, want) -> bool:
     wants = want if isinstance(want, tuple) else (want,)
     # bool is an int in Python; on the wire it is not.
     if isinstance(value, bool) and bool not in wants:
@@ -130,7 +135,7 @@ def decode(body: bytes) -> dict:
     if schema is None:
         raise ProtocolError(f"unknown message type {msg['t'][:40]!r}")
     for name, want in schema.items():
-        if name not in msg or not _typed(msg[name], want):
+        if name not in msg or not typed(msg[name], want):
             raise ProtocolError(f"{msg['t']} message lacks a valid {name!r}")
     return msg
 
@@ -212,6 +217,20 @@ def member_session(key: bytes) -> Session:
 
 def server_session(key: bytes) -> Session:
     return Session(key, send_dir=TO_MEMBER, recv_dir=TO_SERVER)
+
+
+def check_auth(token: bytes | None, insecure: bool) -> bytes:
+    """The HMAC key: the token, or b"" when the caller explicitly asked for no authentication."""
+    if token:
+        return token
+    if insecure:
+        log.warning("group: no token; the group channel runs WITHOUT authentication (--insecure)")
+        return b""
+    from ..errors import ConfigError
+
+    raise ConfigError(
+        f"the group channel needs a token: mount the group Secret at {contract.GROUP_TOKEN_FILE} "
+        f"(or point {contract.GROUP_TOKEN_FILE_ENV} at it), or pass --insecure to run it without authentication")
 
 
 def read_token(path) -> bytes:

@@ -78,6 +78,12 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
     """The documents for an MPI job: the ssh Secret, then the JobSet."""
     c = common.Common(**common_options)
     c.check()
+    # No group channel here: mpirun already aborts the whole job when a rank dies and the
+    # workers follow the launcher; and since the launcher starts only once the workers are
+    # Ready (dependsOn), a gang start spanning both would never complete.
+    if c.in_place_restarts:
+        raise common.ConfigError("--in-place-restarts is not available for mpi: mpirun owns the ranks")
+    c = dataclasses.replace(c, fail_fast=False)
     common.positive(workers, "--workers")
     common.positive(slots_per_worker, "--slots-per-worker")
     if mpi not in MPI_CHOICES:

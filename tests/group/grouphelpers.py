@@ -111,12 +111,14 @@ def make_world(n):
 
 def join_all(members, timeout=WAIT):
     """join() every member at once (the gang start needs them all), re-raising the first error."""
+    from jobset_runtime.errors import JobSetRuntimeError
+
     errors = []
 
     def run(m):
         try:
             m.join(timeout)
-        except Exception as e:  # handed to the test
+        except JobSetRuntimeError as e:  # handed to the test
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(m,)) for m in members]

@@ -9,8 +9,8 @@ import json
 import sys
 import threading
 
-from jobset_runtime.group import GroupAborted, GroupMember, GroupServer, MemberId
 from jobset_runtime.errors import JobSetRuntimeError
+from jobset_runtime.group import GroupMember, GroupServer, MemberId, read_token
 
 
 def say(**event):
@@ -31,21 +31,23 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--rank", type=int, required=True)
     ap.add_argument("--world", type=int, required=True)
+    ap.add_argument("--first", type=int, default=0, help="the world's first rank (a slice of a tree)")
     ap.add_argument("--token-file")
     ap.add_argument("--attempt", type=int, default=0)
     ap.add_argument("--heartbeat", type=float, default=0.2)
     ap.add_argument("--deadline", type=float, default=1.5)
     ap.add_argument("--join-timeout", type=float, default=20)
     a = ap.parse_args()
-    token = open(a.token_file, "rb").read().strip() if a.token_file else None
-    world = [MemberId(r, f"pod-{r}") for r in range(a.world)]
-    common = dict(token=token, insecure=token is None, attempt=a.attempt, heartbeat=a.heartbeat, deadline=a.deadline)
+    token = read_token(a.token_file) if a.token_file else None
+    world = [MemberId(r, f"pod-{r}") for r in range(a.first, a.first + a.world)]
+    common = {"token": token, "insecure": token is None, "attempt": a.attempt, "heartbeat": a.heartbeat,
+              "deadline": a.deadline}
     port = a.port
     if a.serve:
         server = GroupServer(bind=("127.0.0.1", a.port), world=world, **common)
         port = server.start()[1]
         say(event="listening", port=port)
-    member = GroupMember(server=("127.0.0.1", port), me=world[a.rank], world=world, **common)
+    member = GroupMember(server=("127.0.0.1", port), me=world[a.rank - a.first], world=world, **common)
     member.on_abort(lambda f: say(event="aborted", rank=f.rank, pod=f.pod, code=f.code, cause=f.cause,
                                   epoch=member.epoch))
     try:

@@ -6,12 +6,26 @@ import threading
 import time
 
 import pytest
+from grouphelpers import (
+    WAIT,
+    RecordingProxy,
+    closed_by_peer,
+    join_all,
+    make_world,
+    raw_connect,
+)
 
-from grouphelpers import WAIT, RecordingProxy, closed_by_peer, join_all, make_world, raw_connect
 from jobset_runtime.errors import ConfigError, PeersTimeout
-from jobset_runtime.group import GroupAborted, GroupMember, GroupServer, MemberPhase, Phase, wire
+from jobset_runtime.group import (
+    GroupAborted,
+    GroupMember,
+    GroupServer,
+    MemberPhase,
+    Phase,
+    wire,
+)
 
-FAST = dict(heartbeat=0.1, deadline=2.0)
+FAST = {"heartbeat": 0.1, "deadline": 2.0}
 
 
 def wait_until(cond, what):
@@ -56,6 +70,15 @@ def test_no_token_refused_unless_insecure():
         m.join(WAIT)
         assert m.finish(WAIT) is True
         m.close()
+
+
+def test_a_busy_port_is_a_configuration_error(token):
+    world = make_world(1)
+    with (
+        socket.create_server(("127.0.0.1", 0)) as busy,
+        pytest.raises(ConfigError, match="cannot listen on 127.0.0.1"),
+    ):
+        GroupServer(bind=busy.getsockname(), world=world, token=token, attempt=0).start()
 
 
 def test_a_member_with_the_wrong_token_cannot_join(group):
@@ -167,6 +190,14 @@ def test_gang_start_timeout_names_the_missing_member(token):
             join_all(members, timeout=1.0)
         for m in members:
             m.close()
+
+
+def test_gang_start_timeout_counts_the_missing_beyond_the_first_few(token):
+    world = make_world(8)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, **FAST) as srv:
+        m = GroupMember(server=srv.address, me=world[0], world=world, token=token, attempt=0, **FAST)
+        with pytest.raises(PeersTimeout, match=r"7 of 8 .*: rank 1 \(pod-1\), .*rank 5 \(pod-5\) \(\+2 more\)"):
+            m.join(1.0)
 
 
 def test_gang_start_timeout_when_the_coordinator_never_answers(token):

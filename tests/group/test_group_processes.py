@@ -3,8 +3,7 @@
 import signal
 
 import pytest
-
-from grouphelpers import WAIT, Proc
+from grouphelpers import Proc
 
 
 @pytest.fixture

@@ -97,3 +97,33 @@ def test_world_must_be_nonempty_and_unique():
         GroupState([], 0)
     with pytest.raises(ValueError):
         GroupState([MemberId(0, "a"), MemberId(0, "b")], 0)
+
+
+def test_relay_mode_sends_collective_steps_up_and_waits_for_the_answer():
+    from jobset_runtime.group.state import UP, Failure
+
+    s = GroupState(WORLD, 1, relay=True)
+    s.join(0)
+    s.join(1)
+    assert kinds(s.join(2)) == [(UP, "ready")] and s.phase is Phase.WAITING
+    assert kinds(s.up_start()) == [(ALL, "start")] and s.phase is Phase.RUNNING
+    up = s.fail(2, 5, "boom", epoch=0)
+    assert kinds(up) == [(UP, "fail")] and (up[0][1]["origin_rank"], up[0][1]["origin_pod"]) == (2, "pod-2")
+    assert s.fail(1, 6, "later", epoch=0) == []  # only the slice's first failure goes up
+    other = Failure(7, "pod-7", 1, "another slice failed first")
+    down = s.up_abort(other)
+    assert kinds(down) == [(ALL, "abort")] and down[0][1]["rank"] == 7
+    assert s.up_abort(other) == []  # once per epoch
+    assert s.barrier(0, 0) == [] and s.barrier(1, 0) == [] and kinds(s.barrier(2, 0)) == [(UP, "barrier")]
+    assert s.epoch == 0
+    assert kinds(s.up_restart()) == [(ALL, "restart")] and s.epoch == 1 and s.up_restart() == []
+    for r in (0, 1):
+        s.finish(r, 1)
+    assert kinds(s.finish(2, 1)) == [(UP, "done")] and s.phase is Phase.RUNNING
+    assert kinds(s.up_complete()) == [(ALL, "complete")] and s.phase is Phase.COMPLETE
+
+
+def test_flat_group_names_a_relayed_failure_by_its_origin():
+    s = running()
+    out = s.fail(0, 2, "in slice 0", epoch=0, origin=MemberId(17, "pod-17"))
+    assert (out[0][1]["rank"], out[0][1]["pod"]) == (17, "pod-17")

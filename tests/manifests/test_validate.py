@@ -167,7 +167,7 @@ def test_webhook_rules_run_without_a_crd():
 
 def test_hostname_limit_is_exactly_57():
     name = "a" * (contract.HOSTNAME_MAX - len("-worker-0-0"))
-    (doc,) = manifests.jax(name=name, subdomain="s", image="i", command=["x"], hosts=1)
+    *_, doc = manifests.jax(name=name, subdomain="s", image="i", command=["x"], hosts=1)
     assert len(f"{name}-worker-0-0") == contract.HOSTNAME_MAX
     with pytest.raises(ConfigError, match="58 characters, more than 57"):
         manifests.jax(name=name + "a", subdomain="s", image="i", command=["x"], hosts=1)
