@@ -100,7 +100,9 @@ def mpirun_argv(impl: hostfile.Implementation, opts: Options, *, uid: int, total
 
 
 def worker_hosts(identity, workers_job: str) -> list[str]:
-    topo = identity._need_topology("finding the MPI workers")
+    topo = identity.topology
+    if topo is None:
+        identity.all_hosts()  # raises the ConfigError that says to set the topology
     try:
         shape = topo.shape(workers_job)
     except KeyError:

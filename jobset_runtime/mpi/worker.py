@@ -32,6 +32,19 @@ log = logging.getLogger("jobset_runtime.mpi.worker")
 
 VANISH_S = 5 * channel.HEARTBEAT_S
 
+# jobset-run exports the *pod's* rank and world size (and torchrun's settings); MPI
+# ranks started here get their own from MPI, so these would only mislead them.
+_NOT_FOR_RANKS = frozenset({
+    contract.RANK_ENV, contract.WORLD_SIZE_ENV, contract.TORCH_RANK, contract.TORCH_WORLD_SIZE,
+    contract.TORCH_NODE_RANK, contract.TORCH_MASTER_ADDR, contract.TORCH_MASTER_PORT, contract.TORCHRUN_NNODES,
+    contract.TORCHRUN_NODE_RANK, contract.TORCHRUN_MASTER_ADDR, contract.TORCHRUN_MASTER_PORT,
+})
+
+
+def daemon_base_env(environ) -> dict[str, str]:
+    """The env an MPI daemon starts from: the pod's, less the per-pod numbering."""
+    return {k: v for k, v in environ.items() if k not in _NOT_FOR_RANKS}
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -166,7 +179,7 @@ class WorkerServer:
                 raise command.CommandError("this worker runs sshd; start daemons over ssh")
             cmd = command.RemoteCommand.from_wire(msg)
             command.check_allowed(cmd)
-            env = command.environment(cmd, dict(os.environ))
+            env = command.environment(cmd, daemon_base_env(os.environ))
             proc = subprocess.Popen(list(cmd.argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True)
         except (command.CommandError, OSError) as e:

@@ -163,3 +163,11 @@ def test_worker_says_it_is_stopped(worker):
     worker.stopping("received SIGTERM")
     assert chan.recv(5) == {"t": "stopping", "cause": "received SIGTERM"}
     assert worker.wait(5).code == 143
+
+
+def test_daemons_do_not_inherit_the_pods_numbering():
+    from jobset_runtime.mpi.worker import daemon_base_env
+
+    env = daemon_base_env({"PATH": "/bin", "RANK": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "x",
+                           "JOBSET_RUNTIME_RANK": "3", "JOBSET_RUNTIME_HOSTNAME": "js-worker-0-2"})
+    assert env == {"PATH": "/bin", "JOBSET_RUNTIME_HOSTNAME": "js-worker-0-2"}
