@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-import conftest as c
+import mpifixtures as c
 
 
 def _run(args, tmp_path, **env):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import conftest as c
+import mpifixtures as c
 from jobset_runtime.errors import ConfigError
 from jobset_runtime.mpi import comm as jc
 

@@ -3,7 +3,7 @@
 import re
 import subprocess
 
-import conftest as c
+import mpifixtures as c
 from jobset_runtime import contract
 
 TEXT = (c.ROOT / "Dockerfile.mpi").read_text()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import conftest as c
+import mpifixtures as c
 
 
 def _result(stdout: str) -> dict:

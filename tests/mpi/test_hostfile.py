@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-import conftest as c
+import mpifixtures as c
 from jobset_runtime.errors import ConfigError
 from jobset_runtime.mpi import hostfile as hf
 from jobset_runtime.mpi.hostfile import INTEL, MPICH, OPENMPI, Implementation

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import conftest as c
+import mpifixtures as c
 from jobset_runtime import manifests
 
 
