@@ -1,0 +1,14 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from jobset_runtime.local.dns import DnsServer  # noqa: E402
+
+
+@pytest.fixture
+def dns_server():
+    with DnsServer("127.0.0.1", 0, zones=["svc.cluster.local"]) as server:
+        yield server
