@@ -116,3 +116,22 @@ def test_coordinator_that_never_listens_is_named(dns_server, tmp_path):
     assert f"to accept TCP connections on port {port}: {pods[0].fqdn}" in stderr
     assert "Traceback" not in stderr
     assert pods[0].fqdn in (tmp_path / "termination-1").read_text()
+
+
+def test_multislice_training_example_on_cpu(dns_server, tmp_path):
+    port = jc.free_port()
+    pods = jc.pods(JOBSET, RJOB, SLICES, HOSTS)
+    for pod in pods:
+        dns_server.set(pod.fqdn, pod.ip)
+    procs = {}
+    for pod in pods:
+        env = jc.pod_env(pod, jobset=JOBSET, rjob=RJOB, slices=SLICES, hosts=HOSTS,
+                         nameserver=dns_server.nameserver, tmp=tmp_path)
+        procs[pod.rank] = jc.start(pod, env, ["--port", str(port), "--devices", "2", "--initialization-timeout", "60",
+                                              "--timeout", "50"], program=jc.ROOT / "examples" / "jax_multislice_train.py")
+    rep = reports(jc.collect(procs, 90))
+    for rank, r in rep.items():
+        assert r["ok"] is True and r["platform"] == "cpu"
+        assert r["process_id"] == rank
+        assert r["mesh"] == {"slice": 2, "data": 4}
+        assert r["losses"] == rep[0]["losses"]  # one model, the same on every process
