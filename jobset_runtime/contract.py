@@ -51,6 +51,9 @@ DNS_LABEL_MAX = 63
 POD_NAME_SUFFIX_LEN = 6
 HOSTNAME_MAX = DNS_LABEL_MAX - POD_NAME_SUFFIX_LEN
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# A JobSet CRD file (`kubectl get crd jobsets.jobset.x-k8s.io -o yaml`) that
+# `jobset-runtime manifest` validates against when --crd is not given.
+JOBSET_CRD_ENV = "JOBSET_CRD"
 
 # --- Downward API --------------------------------------------------------------
 # The volume the manifests mount: files `labels` and `annotations` (one
@@ -129,6 +132,7 @@ TORCHRUN_NNODES = "PET_NNODES"
 TORCHRUN_NODE_RANK = "PET_NODE_RANK"
 TORCHRUN_MASTER_ADDR = "PET_MASTER_ADDR"
 TORCHRUN_MASTER_PORT = "PET_MASTER_PORT"
+TORCHRUN_NPROC_PER_NODE = "PET_NPROC_PER_NODE"
 # libtpu / Cloud TPU (jax/_src/clusters/cloud_tpu_cluster.py reads these).
 TPU_WORKER_ID = "TPU_WORKER_ID"
 TPU_WORKER_HOSTNAMES = "TPU_WORKER_HOSTNAMES"
@@ -152,6 +156,15 @@ JAX_PORT = 8476
 MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
 GROUP_PORT = 7470   # the fail-fast group channel
 SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
+
+# --- MPI ssh transport -----------------------------------------------------------
+# The manifest generator makes a key pair per JobSet and ships it in a Secret of
+# type kubernetes.io/ssh-auth, mounted read-only here in the launcher and workers.
+SSH_DIR = "/etc/jobset-runtime/ssh"
+SSH_VOLUME = "jobset-runtime-ssh"
+SSH_PRIVATE_KEY = "ssh-privatekey"    # OpenSSH private key (ed25519)
+SSH_PUBLIC_KEY = "ssh-publickey"      # `ssh-ed25519 AAAA... comment`
+SSH_AUTHORIZED_KEYS = "authorized_keys"
 
 # --- Exit codes ----------------------------------------------------------------
 # Chosen so a manifest's podFailurePolicy/failurePolicy can tell causes apart.

@@ -34,4 +34,3 @@ def cli_env():
     return env
 
 
-PYTHON = sys.executable

@@ -4,11 +4,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import PYTHON
+PYTHON = sys.executable
 
 POD = {
     "JOBSET_RUNTIME_JOBSET_NAME": "demo", "JOBSET_RUNTIME_REPLICATED_JOB": "worker",

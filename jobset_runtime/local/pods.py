@@ -1,0 +1,310 @@
+"""Pods as processes: network, UTS and mount namespaces on a private bridge, or loopback.
+
+netns mode (root): the runner creates one "cluster" network namespace holding a
+bridge on 198.18.0.1/15 (RFC 2544 benchmarking range).  Each pod gets its own
+network namespace with a veth into that bridge and its own address from the
+range; the bridge is never connected to the host's network, so nothing in a
+pod is reachable from, or routed to, the outside.  The DNS server runs inside
+the cluster namespace on 198.18.0.1:53 (a thread of the runner that entered
+that namespace with setns(2) before opening its sockets), which every pod
+reaches over the bridge.
+
+Each container is started as
+
+    ip netns exec NS unshare --uts -- /bin/sh -c SHIM shim HOST WORKDIR [SRC DST ro|rw]... -- ARGV...
+
+`ip netns exec` enters the pod's network namespace, makes a private mount
+namespace and bind-mounts /etc/netns/NS/{hosts,resolv.conf} over /etc's
+(iproute2 ip/ipnetns.c); `unshare --uts` gives the container its own
+hostname, which SHIM writes to /proc/sys/kernel/hostname; SHIM bind-mounts
+the pod's volumes and execs the container's command.  SHIM is a fixed script;
+user values travel only as positional arguments, never as shell text.
+
+loopback mode: no namespaces.  Each pod gets its own 127.x address (only
+programs that bind it explicitly use it), the DNS server listens on
+127.0.0.1:<port> and pods find it through JOBSET_RUNTIME_NAMESERVERS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import threading
+
+CLUSTER_NET = ipaddress.ip_network("198.18.0.0/15")
+GATEWAY = str(CLUSTER_NET.network_address + 1)
+LOOPBACK_BASE = int(ipaddress.ip_address("127.18.0.0"))
+NETNS_DIR = "/run/netns"
+ETC_NETNS = "/etc/netns"
+CLONE_NEWNET = 0x40000000
+
+SHIM = (
+    'printf %s "$1" > /proc/sys/kernel/hostname || exit 128\n'
+    'wd=$2; shift 2\n'
+    'while [ "$1" != -- ]; do\n'
+    '  mount --bind "$1" "$2" || exit 128\n'
+    '  if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 128; fi\n'
+    '  shift 3\n'
+    'done\n'
+    'shift\n'
+    'if [ -n "$wd" ]; then cd "$wd" || exit 128; fi\n'
+    'exec "$@"\n'
+)
+
+LOOPBACK_LIMITS = (
+    "loopback mode: pods share this machine's hostname, /etc/hosts, /etc/resolv.conf "
+    "and ports. Pod names resolve only through the embedded DNS server named in "
+    "JOBSET_RUNTIME_NAMESERVERS (glibc, ssh and MPI do not see them); two pods that "
+    "bind the same port on 0.0.0.0 collide; volumeMounts are not mounted (a "
+    "downwardAPI volume's directory is passed as JOBSET_RUNTIME_PODINFO instead)."
+)
+
+
+def _run_ip(args, stdin=None):
+    r = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise OSError(f"ip {' '.join(args[:3])}: {r.stderr.strip() or r.stdout.strip()}")
+    return r.stdout
+
+
+def netns_available() -> tuple[bool, str]:
+    """(usable, why not): root, the `ip` tool, and a namespace that can be made."""
+    if os.geteuid() != 0:
+        return False, "not running as root"
+    if shutil.which("ip") is None or shutil.which("unshare") is None:
+        return False, "the `ip` (iproute2) or `unshare` (util-linux) tool is missing"
+    try:
+        r = subprocess.run(["unshare", "--net", "--uts", "--mount", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"unshare failed: {e}"
+    if r.returncode != 0:
+        return False, f"unshare failed: {r.stderr.decode(errors='replace').strip()}"
+    return True, ""
+
+
+def setns_thread_call(netns_path: str, fn):
+    """Run `fn()` in a short-lived thread that has entered the network namespace at
+    `netns_path`; sockets it opens (and threads it starts) stay in that namespace
+    while the rest of the process stays where it was.  setns(2) on CLONE_NEWNET
+    changes only the calling thread."""
+    result, error = [], []
+
+    def body():
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as e:  # handed to the caller
+            error.append(e)
+
+    t = threading.Thread(target=body, name="netns-enter")
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+class Network:
+    """The addresses and namespaces of one run; cleanup() undoes everything, twice is fine."""
+
+    mode = "netns"
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.cluster_ns = f"jsr-{run_id}"
+        self._seq = 0
+        self._made: list = []          # pod netns names that exist now
+        self._cluster_made = False
+        self._lock = threading.Lock()
+
+    # --- setup ---------------------------------------------------------------
+    def setup(self) -> None:
+        _run_ip(["netns", "add", self.cluster_ns])
+        self._cluster_made = True
+        prefix = CLUSTER_NET.prefixlen
+        _run_ip(["-n", self.cluster_ns, "-batch", "-"], stdin="\n".join([
+            "link set lo up",
+            "link add br0 type bridge",
+            f"addr add {GATEWAY}/{prefix} dev br0",
+            "link set br0 up",
+        ]) + "\n")
+
+    @property
+    def cluster_netns_path(self) -> str:
+        return os.path.join(NETNS_DIR, self.cluster_ns)
+
+    def dns_address(self) -> tuple[str, int]:
+        return GATEWAY, 53
+
+    def next_ip(self) -> str:
+        with self._lock:
+            self._seq += 1
+            # .0 is the network, .1 the gateway: pods from .2 on, never reused in a run.
+            return str(CLUSTER_NET.network_address + 1 + self._seq)
+
+    def create(self, slots: list) -> None:
+        """Make the namespaces for `slots` = [(ns name, ip)] at once: one `ip` per batch,
+        plus one per pod to configure its side (an interface's addresses go when it
+        moves between namespaces, so they are set from inside)."""
+        if not slots:
+            return
+        _run_ip(["-batch", "-"], stdin="".join(f"netns add {ns}\n" for ns, _ in slots))
+        with self._lock:
+            self._made.extend(ns for ns, _ in slots)
+        lines = []
+        for ns, _ in slots:
+            host_if = "v" + ns.rsplit("-", 1)[1]
+            lines.append(f"link add {host_if} type veth peer name eth0 netns {ns}")
+            lines.append(f"link set {host_if} master br0 up")
+        _run_ip(["-n", self.cluster_ns, "-batch", "-"], stdin="\n".join(lines) + "\n")
+        prefix = CLUSTER_NET.prefixlen
+        procs = []
+        for ns, ip in slots:
+            script = (f"link set lo up\naddr add {ip}/{prefix} dev eth0\nlink set eth0 up\n"
+                      f"route add default via {GATEWAY}\n")
+            p = subprocess.Popen(["ip", "-n", ns, "-batch", "-"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            procs.append((p, script, ns))
+        errors = []
+        for p, script, ns in procs:
+            _, err = p.communicate(script)
+            if p.returncode != 0:
+                errors.append(f"{ns}: {err.strip()}")
+        if errors:
+            raise OSError("configuring pod network namespaces failed: " + "; ".join(errors[:3]))
+
+    def new_slot(self) -> tuple[str, str]:
+        with self._lock:
+            n = self._seq + 1
+        ip = self.next_ip()
+        return f"{self.cluster_ns}-{n}", ip
+
+    def write_etc(self, ns: str, hosts: str, resolv: str) -> None:
+        d = os.path.join(ETC_NETNS, ns)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "hosts"), "w") as f:
+            f.write(hosts)
+        with open(os.path.join(d, "resolv.conf"), "w") as f:
+            f.write(resolv)
+
+    def argv(self, ns: str, hostname: str, workdir: str, mounts: list, command: list) -> list:
+        flat = []
+        for src, dst, ro in mounts:
+            flat += [src, dst, "ro" if ro else "rw"]
+        return ["ip", "netns", "exec", ns, "unshare", "--uts", "--", "/bin/sh", "-c", SHIM, "shim",
+                hostname, workdir or "", *flat, "--", *command]
+
+    # --- teardown ------------------------------------------------------------
+    def ns_inodes(self, names) -> dict:
+        out = {}
+        for ns in names:
+            try:
+                out[os.stat(os.path.join(NETNS_DIR, ns)).st_ino] = ns
+            except OSError:
+                pass
+        return out
+
+    def pids_in(self, names) -> dict:
+        """{netns name: [pids]} for processes inside those namespaces (one /proc scan)."""
+        inodes = self.ns_inodes(names)
+        found = {}
+        if not inodes:
+            return found
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                st = os.stat(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue
+            ns = inodes.get(st.st_ino)
+            if ns is not None:
+                found.setdefault(ns, []).append(int(entry))
+        return found
+
+    def kill_all_in(self, names) -> None:
+        for pids in self.pids_in(names).values():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def release(self, names) -> None:
+        """Delete pod namespaces (their veths go with them) and their /etc/netns files."""
+        names = [n for n in names if n in self._made]
+        if not names:
+            return
+        self.kill_all_in(names)
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names),
+                       capture_output=True, text=True)
+        with self._lock:
+            self._made = [n for n in self._made if n not in names]
+        for n in names:
+            shutil.rmtree(os.path.join(ETC_NETNS, n), ignore_errors=True)
+
+    def cleanup(self) -> None:
+        names = list(self._made) + ([self.cluster_ns] if self._cluster_made else [])
+        if names:
+            # Twice: a process may fork between the scan and the kill.
+            for _ in range(2):
+                self.kill_all_in(names)
+        self.release(list(self._made))
+        if self._cluster_made:
+            subprocess.run(["ip", "netns", "del", self.cluster_ns], capture_output=True)
+            self._cluster_made = False
+        # Anything of this run that an interrupted call left behind.
+        try:
+            for n in os.listdir(NETNS_DIR):
+                if n == self.cluster_ns or n.startswith(self.cluster_ns + "-"):
+                    subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        except OSError:
+            pass
+        try:
+            for n in os.listdir(ETC_NETNS):
+                if n.startswith(self.cluster_ns + "-"):
+                    shutil.rmtree(os.path.join(ETC_NETNS, n), ignore_errors=True)
+            if not os.listdir(ETC_NETNS):
+                os.rmdir(ETC_NETNS)
+        except OSError:
+            pass
+
+
+class Loopback:
+    """No namespaces: a 127.x address per pod, DNS on 127.0.0.1."""
+
+    mode = "loopback"
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self._seq = 1
+
+    def setup(self) -> None:
+        pass
+
+    def dns_address(self) -> tuple[str, int]:
+        return "127.0.0.1", 0
+
+    def new_slot(self) -> tuple[str, str]:
+        self._seq += 1
+        return "", str(ipaddress.ip_address(LOOPBACK_BASE + self._seq))
+
+    def create(self, slots) -> None:
+        pass
+
+    def release(self, names) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        pass

@@ -1,0 +1,570 @@
+"""The runner: one thread, one selector, that starts pods, relays their output,
+feeds process exits to the controller and keeps the DNS records in step.
+
+Pod lifecycle here, as the kubelet and the endpoints controller do it:
+IP assigned -> DNS record (publishNotReadyAddresses, the JobSet default; else
+once Ready) -> containers started -> Running/Ready -> exits -> record removed,
+namespace deleted.  Everything the run created is undone by `close()`, which
+is idempotent and also runs at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+from .. import contract
+from . import kubelet
+from .controller import Controller, Pod, Container, subdomain_of
+from .pods import LOOPBACK_LIMITS, Loopback, Network
+
+EXIT_TIMEOUT = 124   # as timeout(1)
+EXIT_INTERRUPTED = 130
+
+
+class _Proc:
+    """One container process: its Popen, pidfd and output buffer."""
+
+    def __init__(self, pod, container, popen, log):
+        self.pod, self.container, self.popen, self.log = pod, container, popen, log
+        self.pidfd = os.pidfd_open(popen.pid)
+        self.buf = b""
+        self.out_open = True
+        self.exited = False
+        self.kill_timer = None
+
+
+class Runner:
+    def __init__(self, js: dict, objects: dict, *, run_dir: str, mode: str = "netns",
+                 dns_delay: float = 0.0, skew: dict | None = None, out=None,
+                 crash_backoff: float | None = None, pod_backoff: float | None = None,
+                 interrupt_grace: float = 5.0):
+        self.js = js
+        self.objects = objects
+        self.run_dir = run_dir
+        self.dns_delay = dns_delay
+        self.out = out or sys.stdout
+        self.interrupt_grace = interrupt_grace
+        self.run_id = os.urandom(3).hex()
+        self.net = Network(self.run_id) if mode == "netns" else Loopback(self.run_id)
+        self.namespace = js["metadata"].get("namespace", "default")
+        self.subdomain = subdomain_of(js)
+        self.domain = contract.DEFAULT_CLUSTER_DOMAIN
+        kw = {}
+        if crash_backoff is not None:
+            kw["crash_backoff"] = crash_backoff
+        if pod_backoff is not None:
+            kw["pod_backoff"] = pod_backoff
+        self.ctl = Controller(js, self, skew=skew, **kw)
+        self.sel = selectors.DefaultSelector()
+        self._timers: list = []
+        self._seq = itertools.count()
+        self._pending: list = []       # pods waiting for their namespaces
+        self._procs: dict = {}         # pidfd -> _Proc
+        self._by_pod: dict = {}        # pod name -> [ _Proc ]
+        self._slots: dict = {}         # pod name -> netns name
+        self._ended: list = []         # pods whose processes ended; namespaces to release
+        self._created_dirs: list = []  # mountpoints we had to make
+        self.dns = None
+        self._closed = False
+        self._t0 = time.monotonic()
+        self._service_ips: dict = {}
+        self.nameserver = ""
+        self._stopped = None
+
+    # --- runtime interface used by the controller ---------------------------------
+    def event(self, msg: str) -> None:
+        self._print(f"[{time.monotonic() - self._t0:7.2f}s] {msg}")
+
+    def call_later(self, delay: float, fn):
+        entry = [time.monotonic() + delay, next(self._seq), fn, True]
+        heapq.heappush(self._timers, entry)
+        return entry
+
+    def wake(self) -> None:
+        pass  # single-threaded: the loop looks at the controller after every event
+
+    def start_pod(self, pod: Pod) -> None:
+        self._pending.append(pod)
+
+    def pod_has_processes(self, pod: Pod) -> bool:
+        return bool(self._by_pod.get(pod.name))
+
+    def restart_container(self, pod: Pod, container: Container) -> None:
+        self._spawn(pod, container)
+        pod.ready = all(c.running for c in pod.containers)
+
+    def stop_pod(self, pod: Pod, grace: float) -> None:
+        procs = self._by_pod.get(pod.name) or []
+        if not procs:
+            if pod in self._pending:
+                self._pending.remove(pod)
+            self.pod_ended(pod)
+            return
+        for p in procs:
+            self._signal(p, signal.SIGTERM)
+            p.kill_timer = self.call_later(grace, lambda p=p: self._signal(p, signal.SIGKILL))
+
+    def pod_ended(self, pod: Pod) -> None:
+        if pod.ip:
+            self._dns_remove(pod)
+        self._ended.append(pod)
+
+    # --- process handling ------------------------------------------------------------
+    def _signal(self, proc: _Proc, sig) -> None:
+        if proc.exited:
+            return
+        try:
+            os.killpg(proc.popen.pid, sig)
+        except OSError:
+            pass
+
+    def _facts(self, pod: Pod) -> kubelet.PodFacts:
+        return kubelet.PodFacts(
+            name=pod.name, namespace=self.namespace, uid=pod.uid, labels=pod.labels,
+            annotations=pod.annotations, hostname=pod.hostname,
+            subdomain=self.subdomain if self.js["spec"]["network"].get("enableDNSHostnames", True) else "",
+            pod_ip=pod.ip, host_ip="127.0.0.1", node_name=os.uname().nodename,
+            service_account=pod.spec.get("serviceAccountName", "default"),
+            node_cpus=os.cpu_count() or 1,
+            node_memory=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            objects=self.objects)
+
+    def _launch_pending(self) -> None:
+        pods, self._pending = self._pending, []
+        pods = [p for p in pods if not p.stopping]
+        if not pods:
+            return
+        slots = []
+        for pod in pods:
+            ns, ip = self.net.new_slot()
+            pod.ip = ip
+            self._slots[pod.name] = ns
+            if ns:
+                slots.append((ns, ip))
+        self.net.create(slots)
+        for pod in pods:
+            facts = self._facts(pod)
+            pod_dir = os.path.join(self.run_dir, "pods", pod.name)
+            os.makedirs(pod_dir, exist_ok=True)
+            self._write_volumes(pod, facts, pod_dir)
+            if self.net.mode == "netns":
+                self.net.write_etc(self._slots[pod.name], kubelet.hosts_file(facts, pod.spec.get("hostAliases") or ()),
+                                   kubelet.resolv_conf(self.namespace, self.nameserver.split(":")[0], self.domain))
+            if self.js["spec"]["network"].get("publishNotReadyAddresses", True):
+                self._dns_add(pod)
+            for c in pod.containers:
+                self._spawn(pod, c, facts)
+            self.event(f"pod {pod.name} started, ip {pod.ip}")
+            self.ctl.pod_started(pod)
+            if not self.js["spec"]["network"].get("publishNotReadyAddresses", True):
+                self._dns_add(pod)
+
+    def _write_volumes(self, pod: Pod, facts, pod_dir: str) -> None:
+        pod._volume_dirs = {}
+        for vol in pod.spec.get("volumes") or []:
+            d = os.path.join(pod_dir, "volumes", vol["name"])
+            os.makedirs(d, exist_ok=True)
+            files = kubelet.volume_files(facts, vol)
+            for rel, content in (files or {}).items():
+                path = os.path.join(d, rel)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(content)
+            pod._volume_dirs[vol["name"]] = (d, vol)
+
+    def _mounts(self, pod: Pod, container: dict) -> list:
+        mounts = []
+        for vm in container.get("volumeMounts") or []:
+            src, vol = pod._volume_dirs.get(vm["name"], (None, None))
+            if src is None:
+                from ..errors import ConfigError
+                raise ConfigError(f"container {container.get('name')}: volumeMount {vm['name']!r} names no volume of the pod")
+            if vm.get("subPath"):
+                src = os.path.join(src, vm["subPath"])
+            dst = vm["mountPath"]
+            if not os.path.exists(dst):
+                is_file = os.path.isfile(src)
+                self._make_mountpoint(dst, is_file)
+            mounts.append((src, dst, bool(vm.get("readOnly")) or (vol is not None and ("secret" in vol or "configMap" in vol or "downwardAPI" in vol))))
+        return mounts
+
+    def _make_mountpoint(self, dst: str, is_file: bool) -> None:
+        # The pods share this machine's filesystem: a mountpoint that does not exist
+        # is made (and removed at the end, if still empty).
+        parts = []
+        d = os.path.dirname(dst) if is_file else dst
+        while d and not os.path.exists(d):
+            parts.append(d)
+            d = os.path.dirname(d)
+        for p in reversed(parts):
+            os.mkdir(p)
+            self._created_dirs.append(p)
+        if is_file:
+            open(dst, "a").close()
+            self._created_dirs.append(dst)
+
+    def _base_env(self) -> dict:
+        # The container gets this machine's environment (standing in for the image's:
+        # PATH, HOME, a virtualenv) without our own identity variables or HOSTNAME.
+        return {k: v for k, v in os.environ.items()
+                if not k.startswith(contract.ENV_PREFIX) and k != contract.HOSTNAME_ENV}
+
+    def _spawn(self, pod: Pod, c: Container, facts=None) -> None:
+        facts = facts or self._facts(pod)
+        spec = c.spec
+        env = kubelet.container_env(facts, spec, extra={contract.HOSTNAME_ENV: pod.hostname})
+        # pkg/controller/job/indexed_job_utils.go addCompletionIndexEnvVariable: the Job
+        # controller adds JOB_COMPLETION_INDEX from the annotation to every container.
+        env.setdefault(contract.JOB_COMPLETION_INDEX_ENV, str(pod.index))
+        argv = kubelet.container_argv(spec, env)
+        cdir = os.path.join(self.run_dir, "pods", pod.name)
+        term = os.path.join(cdir, f"{c.name or 'container'}.termination-log")
+        open(term, "w").close()
+        env[contract.TERMINATION_LOG_ENV] = term
+        full_env = self._base_env()
+        full_env.update(env)
+        workdir = spec.get("workingDir") or ""
+        if self.net.mode == "netns":
+            cmd = self.net.argv(self._slots[pod.name], pod.hostname, workdir, self._mounts(pod, spec), argv)
+            cwd = None
+        else:
+            cmd, cwd = argv, workdir or None
+            full_env[contract.NAMESERVERS_ENV] = self.nameserver
+            for name, (d, vol) in pod._volume_dirs.items():
+                if "downwardAPI" in vol:
+                    full_env.setdefault(contract.PODINFO_ENV, d)
+        multi = len(pod.containers) > 1
+        log_path = os.path.join(self.run_dir, f"{pod.name}.{c.name}.log" if multi else f"{pod.name}.log")
+        log = open(log_path, "ab")
+        try:
+            popen = subprocess.Popen(cmd, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        except OSError as e:
+            log.write(f"cannot start: {e}\n".encode())
+            log.close()
+            c.running = False
+            self.call_later(0, lambda: self.ctl.container_exited(pod, c, 128))
+            return
+        proc = _Proc(pod, c, popen, log)
+        proc.prefix = f"[{pod.name}/{c.name}] " if multi else f"[{pod.name}] "
+        os.set_blocking(popen.stdout.fileno(), False)
+        self.sel.register(popen.stdout, selectors.EVENT_READ, ("out", proc))
+        self.sel.register(proc.pidfd, selectors.EVENT_READ, ("exit", proc))
+        self._by_pod.setdefault(pod.name, []).append(proc)
+        c.handle = proc
+        c.running = True
+        c.exit_code = None
+
+    def _read(self, proc: _Proc) -> None:
+        if not proc.out_open:
+            return
+        try:
+            data = os.read(proc.popen.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_out(proc)
+            return
+        proc.log.write(data)
+        proc.buf += data
+        *lines, proc.buf = proc.buf.split(b"\n")
+        for line in lines:
+            self._print(proc.prefix + line.decode(errors="replace"))
+
+    def _close_out(self, proc: _Proc) -> None:
+        if not proc.out_open:
+            return
+        proc.out_open = False
+        if proc.buf:
+            self._print(proc.prefix + proc.buf.decode(errors="replace"))
+            proc.buf = b""
+        try:
+            self.sel.unregister(proc.popen.stdout)
+        except (KeyError, ValueError):
+            pass
+        proc.popen.stdout.close()
+        proc.log.close()
+
+    def _exited(self, proc: _Proc) -> None:
+        if proc.exited:
+            return
+        self.sel.unregister(proc.pidfd)
+        os.close(proc.pidfd)
+        code = proc.popen.wait()
+        proc.exited = True
+        if proc.kill_timer is not None:
+            proc.kill_timer[3] = False
+        # The container runtime kills the rest of a container when its main process ends.
+        try:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        # Drain what is left in the pipe, then close it (a stray child holding it open
+        # must not keep the pod alive).
+        while proc.out_open:
+            try:
+                data = os.read(proc.popen.stdout.fileno(), 65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._close_out(proc)
+                break
+            proc.log.write(data)
+            proc.buf += data
+            *lines, proc.buf = proc.buf.split(b"\n")
+            for line in lines:
+                self._print(proc.prefix + line.decode(errors="replace"))
+        procs = self._by_pod.get(proc.pod.name, [])
+        if proc in procs:
+            procs.remove(proc)
+        if not procs:
+            self._by_pod.pop(proc.pod.name, None)
+        code = 128 - code if code < 0 else code  # killed by signal N -> 128 + N
+        msg = self._termination_message(proc)
+        if msg:
+            self.event(f"pod {proc.pod.name}: termination message: {msg}")
+        self.ctl.container_exited(proc.pod, proc.container, code)
+
+    def _termination_message(self, proc: _Proc) -> str:
+        path = os.path.join(self.run_dir, "pods", proc.pod.name, f"{proc.container.name or 'container'}.termination-log")
+        try:
+            with open(path, "rb") as f:
+                return f.read(contract.TERMINATION_MESSAGE_MAX).decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def _release_ended(self) -> None:
+        pods, self._ended = self._ended, []
+        names = [self._slots.pop(p.name, "") for p in pods]
+        self.net.release([n for n in names if n])
+        for p in pods:
+            self.ctl.pod_gone(p)
+
+    # --- DNS -----------------------------------------------------------------------
+    def _fqdn(self, pod: Pod) -> str:
+        return f"{pod.hostname}.{self.subdomain}.{self.namespace}.svc.{self.domain}"
+
+    def _dns_add(self, pod: Pod) -> None:
+        if self.dns is None or not self.js["spec"]["network"].get("enableDNSHostnames", True):
+            return
+        self.dns.set(self._fqdn(pod), [pod.ip], visible_after=self.dns_delay)
+        self._service_ips[pod.name] = pod.ip
+        self._set_service()
+
+    def _dns_remove(self, pod: Pod) -> None:
+        if self.dns is None:
+            return
+        # Only if the record is still this pod's (a newer pod may hold the hostname).
+        if self.dns.records().get(self._fqdn(pod).lower() + ".") == [pod.ip]:
+            self.dns.remove(self._fqdn(pod))
+        self._service_ips.pop(pod.name, None)
+        self._set_service()
+
+    def _set_service(self) -> None:
+        # The headless Service name itself answers with every published pod.
+        name = f"{self.subdomain}.{self.namespace}.svc.{self.domain}"
+        ips = sorted(set(self._service_ips.values()))
+        if ips:
+            self.dns.set(name, ips)
+        else:
+            self.dns.remove(name)
+
+    def _start_dns(self) -> None:
+        from .dns import DnsServer  # lazy: dnspython
+
+        host, port = self.net.dns_address()
+        server = DnsServer(host, port, zones=(self.domain,))
+        if self.net.mode == "netns":
+            from .pods import setns_thread_call
+            setns_thread_call(self.net.cluster_netns_path, server.start)
+        else:
+            server.start()
+        self.dns = server
+        self.nameserver = server.nameserver
+
+    # --- main loop -------------------------------------------------------------------
+    def _print(self, line: str) -> None:
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def run(self, timeout: float | None = None) -> int:
+        atexit.register(self.close)
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        for s in old:
+            signal.signal(s, interrupt)
+        outcome = None
+        try:
+            try:
+                os.makedirs(self.run_dir, exist_ok=True)
+                if self.net.mode == "loopback":
+                    self._print("notice: " + LOOPBACK_LIMITS)
+                self.net.setup()
+                self._start_dns()
+                self._print(f"run directory: {self.run_dir}")
+                self.event(f"jobset {self.ctl.name}: mode {self.net.mode}, DNS {self.nameserver}")
+                if timeout:
+                    self.call_later(timeout, lambda: self._stop("timeout"))
+                self.ctl.start()
+                outcome = self._loop()
+            except KeyboardInterrupt:
+                self._print("interrupted: stopping every pod")
+                outcome = "interrupted"
+                try:
+                    self._stop("interrupted")
+                    self._loop()
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            self.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        self._print_status(outcome)
+        if outcome == "interrupted":
+            return EXIT_INTERRUPTED
+        if outcome == "timeout":
+            return EXIT_TIMEOUT
+        return 0 if self.ctl.terminal_state == "Completed" else 1
+
+    def _stop(self, why: str) -> None:
+        """--timeout or Ctrl-C: every pod gets SIGTERM, then SIGKILL after its grace
+        period capped at `interrupt_grace` (the user is waiting)."""
+        self._stopped = why
+        self.ctl.halted = True
+        self.event(f"{why}: stopping every pod")
+        for pod in self.ctl.live_pods():
+            if pod.stopping and self._by_pod.get(pod.name):
+                for p in self._by_pod[pod.name]:
+                    if p.kill_timer is not None:
+                        p.kill_timer[3] = False
+                    p.kill_timer = self.call_later(self.interrupt_grace, lambda p=p: self._signal(p, signal.SIGKILL))
+                continue
+            pod.stopping = True
+            pod.ready = False
+            grace = min(self.interrupt_grace, float(pod.spec.get("terminationGracePeriodSeconds", 30)))
+            if self._by_pod.get(pod.name):
+                self.stop_pod(pod, grace)
+            else:
+                if pod in self._pending:
+                    self._pending.remove(pod)
+                pod.gone = True
+
+    def _loop(self):
+        while True:
+            if self._pending:
+                self._launch_pending()
+            if self._ended:
+                self._release_ended()
+                continue
+            if (self.ctl.finished or self._stopped) and not self.ctl.live_pods() and not self._by_pod:
+                return self._stopped or self.ctl.terminal_state
+            now = time.monotonic()
+            while self._timers and (not self._timers[0][3] or self._timers[0][0] <= now):
+                entry = heapq.heappop(self._timers)
+                if entry[3]:
+                    entry[2]()
+                    if self._pending or self._ended:
+                        break
+            if self._pending or self._ended:
+                continue
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            if not self.sel.get_map() and timeout is None:
+                if self.ctl.live_pods():
+                    # Pods whose start never happened (stopped before launch).
+                    for p in self.ctl.live_pods():
+                        if not self._by_pod.get(p.name):
+                            self.pod_ended(p)
+                    continue
+                return self._stopped or self.ctl.terminal_state
+            for key, _ in self.sel.select(timeout):
+                kind, proc = key.data
+                if kind == "out":
+                    self._read(proc)
+                else:
+                    self._exited(proc)
+
+    # --- status and cleanup ------------------------------------------------------------
+    def _print_status(self, outcome) -> None:
+        age = time.monotonic() - self._t0
+        state = self.ctl.terminal_state or ("TimedOut" if outcome == "timeout" else
+                                            "Interrupted" if outcome == "interrupted" else "")
+        completed = "True" if self.ctl.terminal_state == "Completed" else "False"
+        suspended = str(bool(self.js["spec"].get("suspend", False))).lower()
+        rows = [("NAME", "TERMINALSTATE", "RESTARTS", "COMPLETED", "SUSPENDED", "AGE"),
+                (self.ctl.name, state, str(self.ctl.restarts), completed, suspended, f"{age:.1f}s")]
+        self._print("")
+        self._print(_table(rows))
+        rows = [("REPLICATEDJOB", "READY", "SUCCEEDED", "FAILED", "ACTIVE")]
+        for rj in self.ctl.rjobs:
+            st = self.ctl.rjob_status(rj["name"])
+            rows.append((rj["name"], str(st["ready"]), str(st["succeeded"]), str(st["failed"]), str(st["active"])))
+        self._print(_table(rows))
+        if self.ctl.terminal_message:
+            self._print(f"{self.ctl.terminal_reason}: {self.ctl.terminal_message}")
+        self._print(f"logs: {self.run_dir}")
+
+    def close(self) -> None:
+        """Kill every process, stop DNS, delete namespaces, files and mountpoints. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for procs in list(self._by_pod.values()):
+            for p in procs:
+                self._signal(p, signal.SIGKILL)
+        for procs in list(self._by_pod.values()):
+            for p in procs:
+                try:
+                    p.popen.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                try:
+                    os.close(p.pidfd)
+                except OSError:
+                    pass
+                if p.out_open:
+                    p.out_open = False
+                    p.popen.stdout.close()
+                    p.log.close()
+        self._by_pod.clear()
+        try:
+            self.net.cleanup()
+        finally:
+            if self.dns is not None:
+                self.dns.stop()
+            for d in reversed(self._created_dirs):
+                try:
+                    if os.path.isdir(d):
+                        os.rmdir(d)
+                    elif os.path.getsize(d) == 0:
+                        os.unlink(d)
+                except OSError:
+                    pass
+            self.sel.close()
+            try:
+                atexit.unregister(self.close)
+            except Exception:
+                pass
+
+
+def _table(rows) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,15 @@
+"""JobSet manifests that give pods exactly what the runtime reads.
+
+Each kind is a function returning a list of plain-dict documents (the JobSet, with
+any Secret it needs placed before it), already checked against JobSet's webhook
+rules.  `validate` holds the checks; `cli.main` is `jobset-runtime manifest`.
+"""
+
+from .jax import jax
+from .mpi import mpi
+from .torch import torch
+from .tpu_multislice import tpu_multislice
+
+KINDS = {"tpu-multislice": tpu_multislice, "mpi": mpi, "jax": jax, "torch": torch}
+
+__all__ = ["KINDS", "jax", "mpi", "torch", "tpu_multislice"]

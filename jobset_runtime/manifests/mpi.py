@@ -1,0 +1,110 @@
+"""`mpi`: one launcher and N workers, ranks started over ssh.
+
+Spec order is worker, then launcher: the launcher `dependsOn` the workers being
+Ready (sshd answering on contract.SSH_PORT), the way mpi-operator waits for
+workers, and a ReplicatedJob may only depend on one listed before it
+(kubernetes-sigs/jobset pkg/webhooks/jobset_webhook.go).  The JobSet succeeds when
+the launcher does (successPolicy), and the controller then stops the workers.
+
+The ssh key pair is made here, at build time, and travels in a Secret of type
+kubernetes.io/ssh-auth next to the JobSet; both pod kinds mount it read-only at
+contract.SSH_DIR.  `python -m jobset_runtime.mpi launcher|worker` does the rest
+(hostfile, sshd, mpirun).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+from .. import contract
+from . import common
+
+LAUNCHER = "launcher"
+WORKER = "worker"
+MPI_CHOICES = ("openmpi", "mpich", "intel")
+
+
+def secret_name(jobset_name: str) -> str:
+    return f"{jobset_name}-ssh"
+
+
+def ssh_key_pair(private_key_pem: bytes | None = None, comment: str = "jobset-runtime") -> tuple[bytes, bytes]:
+    """(OpenSSH private key, `ssh-ed25519 ...` public key): new unless one is given."""
+    # Lazy: only the mpi kind needs `cryptography`.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if private_key_pem is None:
+        key = Ed25519PrivateKey.generate()
+        private_key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                            serialization.NoEncryption())
+    else:
+        try:
+            key = serialization.load_ssh_private_key(private_key_pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise common.ConfigError(f"the ssh private key given is not an unencrypted OpenSSH key: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise common.ConfigError("the ssh private key given is not ed25519; pass an ed25519 key or none")
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private_key_pem, public + b" " + comment.encode()
+
+
+def ssh_secret(name: str, namespace: str, private_key: bytes, public_key: bytes) -> dict:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "kubernetes.io/ssh-auth",
+        "data": {
+            contract.SSH_PRIVATE_KEY: b64(private_key),
+            contract.SSH_PUBLIC_KEY: b64(public_key + b"\n"),
+            contract.SSH_AUTHORIZED_KEYS: b64(public_key + b"\n"),
+        },
+    }
+
+
+def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_private_key: bytes | None = None,
+        **common_options) -> list:
+    """The documents for an MPI job: the ssh Secret, then the JobSet."""
+    c = common.Common(**common_options)
+    c.check()
+    common.positive(workers, "--workers")
+    common.positive(slots_per_worker, "--slots-per-worker")
+    if mpi not in MPI_CHOICES:
+        raise common.ConfigError(f"--mpi {mpi}: choose one of {', '.join(MPI_CHOICES)}")
+    private, public = ssh_key_pair(ssh_private_key, comment=f"{c.name}@jobset-runtime")
+    secret = ssh_secret(secret_name(c.name), c.namespace, private, public)
+
+    shape = [{"name": WORKER, "replicas": 1, "template": {"spec": {"completions": workers}}},
+             {"name": LAUNCHER, "replicas": 1, "template": {"spec": {"completions": 1}}}]
+    topo = common.topology_of(shape)
+    ssh_volume = {"name": contract.SSH_VOLUME,
+                  "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o400}}
+    ssh_mount = {"name": contract.SSH_VOLUME, "mountPath": contract.SSH_DIR, "readOnly": True}
+
+    worker_cmd = common.runner_command(dataclasses.replace(c, wait=None), "none",
+                                       ["python", "-m", "jobset_runtime.mpi", "worker"])
+    worker = common.container(
+        c, worker_cmd, topo, mounts=[ssh_mount],
+        ports=[{"name": "ssh", "containerPort": contract.SSH_PORT}],
+        readiness={"tcpSocket": {"port": contract.SSH_PORT}, "periodSeconds": 2},
+    )
+    launcher_cmd = common.runner_command(
+        c, "all",
+        ["python", "-m", "jobset_runtime.mpi", "launcher", "--mpi", mpi,
+         "--slots-per-worker", str(slots_per_worker), "--", *c.command],
+    )
+    # The launcher only starts mpirun: the requested cpu/memory go to the workers.
+    launcher = common.container(dataclasses.replace(c, cpu=None, memory=None), launcher_cmd, topo,
+                                mounts=[ssh_mount])
+    rjobs = [
+        common.replicated_job(WORKER, 1, workers, common.pod_spec(c, [worker], volumes=[ssh_volume])),
+        common.replicated_job(LAUNCHER, 1, 1, common.pod_spec(c, [launcher], volumes=[ssh_volume]),
+                              depends_on=[{"name": WORKER, "status": "Ready"}]),
+    ]
+    doc = common.jobset(c, rjobs, coordinator=(LAUNCHER, 0, 0), success_targets=[LAUNCHER])
+    return common.finish([secret, doc])

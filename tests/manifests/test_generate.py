@@ -1,0 +1,215 @@
+"""Generated manifests: golden files, examples, CRD validity, the CLI's edges."""
+
+import base64
+
+import pytest
+import yaml
+
+import manifest_cases as mc
+from jobset_runtime import contract
+from jobset_runtime import manifests
+from jobset_runtime.errors import ConfigError
+from jobset_runtime.manifests import validate
+
+KINDS = sorted(mc.GOLDEN_ARGV)
+# Not a bare "mpi": pytest-mpi treats that keyword as its marker and skips the test.
+IDS = [f"kind={k}" for k in KINDS]
+
+
+def golden_output(kind, tmp_path):
+    argv = list(mc.GOLDEN_ARGV[kind])
+    if kind == "mpi":
+        key = tmp_path / "id_ed25519"
+        key.write_bytes(mc.fixed_ssh_key())
+        cut = argv.index("--")
+        argv[cut:cut] = ["--ssh-key", str(key)]
+    code, out, err = mc.run_cli(argv, env={contract.JOBSET_CRD_ENV: ""})
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_golden(kind, tmp_path, update_golden):
+    text = mc.mask_secrets(golden_output(kind, tmp_path), keep_public=True)
+    path = mc.GOLDEN / f"{kind}.yaml"
+    if update_golden:
+        path.write_text(text)
+    assert path.read_text() == text, f"{path} is stale; rerun with UPDATE_GOLDEN=1 and review the diff"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_example_is_current(kind, update_golden):
+    path = mc.EXAMPLES / f"{kind}.yaml"
+    text = mc.example_text(kind)
+    if update_golden:
+        path.write_text(text)
+    assert path.read_text() == text, f"{path} is stale; rerun with UPDATE_GOLDEN=1"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_generated_and_examples_validate_against_crd(kind, crd, tmp_path):
+    docs = list(yaml.safe_load_all(golden_output(kind, tmp_path)))
+    assert validate.document_issues(docs, crd) == ([], 1)
+    example = validate.load_documents(str(mc.EXAMPLES / f"{kind}.yaml"))
+    assert validate.document_issues(example, crd) == ([], 1)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_jsonschema_agrees(kind, crd, tmp_path):
+    """Cross-check with jsonschema on the same openAPIV3Schema (it ignores the x- keys
+    and allows unknown fields, so it can only confirm types, enums and required)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = crd.schemas["v1alpha2"]
+    for doc in yaml.safe_load_all(golden_output(kind, tmp_path)):
+        if doc["kind"] == contract.JOBSET_KIND:
+            jsonschema.Draft4Validator(schema).validate(doc)
+
+
+def test_cli_validates_with_crd_from_env(crd_file, tmp_path):
+    code, out, err = mc.run_cli(mc.EXAMPLES_ARGV["jax"], env={contract.JOBSET_CRD_ENV: str(crd_file)})
+    assert code == 0, err
+    path = tmp_path / "jax.yaml"
+    path.write_text(out)
+    code, out, err = mc.run_cli(["validate", str(path), "--crd", str(crd_file)])
+    assert (code, err) == (0, "")
+    assert "valid against the CRD schema and the webhook rules" in out
+
+
+def test_every_pod_gets_what_the_runtime_reads(tmp_path):
+    for kind in KINDS:
+        for doc in yaml.safe_load_all(golden_output(kind, tmp_path)):
+            if doc["kind"] != contract.JOBSET_KIND:
+                continue
+            topology = ",".join(f"{r['name']}:{r['replicas']}x{r['template']['spec']['parallelism']}"
+                                for r in doc["spec"]["replicatedJobs"])
+            for rjob in doc["spec"]["replicatedJobs"]:
+                job = rjob["template"]["spec"]
+                pod = job["template"]["spec"]
+                assert pod["restartPolicy"] == "Never"
+                assert job["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [contract.EXIT_CONFIG]
+                volume = next(v for v in pod["volumes"] if v["name"] == contract.PODINFO_VOLUME)
+                paths = {i["path"]: i["fieldRef"]["fieldPath"] for i in volume["downwardAPI"]["items"]}
+                assert paths == {contract.PODINFO_LABELS: "metadata.labels",
+                                 contract.PODINFO_ANNOTATIONS: "metadata.annotations",
+                                 contract.PODINFO_NAME: "metadata.name",
+                                 contract.PODINFO_NAMESPACE: "metadata.namespace"}
+                for c in pod["containers"]:
+                    assert c["command"][0] == "jobset-run" and "--" in c["command"]
+                    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+                    assert {"name": contract.PODINFO_VOLUME, "mountPath": contract.PODINFO_DIR,
+                            "readOnly": True} in c["volumeMounts"]
+                    env = {e["name"]: e.get("value") for e in c["env"]}
+                    assert env[contract.TOPOLOGY_ENV] == topology
+            rules = doc["spec"]["failurePolicy"]["rules"]
+            assert rules == [{"name": "ConfigurationError", "action": "FailJobSet",
+                              "onJobFailureReasons": ["PodFailurePolicy"]}]
+
+
+def test_tpu_multislice_shape():
+    (doc,) = manifests.tpu_multislice(name="ms", image="i", command=["python", "t.py"], slices=199,
+                                      hosts_per_slice=64, accelerator="tpu-v5p-slice", topology="8x16x16",
+                                      host_network=True)
+    (rjob,) = doc["spec"]["replicatedJobs"]
+    job = rjob["template"]["spec"]
+    pod = job["template"]["spec"]
+    assert (rjob["name"], rjob["replicas"], job["parallelism"], job["completions"], job["backoffLimit"]) == \
+        ("slice", 199, 64, 64, 0)
+    assert doc["metadata"]["annotations"][contract.EXCLUSIVE_TOPOLOGY_KEY] == "cloud.google.com/gke-nodepool"
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+                                   "cloud.google.com/gke-tpu-topology": "8x16x16"}
+    assert pod["containers"][0]["resources"]["limits"] == {"google.com/tpu": 4}
+    assert pod["tolerations"] == [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    assert "--tpu" in pod["containers"][0]["command"]
+    assert doc["spec"]["coordinator"] == {"replicatedJob": "slice", "jobIndex": 0, "podIndex": 0}
+
+
+def test_mpi_shape_and_key_pair():
+    from cryptography.hazmat.primitives import serialization
+
+    secret, doc = manifests.mpi(name="pi", image="i", command=["python", "pi.py"], workers=3,
+                                slots_per_worker=2, mpi="intel")
+    assert secret["kind"] == "Secret" and secret["type"] == "kubernetes.io/ssh-auth"
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    private = serialization.load_ssh_private_key(data[contract.SSH_PRIVATE_KEY], password=None)
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    assert data[contract.SSH_PUBLIC_KEY].startswith(public + b" ")
+    assert data[contract.SSH_AUTHORIZED_KEYS] == data[contract.SSH_PUBLIC_KEY]
+    # A second call makes a different key.
+    other = manifests.mpi(name="pi", image="i", command=["x"], workers=1)[0]
+    assert other["data"][contract.SSH_PRIVATE_KEY] != secret["data"][contract.SSH_PRIVATE_KEY]
+
+    spec = doc["spec"]
+    worker, launcher = spec["replicatedJobs"]
+    assert (worker["name"], worker["template"]["spec"]["parallelism"]) == ("worker", 3)
+    assert launcher["dependsOn"] == [{"name": "worker", "status": "Ready"}]
+    assert spec["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["launcher"]}
+    assert spec["network"]["publishNotReadyAddresses"] is True
+    wpod = worker["template"]["spec"]["template"]["spec"]
+    assert wpod["containers"][0]["readinessProbe"]["tcpSocket"]["port"] == contract.SSH_PORT
+    lcmd = launcher["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert lcmd[lcmd.index("--") + 1:] == ["python", "-m", "jobset_runtime.mpi", "launcher", "--mpi", "intel",
+                                            "--slots-per-worker", "2", "--", "python", "pi.py"]
+    for rj in (worker, launcher):
+        pod = rj["template"]["spec"]["template"]["spec"]
+        assert {"name": contract.SSH_VOLUME, "secret": {"secretName": "pi-ssh", "defaultMode": 0o400}} \
+            in pod["volumes"]
+
+
+def test_mpi_rejects_a_non_ed25519_or_garbage_key():
+    with pytest.raises(ConfigError, match="OpenSSH"):
+        manifests.mpi(name="pi", image="i", command=["x"], workers=1, ssh_private_key=b"not a key")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["jax", "--name", "j", "--image", "i", "--hosts", "0", "--", "x"], "--hosts 0"),
+    (["jax", "--name", "j", "--image", "i", "--hosts", "2"], "no container command"),
+    (["jax", "--name", "Bad_Name", "--image", "i", "--hosts", "2", "--", "x"], "metadata.name"),
+    (["torch", "--name", "t", "--image", "i", "--nodes", "2", "--env", "JOBSET_RUNTIME_RANK=3", "--", "x"],
+     "set by jobset-runtime"),
+    (["tpu-multislice", "--name", "t", "--image", "i", "--slices", "2", "--hosts-per-slice", "2",
+      "--accelerator", "a", "--topology", "2x2", "--toleration", "k:Sometimes", "--", "x"], "effect"),
+    (["jax", "--name", "x" * 50, "--image", "i", "--hosts", "100", "--", "x"], "more than 57"),
+    (["nope", "--", "x"], "invalid choice"),
+])
+def test_cli_bad_input_exits_2_without_traceback(argv, message):
+    code, out, err = mc.run_cli(argv, env={contract.JOBSET_CRD_ENV: ""})
+    assert code == contract.EXIT_CONFIG
+    assert out == "" and "Traceback" not in err
+    assert message in err
+
+
+def test_cli_validate_reports_yaml_errors_cleanly(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: [unclosed\n")
+    code, out, err = mc.run_cli(["validate", str(bad)], env={contract.JOBSET_CRD_ENV: ""})
+    assert code == contract.EXIT_CONFIG and "not valid YAML at line" in err and "Traceback" not in err
+    code, out, err = mc.run_cli(["validate", str(tmp_path / "missing.yaml")], env={contract.JOBSET_CRD_ENV: ""})
+    assert code == contract.EXIT_CONFIG and "cannot read" in err
+    empty = tmp_path / "cm.yaml"
+    empty.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    code, out, err = mc.run_cli(["validate", str(empty)], env={contract.JOBSET_CRD_ENV: ""})
+    assert code == contract.EXIT_CONFIG and "no JobSet" in err
+
+
+def test_cli_rejects_a_file_that_is_not_a_crd(tmp_path):
+    not_crd = tmp_path / "crd.yaml"
+    not_crd.write_text("kind: Secret\n")
+    code, out, err = mc.run_cli(mc.EXAMPLES_ARGV["jax"][:-3] + ["--crd", str(not_crd), "--", "x"])
+    assert code == contract.EXIT_CONFIG and "CustomResourceDefinition" in err
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_container_commands_parse_with_jobset_run(kind, tmp_path):
+    """The wrapped command is one `jobset-run` accepts, with the user's command intact after `--`."""
+    from jobset_runtime.cli import _run_parser
+
+    for doc in yaml.safe_load_all(golden_output(kind, tmp_path)):
+        if doc["kind"] != contract.JOBSET_KIND:
+            continue
+        for rjob in doc["spec"]["replicatedJobs"]:
+            for c in rjob["template"]["spec"]["template"]["spec"]["containers"]:
+                args = _run_parser("jobset-run").parse_args(c["command"][1:])
+                assert args.command[1:] == c["command"][c["command"].index("--") + 1:]
+                assert args.timeout == 300.0  # --peer-timeout in the golden options
+                assert args.tpu is (True if kind == "tpu-multislice" else None)

@@ -1,0 +1,99 @@
+"""`jobset-runtime wait` and `jobset-run --wait` against a real DNS server, as subprocesses."""
+
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+PYTHON = sys.executable
+from jobset_runtime.local.dns import DnsServer
+
+ZONE = "demo.default.svc.cluster.local"
+POD = {
+    "JOBSET_RUNTIME_JOBSET_NAME": "demo", "JOBSET_RUNTIME_REPLICATED_JOB": "worker",
+    "JOBSET_RUNTIME_JOB_INDEX": "1", "JOB_COMPLETION_INDEX": "1", "JOBSET_RUNTIME_NAMESPACE": "default",
+    "JOBSET_RUNTIME_TOPOLOGY": "worker:2x2",
+}
+
+
+@pytest.fixture
+def dns():
+    with DnsServer(zones=[ZONE]) as server:
+        yield server
+
+
+def fqdn(host):
+    return f"{host}.{ZONE}"
+
+
+def run(cli_env, dns, *args, timeout=60):
+    env = {**cli_env, **POD, "JOBSET_RUNTIME_NAMESERVERS": dns.nameserver}
+    return subprocess.run([PYTHON, "-m", "jobset_runtime", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_wait_slice_for_records_that_appear_late(cli_env, dns):
+    dns.set(fqdn("demo-worker-0-0"), ["127.0.0.1"])
+    dns.set(fqdn("demo-worker-1-0"), ["127.0.0.1"], visible_after=1.0)
+    dns.set(fqdn("demo-worker-1-1"), ["127.0.0.1"], visible_after=2.0)
+    r = run(cli_env, dns, "wait", "slice", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    assert "waiting for 3 hosts (slice)" in r.stderr
+
+
+def test_wait_all_times_out_naming_the_missing(cli_env, dns):
+    dns.set(fqdn("demo-worker-0-0"), ["127.0.0.1"])
+    r = run(cli_env, dns, "wait", "all", "--timeout", "2")
+    assert r.returncode == 69, r.stderr
+    assert "3 of 4 hosts" in r.stderr
+    assert "demo-worker-0-1" in r.stderr and "demo-worker-1-1" in r.stderr
+    assert dns.nameserver.split(":")[0] in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_wait_with_port(cli_env, dns):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    dns.set(fqdn("demo-worker-0-0"), ["127.0.0.1"])
+    # The port opens a second after the wait starts.
+    threading.Timer(1.0, listener.listen).start()
+    try:
+        r = run(cli_env, dns, "wait", "coordinator", "--port", str(port), "--timeout", "30")
+    finally:
+        listener.close()
+    assert r.returncode == 0, r.stderr
+
+
+def test_jobset_run_waits_for_the_coordinator_then_runs(cli_env, dns, tmp_path):
+    dns.set(fqdn("demo-worker-0-0"), ["127.0.0.1"], visible_after=1.0)
+    out = tmp_path / "ran"
+    r = run(cli_env, dns, "run", "--timeout", "30", "--", PYTHON, "-c", f"open({str(out)!r}, 'w').write('x')")
+    assert r.returncode == 0, r.stderr
+    assert out.exists()
+
+
+def test_jobset_run_does_not_start_the_command_when_peers_never_come(cli_env, dns, tmp_path):
+    out = tmp_path / "ran"
+    log = tmp_path / "termination-log"
+    r = run(cli_env, dns, "run", "--timeout", "2", "--termination-log", str(log), "--",
+            PYTHON, "-c", f"open({str(out)!r}, 'w')")
+    assert r.returncode == 69
+    assert not out.exists()
+    assert "demo-worker-0-0" in log.read_text()
+
+
+def test_unreachable_dns_server_is_a_configuration_error(cli_env):
+    # A bound UDP socket that never answers: the server is "there" but silent.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        env = {**cli_env, **POD, "JOBSET_RUNTIME_NAMESERVERS": f"127.0.0.1:{silent.getsockname()[1]}"}
+        r = subprocess.run([PYTHON, "-m", "jobset_runtime", "wait", "coordinator", "--timeout", "2"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        silent.close()
+    assert r.returncode == 2, r.stderr
+    assert "never answered" in r.stderr and "JOBSET_RUNTIME_NAMESERVERS" in r.stderr
