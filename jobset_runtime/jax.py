@@ -406,11 +406,12 @@ def _exit_now(message: str) -> None:
 
 
 def _ensure_logging() -> None:
+    """Training code rarely configures our logger: give it the project's line format."""
     root = logging.getLogger("jobset_runtime")
     if not root.handlers:
         from . import log as _log
 
-        _log.setup("jax")
+        _log.setup("jobset-runtime.jax")
 
 
 def initialize(
@@ -456,6 +457,9 @@ def initialize(
                  local_process=local_process, devices_per_process=devices_per_process,
                  local_device_ids=local_device_ids, num_cpu_devices=num_cpu_devices,
                  megascale_port=megascale_port)
+        from . import log as _log
+
+        _log.set_pod(identity.pod_name or identity.hostname, p.args.process_id)
         _carry_out(p, start, nameservers, connect_by_ip)
         return p
     except JobSetRuntimeError as e:
