@@ -296,8 +296,9 @@ def wrapper_env(ident: Identity, platform: str | None = None, *, port: int = con
 def supported_kwargs(initialize_fn, wanted: dict) -> tuple[dict, list[str]]:
     """Keep the arguments this JAX's `initialize` accepts; name the ones it does not.
 
-    `cluster_detection_method` came in JAX 0.4.27 and the heartbeat/shutdown
-    timeouts later; an older JAX without them still gets every value it can take.
+    `cluster_detection_method` and the heartbeat/shutdown timeouts are newer
+    than `initialize` itself; an older JAX without them still gets every value
+    it can take, and the caller warns about the rest.
     """
     import inspect
 
