@@ -144,8 +144,9 @@ MEGASCALE_PORT = "MEGASCALE_PORT"
 # detection (jax/_src/clusters/cluster.py).
 JAX_COORDINATOR_ADDRESS_ENV = "JAX_COORDINATOR_ADDRESS"
 JAX_COORDINATOR_PORT_ENV = "JAX_COORDINATOR_PORT"
-# Set by GKE on TPU nodes; their presence marks a TPU workload.
-TPU_PRESENCE_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_SKIP_MDS_QUERY")
+# Set by GKE on TPU nodes; their presence marks a TPU workload.  Not TPU_SKIP_MDS_QUERY:
+# `import jax` sets it to 1 on machines with *no* TPU chip (jax/_src/cloud_tpu_init.py).
+TPU_PRESENCE_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
 
 # --- Ports ---------------------------------------------------------------------
 TORCH_PORT = 29500  # torchrun's default --master-port

@@ -49,8 +49,9 @@ DEFAULT_HEARTBEAT_TIMEOUT = 100
 DEFAULT_SHUTDOWN_TIMEOUT = 300
 # Our deadline is this share of JAX's initialization_timeout unless given.
 DEFAULT_DEADLINE_SHARE = 0.9
-# The look at DNS made at our deadline, to name what is missing, is bounded by this.
-DIAGNOSE_BUDGET_S = 3.0
+# The look at DNS made at our deadline, to name what is missing, takes at most this long
+# (and at most half the time left before JAX's abort).
+DIAGNOSE_BUDGET_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def process_numbering(ident: Identity, platform: str, processes_per_host: int = 
 def coordinator_host(ident: Identity, platform: str) -> str:
     """Hostname of the pod running JAX process 0, which must host the coordination service."""
     if platform == "tpu":
-        ident.hosts_per_slice  # needs the topology, like the numbering: fail the same way, early
+        ident._need_topology("the JAX coordinator")  # fail as the numbering would, early
         return hostname_of(ident.jobset_name, ident.replicated_job, 0, 0)
     name, job_index, pod_index = ident._need_topology("the JAX coordinator").locate(0)
     return hostname_of(ident.jobset_name, name, job_index, pod_index)
@@ -330,7 +331,7 @@ def _apply_config(jax, config: Mapping[str, object]) -> None:
         try:
             jax.config.update(name, value)
         except (AttributeError, KeyError):
-            if name == "jax_num_cpu_devices":  # JAX before 0.4.38: the XLA flag does the same
+            if name == "jax_num_cpu_devices":  # older JAX: the XLA flag does the same
                 flag = f"--xla_force_host_platform_device_count={value}"
                 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
             else:
@@ -375,18 +376,24 @@ class _Watchdog:
         head = (f"jax.distributed did not start within {p.timeout:g}s (process {p.args.process_id} of "
                 f"{p.args.num_processes}, coordinator {p.args.coordinator_address}); stopping before JAX's "
                 f"initialization_timeout={p.args.initialization_timeout}s aborts the process")
+        budget = max(1.0, min(DIAGNOSE_BUDGET_S, (p.args.initialization_timeout - p.timeout) / 2))
         try:
-            from .peers import _normalize_servers, resolve_batch
+            from .peers import NO_REPLY, NOT_ASKED, _normalize_servers, resolve_batch
 
             got = resolve_batch(list(p.watch_hosts), _normalize_servers(self.nameservers),
-                                tries=3, deadline=time.monotonic() + DIAGNOSE_BUDGET_S)
+                                tries=3, deadline=time.monotonic() + budget)
         except JobSetRuntimeError as e:
             return f"{head}. Could not look the peers up: {e}"
-        missing = [h for h in p.watch_hosts if h not in got.resolved]
+        unanswered = (NO_REPLY, NOT_ASKED)
+        missing = [h for h in p.watch_hosts if h not in got.resolved and got.failed.get(h, NO_REPLY) not in unanswered]
+        unknown = [h for h in p.watch_hosts if h not in got.resolved and h not in missing]
         scope = "of the JAX world" if p.is_coordinator else "of this slice and the coordinator"
+        tail = f" ({len(unknown)} more not checked in {budget:g}s: {first_few(unknown, 3)})" if unknown else ""
         if missing:
             return (f"{head}. {len(missing)} of {len(p.watch_hosts)} hosts {scope} have no DNS record, so "
-                    f"their pods have not started: {first_few(missing)}")
+                    f"their pods have not started: {first_few(missing)}{tail}")
+        if unknown:
+            return f"{head}. DNS did not answer in time for {len(unknown)} hosts {scope}: {first_few(unknown)}"
         return (f"{head}. All {len(p.watch_hosts)} hosts {scope} resolve in DNS, so a process has not "
                 "joined: look for a pod whose program is still starting, stuck, or failed before "
                 "jax.distributed.initialize")

@@ -192,6 +192,7 @@ def test_timeouts_must_be_whole_positive_seconds(name):
     ({}, ("/dev/accel0",), "tpu"),
     ({}, ("/dev/nvidiactl",), "gpu"),
     ({}, (), "cpu"),
+    ({"TPU_SKIP_MDS_QUERY": "1"}, (), "cpu"),  # what `import jax` sets where there is no TPU chip
 ])
 def test_detect_platform(environ, files, want):
     assert jrjax.detect_platform(environ, exists=lambda p: p in files) == want
@@ -234,14 +235,15 @@ def test_the_installed_jax_takes_every_argument():
 
 def test_libtpu_env_never_overrides_gke_and_warns(monkeypatch, caplog):
     p = jrjax.plan(ident(job=1, pod=1), "tpu", environ={})
-    for name in p.env:  # whatever the test sets is undone afterwards
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(contract.TPU_WORKER_ID, "5")  # as if GKE's webhook had injected it
+    # A copy of the environment, so that nothing set here outlives the test.
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in p.env})
+    os.environ[contract.TPU_WORKER_ID] = "5"  # as if GKE's webhook had injected it
     with caplog.at_level(logging.WARNING, logger="jobset_runtime"):
         jrjax._apply_env(p.env)
     assert os.environ[contract.TPU_WORKER_ID] == "5"
     assert os.environ[contract.MEGASCALE_SLICE_ID] == "1"
     assert any("TPU_WORKER_ID='5'" in r.getMessage() and "'1'" in r.getMessage() for r in caplog.records)
+    assert os.environ[contract.MEGASCALE_PORT] == "8080"
 
 
 def test_importing_the_module_does_not_import_jax():
