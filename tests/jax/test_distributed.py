@@ -39,9 +39,10 @@ def reports(results):
     out = {}
     for rank, (code, stdout, stderr, _) in results.items():
         assert code == 0, f"rank {rank} exited {code}:\n{stderr[-3000:]}"
-        lines = [line for line in stdout.splitlines() if line.startswith("{")]
-        assert lines, f"rank {rank} printed no report:\n{stdout}\n{stderr[-2000:]}"
-        out[rank] = json.loads(lines[-1])
+        # gloo's C++ prints to the same stdout, sometimes on the report's line: decode from its start.
+        starts = [line[line.find('{"process_id"'):] for line in stdout.splitlines() if '{"process_id"' in line]
+        assert starts, f"rank {rank} printed no report:\n{stdout}\n{stderr[-2000:]}"
+        out[rank] = json.JSONDecoder().raw_decode(starts[-1])[0]
     return out
 
 

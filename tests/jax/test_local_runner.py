@@ -60,8 +60,8 @@ def reports(logs: dict) -> dict:
     for name, text in logs.items():
         for line in text.splitlines():
             start = line.find('{"process_id"')
-            if start >= 0:
-                out[name] = json.loads(line[start:])
+            if start >= 0:  # other output of the pod may follow on the same line of its log
+                out[name] = json.JSONDecoder().raw_decode(line[start:])[0]
     return out
 
 
