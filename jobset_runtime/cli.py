@@ -12,10 +12,10 @@ import sys
 
 from . import contract, log
 from .errors import ConfigError, JobSetRuntimeError
+from .identity import SCOPES
 
 logger = logging.getLogger("jobset_runtime.cli")
 
-WAIT_CHOICES = ("coordinator", "slice", "all", "none")
 
 
 def _identity():
@@ -95,7 +95,7 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--wait", choices=WAIT_CHOICES, default="coordinator",
+    p.add_argument("--wait", choices=contract.WAIT_SCOPES, default="coordinator",
                    help="which peers must resolve in DNS before CMD starts (default: coordinator)")
     _wait_options(p, 300.0)
     tpu = p.add_mutually_exclusive_group()
@@ -108,6 +108,20 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="seconds between SIGTERM and SIGKILL when stopping leftovers of CMD (default 10)")
     p.add_argument("--termination-log", metavar="PATH",
                    help=f"where to write the cause of a failure (default ${contract.TERMINATION_LOG_ENV} or {contract.TERMINATION_LOG})")
+    g = p.add_argument_group("fail fast across the group (docs/fail-fast.md)")
+    g.add_argument("--group", choices=("auto", "on", "off"), default="auto",
+                   help="the group channel between the pods' wrappers (default auto: on when the token file exists)")
+    g.add_argument("--group-token", metavar="PATH",
+                   help=f"the shared token (default ${contract.GROUP_TOKEN_FILE_ENV} or {contract.GROUP_TOKEN_FILE})")
+    g.add_argument("--insecure", action="store_true", help="run the group channel without authentication")
+    g.add_argument("--group-port", type=int, default=contract.GROUP_PORT, metavar="P",
+                   help=f"the coordinator's group port (default {contract.GROUP_PORT})")
+    g.add_argument("--group-timeout", type=float, default=600.0, metavar="S",
+                   help="gang start and restart barrier deadline (default 600)")
+    g.add_argument("--heartbeat-deadline", type=float, default=3.0, metavar="S",
+                   help="a member or coordinator silent this long has failed (default 3)")
+    g.add_argument("--restarts", type=int, default=0, metavar="N",
+                   help="restart the whole group in place up to N times before exiting (default 0)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
 
@@ -129,14 +143,34 @@ def cmd_run(args) -> int:
     env, warnings = exports.merge(os.environ, exported)
     for w in warnings:
         logger.warning(w)
-    code = supervisor.run(command, env, grace=args.grace)
-    if code != 0:
-        cause = f"pod {ident.pod_name or ident.hostname}"
+    who = f"pod {ident.pod_name or ident.hostname}"
+    try:
+        who += f" (rank {ident.rank})"
+    except ConfigError:
+        pass
+    token = args.group_token or os.environ.get(contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE
+    group = args.group == "on" or (args.group == "auto" and (args.insecure or os.path.exists(token)))
+    if not group:
+        if args.restarts:
+            raise ConfigError(f"--restarts needs the group channel: mount the group token at {token} "
+                              "(generated manifests do), or pass --insecure")
+        code = supervisor.run(command, env, grace=args.grace)
+        cause = f"{who}: {command[0]} {supervisor.describe_exit(code)}"
+    else:
+        from .group.session import GroupOptions, open_session
+
+        session = open_session(ident, GroupOptions(
+            token_path=token, insecure=args.insecure, port=args.group_port,
+            join_timeout=args.group_timeout, deadline=args.heartbeat_deadline))
+        outcome = supervisor.Outcome(contract.EXIT_PEER_FAILED)
         try:
-            cause += f" (rank {ident.rank})"
-        except ConfigError:
-            pass
-        cause += f": {command[0]} {supervisor.describe_exit(code)}"
+            outcome = supervisor.run_in_group(command, env, session.member, session.member.me,
+                                              restarts=args.restarts, grace=args.grace,
+                                              barrier_timeout=args.group_timeout)
+        finally:
+            session.close(success=outcome.code == 0)
+        code, cause = outcome.code, f"{who}: {outcome.cause}"
+    if code != 0:
         logger.error(cause)
         supervisor.write_termination_message(cause, args.termination_log)
     return code
@@ -155,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("wait", help="wait until peers resolve in DNS (and accept TCP)")
     _common(w)
-    w.add_argument("scope", choices=WAIT_CHOICES[:3])
+    w.add_argument("scope", choices=SCOPES)
     w.add_argument("--port", type=int, metavar="P", help="also wait until each accepts TCP on port P")
     _wait_options(w, 300.0)
     w.set_defaults(func=cmd_wait)

@@ -74,9 +74,17 @@ TOPOLOGY_ENV = "JOBSET_RUNTIME_TOPOLOGY"
 NAMESERVERS_ENV = "JOBSET_RUNTIME_NAMESERVERS"
 CLUSTER_DOMAIN_ENV = "JOBSET_RUNTIME_CLUSTER_DOMAIN"
 TERMINATION_LOG_ENV = "JOBSET_RUNTIME_TERMINATION_LOG"
+# The pod's own IP (fieldRef status.podIP); else the kubelet's /etc/hosts line gives it.
+POD_IP_ENV = "JOBSET_RUNTIME_POD_IP"
 LOG_FORMAT_ENV = "JOBSET_RUNTIME_LOG_FORMAT"
 # The in-place restart epoch handed to the child (0 on the first start).
 RESTART_ENV = "JOBSET_RUNTIME_RESTART"
+# The fail-fast group channel's shared token: a file mounted from a Secret.
+GROUP_TOKEN_FILE_ENV = "JOBSET_RUNTIME_GROUP_TOKEN_FILE"
+GROUP_TOKEN_DIR = "/etc/jobset-runtime/group"  # where the group Secret is mounted
+GROUP_TOKEN_KEY = "token"                      # its one key
+GROUP_TOKEN_FILE = f"{GROUP_TOKEN_DIR}/{GROUP_TOKEN_KEY}"
+GROUP_VOLUME = "jobset-runtime-group"
 
 # One env var per identity field: read as input (a hand-written JobSet sets them
 # from fieldRefs) and exported by `jobset-run` for the child.  Same name both
@@ -148,6 +156,11 @@ JAX_COORDINATOR_PORT_ENV = "JAX_COORDINATOR_PORT"
 # `import jax` sets it to 1 on machines with *no* TPU chip (jax/_src/cloud_tpu_init.py).
 TPU_PRESENCE_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
 
+# `jobset-run --wait` scopes: the peers that must resolve before the command starts.
+# Workers wait for their coordinator (TPU: their slice); only a launcher waits for
+# all, so cluster DNS load stays linear in the number of pods.
+WAIT_SCOPES = ("coordinator", "slice", "all", "none")
+
 # --- Ports ---------------------------------------------------------------------
 TORCH_PORT = 29500  # torchrun's default --master-port
 # JAX coordinator: kept at 8476 although JAX >= 0.8.1 defaults to 8482 on Cloud TPU, because
@@ -156,6 +169,7 @@ TORCH_PORT = 29500  # torchrun's default --master-port
 JAX_PORT = 8476
 MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
 GROUP_PORT = 7470   # the fail-fast group channel
+GROUP_LEADERS_PORT = 7471  # its leaders' group, when slice leaders form a two-level tree
 SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
 
 # --- MPI ssh transport -----------------------------------------------------------

@@ -43,6 +43,7 @@ def runtime_env(ident: Identity) -> dict[str, str]:
         contract.FQDN_ENV: ident.fqdn,
         contract.COORDINATOR_ADDRESS_ENV: lambda: ident.fqdn(ident.coordinator),
         contract.TOPOLOGY_ENV: lambda: ident.topology,
+        contract.POD_IP_ENV: lambda: ident.pod_ip,
     }))
     return env
 

@@ -16,7 +16,7 @@ from typing import Mapping
 from . import contract
 from .errors import ConfigError
 
-SCOPES = ("coordinator", "slice", "all")
+SCOPES = tuple(s for s in contract.WAIT_SCOPES if s != "none")
 
 _SHAPE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?):(\d+)x(\d+)$")
 _TOPOLOGY_FORM = "name:REPLICASxPODS,... in spec order, e.g. launcher:1x1,worker:2x4"
@@ -160,6 +160,7 @@ class Identity:
     topology: Topology | None
     jobset_uid: str | None = None
     pod_name: str | None = None
+    pod_ip: str | None = None
 
     # --- this pod ---------------------------------------------------------
     @property
@@ -288,6 +289,7 @@ class Identity:
             "coordinator": self.coordinator_host,
             "coordinator_fqdn": known(lambda: self.fqdn(self.coordinator)),
             "restart_attempt": self.restart_attempt,
+            "pod_ip": self.pod_ip,
             "topology": str(self.topology) if self.topology else None,
         }
 
@@ -348,21 +350,31 @@ def _missing(fieldname: str) -> str:
     )
 
 
-def fqdn_from_hosts(hosts: str, hostname: str) -> tuple[str, str, str] | None:
-    """(subdomain, namespace, cluster domain) from the kubelet's /etc/hosts line.
+def _hosts_entry(hosts: str, hostname: str) -> tuple[str, list[str]] | None:
+    """The kubelet's /etc/hosts line for this pod: `<ip> <host>.<subdomain>.<ns>.svc.<domain> <host>`.
 
-    With a subdomain set, the kubelet writes `<ip> <host>.<subdomain>.<ns>.svc.<domain> <host>`
-    (kubernetes pkg/kubelet/kubelet_pods.go, hostsEntriesFromHostAliases/managedHostsFileContent).
+    kubernetes pkg/kubelet/kubelet_pods.go (managedHostsFileContent) writes it when the pod has
+    a subdomain, which every JobSet pod does.
     """
     prefix = hostname + "."
     for line in hosts.splitlines():
-        for name in line.split("#", 1)[0].split()[1:]:
+        fields = line.split("#", 1)[0].split()
+        for name in fields[1:]:
             if not name.startswith(prefix):
                 continue
             parts = name[len(prefix):].rstrip(".").split(".")
             if len(parts) >= 4 and parts[2] == "svc":
-                return parts[0], parts[1], ".".join(parts[3:])
+                return fields[0], parts
     return None
+
+
+def fqdn_from_hosts(hosts: str, hostname: str) -> tuple[str, str, str] | None:
+    """(subdomain, namespace, cluster domain) from the kubelet's /etc/hosts line."""
+    entry = _hosts_entry(hosts, hostname)
+    if entry is None:
+        return None
+    parts = entry[1]
+    return parts[0], parts[1], ".".join(parts[3:])
 
 
 def _split_hostname(host: str, jobset: str) -> tuple[str, int, int] | None:
@@ -477,6 +489,7 @@ def derive(meta: PodMetadata) -> Identity:
         topology=topology,
         jobset_uid=src.text("jobset_uid"),
         pod_name=meta.env.get(contract.IDENTITY_ENV["pod_name"]) or meta.name,
+        pod_ip=meta.env.get(contract.POD_IP_ENV) or (_hosts_entry(meta.hosts, host) or (None,))[0],
     )
 
 

@@ -208,6 +208,8 @@ class PodMeta:
     namespace: str
     labels: dict
     annotations: dict
+    ip: str = ""         # status.podIP; empty until the pod has one, as in the API
+    node_name: str = ""  # spec.nodeName
 
 
 def field_ref(path: str, pod: PodMeta) -> str:
@@ -216,7 +218,8 @@ def field_ref(path: str, pod: PodMeta) -> str:
         if path.startswith(prefix) and path.endswith("']"):
             # A missing key gives an empty value, as the kubelet does.
             return source.get(path[len(prefix):-2], "")
-    simple = {"metadata.name": pod.name, "metadata.namespace": pod.namespace}
+    simple = {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "status.podIP": pod.ip,
+              "status.podIPs": pod.ip, "spec.nodeName": pod.node_name}
     if path in simple:
         return simple[path]
     raise ValueError(f"unsupported fieldPath {path!r}")

@@ -38,11 +38,11 @@ from .nameservers import Nameserver, format_nameserver, parse_one, system_namese
 
 log = logging.getLogger("jobset_runtime.peers")
 
-__all__ = ["BatchResult", "resolve_batch", "wait_for_hosts", "wait_for_ports", "NO_REPLY"]
+__all__ = ["NO_REPLY", "BatchResult", "resolve_batch", "wait_for_hosts", "wait_for_ports"]
 
 NO_REPLY = "no reply"
 NODATA = "no A record"
-NOT_ASKED = "not asked"  # the batch ended (deadline, silent servers) before this name was sent
+NOT_ASKED = "not asked"  # the batch ended before this name got a verdict (never sent, or cut by the deadline)
 _RCODES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 # id | flags RD | QDCOUNT 1 | AN/NS/AR 0 -- the id is prepended per query.
 _QUERY_FLAGS = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -54,18 +54,20 @@ _TC, _QR = 0x0200, 0x8000
 
 def _qname_wire(name: str) -> bytes:
     """`a.b.c` -> wire labels, lower case (the reply's question is compared case-blind)."""
-    labels = name.rstrip(".").lower().split(".")
-    out = bytearray()
-    for label in labels:
-        raw = label.encode("ascii")
-        if not 0 < len(raw) < 64:
-            raise ValueError(name)
-        out.append(len(raw))
-        out += raw
-    out.append(0)
-    if len(out) > 255:
+    labels = name.rstrip(".").lower().encode("ascii").split(b".")
+    wire = b"".join([bytes((len(label),)) + label for label in labels]) + b"\0"
+    if len(wire) > 255 or not all(0 < len(label) < 64 for label in labels):
         raise ValueError(name)
-    return bytes(out)
+    return wire
+
+
+def _ip_literal(name: str) -> str | None:
+    if not (name[-1:].isdigit() or ":" in name):
+        return None  # cheap test first: most names are hostnames, and this runs per name
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return None
 
 
 def _first_a(data: bytes, off: int, ancount: int) -> str | None:
@@ -90,7 +92,7 @@ def _first_a(data: bytes, off: int, ancount: int) -> str | None:
             rtype, rclass, _ttl, rdlen = _RR.unpack_from(data, off)
             off += 10
             if rtype == 1 and rclass == 1 and rdlen == 4 and off + 4 <= len(data):
-                return "%d.%d.%d.%d" % tuple(data[off : off + 4])
+                return "%d.%d.%d.%d" % tuple(data[off : off + 4])  # noqa: UP031 (hot path)
             off += rdlen
     except (IndexError, struct.error):
         return None
@@ -127,10 +129,7 @@ class BatchResult:
 
 
 def _server_socket(server: Nameserver, kind=socket.SOCK_DGRAM) -> socket.socket:
-    ip, port = server
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    s = socket.socket(family, kind)
-    return s
+    return socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET, kind)
 
 
 def _tcp_query(server: Nameserver, qid: int, question: bytes, timeout: float):
@@ -173,17 +172,16 @@ def resolve_batch(
     (time.monotonic()).  Names without an A record are in `failed` with the
     last answer seen.  An invalid name raises ConfigError.
     """
-    servers = [parse_one(s) if isinstance(s, str) else (s[0], int(s[1])) for s in nameservers]
+    servers = _normalize_servers(nameservers)
     if not servers:
         raise ConfigError("no DNS server to ask: set JOBSET_RUNTIME_NAMESERVERS or a nameserver in /etc/resolv.conf")
     result = BatchResult()
     jobs = []
     for name in dict.fromkeys(names):
-        try:
-            result.resolved[name] = str(ipaddress.ip_address(name))
+        ip = _ip_literal(name)
+        if ip is not None:
+            result.resolved[name] = ip
             continue
-        except ValueError:
-            pass
         try:
             jobs.append((name, _qname_wire(name) + _QTYPE_A_IN))
         except (ValueError, UnicodeEncodeError):
@@ -248,18 +246,14 @@ class _UdpEngine:
             for s in socks:
                 s.close()
 
-    def _sample(self, rtt: float) -> None:
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(self.max_rto, max(self.MIN_RTO, self.srtt + 4 * self.rttvar))
-
     def _loop(self, jobs, socks, sel):
+        # The hot loop: a few microseconds per name, so state lives in locals
+        # (window, RTO) and is written back at the end.
         rng = random.Random(os.urandom(8))
         getrandbits = rng.getrandbits
         pack_id = struct.Struct("!H").pack
+        monotonic = time.monotonic
+        heappush, heappop = heapq.heappush, heapq.heappop
         queue = deque(jobs)
         inflight = {}  # qid -> [name, question, sends so far, first send time]
         timers = []  # heap of (expiry, qid, sends so far)
@@ -267,31 +261,34 @@ class _UdpEngine:
         result = self.result
         resolved, failed = result.resolved, result.failed
         nsocks = len(socks)
-        last_reply = time.monotonic()
+        first = socks[0]
+        deadline, silence, max_window, max_rto = self.deadline, self.silence, self.max_window, self.max_rto
+        window, ssthresh, rto, srtt, rttvar = self.window, self.ssthresh, self.rto, self.srtt, self.rttvar
+        last_cut = 0.0
+        replies = 0
+        last_reply = monotonic()
         sent = 0
 
-        def send(qid, question, attempt):
-            nonlocal sent
-            sent += 1
-            try:
-                socks[attempt % nsocks].send(pack_id(qid) + _QUERY_FLAGS + question)
-            except OSError:
-                pass  # a full buffer or an ICMP error: lost, retransmitted on its timer
-
         while queue or inflight:
-            now = time.monotonic()
-            if now >= self.deadline or now - last_reply > self.silence:
+            now = monotonic()
+            if now >= deadline or now - last_reply > silence:
                 break
-            while queue and len(inflight) < self.window:
+            while queue and len(inflight) < window:
                 name, question = queue.popleft()
                 qid = getrandbits(16)
                 while qid in inflight:
                     qid = getrandbits(16)
                 inflight[qid] = [name, question, 1, now]
-                send(qid, question, 0)
-                heapq.heappush(timers, (now + self.rto, qid, 1))
-            wait = max(0.0, min(timers[0][0], self.deadline) - time.monotonic()) if timers else 0.0
-            for key, _ in sel.select(wait):
+                sent += 1
+                try:
+                    first.send(pack_id(qid) + _QUERY_FLAGS + question)
+                except OSError:
+                    pass  # a full buffer or an ICMP error: lost, retransmitted on its timer
+                heappush(timers, (now + rto, qid, 1))
+            wait = max(0.0, min(timers[0][0], deadline) - monotonic()) if timers else 0.0
+            events = sel.select(wait)
+            now = monotonic()
+            for key, _ in events:
                 s = key.fileobj
                 while True:
                     try:
@@ -308,43 +305,57 @@ class _UdpEngine:
                     if got is None:
                         continue
                     del inflight[qid]
-                    result.replies += 1
-                    last_reply = time.monotonic()
-                    if entry[2] == 1:
-                        self._sample(last_reply - entry[3])
-                    if self.window < self.max_window:
-                        self.window += 1.0 if self.window < self.ssthresh else 1.0 / self.window
+                    replies += 1
+                    last_reply = now
+                    if entry[2] == 1 and not replies & 7:
+                        # RFC 6298 estimator, from queries sent once (Karn), one sample in eight.
+                        rtt = now - entry[3]
+                        if srtt is None:
+                            srtt, rttvar = rtt, rtt / 2
+                        else:
+                            rttvar = 0.75 * rttvar + 0.25 * abs(srtt - rtt)
+                            srtt = 0.875 * srtt + 0.125 * rtt
+                        rto = min(max_rto, max(self.MIN_RTO, srtt + 4 * rttvar))
+                    if window < max_window:
+                        window += 1.0 if window < ssthresh else 1.0 / window
                     status, ip = got
-                    name = entry[0]
                     if status == "ok":
-                        resolved[name] = ip
-                        failed.pop(name, None)
+                        resolved[entry[0]] = ip
                     elif status == "tc":
-                        truncated.append((name, entry[1]))
+                        truncated.append((entry[0], entry[1]))
                     else:
-                        failed[name] = status
-            now = time.monotonic()
+                        failed[entry[0]] = status
             while timers and timers[0][0] <= now:
-                _, qid, sends = heapq.heappop(timers)
+                _, qid, sends = heappop(timers)
                 entry = inflight.get(qid)
                 if entry is None or entry[2] != sends:
                     continue  # answered meanwhile
-                if now - self.last_cut > (self.srtt or self.rto):
-                    self.last_cut = now  # one cut per loss event, not per lost query
-                    self.ssthresh = self.window = max(8.0, self.window / 2)
+                if now - last_cut > (srtt or rto):
+                    last_cut = now  # one cut per loss event, not per lost query
+                    ssthresh = window = max(8.0, window / 2)
                 if sends >= self.tries:
                     del inflight[qid]
                     failed.setdefault(entry[0], NO_REPLY)
                     continue
                 entry[2] = sends + 1
-                send(qid, entry[1], sends)
-                heapq.heappush(timers, (now + min(self.max_rto, self.rto * (2**sends)), qid, sends + 1))
-        # Whatever is left was cut short by the deadline or the silence.
+                sent += 1
+                try:
+                    socks[sends % nsocks].send(pack_id(qid) + _QUERY_FLAGS + entry[1])
+                except OSError:
+                    pass
+                heappush(timers, (now + min(max_rto, rto * (2**sends)), qid, sends + 1))
+        # Whatever is left was cut short: by the silence (no reply, truly), or by
+        # the deadline (no verdict: an earlier answer stays the one reported).
+        silent = monotonic() < deadline
         for entry in inflight.values():
-            failed.setdefault(entry[0], NO_REPLY)
+            failed.setdefault(entry[0], NO_REPLY if silent else NOT_ASKED)
         for name, _ in queue:
             failed.setdefault(name, NOT_ASKED)
+        for name in resolved:
+            failed.pop(name, None)  # answered after all (a late reply to an earlier try)
         result.queries += sent
+        result.replies += replies
+        self.window, self.ssthresh, self.rto, self.srtt, self.rttvar = window, ssthresh, rto, srtt, rttvar
         return truncated
 
 
@@ -402,7 +413,10 @@ def _retrying(deadline: float, timeout: float, max_backoff: float):
     """Rounds until the attempt returns a falsy value or the deadline passes."""
     import tenacity
 
-    backoff = tenacity.wait_exponential_jitter(initial=0.1, max=max_backoff, jitter=0.5)
+    try:
+        backoff = tenacity.wait_exponential_jitter(multiplier=0.1, max=max_backoff, jitter=0.5)
+    except TypeError:  # tenacity < 9 calls the multiplier `initial`
+        backoff = tenacity.wait_exponential_jitter(initial=0.1, max=max_backoff, jitter=0.5)
 
     def wait(state):  # never sleep past the deadline
         return max(0.0, min(backoff(state), deadline - time.monotonic()))
@@ -416,9 +430,16 @@ def _retrying(deadline: float, timeout: float, max_backoff: float):
 
 
 def _normalize_servers(nameservers):
+    """None -> the system's; else [(ip, port)] or ['ip[:port]'] -> [(ip, port)]."""
     if nameservers is None:
         return system_nameservers()
-    return [parse_one(s) if isinstance(s, str) else (s[0], int(s[1])) for s in nameservers]
+    servers = []
+    for s in nameservers:
+        try:
+            servers.append(parse_one(s) if isinstance(s, str) else (str(s[0]), int(s[1])))
+        except (ValueError, TypeError, IndexError):
+            raise ConfigError(f"nameserver {s!r}: expected 'ip[:port]' or (ip, port)") from None
+    return servers
 
 
 def wait_for_hosts(
@@ -444,6 +465,7 @@ def wait_for_hosts(
     resolved: dict[str, str] = {}
     failed: dict[str, str] = {}
     totals = {"replies": 0, "queries": 0}
+    warned: list = []
 
     def dns_round():
         pending = [n for n in names if n not in resolved]
@@ -456,7 +478,8 @@ def wait_for_hosts(
         totals["queries"] += got.queries
         missing = [n for n in names if n not in resolved]
         if missing:
-            if totals["replies"] == 0 and totals["queries"]:
+            if totals["replies"] == 0 and totals["queries"] and not warned:
+                warned.append(True)  # once: the final error says it again
                 log.warning("no answer yet from DNS server %s", ", ".join(map(format_nameserver, servers)))
             progress.maybe("resolved", len(names) - len(missing), missing)
         return missing
@@ -466,19 +489,23 @@ def wait_for_hosts(
     if missing:
         if totals["replies"] == 0 and totals["queries"]:
             raise ConfigError(
-                f"DNS server {asked} never answered ({totals['queries']} queries over {timeout:g}s); "
+                f"DNS server{'s' if len(servers) > 1 else ''} {asked} never answered ({totals['queries']} queries over {timeout:g}s); "
                 f"check JOBSET_RUNTIME_NAMESERVERS or the nameserver lines of /etc/resolv.conf"
             )
         raise PeersTimeout(
             f"timed out after {timeout:g}s waiting for {len(missing)} of {len(names)} hosts to resolve "
             f"(DNS A records, asked {asked}): {first_few(missing)}; last answers: "
-            f"{_by_status({n: failed.get(n, NO_REPLY) for n in missing})}"
+            f"{_by_status({n: _verdict(failed.get(n)) for n in missing})}"
         )
     result = {n: resolved[n] for n in names}
     if port is None:
         return result
     return wait_for_ports(result, port, deadline=deadline, nameservers=servers, progress=progress,
                           max_backoff=max_backoff, timeout=timeout, start=start)
+
+
+def _verdict(status: str | None) -> str:
+    return NO_REPLY if status in (None, NOT_ASKED) else status
 
 
 _CONNECT_ERRORS = {
@@ -595,8 +622,4 @@ def wait_for_ports(
 
 
 def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
+    return _ip_literal(text) is not None

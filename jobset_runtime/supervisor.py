@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -136,3 +137,75 @@ def write_termination_message(message: str, path: str | None = None) -> bool:
         return True
     except OSError:
         return False
+
+
+@dataclass
+class Outcome:
+    """How a run in a group ended: the pod's exit code and the cause for the termination message."""
+
+    code: int
+    cause: str | None = None
+
+
+def run_in_group(argv: list[str], env: dict[str, str], member, me, *, restarts: int = 0,
+                 grace: float = 10.0, barrier_timeout: float = 300.0) -> Outcome:
+    """Run the command under the group channel: fail fast across pods, restart in place.
+
+    Epoch e starts the child with JOBSET_RUNTIME_RESTART=e.  A child that fails is reported to
+    the group; an abort (ours echoed back, or a peer's) stops the child's process group.  After
+    an abort and while restarts remain, every member meets at the barrier and starts again in
+    the same pod; after the last, the pod that failed first exits with its own code and the
+    others with EXIT_PEER_FAILED, so JobSet's failurePolicy can tell them apart.
+    """
+    current: list[Child | None] = [None]
+    stopped_by_group = threading.Event()
+
+    def on_abort(failure) -> None:  # on the member's thread: signal only, never wait here
+        child = current[0]
+        if child is not None and failure.rank != me.rank:
+            stopped_by_group.set()
+            log.error("group aborted: %s; stopping the command", failure.describe())
+            child.signal(signal.SIGTERM)
+            threading.Timer(grace, child.signal, (signal.SIGKILL,)).start()
+
+    member.on_abort(on_abort)
+    outcome = Outcome(contract.EXIT_PEER_FAILED, "the group stopped before the command ran")
+    for epoch in range(restarts + 1):
+        env = {**env, contract.RESTART_ENV: str(epoch)}
+        stopped_by_group.clear()
+        if member.aborted.is_set():  # aborted between the barrier and here
+            code = contract.EXIT_PEER_FAILED
+        else:
+            try:
+                child = current[0] = start(argv, env)
+            except OSError as e:
+                code = 127 if isinstance(e, FileNotFoundError) else 126
+                log.error("cannot run %s: %s", argv[0], e.strerror)
+            else:
+                forward_signals(child)
+                if member.aborted.is_set():  # the abort raced the start
+                    on_abort(member.abort_cause)
+                code = wait(child)
+                if child.group_alive():
+                    child.stop(grace)
+                current[0] = None
+        if code == 0 and not member.aborted.is_set():
+            if member.finish():
+                return Outcome(contract.EXIT_OK)
+        elif not member.aborted.is_set():
+            member.report_failure(code, f"{argv[0]} {describe_exit(code)}")
+            member.aborted.wait(member.deadline * 2)
+        failure = member.abort_cause
+        if failure is not None and failure.rank == me.rank:
+            outcome = Outcome(code, failure.describe())
+        elif code != 0 and not stopped_by_group.is_set() and (failure is None or failure.rank is None):
+            # Failed on its own while the coordinator was unreachable: as far as anyone knows, the cause.
+            outcome = Outcome(code, f"{argv[0]} {describe_exit(code)}")
+        else:
+            cause = failure.describe() if failure else "the group coordinator was lost"
+            outcome = Outcome(contract.EXIT_PEER_FAILED, f"stopped because a peer failed: {cause}")
+        if epoch == restarts:
+            break
+        log.info("restarting in place (%d of %d)", epoch + 1, restarts)
+        member.restart_barrier(barrier_timeout)
+    return outcome

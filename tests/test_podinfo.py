@@ -1,5 +1,6 @@
 import pytest
 
+from jobset_runtime import contract
 from jobset_runtime.errors import ConfigError
 from jobset_runtime.podinfo import go_unquote, parse_downward_file, read_pod_metadata
 
@@ -44,7 +45,8 @@ def test_malformed_file_names_the_line(tmp_path):
         parse_downward_file("novalue\n", "annotations")
 
 
-def test_missing_dir_and_env():
+def test_missing_dir_and_env(monkeypatch, tmp_path):
+    monkeypatch.setattr(contract, "PODINFO_DIR", str(tmp_path / "podinfo"))  # whatever this machine has
     with pytest.raises(ConfigError, match="JOBSET_RUNTIME_PODINFO=/nonexistent is not a directory"):
         read_pod_metadata({"JOBSET_RUNTIME_PODINFO": "/nonexistent"})
     with pytest.raises(ConfigError, match="no pod metadata"):

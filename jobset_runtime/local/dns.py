@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import random
 import selectors
 import socket
@@ -46,6 +47,8 @@ import dns.rrset
 
 __all__ = ["DnsServer", "normalize"]
 
+log = logging.getLogger("jobset_runtime.local.dns")
+
 UDP_DEFAULT_PAYLOAD = 512  # RFC 1035 4.2.1: without EDNS a UDP message is at most 512 bytes
 _TCP_MAX_CONNS = 512
 _TCP_IDLE_S = 30.0
@@ -62,10 +65,15 @@ class _Record:
     v4: tuple[str, ...]
     v6: tuple[str, ...]
     visible_at: float  # time.monotonic() from which the record is answered
+    v4_wire: tuple[bytes, ...] = ()  # packed addresses, for the fast path
+
+
+_HEADER = struct.Struct("!HHHHHH")
+_A_RR = struct.Struct("!HHHIH")  # pointer to the question name, type A, class IN, ttl, rdlength 4
 
 
 class _TcpConn:
-    __slots__ = ("sock", "inbuf", "outbuf", "last")
+    __slots__ = ("inbuf", "last", "outbuf", "sock")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -87,6 +95,7 @@ class DnsServer:
         self._bind_ip = address
         self._bind_port = int(port)
         self._zones = tuple(dns.name.from_text(normalize(z)) for z in zones) or (dns.name.root,)
+        self._zone_texts = tuple(z.to_text().lower() for z in self._zones)
         self.ttl = int(ttl)
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
@@ -117,8 +126,11 @@ class DnsServer:
         for ip in ips:
             addr = ipaddress.ip_address(ip)  # ValueError on a bad address, at the caller
             (v4 if addr.version == 4 else v6).append(str(addr))
-        rec = _Record(tuple(v4), tuple(v6), time.monotonic() + max(0.0, float(visible_after)))
+        rec = _Record(tuple(v4), tuple(v6), time.monotonic() + max(0.0, float(visible_after)),
+                      tuple(socket.inet_aton(ip) for ip in v4))
         key = normalize(name)
+        if self._zone_of(dns.name.from_text(key)) is None:
+            raise ValueError(f"{name!r} is outside this server's zones {list(self._zone_texts)}: it would be REFUSED")
         with self._lock:
             if key not in self._records:
                 self._ancestors = None
@@ -150,7 +162,7 @@ class DnsServer:
         host, port = self.address
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def start(self) -> "DnsServer":
+    def start(self) -> DnsServer:
         if self._thread is not None:
             raise RuntimeError("DnsServer already started")
         family = socket.AF_INET6 if ":" in self._bind_ip else socket.AF_INET
@@ -182,7 +194,7 @@ class DnsServer:
                 s.close()
         self._udp = self._tcp = self._wake_r = self._wake_w = None
 
-    def __enter__(self) -> "DnsServer":
+    def __enter__(self) -> DnsServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -254,7 +266,7 @@ class DnsServer:
             if self.drop_rate > 0 and self._rng.random() < self.drop_rate:
                 self.stats["dropped"] += 1
                 continue
-            reply = self._answer(data, udp=True)
+            reply = self._answer_safely(data, udp=True)
             if reply is not None:
                 try:
                     self._udp.sendto(reply, peer)
@@ -315,7 +327,7 @@ class DnsServer:
                 self.stats["tcp"] += 1
                 if self.silent:
                     continue
-                reply = self._answer(data, udp=False)
+                reply = self._answer_safely(data, udp=False)
                 if reply is not None:
                     conn.outbuf += struct.pack("!H", len(reply)) + reply
         if conn.outbuf:
@@ -336,12 +348,22 @@ class DnsServer:
             self._close(sel, conn)
 
     # --- answering (pure apart from the record table) ------------------------
+    def _answer_safely(self, wire: bytes, *, udp: bool) -> bytes | None:
+        try:
+            return self._answer(wire, udp=udp)
+        except Exception:
+            log.exception("DNS server: no answer to a %d-byte query", len(wire))
+            return None
+
     def _answer(self, wire: bytes, *, udp: bool) -> bytes | None:
+        fast = self._fast_answer(wire, udp)
+        if fast is not None:
+            return fast
         try:
             query = dns.message.from_wire(wire)
         except dns.message.ShortHeader:
             return None  # not even a header: nothing to answer to
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever fails to parse is FORMERR
             return self._formerr(wire)
         if query.flags & dns.flags.QR:
             return None  # a response, not a query: never answer those
@@ -367,6 +389,50 @@ class DnsServer:
             resp.additional.clear()
             resp.flags |= dns.flags.TC
             return resp.to_wire(max_size=limit)
+
+    def _fast_answer(self, wire: bytes, udp: bool) -> bytes | None:
+        """The common case by hand: a plain A query for a visible record that fits.
+
+        Anything else (EDNS, other types, negative answers, SERVFAIL, TC, names
+        outside the zones) returns None and goes through dnspython.
+        """
+        if len(wire) < 17:
+            return None
+        qid, flags, qd, an, ns, ar = _HEADER.unpack_from(wire)
+        if flags & 0xF800 or qd != 1 or an or ns or ar:
+            return None  # a response, another opcode, or extra sections
+        off, labels = 12, []
+        try:
+            while True:
+                n = wire[off]
+                if n == 0:
+                    off += 1
+                    break
+                if n > 63:
+                    return None
+                labels.append(wire[off + 1 : off + 1 + n].decode("ascii"))
+                off += n + 1
+        except (IndexError, UnicodeDecodeError):
+            return None
+        if wire[off : off + 4] != b"\x00\x01\x00\x01" or off + 4 != len(wire):
+            return None
+        key = ".".join(labels).lower() + "."
+        if not any(z == "." or key == z or key.endswith("." + z) for z in self._zone_texts):
+            return None
+        if key in self.servfail or key[:-1] in self.servfail:
+            return None
+        rec = self._records.get(key)  # one dict read: atomic, the lock is for writers
+        if rec is None or not rec.v4_wire or rec.visible_at > time.monotonic():
+            return None
+        out = [_HEADER.pack(qid, 0x8400 | (flags & 0x0100), 1, len(rec.v4_wire), 0, 0), wire[12 : off + 4]]
+        rr = _A_RR.pack(0xC00C, 1, 1, self.ttl, 4)
+        for packed in rec.v4_wire:
+            out.append(rr)
+            out.append(packed)
+        reply = b"".join(out)
+        if len(reply) > (UDP_DEFAULT_PAYLOAD if udp else 65535):
+            return None
+        return reply
 
     @staticmethod
     def _formerr(wire: bytes) -> bytes | None:

@@ -67,6 +67,10 @@ def _common_parser() -> argparse.ArgumentParser:
                    help="which peers jobset-run waits for before starting the command (default: per kind)")
     g.add_argument("--peer-timeout", type=int, metavar="S", help="jobset-run --timeout")
     g.add_argument("--image-pull-policy", choices=("Always", "IfNotPresent", "Never"))
+    g.add_argument("--no-fail-fast", dest="fail_fast", action="store_false",
+                   help="no group channel between the pods (and no token Secret)")
+    g.add_argument("--in-place-restarts", type=int, default=0, metavar="N",
+                   help="restart the whole group in place up to N times before JobSet restarts it (jobset-run --restarts)")
     g.add_argument("--crd", help="also validate against this JobSet CRD (default: $JOBSET_CRD if set)")
     return p
 
@@ -155,6 +159,7 @@ def generate(args, command: list) -> list:
         priority_class=args.priority_class, cpu=args.cpu, memory=args.memory,
         node_selector=dict(args.node_selector), tolerations=list(args.toleration), env=dict(args.env),
         wait=args.wait, peer_timeout=args.peer_timeout, image_pull_policy=args.image_pull_policy,
+        fail_fast=args.fail_fast, in_place_restarts=args.in_place_restarts,
         **options,
     )
 

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 
 CONTAINER = "main"
 RUNNER = "jobset-run"
-WAIT_CHOICES = ("coordinator", "slice", "all", "none")
+WAIT_CHOICES = contract.WAIT_SCOPES
 # Names of the JobSet failurePolicy rule and the podFailurePolicy it answers.
 CONFIG_RULE = "ConfigurationError"
 
@@ -41,6 +41,9 @@ class Common:
     wait: str | None = None          # None: the kind's default
     peer_timeout: int | None = None  # jobset-run --timeout
     image_pull_policy: str | None = None
+    fail_fast: bool = True            # the group channel between the pods' wrappers
+    in_place_restarts: int = 0        # jobset-run --restarts
+    group_token: str | None = None    # None: a fresh random token
 
     def check(self):
         if not self.command:
@@ -55,6 +58,10 @@ class Common:
             raise ConfigError(f"--wait {self.wait}: choose one of {', '.join(WAIT_CHOICES)}")
         if self.peer_timeout is not None and self.peer_timeout <= 0:
             raise ConfigError(f"--peer-timeout {self.peer_timeout}: must be a positive number of seconds")
+        if self.in_place_restarts < 0:
+            raise ConfigError(f"--in-place-restarts {self.in_place_restarts}: must be 0 or more")
+        if self.in_place_restarts and not self.fail_fast:
+            raise ConfigError("--in-place-restarts needs the group channel: drop --no-fail-fast")
         for key in self.env:
             if key.startswith(contract.ENV_PREFIX) or key == contract.JOB_COMPLETION_INDEX_ENV:
                 raise ConfigError(f"--env {key}: this name is set by jobset-runtime itself; pick another")
@@ -71,6 +78,11 @@ def runner_command(c: Common, default_wait: str, tail: list, extra: tuple = ()) 
     cmd = [RUNNER, "--wait", c.wait or default_wait]
     if c.peer_timeout is not None:
         cmd += ["--timeout", str(c.peer_timeout)]
+    if c.fail_fast:
+        # Explicit: a missing token mount must stop the pod, not silently turn fail-fast off.
+        cmd += ["--group", "on"]
+    if c.in_place_restarts:
+        cmd += ["--restarts", str(c.in_place_restarts)]
     return cmd + list(extra) + ["--"] + [str(a) for a in tail]
 
 
@@ -84,6 +96,29 @@ def podinfo_volume() -> dict:
     ]
     return {"name": contract.PODINFO_VOLUME,
             "downwardAPI": {"items": [{"path": p, "fieldRef": {"fieldPath": f}} for p, f in items]}}
+
+
+def group_secret_name(jobset_name: str) -> str:
+    return f"{jobset_name}-group"
+
+
+def group_secrets(c: Common) -> list:
+    """The Secret holding the group channel's token (none without fail-fast), made at build time."""
+    if not c.fail_fast:
+        return []
+    import base64
+    import secrets
+
+    token = c.group_token if c.group_token is not None else secrets.token_hex(32)
+    if len(token) < 16:
+        raise ConfigError("the group token must be at least 16 characters")
+    return [{
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": group_secret_name(c.name), "namespace": c.namespace},
+        "type": "Opaque",
+        "data": {contract.GROUP_TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }]
 
 
 def resources(c: Common, limits: dict | None = None) -> dict:
@@ -103,6 +138,9 @@ def container(c: Common, command: list, topology: str, *, name: str = CONTAINER,
               limits: dict | None = None, ports: list | None = None, mounts: list | None = None,
               readiness: dict | None = None) -> dict:
     all_env = [{"name": contract.TOPOLOGY_ENV, "value": topology}]
+    if c.fail_fast:
+        # The coordinator's wrapper binds the group channel to its own pod IP.
+        all_env.append({"name": contract.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     all_env += [{"name": k, "value": str(v)} for k, v in (env or {}).items()]
     all_env += [{"name": k, "value": str(v)} for k, v in c.env.items()]
     out = {
@@ -111,6 +149,8 @@ def container(c: Common, command: list, topology: str, *, name: str = CONTAINER,
         "command": command,
         "env": all_env,
         "volumeMounts": [{"name": contract.PODINFO_VOLUME, "mountPath": contract.PODINFO_DIR, "readOnly": True}]
+        + ([{"name": contract.GROUP_VOLUME, "mountPath": contract.GROUP_TOKEN_DIR, "readOnly": True}]
+           if c.fail_fast else [])
         + list(mounts or []),
         # The runtime writes the cause to /dev/termination-log; fall back to the log tail.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -120,6 +160,9 @@ def container(c: Common, command: list, topology: str, *, name: str = CONTAINER,
     res = resources(c, limits)
     if res:
         out["resources"] = res
+    ports = list(ports or [])
+    if c.fail_fast:
+        ports.append({"name": "group", "containerPort": contract.GROUP_PORT})
     if ports:
         out["ports"] = ports
     if readiness:
@@ -136,6 +179,9 @@ def pod_spec(c: Common, containers: list, *, node_selector: dict | None = None, 
         "containers": containers,
         "volumes": [podinfo_volume()] + list(volumes or []),
     }
+    if c.fail_fast:
+        spec["volumes"].append({"name": contract.GROUP_VOLUME, "secret": {
+            "secretName": group_secret_name(c.name), "defaultMode": 0o400}})
     selector = dict(node_selector or {})
     selector.update(c.node_selector)
     if selector:
@@ -163,11 +209,15 @@ def replicated_job(name: str, replicas: int, pods: int, spec: dict, *, job_annot
         # Any pod failure fails its Job at once; the JobSet then restarts everything
         # together (a distributed job cannot lose one member and carry on).
         "backoffLimit": 0,
-        "podFailurePolicy": {"rules": [{
-            "action": "FailJob",
-            "onExitCodes": {"containerName": container_name, "operator": "In",
-                            "values": [contract.EXIT_CONFIG]},
-        }]},
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": container_name, "operator": "In", "values": [contract.EXIT_CONFIG]}},
+            # A pod that only stopped because a peer failed first does not fail its Job:
+            # the root cause's Job does, so JobSet's failurePolicy acts on the real cause.
+            {"action": "Ignore",
+             "onExitCodes": {"containerName": container_name, "operator": "In",
+                             "values": [contract.EXIT_PEER_FAILED]}},
+        ]},
         "template": {"spec": spec},
     }
     out = {"name": name, "replicas": replicas, "template": {"spec": job_spec}}

@@ -32,8 +32,12 @@ def secret_name(jobset_name: str) -> str:
 def ssh_key_pair(private_key_pem: bytes | None = None, comment: str = "jobset-runtime") -> tuple[bytes, bytes]:
     """(OpenSSH private key, `ssh-ed25519 ...` public key): new unless one is given."""
     # Lazy: only the mpi kind needs `cryptography`.
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    except ImportError:
+        raise common.ConfigError("the mpi kind makes an ssh key pair with the `cryptography` package, "
+                                 "which is not installed: pip install cryptography") from None
 
     if private_key_pem is None:
         key = Ed25519PrivateKey.generate()
@@ -72,6 +76,12 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
     """The documents for an MPI job: the ssh Secret, then the JobSet."""
     c = common.Common(**common_options)
     c.check()
+    # No group channel here: mpirun already aborts the whole job when a rank dies and the
+    # workers follow the launcher; and since the launcher starts only once the workers are
+    # Ready (dependsOn), a gang start spanning both would never complete.
+    if c.in_place_restarts:
+        raise common.ConfigError("--in-place-restarts is not available for mpi: mpirun owns the ranks")
+    c = dataclasses.replace(c, fail_fast=False)
     common.positive(workers, "--workers")
     common.positive(slots_per_worker, "--slots-per-worker")
     if mpi not in MPI_CHOICES:

@@ -29,7 +29,8 @@ def tpu_multislice(*, slices: int, hosts_per_slice: int, accelerator: str, topol
     common.positive(chips_per_host, "--chips-per-host")
     topo = common.topology_of([{"name": RJOB, "replicas": slices,
                                 "template": {"spec": {"completions": hosts_per_slice}}}])
-    command = common.runner_command(c, "all", c.command, extra=("--tpu",))
+    # Each host waits for its own slice and the coordinator, not all 12,736 pods.
+    command = common.runner_command(c, "slice", c.command, extra=("--tpu",))
     ports = [
         {"name": "jax", "containerPort": contract.JAX_PORT},
         {"name": "megascale", "containerPort": contract.MEGASCALE_DEFAULT_PORT},
@@ -44,4 +45,4 @@ def tpu_multislice(*, slices: int, hosts_per_slice: int, accelerator: str, topol
     rjob = common.replicated_job(RJOB, slices, hosts_per_slice, spec)
     doc = common.jobset(c, [rjob], coordinator=(RJOB, 0, 0),
                         annotations={contract.EXCLUSIVE_TOPOLOGY_KEY: exclusive_topology})
-    return common.finish([doc])
+    return common.finish([*common.group_secrets(c), doc])

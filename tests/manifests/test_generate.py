@@ -106,7 +106,7 @@ def test_every_pod_gets_what_the_runtime_reads(tmp_path):
 
 
 def test_tpu_multislice_shape():
-    (doc,) = manifests.tpu_multislice(name="ms", image="i", command=["python", "t.py"], slices=199,
+    *_, doc = manifests.tpu_multislice(name="ms", image="i", command=["python", "t.py"], slices=199,
                                       hosts_per_slice=64, accelerator="tpu-v5p-slice", topology="8x16x16",
                                       host_network=True)
     (rjob,) = doc["spec"]["replicatedJobs"]
@@ -213,3 +213,52 @@ def test_container_commands_parse_with_jobset_run(kind, tmp_path):
                 assert args.command[1:] == c["command"][c["command"].index("--") + 1:]
                 assert args.timeout == 300.0  # --peer-timeout in the golden options
                 assert args.tpu is (True if kind == "tpu-multislice" else None)
+
+
+def test_through_the_project_cli_as_a_process(cli_env, tmp_path):
+    """`jobset-runtime manifest ...` end to end: the YAML goes out on stdout, exit codes come back."""
+    import subprocess
+    import sys
+
+    cli_env[contract.JOBSET_CRD_ENV] = ""
+    run = [sys.executable, "-m", "jobset_runtime", "manifest"]
+    done = subprocess.run(run + mc.EXAMPLES_ARGV["torch"], env=cli_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "torch.yaml"
+    path.write_text(done.stdout)
+    done = subprocess.run(run + ["validate", "-"], input=done.stdout, env=cli_env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "1 JobSet valid" in done.stdout, done.stderr
+    broken = path.read_text().replace("parallelism:", "paralelism:", 1)
+    done = subprocess.run(run + ["validate", "-"], input=broken, env=cli_env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == contract.EXIT_CONFIG and "Traceback" not in done.stderr
+    assert "completions" in done.stderr  # without the CRD: completions (2) != parallelism (1, the default)
+
+
+def test_group_channel_secret_and_wiring():
+    first = manifests.jax(name="jx", image="i", command=["x"], hosts=2, in_place_restarts=2)
+    second = manifests.jax(name="jx", image="i", command=["x"], hosts=2)
+    secret, doc = first
+    token = base64.b64decode(secret["data"][contract.GROUP_TOKEN_KEY])
+    assert len(token) >= 32 and token != base64.b64decode(second[0]["data"][contract.GROUP_TOKEN_KEY])
+    job = doc["spec"]["replicatedJobs"][0]["template"]["spec"]
+    pod = job["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"][:c["command"].index("--")] == ["jobset-run", "--wait", "coordinator", "--group", "on",
+                                                       "--restarts", "2"]
+    assert {"name": contract.GROUP_VOLUME, "mountPath": contract.GROUP_TOKEN_DIR, "readOnly": True} in c["volumeMounts"]
+    assert {"name": contract.GROUP_VOLUME, "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o400}} \
+        in pod["volumes"]
+    assert {"name": contract.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
+    # A pod that only followed a peer's failure does not fail its Job; a configuration error fails it at once.
+    actions = {r["action"]: r["onExitCodes"]["values"] for r in job["podFailurePolicy"]["rules"]}
+    assert actions == {"FailJob": [contract.EXIT_CONFIG], "Ignore": [contract.EXIT_PEER_FAILED]}
+
+
+def test_without_fail_fast_there_is_no_group_secret():
+    (doc,) = manifests.torch(name="tr", image="i", command=["x"], nodes=2, fail_fast=False)
+    assert doc["kind"] == "JobSet"
+    assert "--group" not in doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    with pytest.raises(ConfigError, match="in-place-restarts"):
+        manifests.torch(name="tr", image="i", command=["x"], nodes=2, fail_fast=False, in_place_restarts=1)

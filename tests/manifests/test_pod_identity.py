@@ -74,7 +74,7 @@ def test_every_pod_gets_a_distinct_rank_and_agrees_with_the_manifest(kind, tmp_p
 
 
 def test_tpu_exports_match_the_slices(tmp_path):
-    (doc,) = manifests.tpu_multislice(name="ms", image="i", command=["t"], slices=3, hosts_per_slice=2,
+    *_, doc = manifests.tpu_multislice(name="ms", image="i", command=["t"], slices=3, hosts_per_slice=2,
                                       accelerator="a", topology="2x2")
     for ref in js.all_pods(doc):
         ident, host = expand(doc, ref, tmp_path)
@@ -87,7 +87,7 @@ def test_tpu_exports_match_the_slices(tmp_path):
 
 
 def test_torch_exports_point_at_the_coordinator(tmp_path):
-    (doc,) = manifests.torch(name="tr", image="i", command=["torchrun", "t.py"], nodes=3, subdomain="net")
+    *_, doc = manifests.torch(name="tr", image="i", command=["torchrun", "t.py"], nodes=3, subdomain="net")
     for ref in js.all_pods(doc):
         ident, _ = expand(doc, ref, tmp_path)
         env = exports.torch_env(ident)
@@ -96,17 +96,17 @@ def test_torch_exports_point_at_the_coordinator(tmp_path):
 
 
 def test_restart_attempt_reaches_the_identity(tmp_path):
-    (doc,) = manifests.jax(name="jx", image="i", command=["x"], hosts=1)
+    *_, doc = manifests.jax(name="jx", image="i", command=["x"], hosts=1)
     ident, _ = expand(doc, next(js.all_pods(doc)), tmp_path, restart_attempt=4)
     assert ident.restart_attempt == 4
 
 
 def test_the_largest_multislice_numbers_every_host_once():
     """199 slices x 64 hosts, straight from the pure functions (no files)."""
-    (doc,) = manifests.tpu_multislice(name="big", image="i", command=["t"], slices=199, hosts_per_slice=64,
+    *_, doc = manifests.tpu_multislice(name="big", image="i", command=["t"], slices=199, hosts_per_slice=64,
                                       accelerator="a", topology="8x16x16")
     (container,) = pod_template(doc, "slice")["containers"]
-    topology = {e["name"]: e["value"] for e in container["env"]}[contract.TOPOLOGY_ENV]
+    topology = {e["name"]: e.get("value") for e in container["env"]}[contract.TOPOLOGY_ENV]
     seen = set()
     for ref in js.all_pods(doc):
         labels, annotations = js.child_pod_metadata(doc, ref.replicated_job, ref.job_index, ref.pod_index)

@@ -1,6 +1,6 @@
+import dnsfixtures
 import pytest
 
-import dnsfixtures
 from jobset_runtime.local.dns import DnsServer
 
 ZONE = "svc.cluster.local"

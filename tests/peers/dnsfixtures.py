@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -77,7 +78,7 @@ class Dnsmasq:
             f.writelines(lines)
         os.replace(tmp, self.hosts_file)
 
-    def start(self) -> "Dnsmasq":
+    def start(self) -> Dnsmasq:
         for _ in range(5):
             self.port = free_port()
             argv = [
@@ -102,7 +103,7 @@ class Dnsmasq:
             try:
                 ask(self.address, f"probe.{self.zone}", timeout=0.2)
                 return True
-            except Exception:
+            except (dns.exception.DNSException, OSError):
                 time.sleep(0.05)
         return False
 

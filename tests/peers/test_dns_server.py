@@ -11,8 +11,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-
 from dnsfixtures import ask
+
 from jobset_runtime.local.dns import DnsServer
 
 HOST = "js-worker-0-0.js.default.svc.cluster.local"
@@ -203,6 +203,21 @@ def test_fixed_port_and_no_zones_means_every_name():
         assert ask(server.address, "other.example").rcode() == dns.rcode.NXDOMAIN
 
 
-def test_bad_ip_is_rejected_at_set(dns_server):
+def test_bad_ip_or_foreign_name_is_rejected_at_set(dns_server):
     with pytest.raises(ValueError):
         dns_server.set(HOST, ["10.0.0.300"])
+    with pytest.raises(ValueError, match="outside this server's zones"):
+        dns_server.set("js-0.example.com", ["10.0.0.1"])
+
+
+def test_hand_built_and_dnspython_answers_agree(dns_server):
+    # Plain queries take the hand-built path, EDNS queries the dnspython one.
+    ips = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    dns_server.set(HOST, ips)
+    plain = ask(dns_server.address, HOST.upper())
+    edns = ask(dns_server.address, HOST.upper(), use_edns=0)
+    for resp in (plain, edns):
+        assert resp.rcode() == dns.rcode.NOERROR and resp.flags & dns.flags.AA and resp.flags & dns.flags.RD
+        assert a_records(resp) == ips
+        assert resp.question[0].name.to_text() == HOST.upper() + "."
+    assert plain.answer[0].ttl == edns.answer[0].ttl == 0

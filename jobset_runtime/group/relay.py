@@ -1,0 +1,102 @@
+"""The two-level tree: a slice leader between its slice's members and the leaders' group.
+
+At 12,736 pods one coordinator cannot carry every heartbeat (docs/fail-fast.md, Scale).
+So worker 0 of each slice runs a SliceLeader: a GroupServer in relay mode for its slice,
+and a GroupMember of the leaders' group, whose GroupServer the coordinator pod hosts.
+Members connect to their slice leader exactly as they would to the coordinator.
+
+    slice member --- slice server (relay) === leader's upstream member --- leaders' server
+
+The slice state decides nothing collective on its own: "all joined", a failure, "all
+done" and "all at the barrier" go up (state.UP) and are turned here into the upstream
+member's calls; the leaders' group's answers (start, abort, complete, restart) come back
+through GroupServer.upstream.  Failures keep their origin's rank and pod all the way up
+and down, so every member of every slice names the same first failure.  A lost leaders'
+group aborts the slice like a lost coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..errors import JobSetRuntimeError
+from .member import GroupMember
+from .server import GroupServer
+from .state import Failure, MemberId
+
+log = logging.getLogger("jobset_runtime.group")
+
+
+class SliceLeader:
+    def __init__(self, *, bind: tuple[str, int] | str, slice_world: list[MemberId],
+                 upstream: tuple[str, int] | str, me: MemberId, leaders: list[MemberId],
+                 token: bytes | None, insecure: bool = False, attempt: int,
+                 heartbeat: float = 0.5, deadline: float = 3.0,
+                 join_timeout: float = 600.0, barrier_timeout: float = 600.0):
+        self.join_timeout, self.barrier_timeout = join_timeout, barrier_timeout
+        self.up = GroupMember(server=upstream, me=me, world=leaders, token=token, insecure=insecure,
+                              attempt=attempt, heartbeat=heartbeat, deadline=deadline)
+        self.server = GroupServer(bind=bind, world=slice_world, token=token, insecure=insecure,
+                                  attempt=attempt, heartbeat=heartbeat, deadline=deadline, on_up=self._on_up)
+        self.up.on_abort(lambda failure: self.server.upstream("abort", failure))
+
+    @property
+    def address(self):
+        return self.server.address
+
+    def start(self) -> tuple[str, int]:
+        return self.server.start()
+
+    def stop(self) -> None:
+        self.up.close()
+        self.server.stop()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # Runs on the slice server's loop: anything that blocks goes to a thread.
+    def _on_up(self, msg: dict) -> None:
+        kind = msg["t"]
+        if kind == "fail":
+            origin = MemberId(msg["origin_rank"], msg["origin_pod"])
+            threading.Thread(target=self.up.report_failure, args=(msg["code"], msg["cause"], origin),
+                             daemon=True).start()
+            return
+        step = {"ready": self._join, "done": self._finish, "barrier": self._barrier}[kind]
+        threading.Thread(target=step, daemon=True, name=f"slice-leader-{kind}").start()
+
+    def _lost(self, e: JobSetRuntimeError) -> None:
+        host, port = self.up.server
+        failure = getattr(e, "failure", None) or Failure(None, f"{host}:{port}", None, str(e))
+        self.server.upstream("abort", failure)
+
+    def _join(self) -> None:
+        try:
+            self.up.join(self.join_timeout)
+        except JobSetRuntimeError as e:
+            self._lost(e)
+            return
+        self.server.upstream("start")
+
+    def _finish(self) -> None:
+        try:
+            complete = self.up.finish(None)
+        except JobSetRuntimeError as e:
+            self._lost(e)
+            return
+        if complete:
+            self.server.upstream("complete")
+        # else: the abort arrives through on_abort
+
+    def _barrier(self) -> None:
+        try:
+            self.up.restart_barrier(self.barrier_timeout)
+        except JobSetRuntimeError as e:
+            self._lost(e)
+            return
+        self.server.upstream("restart")

@@ -1,0 +1,284 @@
+"""The coordinator's side of the group channel: an asyncio TCP server in its own thread.
+
+It authenticates each connection (wire.py), feeds the events to GroupState (state.py)
+and writes out what the state decides.  A connection that breaks the protocol is closed
+and logged; before authentication that touches nothing else.  Liveness: every frame
+from a member counts; one silent past `deadline` is closed and counts as vanished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+
+from .. import contract
+from ..errors import ConfigError
+from . import wire
+from .state import ALL, UP, Failure, GroupState, MemberId, Phase
+from .wire import check_auth
+
+log = logging.getLogger("jobset_runtime.group")
+
+_WRITE_BUFFER_MAX = 1 << 20  # a member that stops reading is treated as vanished
+
+
+class _Conn:
+    __slots__ = ("last", "peer", "rank", "session", "writer")
+
+    def __init__(self, rank, writer, session, last, peer):
+        self.rank, self.writer, self.session, self.last, self.peer = rank, writer, session, last, peer
+
+    def send(self, msg: dict) -> None:
+        if self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_MAX:
+            log.warning("group: rank %d does not read its messages; closing it", self.rank)
+            self.writer.close()
+            return
+        self.writer.write(self.session.seal(msg))
+
+
+class GroupServer:
+    """Hosted by the coordinator pod's wrapper; binds the pod's own address.
+
+    with GroupServer(bind=(pod_ip, contract.GROUP_PORT), world=world, token=token, attempt=a) as srv:
+        ...  # srv.address is the bound (host, port); the wrapper also joins as a GroupMember
+    """
+
+    def __init__(self, *, bind: tuple[str, int] | str, world: list[MemberId], token: bytes | None,
+                 insecure: bool = False, attempt: int, heartbeat: float = 0.5, deadline: float = 3.0,
+                 handshake_timeout: float = 5.0, on_up=None):
+        self._key = check_auth(token, insecure)
+        if isinstance(bind, str):
+            bind = (bind, contract.GROUP_PORT)
+        self._bind = bind
+        # on_up(msg): relay mode (relay.py) -- collective steps go to the leaders' group.
+        self._on_up = on_up
+        self.state = GroupState(list(world), attempt, relay=on_up is not None)
+        self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
+        self._conns: dict[int, _Conn] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        self.address: tuple[str, int] | None = None
+        self.rejected = 0  # connections closed for breaking the protocol or failing auth
+
+    # --- thread-side API ------------------------------------------------------------
+    def start(self) -> tuple[str, int]:
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                asyncio.run(self._main(ready))
+            except BaseException as e:  # reported to start() or logged
+                errors.append(e)
+                if ready.is_set():
+                    log.exception("group: server stopped on an error")
+            finally:
+                ready.set()
+
+        self._thread = threading.Thread(target=run, name="group-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            e = errors[0]
+            if isinstance(e, OSError):
+                host, port = self._bind
+                raise ConfigError(f"the group channel cannot listen on {host}:{port}: {e.strerror or e}; "
+                                  "bind the pod's own address and a port nothing else uses") from None
+            raise e
+        return self.address
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopped is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stopped.set)
+            except RuntimeError:
+                pass  # loop already closed
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def drain(self, timeout: float) -> None:
+        """Wait (up to timeout) until every member has hung up, so a last broadcast reaches them."""
+        end = time.monotonic() + timeout
+        while self._conns and time.monotonic() < end:
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    # --- event loop -------------------------------------------------------------------
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        host, port = self._bind
+        server = await asyncio.start_server(self._serve, host, port, reuse_address=True, backlog=1024)
+        self.address = server.sockets[0].getsockname()[:2]
+        log.info("group: coordinator listening on %s:%d for %d members (attempt %d)",
+                 self.address[0], self.address[1], len(self.state.world), self.state.attempt)
+        ready.set()
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._stopped.wait()
+        finally:
+            ticker.cancel()
+            server.close()
+            for conn in list(self._conns.values()):
+                conn.writer.close()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
+
+    def upstream(self, event: str, failure: Failure | None = None) -> None:
+        """Relay mode, from any thread: the leaders' group's answer (start, abort, complete, restart)."""
+        def apply():
+            step = getattr(self.state, f"up_{event}")
+            self._apply(step(failure) if event == "abort" else step())
+
+        try:
+            self._loop.call_soon_threadsafe(apply)
+        except (AttributeError, RuntimeError):
+            log.warning("group: slice server not running; dropped the leaders' %s", event)
+
+    def _apply(self, outs) -> None:
+        for to, msg in outs:
+            if to == UP:
+                self._on_up(msg)
+                continue
+            targets = list(self._conns.values()) if to == ALL else [c for c in [self._conns.get(to)] if c]
+            for conn in targets:
+                conn.send(msg)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            now = self._loop.time()
+            hb = self.state.heartbeat()
+            for conn in list(self._conns.values()):
+                if now - conn.last > self.deadline:
+                    log.error("group: %s silent for %.1f s; counting it as vanished",
+                              self.state.world[conn.rank], now - conn.last)
+                    self._drop(conn, f"silent for more than {self.deadline:g} s (node or wrapper vanished)")
+                    conn.writer.close()
+                else:
+                    conn.send(hb)
+
+    def _drop(self, conn: _Conn, cause: str) -> None:
+        if self._conns.get(conn.rank) is conn:
+            del self._conns[conn.rank]
+            self._apply(self.state.leave(conn.rank, cause))
+
+    async def _read(self, reader: asyncio.StreamReader, limit: int) -> bytes:
+        n = wire.body_length(await reader.readexactly(wire.HEADER.size), limit)
+        return await reader.readexactly(n)
+
+    async def _handshake(self, reader, writer):
+        hello_b = await self._read(reader, wire.MAX_HANDSHAKE_FRAME)
+        hello = wire.expect(hello_b, "hello")
+        wire.check_nonce(hello["nonce"])
+        if hello["v"] != wire.VERSION:
+            raise wire.ProtocolError(f"protocol version {hello['v']} (this side speaks {wire.VERSION})")
+        challenge_b = wire.encode({"t": "challenge", "v": wire.VERSION, "attempt": self.state.attempt,
+                                   "epoch": self.state.epoch, "nonce": wire.nonce()})
+        proof = wire.server_proof(self._key, hello_b, challenge_b)
+        writer.write(wire.frame(challenge_b) + wire.frame(wire.encode({"t": "proof", "proof": proof})))
+        answer = wire.expect(await self._read(reader, wire.MAX_HANDSHAKE_FRAME), "proof")
+        if not wire.proof_ok(answer["proof"], wire.member_proof(self._key, hello_b, challenge_b)):
+            raise wire.ProtocolError(f"wrong token (claimed rank {hello['rank']}, pod {hello['pod'][:64]!r})")
+        return wire.server_session(wire.session_key(self._key, hello_b, challenge_b)), hello
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tasks.add(asyncio.current_task())
+        peer = writer.get_extra_info("peername")
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = None
+        try:
+            try:
+                session, hello = await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
+            except (wire.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
+                self.rejected += 1
+                log.warning("group: rejected a connection from %s: %s", peer, _why(e))
+                return
+            refusal = self.state.admit(hello)
+            rank = hello["rank"]
+            if refusal is None and rank in self._conns:
+                old = self._conns[rank]
+                # Before the start a second connection is the same member reconnecting.
+                log.warning("group: %s reconnected; closing its old connection", self.state.world[rank])
+                self._drop(old, "reconnected")
+                old.writer.close()
+            if refusal is not None:
+                reason, retry = refusal
+                log.warning("group: refused rank %d (pod %s) from %s: %s", rank, hello["pod"][:64], peer, reason)
+                writer.write(session.seal({"t": "refused", "attempt": self.state.attempt,
+                                           "epoch": self.state.epoch, "reason": reason, "retry": retry}))
+                await writer.drain()
+                return
+            conn = _Conn(rank, writer, session, self._loop.time(), peer)
+            self._conns[rank] = conn
+            conn.send({"t": "welcome", "attempt": self.state.attempt, "epoch": self.state.epoch})
+            log.info("group: %s joined from %s", self.state.world[rank], peer)
+            self._apply(self.state.join(rank))
+            while True:
+                msg = session.open(await self._read(reader, wire.MAX_FRAME))
+                conn.last = self._loop.time()
+                self._handle(conn, msg)
+        except (wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            if conn is not None:
+                log.warning("group: lost %s: %s", self.state.world[conn.rank], _why(e))
+                self._drop(conn, f"connection lost ({_why(e)})")
+        except asyncio.CancelledError:
+            pass  # the server is stopping; end quietly
+        finally:
+            self._tasks.discard(asyncio.current_task())
+            writer.close()
+
+    def _handle(self, conn: _Conn, msg: dict) -> None:
+        kind = msg["t"]
+        if msg["attempt"] != self.state.attempt:
+            log.warning("group: dropped %s from %s of attempt %d", kind, self.state.world[conn.rank], msg["attempt"])
+            return
+        if kind == "hb":
+            return
+        if kind == "fail":
+            origin = None
+            if "origin_rank" in msg:  # relayed by a slice leader (relay.py)
+                if not (wire.typed(msg["origin_rank"], int) and wire.typed(msg.get("origin_pod"), str)):
+                    raise wire.ProtocolError("fail message with a malformed origin")
+                origin = MemberId(msg["origin_rank"], msg["origin_pod"][:253])
+            self._apply(self.state.fail(conn.rank, msg["code"], msg["cause"], msg["epoch"], origin))
+        elif kind == "done":
+            self._apply(self.state.finish(conn.rank, msg["epoch"]))
+        elif kind == "barrier":
+            self._apply(self.state.barrier(conn.rank, msg["epoch"]))
+        else:
+            raise wire.ProtocolError(f"a member may not send {kind}")
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, asyncio.IncompleteReadError):
+        return "closed mid-frame" if e.partial else "closed"
+    if isinstance(e, asyncio.TimeoutError):
+        return "handshake timed out"
+    return str(e) or e.__class__.__name__

@@ -1,0 +1,250 @@
+"""The group channel's wire format: frames, message schemas, handshake proofs, sealed sessions.
+
+Pure functions and small values only; sockets live in server.py and member.py.
+
+Frame: a 4-byte big-endian length, then that many bytes.  Before authentication the
+body is a JSON object (at most MAX_HANDSHAKE_FRAME bytes); after it, the body is a
+32-byte HMAC-SHA256 tag followed by the JSON object (at most MAX_FRAME bytes).  JSON is
+parsed as data and checked against SCHEMAS; anything else is a ProtocolError, on which
+the reader closes that one connection.
+
+Handshake (both sides prove they hold the token; the token never travels):
+  member -> server  hello      {v, attempt, epoch, rank, pod, nonce}
+  server -> member  challenge  {v, attempt, epoch, nonce}
+  server -> member  proof      HMAC(token, "server" | H(hello) | H(challenge))
+  member -> server  proof      HMAC(token, "member" | H(hello) | H(challenge))
+where H is SHA-256 of the exact bytes sent and both nonces are 32 bytes from os.urandom.
+The session key is HMAC(token, "session" | H(hello) | H(challenge)); every later frame is
+tagged HMAC(key, direction | seq | json) with a per-direction counter, so a frame cannot
+be replayed, reordered, reflected or carried into another connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import struct
+
+from .. import contract
+
+log = logging.getLogger("jobset_runtime.group")
+
+VERSION = 1
+NONCE_LEN = 32
+TAG_LEN = 32
+MAX_FRAME = 64 * 1024
+MAX_HANDSHAKE_FRAME = 4 * 1024
+MAX_CAUSE = 1024  # characters of a failure's cause kept on the wire
+HEADER = struct.Struct(">I")
+_SEQ = struct.Struct(">Q")
+
+# Labels keep the three HMAC uses apart, so a proof can never pass for another.
+_SERVER_LABEL = b"jobset-runtime-group/1 server proof\0"
+_MEMBER_LABEL = b"jobset-runtime-group/1 member proof\0"
+_SESSION_LABEL = b"jobset-runtime-group/1 session key\0"
+TO_MEMBER = b"S"  # direction byte of frames the server sends
+TO_SERVER = b"M"  # direction byte of frames a member sends
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: close that connection, leave the group alone."""
+
+
+# --- framing ---------------------------------------------------------------------
+
+def frame(body: bytes) -> bytes:
+    if not 0 < len(body) <= MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes (limit {MAX_FRAME})")
+    return HEADER.pack(len(body)) + body
+
+
+def body_length(header: bytes, limit: int) -> int:
+    """The announced body length, refused before a byte of the body is read."""
+    (n,) = HEADER.unpack(header)
+    if not 0 < n <= limit:
+        raise ProtocolError(f"frame of {n} bytes announced (limit {limit})")
+    return n
+
+
+class FrameBuffer:
+    """Splits a byte stream into frame bodies, refusing oversize ones from the header alone."""
+
+    def __init__(self, limit: int = MAX_FRAME):
+        self.limit = limit
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        bodies = []
+        while len(self._buf) >= HEADER.size:
+            n = body_length(bytes(self._buf[: HEADER.size]), self.limit)
+            if len(self._buf) < HEADER.size + n:
+                break
+            bodies.append(bytes(self._buf[HEADER.size : HEADER.size + n]))
+            del self._buf[: HEADER.size + n]
+        return bodies
+
+
+# --- messages ----------------------------------------------------------------------
+
+_SCOPED = {"attempt": int, "epoch": int}
+# Every message type and its required fields; extra fields are ignored.
+SCHEMAS: dict[str, dict[str, type | tuple]] = {
+    "hello": {"v": int, **_SCOPED, "rank": int, "pod": str, "nonce": str},
+    "challenge": {"v": int, **_SCOPED, "nonce": str},
+    "proof": {"proof": str},
+    # server -> member, sealed
+    "welcome": {**_SCOPED},
+    "refused": {**_SCOPED, "reason": str, "retry": bool},
+    "hb": {**_SCOPED},  # in the waiting phase also missing=[[rank, pod], ...], n_missing
+    "start": {**_SCOPED},
+    "abort": {**_SCOPED, "rank": (int, type(None)), "pod": str, "code": (int, type(None)), "cause": str},
+    "complete": {**_SCOPED},
+    "restart": {**_SCOPED},
+    # member -> server, sealed
+    "fail": {**_SCOPED, "code": (int, type(None)), "cause": str},
+    "done": {**_SCOPED},
+    "barrier": {**_SCOPED},
+}
+
+
+def encode(msg: dict) -> bytes:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def typed(value, want) -> bool:
+    wants = want if isinstance(want, tuple) else (want,)
+    # bool is an int in Python; on the wire it is not.
+    if isinstance(value, bool) and bool not in wants:
+        return False
+    return isinstance(value, wants)
+
+
+def decode(body: bytes) -> dict:
+    """Parse a JSON message as data and check it against its schema."""
+    try:
+        msg = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError(f"not a JSON message: {e.__class__.__name__}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+        raise ProtocolError("message is not an object with a string 't'")
+    schema = SCHEMAS.get(msg["t"])
+    if schema is None:
+        raise ProtocolError(f"unknown message type {msg['t'][:40]!r}")
+    for name, want in schema.items():
+        if name not in msg or not typed(msg[name], want):
+            raise ProtocolError(f"{msg['t']} message lacks a valid {name!r}")
+    return msg
+
+
+def expect(body: bytes, kind: str) -> dict:
+    msg = decode(body)
+    if msg["t"] != kind:
+        raise ProtocolError(f"expected {kind}, got {msg['t']}")
+    return msg
+
+
+# --- handshake ---------------------------------------------------------------------
+
+def nonce() -> str:
+    return os.urandom(NONCE_LEN).hex()
+
+
+def check_nonce(value: str) -> None:
+    try:
+        ok = len(bytes.fromhex(value)) == NONCE_LEN
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ProtocolError("nonce is not 32 bytes of hex")
+
+
+def _mac(key: bytes, label: bytes, hello: bytes, challenge: bytes) -> bytes:
+    h = hashlib.sha256
+    return hmac.new(key, label + h(hello).digest() + h(challenge).digest(), hashlib.sha256).digest()
+
+
+def server_proof(token: bytes, hello: bytes, challenge: bytes) -> str:
+    return _mac(token, _SERVER_LABEL, hello, challenge).hex()
+
+
+def member_proof(token: bytes, hello: bytes, challenge: bytes) -> str:
+    return _mac(token, _MEMBER_LABEL, hello, challenge).hex()
+
+
+def proof_ok(got: str, want: str) -> bool:
+    return hmac.compare_digest(got.encode("ascii", "replace"), want.encode("ascii"))
+
+
+def session_key(token: bytes, hello: bytes, challenge: bytes) -> bytes:
+    return _mac(token, _SESSION_LABEL, hello, challenge)
+
+
+class Session:
+    """Seals outgoing and opens incoming frames of one authenticated connection."""
+
+    def __init__(self, key: bytes, *, send_dir: bytes, recv_dir: bytes):
+        self._key = key
+        self._send_dir, self._recv_dir = send_dir, recv_dir
+        self._send_seq = 0
+        self._recv_seq = 0
+
+    def _tag(self, direction: bytes, seq: int, data: bytes) -> bytes:
+        return hmac.new(self._key, direction + _SEQ.pack(seq) + data, hashlib.sha256).digest()
+
+    def seal(self, msg: dict) -> bytes:
+        data = encode(msg)
+        tag = self._tag(self._send_dir, self._send_seq, data)
+        self._send_seq += 1
+        return frame(tag + data)
+
+    def open(self, body: bytes) -> dict:
+        if len(body) <= TAG_LEN:
+            raise ProtocolError("sealed frame too short")
+        tag, data = body[:TAG_LEN], body[TAG_LEN:]
+        if not hmac.compare_digest(tag, self._tag(self._recv_dir, self._recv_seq, data)):
+            raise ProtocolError("bad frame HMAC (forged, replayed or out of order)")
+        self._recv_seq += 1
+        return decode(data)
+
+
+def member_session(key: bytes) -> Session:
+    return Session(key, send_dir=TO_SERVER, recv_dir=TO_MEMBER)
+
+
+def server_session(key: bytes) -> Session:
+    return Session(key, send_dir=TO_MEMBER, recv_dir=TO_SERVER)
+
+
+def check_auth(token: bytes | None, insecure: bool) -> bytes:
+    """The HMAC key: the token, or b"" when the caller explicitly asked for no authentication."""
+    if token:
+        return token
+    if insecure:
+        log.warning("group: no token; the group channel runs WITHOUT authentication (--insecure)")
+        return b""
+    from ..errors import ConfigError
+
+    raise ConfigError(
+        f"the group channel needs a token: mount the group Secret at {contract.GROUP_TOKEN_FILE} "
+        f"(or point {contract.GROUP_TOKEN_FILE_ENV} at it), or pass --insecure to run it without authentication")
+
+
+def read_token(path) -> bytes:
+    """The shared token from a file mounted from a Secret; surrounding whitespace is not part of it."""
+    from ..errors import ConfigError
+
+    try:
+        with open(path, "rb") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read the group token file {path}: {e.strerror}; mount the group Secret "
+            "there, or pass --insecure to run the group channel without authentication"
+        ) from None
+    if len(token) < 16:
+        raise ConfigError(f"the group token in {path} is {len(token)} bytes; use at least 16 random bytes")
+    return token

@@ -1,0 +1,130 @@
+"""Helpers for the group channel tests: member processes, raw sockets, a recording proxy."""
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+WAIT = 20.0  # upper bound for any one awaited event; never a timing assertion
+
+
+class Proc:
+    """tests/group/groupproc.py in its own process, driven over stdin, events read from stdout."""
+
+    def __init__(self, *args):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.p = subprocess.Popen([sys.executable, str(HERE / "groupproc.py"), *map(str, args)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.events.put(json.loads(line))
+        self.events.put({"event": "eof"})
+
+    def expect(self, event, timeout=WAIT):
+        while True:
+            got = self.events.get(timeout=timeout)
+            if got["event"] == event:
+                return got
+            if got["event"] in ("error", "eof"):
+                raise AssertionError(f"expected {event}, got {got}")
+
+    def send(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def kill(self, sig=signal.SIGKILL):
+        os.kill(self.p.pid, sig)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(timeout=WAIT)
+
+
+def raw_connect(address):
+    s = socket.create_connection(address, timeout=WAIT)
+    s.settimeout(WAIT)
+    return s
+
+
+def closed_by_peer(sock) -> bool:
+    """Read until the server closes the connection (True) or sends something (False)."""
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+            # the server may answer a hello with its challenge before refusing the proof
+            if b'"challenge"' not in data and b'"proof"' not in data:
+                return False
+    except ConnectionResetError:
+        return True
+
+
+class RecordingProxy:
+    """A TCP relay in front of the server that keeps every byte a member sent."""
+
+    def __init__(self, target):
+        self.target = target
+        self.sent = bytearray()
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.address = self.lsock.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        client, _ = self.lsock.accept()
+        upstream = socket.create_connection(self.target)
+        threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, record):
+        try:
+            while data := src.recv(65536):
+                if record:
+                    self.sent += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def make_world(n):
+    from jobset_runtime.group import MemberId
+
+    return [MemberId(r, f"pod-{r}") for r in range(n)]
+
+
+def join_all(members, timeout=WAIT):
+    """join() every member at once (the gang start needs them all), re-raising the first error."""
+    from jobset_runtime.errors import JobSetRuntimeError
+
+    errors = []
+
+    def run(m):
+        try:
+            m.join(timeout)
+        except JobSetRuntimeError as e:  # handed to the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in members]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

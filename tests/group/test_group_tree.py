@@ -1,0 +1,100 @@
+"""The two-level tree: members (processes) -> slice leaders -> the leaders' group."""
+
+import signal
+
+import pytest
+from grouphelpers import WAIT, Proc, join_all, make_world
+
+from jobset_runtime.errors import PeersTimeout
+from jobset_runtime.group import GroupMember, GroupServer, MemberId, Phase
+from jobset_runtime.group.relay import SliceLeader
+
+FAST = {"heartbeat": 0.2, "deadline": 1.5}
+SLICES, PER_SLICE = 2, 3
+
+
+@pytest.fixture
+def tree(token, token_file):
+    """Leaders' server + one SliceLeader per slice in this process; members in their own processes."""
+    world = make_world(SLICES * PER_SLICE)
+    leaders = [world[s * PER_SLICE] for s in range(SLICES)]
+    top = GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, **FAST)
+    top.start()
+    slices = []
+    procs = []
+    try:
+        for s in range(SLICES):
+            sl = SliceLeader(bind=("127.0.0.1", 0), slice_world=world[s * PER_SLICE:(s + 1) * PER_SLICE],
+                             upstream=top.address, me=leaders[s], leaders=leaders, token=token, attempt=0,
+                             join_timeout=WAIT, barrier_timeout=WAIT, **FAST)
+            sl.start()
+            slices.append(sl)
+            for r in range(s * PER_SLICE, (s + 1) * PER_SLICE):
+                procs.append(Proc("--port", sl.address[1], "--rank", r, "--first", s * PER_SLICE,
+                                  "--world", PER_SLICE, "--token-file", token_file,
+                                  "--heartbeat", FAST["heartbeat"], "--deadline", FAST["deadline"]))
+        for p in procs:
+            p.expect("joined")
+        yield top, slices, procs
+    finally:
+        for p in procs:
+            p.stop()
+        for sl in slices:
+            sl.stop()
+        top.stop()
+
+
+def test_a_kill_in_one_slice_aborts_every_member_of_every_slice_naming_it(tree):
+    top, slices, procs = tree
+    procs[4].kill(signal.SIGKILL)
+    for r, p in enumerate(procs):
+        if r != 4:
+            ev = p.expect("aborted")
+            assert (ev["rank"], ev["pod"], ev["code"]) == (4, "pod-4", None)
+    assert top.state.first == slices[1].server.state.first
+    assert top.state.first.rank == 4
+
+
+def test_restart_in_place_and_completion_through_the_tree(tree):
+    top, slices, procs = tree
+    procs[1].send("fail 3 epoch 0 fails")
+    for p in procs:
+        ev = p.expect("aborted")
+        assert (ev["rank"], ev["code"], ev["cause"]) == (1, 3, "epoch 0 fails")
+    for p in procs:
+        p.send("barrier")
+    for p in procs:
+        assert p.expect("restarted")["epoch"] == 1
+    assert top.epoch == 1 and all(sl.server.epoch == 1 for sl in slices)
+    for p in procs:
+        p.send("finish")
+    for p in procs:
+        assert p.expect("finished")["complete"] is True
+    assert top.phase is Phase.COMPLETE
+
+
+def test_a_lost_slice_leader_aborts_both_slices(tree):
+    _, slices, procs = tree
+    slices[1].stop()
+    for p in procs[:PER_SLICE]:
+        ev = p.expect("aborted")
+        assert ev["rank"] == 3 and "connection lost" in ev["cause"]  # the leaders' group names leader 3
+    for p in procs[PER_SLICE:]:
+        assert p.expect("aborted")["rank"] is None  # their coordinator (the leader) vanished
+
+
+def test_a_slice_waits_for_the_other_slices_before_it_starts(token):
+    world = make_world(4)
+    leaders = [world[0], world[2]]
+    with (
+        GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, **FAST) as top,
+        SliceLeader(bind=("127.0.0.1", 0), slice_world=world[:2], upstream=top.address, me=world[0],
+                    leaders=leaders, token=token, attempt=0, join_timeout=WAIT, **FAST) as sl,
+    ):
+        members = [GroupMember(server=sl.address, me=m, world=world[:2], token=token, attempt=0, **FAST)
+                   for m in world[:2]]
+        with pytest.raises(PeersTimeout, match="leaders' group is still missing"):
+            join_all(members, timeout=1.0)
+        assert top.state.missing() == [MemberId(2, "pod-2")]
+        for m in members:
+            m.close()

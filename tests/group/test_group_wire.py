@@ -1,0 +1,105 @@
+"""The wire format, as pure functions: frames, schemas, proofs and sealed sessions."""
+
+import os
+
+import pytest
+
+from jobset_runtime.errors import ConfigError
+from jobset_runtime.group import wire
+from jobset_runtime.group.wire import ProtocolError
+
+KEY = os.urandom(32)
+
+
+def test_frames_split_and_joined_across_reads():
+    stream = b"".join(wire.frame(wire.encode({"t": "hb", "attempt": 0, "epoch": i})) for i in range(3))
+    buf = wire.FrameBuffer()
+    bodies = []
+    for i in range(0, len(stream), 7):
+        bodies += buf.feed(stream[i : i + 7])
+    assert [wire.decode(b)["epoch"] for b in bodies] == [0, 1, 2]
+
+
+def test_oversize_frame_refused_from_its_header():
+    buf = wire.FrameBuffer(limit=wire.MAX_FRAME)
+    with pytest.raises(ProtocolError, match="limit"):
+        buf.feed(wire.HEADER.pack(wire.MAX_FRAME + 1))
+    with pytest.raises(ProtocolError):
+        wire.body_length(wire.HEADER.pack(0), 10)
+    with pytest.raises(ProtocolError):
+        wire.frame(b"x" * (wire.MAX_FRAME + 1))
+
+
+@pytest.mark.parametrize("body", [
+    b"\xff\xfe garbage", b"[1, 2]", b'"hello"', b"{}", b'{"t": 5}', b'{"t": "pickle"}',
+    b'{"t": "hb", "attempt": 0}', b'{"t": "hb", "attempt": "0", "epoch": 0}',
+    b'{"t": "hb", "attempt": true, "epoch": 0}', b"[" * 50000, b"cos\nsystem\n(S'id'\ntR.",
+])
+def test_anything_but_a_valid_message_is_a_protocol_error(body):
+    with pytest.raises(ProtocolError):
+        wire.decode(body)
+
+
+def test_extra_fields_are_ignored_required_ones_checked():
+    msg = wire.decode(b'{"t":"fail","attempt":1,"epoch":2,"code":null,"cause":"x","extra":[1]}')
+    assert msg["code"] is None and msg["epoch"] == 2
+
+
+def pair(key=KEY):
+    return wire.member_session(key), wire.server_session(key)
+
+
+def test_sealed_frames_open_in_order_only_once():
+    member, server = pair()
+    frames = [member.seal({"t": "hb", "attempt": 0, "epoch": i}) for i in range(3)]
+    assert server.open(frames[0][4:])["epoch"] == 0
+    with pytest.raises(ProtocolError, match="HMAC"):
+        server.open(frames[0][4:])  # replayed
+    with pytest.raises(ProtocolError, match="HMAC"):
+        server.open(frames[2][4:])  # out of order
+
+
+def test_sealed_frame_rejected_when_tampered_reflected_or_from_another_session():
+    member, server = pair()
+    f = bytearray(member.seal({"t": "done", "attempt": 0, "epoch": 0})[4:])
+    f[-3] ^= 1
+    with pytest.raises(ProtocolError):
+        server.open(bytes(f))
+    member2, _ = pair()
+    with pytest.raises(ProtocolError):
+        member2.open(member.seal({"t": "hb", "attempt": 0, "epoch": 0})[4:])  # reflected to its sender
+    _, other = pair(os.urandom(32))
+    with pytest.raises(ProtocolError):
+        other.open(wire.member_session(KEY).seal({"t": "hb", "attempt": 0, "epoch": 0})[4:])
+    with pytest.raises(ProtocolError, match="short"):
+        server.open(b"x" * 10)
+
+
+def test_proofs_bind_token_role_and_transcript():
+    hello, challenge = b'{"t":"hello","n":1}', b'{"t":"challenge","n":2}'
+    sp = wire.server_proof(b"token-a" * 3, hello, challenge)
+    mp = wire.member_proof(b"token-a" * 3, hello, challenge)
+    assert sp != mp  # neither side's proof passes for the other's
+    assert wire.proof_ok(sp, wire.server_proof(b"token-a" * 3, hello, challenge))
+    assert not wire.proof_ok(sp, wire.server_proof(b"token-b" * 3, hello, challenge))
+    assert not wire.proof_ok(sp, wire.server_proof(b"token-a" * 3, hello, b'{"t":"challenge","n":3}'))
+    assert not wire.proof_ok("\u00e9" * 64, sp)
+    assert b"token-a" not in bytes.fromhex(sp)
+
+
+def test_nonces_are_fresh_and_checked():
+    assert wire.nonce() != wire.nonce()
+    wire.check_nonce(wire.nonce())
+    for bad in ("", "zz" * 32, "ab" * 8):
+        with pytest.raises(ProtocolError):
+            wire.check_nonce(bad)
+
+
+def test_read_token(tmp_path):
+    (tmp_path / "t").write_bytes(b"  s3cret-s3cret-s3cret \n")
+    assert wire.read_token(tmp_path / "t") == b"s3cret-s3cret-s3cret"
+    with pytest.raises(ConfigError, match="--insecure"):
+        wire.read_token(tmp_path / "missing")
+    (tmp_path / "short").write_bytes(b"abc")
+    with pytest.raises(ConfigError, match="16"):
+        wire.read_token(tmp_path / "short")

@@ -1,0 +1,279 @@
+"""Peer discovery against real DNS servers (dnsmasq, the embedded server) and real sockets."""
+
+import logging
+import socket
+import threading
+
+import dnsfixtures
+import pytest
+
+from jobset_runtime import contract
+from jobset_runtime.errors import ConfigError, PeersTimeout
+from jobset_runtime.local.dns import DnsServer
+from jobset_runtime.peers import NO_REPLY, connect_batch, resolve_batch, wait_for_hosts
+
+SUB = "js.default.svc.cluster.local"
+
+
+def pod_names(slices, pods, js="js"):
+    return [f"{js}-slice-{j}-{p}.{SUB}" for j in range(slices) for p in range(pods)]
+
+
+def address_of(i):
+    return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+
+
+def later(delay, fn, *args):
+    t = threading.Timer(delay, fn, args)
+    t.start()
+    return t
+
+
+# --- resolution -------------------------------------------------------------------
+
+
+def test_all_names_of_a_large_jobset_resolve_dnsmasq(tmp_path):
+    if dnsfixtures.find_dnsmasq() is None:
+        pytest.skip("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
+    names = pod_names(199, 64)  # 12,736 pods
+    hosts = {n: address_of(i) for i, n in enumerate(names)}
+    with dnsfixtures.Dnsmasq(tmp_path, hosts) as dm:
+        got = wait_for_hosts(names, nameservers=[dm.nameserver], timeout=60)
+    assert got == hosts
+
+
+def test_records_that_appear_late_dnsmasq(tmp_path, dnsmasq):
+    names = pod_names(4, 8)
+    hosts = {n: address_of(i) for i, n in enumerate(names)}
+    dnsmasq.update(dict(list(hosts.items())[:10]))
+    wait_for_hosts(names[:10], nameservers=[dnsmasq.address], timeout=30, max_backoff=0.1)  # reloaded
+    early = resolve_batch(names, [dnsmasq.address])
+    assert set(early.failed) == set(names[10:]) and set(early.failed.values()) == {"NXDOMAIN"}
+    timer = later(0.5, dnsmasq.update, hosts)  # SIGHUP: the rest appear
+    try:
+        got = wait_for_hosts(names, nameservers=[dnsmasq.nameserver], timeout=60, max_backoff=0.3)
+    finally:
+        timer.join()
+    assert got == hosts
+
+
+def test_nxdomain_then_success(dns_server):
+    names = pod_names(2, 4)
+    for i, n in enumerate(names):
+        dns_server.set(n, address_of(i), visible_after=1.5 if i % 2 else 0.0)
+    first = resolve_batch(names, [dns_server.address])
+    assert set(first.failed) == set(names[1::2])
+    assert set(first.failed.values()) == {"NXDOMAIN"}
+    got = wait_for_hosts(names, nameservers=[dns_server.address], timeout=60, max_backoff=0.3)
+    assert got == {n: address_of(i) for i, n in enumerate(names)}
+
+
+def test_servfail_then_success(dns_server):
+    name = f"js-slice-0-0.{SUB}"
+    dns_server.set(name, "10.0.0.7")
+    dns_server.servfail.add(name)
+    assert resolve_batch([name], [dns_server.address]).failed == {name: "SERVFAIL"}
+    timer = later(0.5, dns_server.servfail.clear)
+    try:
+        assert wait_for_hosts([name], nameservers=[dns_server.address], timeout=60, max_backoff=0.3) == {
+            name: "10.0.0.7"
+        }
+    finally:
+        timer.join()
+
+
+def test_dropped_udp_queries_lose_no_name(dns_server):
+    names = pod_names(4, 64)
+    hosts = {n: address_of(i) for i, n in enumerate(names)}
+    for n, ip in hosts.items():
+        dns_server.set(n, ip)
+    dns_server.drop_first_udp = 100
+    got = resolve_batch(names, [dns_server.address])  # one batch: retransmission alone recovers them
+    assert got.resolved == hosts and not got.failed
+    assert dns_server.stats["dropped"] == 100
+
+
+def test_random_udp_loss_lose_no_name(dns_server):
+    names = pod_names(4, 64)
+    hosts = {n: address_of(i) for i, n in enumerate(names)}
+    for n, ip in hosts.items():
+        dns_server.set(n, ip)
+    dns_server.drop_rate = 0.3
+    assert wait_for_hosts(names, nameservers=[dns_server.address], timeout=60) == hosts
+    assert dns_server.stats["dropped"] > 0
+
+
+def test_truncated_answer_is_asked_again_over_tcp(dns_server):
+    name = f"js.{SUB}"  # a Service name answering with every pod's address
+    ips = [address_of(i) for i in range(1, 120)]
+    dns_server.set(name, ips)
+    got = resolve_batch([name], [dns_server.address])
+    assert got.resolved[name] in ips and not got.failed
+    assert dns_server.stats["truncated"] == 1 and dns_server.stats["tcp"] == 1
+
+
+def test_truncated_answer_over_tcp_dnsmasq(tmp_path, dnsmasq):
+    name = f"js.{SUB}"
+    ips = [address_of(i) for i in range(1, 120)]
+    dnsmasq.update({name: ips})
+    got = wait_for_hosts([name], nameservers=[dnsmasq.nameserver], timeout=30, max_backoff=0.3)
+    assert got[name] in ips
+
+
+def test_names_are_case_blind_with_optional_dot_and_ip_literals_pass(dns_server):
+    dns_server.set(f"a.{SUB}", "10.0.0.1")
+    names = [f"A.{SUB}.", "192.0.2.1", "fd00::1"]
+    assert wait_for_hosts(names, nameservers=[dns_server.nameserver], timeout=30) == {
+        f"A.{SUB}.": "10.0.0.1", "192.0.2.1": "192.0.2.1", "fd00::1": "fd00::1"
+    }
+
+
+def test_invalid_name_is_a_config_error(dns_server):
+    with pytest.raises(ConfigError, match="not a valid DNS hostname"):
+        resolve_batch(["a" * 64 + ".example"], [dns_server.address])
+
+
+def test_second_server_answers_when_first_is_silent(dns_server):
+    name = f"js-slice-0-0.{SUB}"
+    with DnsServer(zones=["cluster.local"]) as silent:
+        silent.silent = True
+        dns_server.set(name, "10.0.0.9")
+        got = wait_for_hosts([name], nameservers=[silent.address, dns_server.address], timeout=30)
+    assert got == {name: "10.0.0.9"}
+
+
+# --- failures people meet -------------------------------------------------------------
+
+
+def test_server_that_never_answers_is_a_config_error_naming_it(dns_server):
+    dns_server.silent = True
+    with pytest.raises(ConfigError) as info:
+        wait_for_hosts(pod_names(1, 3), nameservers=[dns_server.address], timeout=2.5)
+    message = str(info.value)
+    assert dns_server.nameserver in message and "never answered" in message
+    assert contract.NAMESERVERS_ENV in message and "/etc/resolv.conf" in message
+
+
+def test_nothing_listening_is_a_config_error(dns_server):
+    ip, port = dns_server.address
+    dns_server.stop()  # port now closed: ICMP port unreachable
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{port} never answered"):
+        wait_for_hosts(pod_names(1, 2), nameservers=[(ip, port)], timeout=2.5)
+
+
+def test_deadline_names_the_missing_hosts(dns_server):
+    names = pod_names(2, 8)
+    for i, n in enumerate(names[:4]):
+        dns_server.set(n, address_of(i))
+    dns_server.servfail.add(names[4])
+    with pytest.raises(PeersTimeout) as info:
+        wait_for_hosts(names, nameservers=[dns_server.address], timeout=1.5, max_backoff=0.3)
+    message = str(info.value)
+    assert "12 of 16 hosts" in message and "(+7 more)" in message
+    assert names[4] in message and names[5] in message and names[0] not in message.split(":")[2]
+    assert "SERVFAIL: " + names[4] in message and "NXDOMAIN: " in message
+    assert dns_server.nameserver in message and "DNS A" in message
+    assert info.value.exit_code == contract.EXIT_PEERS_TIMEOUT
+
+
+def test_progress_lines(dns_server, caplog):
+    names = pod_names(1, 8)
+    dns_server.set(names[0], "10.0.0.1")
+    caplog.set_level(logging.INFO, logger="jobset_runtime.peers")
+    with pytest.raises(PeersTimeout):
+        wait_for_hosts(names, nameservers=[dns_server.address], timeout=1.0, progress_interval=0.0, max_backoff=0.2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "jobset_runtime.peers"]
+    assert lines and lines[0].startswith("resolved 1/8; waiting for ")
+    assert lines[0].endswith("(+2 more)")
+
+
+# --- TCP readiness ----------------------------------------------------------------
+
+
+def listen_later(delay, port_holder, ready):
+    def open_listener():
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port_holder[0]))
+        s.listen(16)
+        ready.append(s)
+
+    return later(delay, open_listener)
+
+
+def test_tcp_port_that_opens_late(dns_server):
+    names = pod_names(1, 4)
+    for n in names:
+        dns_server.set(n, "127.0.0.1")
+    port = dnsfixtures.free_port()
+    listeners = []
+    timer = listen_later(0.5, [port], listeners)
+    try:
+        got = wait_for_hosts(names, port=port, nameservers=[dns_server.address], timeout=30, max_backoff=0.3)
+    finally:
+        timer.join()
+        for s in listeners:
+            s.close()
+    assert got == {n: "127.0.0.1" for n in names}
+
+
+def test_tcp_follows_a_new_address(dns_server):
+    name = f"js-slice-0-0.{SUB}"
+    dns_server.set(name, "127.0.0.2")  # the old pod: nothing listens there
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        timer = later(0.4, dns_server.set, name, ["127.0.0.1"])  # recreated with a new IP
+        try:
+            got = wait_for_hosts([name], port=port, nameservers=[dns_server.address], timeout=30, max_backoff=0.3)
+        finally:
+            timer.join()
+    assert got == {name: "127.0.0.1"}
+
+
+def test_tcp_deadline_names_port_and_error(dns_server):
+    names = pod_names(1, 2)
+    for n in names:
+        dns_server.set(n, "127.0.0.1")
+    port = dnsfixtures.free_port()
+    with pytest.raises(PeersTimeout) as info:
+        wait_for_hosts(names, port=port, nameservers=[dns_server.address], timeout=2.0, max_backoff=0.2)
+    message = str(info.value)
+    assert f"TCP connections on port {port}" in message and "connection refused" in message
+    assert names[0] in message and names[1] in message
+
+
+def test_connect_batch_reports_each_name():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        errors = connect_batch({"up": "127.0.0.1", "down": "127.0.0.3"}, port, timeout=5)
+    assert errors == {"down": "connection refused"}
+
+
+def test_no_reply_status_when_silent(dns_server):
+    dns_server.silent = True
+    got = resolve_batch([f"a.{SUB}"], [dns_server.address], silence=0.5)
+    assert got.failed == {f"a.{SUB}": NO_REPLY} and got.replies == 0 and got.queries >= 1
+
+
+def test_bad_nameserver_argument_and_empty_list():
+    with pytest.raises(ConfigError, match="nameserver 'dns.example'"):
+        resolve_batch([f"a.{SUB}"], ["dns.example"])
+    assert wait_for_hosts([], nameservers=["127.0.0.1:53"], timeout=1) == {}
+
+
+def test_importing_peers_loads_neither_dnspython_nor_tenacity():
+    # jobset-run imports peers on its way to every training process.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    code = "import sys, jobset_runtime.peers; print(sorted(m for m in sys.modules if m.split('.')[0] in ('dns', 'tenacity')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[]"
