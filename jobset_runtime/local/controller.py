@@ -1,10 +1,12 @@
 """JobSet semantics on one machine: replicatedJobs -> Jobs -> pods, and their lifecycle.
 
 The controller decides; a runtime (runner.py) does.  It calls
-`runtime.start_pod(pod)`, `runtime.stop_pod(pod, grace)`,
+`runtime.start_pod(pod)` (IP, namespaces, volumes), `runtime.spawn(pod, container)`,
+`runtime.stop_pod(pod, grace)`, `runtime.stop_containers(...)`,
 `runtime.call_later(delay, fn)` and `runtime.event(msg)`, and is told
-`pod_started(pod)` and `container_exited(pod, name, code)` back.  Every rule
-names the upstream code it reproduces:
+`sandbox_ready(pod)`, `container_started(...)` (startupProbe passed),
+`readiness_changed(pod)`, `container_exited(pod, container, code)` and
+`pod_gone(pod)` back.  Every rule names the upstream code it reproduces:
 
 - JobSet (kubernetes-sigs/jobset v0.12) pkg/controllers/jobset_controller.go:
   child Jobs per replicatedJob, their labels/annotations, successPolicy,
@@ -62,10 +64,13 @@ def pod_metadata(js: dict, rjob_name: str, job_index: int, pod_index: int, resta
 @dataclass
 class Container:
     spec: dict
+    kind: str = "main"          # main, init, sidecar (an init container with restartPolicy Always)
     handle: object = None       # the runtime's process handle while running
     running: bool = False
     exit_code: int | None = None
     restarts: int = 0
+    started: bool = False       # startupProbe passed (or none)
+    ready: bool = False         # readinessProbe passed (or none) while running
 
     @property
     def name(self) -> str:
@@ -81,17 +86,27 @@ class Pod:
     uid: str
     labels: dict
     annotations: dict
-    containers: list
+    containers: list            # the main containers
+    init_containers: list = field(default_factory=list)
     ip: str = ""
+    init_next: int = 0          # index of the next init container to run
     phase: str = "Pending"      # Pending, Running, Succeeded, Failed
     stopping: bool = False      # being deleted: exits are not failures
     gone: bool = False          # every process has ended after a delete or a terminal phase
     started: bool = False
     ready: bool = False
+    ended: bool = False         # every process has exited; the runtime is told once
 
     @property
     def spec(self) -> dict:
         return self.job.pod_spec
+
+    def all_containers(self):
+        return self.init_containers + self.containers
+
+    @property
+    def sidecars(self):
+        return [c for c in self.init_containers if c.kind == "sidecar"]
 
 
 @dataclass
@@ -234,8 +249,11 @@ class Controller:
         suffix = "".join(self._rng.choice(_SUFFIX_ALPHABET) for _ in range(5))
         labels, annotations = pod_metadata(self.js, job.rjob, job.index, pod_index, job.restart_attempt, job.uid)
         containers = [Container(spec=c) for c in job.pod_spec["containers"]]
+        inits = [Container(spec=c, kind="sidecar" if c.get("restartPolicy") == "Always" else "init")
+                 for c in job.pod_spec.get("initContainers") or []]
         pod = Pod(job=job, index=pod_index, name=f"{hostname}-{suffix}", hostname=hostname,
-                  uid=str(uuid.uuid4()), labels=labels, annotations=annotations, containers=containers)
+                  uid=str(uuid.uuid4()), labels=labels, annotations=annotations, containers=containers,
+                  init_containers=inits)
         old = job.pods.get(pod_index)
         if old is not None and not old.gone:
             job.old_pods.append(old)
@@ -262,49 +280,109 @@ class Controller:
         self.rt.start_pod(pod)
 
     # --- events from the runtime --------------------------------------------------
-    def pod_started(self, pod: Pod) -> None:
-        """Every container is running: Running, and Ready (no readiness probes here)."""
-        pod.started = True
-        pod.phase = "Running"
-        pod.ready = True
-        self._create_due_jobs()
+    def sandbox_ready(self, pod: Pod) -> None:
+        """The pod has its IP, namespaces and volumes: run its init containers, in order
+        (a sidecar, restartPolicy Always, is started and left running), then the
+        main containers together (kubelet kuberuntime SyncPod)."""
+        pod.phase = "Pending"
+        self._advance(pod)
+
+    def _advance(self, pod: Pod) -> None:
+        if pod.stopping or self.halted:
+            return
+        while pod.init_next < len(pod.init_containers):
+            c = pod.init_containers[pod.init_next]
+            if c.kind == "init" and c.exit_code == 0 and not c.running:
+                pod.init_next += 1
+                continue
+            if not c.running:
+                self.rt.spawn(pod, c)
+            if c.kind == "init" or not c.started:
+                return  # wait for it to exit (init) or to pass its startupProbe (sidecar)
+            pod.init_next += 1
+        if not pod.started:
+            for c in pod.containers:
+                self.rt.spawn(pod, c)
+            pod.started = True
+            pod.phase = "Running"
+            self.rt.event(f"pod {pod.name} running")
+        self.readiness_changed(pod)
+
+    def container_started(self, pod: Pod, container: Container) -> None:
+        """The startupProbe passed (at once when there is none)."""
+        container.started = True
+        if container.kind == "sidecar" and not pod.started:
+            self._advance(pod)
+        self.readiness_changed(pod)
+
+    def readiness_changed(self, pod: Pod) -> None:
+        """Ready = every main container and sidecar running, started and ready
+        (pkg/kubelet/status generate.go GeneratePodReadyCondition)."""
+        ready = (pod.started and pod.phase == "Running" and not pod.stopping and
+                 all(c.running and c.started and c.ready for c in pod.containers + pod.sidecars))
+        if ready != pod.ready:
+            pod.ready = ready
+            self.rt.pod_ready_changed(pod)
+            if ready:
+                self._create_due_jobs()
 
     def container_exited(self, pod: Pod, container: Container, code: int) -> None:
         container.running = False
         container.handle = None
         container.exit_code = code
+        container.ready = False
+        container.started = False
         job = pod.job
         if pod.stopping or pod.phase in ("Succeeded", "Failed"):
             self._maybe_gone(pod)
             return
+        self.readiness_changed(pod)
         policy = pod.spec.get("restartPolicy", "OnFailure")
+        if container.kind == "sidecar":
+            # Sidecars restart whatever their exit, while the main containers run.
+            container.restarts += 1
+            self.rt.event(f"pod {pod.name}: sidecar {container.name} exited with {code}, restarting")
+            self._schedule_restart(pod, container)
+            return
         if code != 0 and policy in ("OnFailure", "Always"):
             # The kubelet restarts the container in place (same pod, same IP); the
             # Job controller counts container restarts toward backoffLimit
             # (pkg/controller/job pastBackoffLimitOnFailure).
             container.restarts += 1
-            pod.ready = False
-            restarts = sum(c.restarts for p in job.pods.values() for c in p.containers)
+            restarts = sum(c.restarts for p in job.pods.values() for c in p.all_containers() if c.kind != "sidecar")
             limit = int(job.spec["backoffLimit"])
             self.rt.event(f"pod {pod.name}: container {container.name} exited with {code} (restart {container.restarts})")
             if (limit == 0 and restarts > 0) or (limit > 0 and restarts >= limit):
                 self._fail_job(job, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
                 return
-            delay = min(self.crash_backoff * 2 ** (container.restarts - 1), CRASH_BACKOFF_MAX)
-            self.rt.call_later(delay, lambda: self._restart_container(pod, container))
+            self._schedule_restart(pod, container)
+            return
+        if container.kind == "init":
+            if code == 0:
+                self._advance(pod)
+                return
+            self._pod_terminal(pod, "Failed")  # restartPolicy Never: the pod fails
             return
         if any(c.running for c in pod.containers):
             return
-        if all(c.exit_code == 0 for c in pod.containers):
-            pod.phase = "Succeeded"
-            pod.ready = False
-            self._maybe_gone(pod)
-            self._index_succeeded(job, pod.index)
+        self._pod_terminal(pod, "Succeeded" if all(c.exit_code == 0 for c in pod.containers) else "Failed")
+
+    def _schedule_restart(self, pod: Pod, container: Container) -> None:
+        delay = min(self.crash_backoff * 2 ** (container.restarts - 1), CRASH_BACKOFF_MAX)
+        self.rt.call_later(delay, lambda: self._restart_container(pod, container))
+
+    def _pod_terminal(self, pod: Pod, phase: str) -> None:
+        pod.phase = phase
+        self.readiness_changed(pod)
+        # Main containers done: the kubelet stops the sidecars (KEP-753).
+        live_sidecars = [c for c in pod.sidecars if c.running]
+        if live_sidecars:
+            self.rt.stop_containers(pod, live_sidecars, float(pod.spec.get("terminationGracePeriodSeconds", 30)))
+        self._maybe_gone(pod)
+        if phase == "Succeeded":
+            self._index_succeeded(pod.job, pod.index)
         else:
-            pod.phase = "Failed"
-            pod.ready = False
-            self._maybe_gone(pod)
-            self._pod_failed(job, pod)
+            self._pod_failed(pod.job, pod)
 
     def pod_gone(self, pod: Pod) -> None:
         """Every process of the pod has ended (a delete finished, or it ran to the end)."""
@@ -312,13 +390,19 @@ class Controller:
         self._maybe_progress()
 
     def _maybe_gone(self, pod: Pod) -> None:
-        if not any(c.running for c in pod.containers):
+        if not any(c.running for c in pod.all_containers()) and not pod.ended:
+            pod.ended = True
             self.rt.pod_ended(pod)
 
     def _restart_container(self, pod: Pod, container: Container) -> None:
         if pod.stopping or pod.job.state != "Active" or pod.job.deleting or self.terminal_state or self.halted:
             return
-        self.rt.restart_container(pod, container)
+        if pod.phase in ("Succeeded", "Failed"):
+            return
+        self.rt.spawn(pod, container)
+        if container.kind == "init":
+            return
+        self.readiness_changed(pod)
 
     # --- Job controller -------------------------------------------------------------
     def _index_succeeded(self, job: Job, index: int) -> None:
@@ -343,7 +427,7 @@ class Controller:
                     started.add(i)
 
     def _pod_failed(self, job: Job, pod: Pod) -> None:
-        codes = {c.name: c.exit_code for c in pod.containers}
+        codes = {c.name: c.exit_code for c in pod.all_containers() if c.exit_code is not None and c.kind != "sidecar"}
         self.rt.event(f"pod {pod.name} failed (exit codes {', '.join(f'{k}={v}' for k, v in codes.items())})")
         action = self._pod_failure_action(job, pod)
         if action == "FailJob":
@@ -388,7 +472,7 @@ class Controller:
             if not req:
                 continue
             values = {int(v) for v in req.get("values") or []}
-            for c in pod.containers:
+            for c in pod.all_containers():
                 if req.get("containerName") and c.name != req["containerName"]:
                     continue
                 if not c.exit_code:
@@ -495,7 +579,7 @@ class Controller:
             return
         pod.stopping = True
         pod.ready = False
-        if not pod.started and not any(c.running for c in pod.containers):
+        if not pod.started and not any(c.running for c in pod.all_containers()):
             # Not started yet (skew or back-off): nothing to stop.
             if not self.rt.pod_has_processes(pod):
                 pod.gone = True

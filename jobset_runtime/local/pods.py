@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,13 +42,20 @@ LOOPBACK_BASE = int(ipaddress.ip_address("127.18.0.0"))
 NETNS_DIR = "/run/netns"
 ETC_NETNS = "/etc/netns"
 CLONE_NEWNET = 0x40000000
+BRIDGE_MAC = "02:6a:73:72:00:01"  # locally administered
 
 SHIM = (
     'printf %s "$1" > /proc/sys/kernel/hostname || exit 128\n'
     'wd=$2; shift 2\n'
     'while [ "$1" != -- ]; do\n'
-    '  mount --bind "$1" "$2" || exit 128\n'
-    '  if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 128; fi\n'
+    '  case "$3" in\n'
+    '  ov) mount -t tmpfs tmpfs "$1" && mkdir "$1/u" "$1/w" &&\n'
+    '      mount -t overlay overlay -o "lowerdir=$2,upperdir=$1/u,workdir=$1/w" "$2" || exit 128 ;;\n'
+    '  dir) mkdir -p "$2" || exit 128 ;;\n'
+    '  file) mkdir -p "${2%/*}" && : > "$2" || exit 128 ;;\n'
+    '  *) mount --bind "$1" "$2" || exit 128\n'
+    '     if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 128; fi ;;\n'
+    '  esac\n'
     '  shift 3\n'
     'done\n'
     'shift\n'
@@ -62,6 +70,49 @@ LOOPBACK_LIMITS = (
     "bind the same port on 0.0.0.0 collide; volumeMounts are not mounted (a "
     "downwardAPI volume's directory is passed as JOBSET_RUNTIME_PODINFO instead)."
 )
+
+
+def run_id() -> str:
+    """`<runner pid>-<4 hex>`: names carry the pid so a later run can tell a dead run's leftovers."""
+    return f"{os.getpid()}-{os.urandom(2).hex()}"
+
+
+_OURS = re.compile(r"^jsr-(\d+)-[0-9a-f]{4}(-\d+)?$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale() -> list:
+    """Delete namespaces and /etc/netns entries left by runs whose runner was killed
+    outright (SIGKILL leaves no chance to clean up).  Returns the names removed."""
+    stale = []
+    for d in (NETNS_DIR, ETC_NETNS):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for n in names:
+            m = _OURS.match(n)
+            if m and not _alive(int(m.group(1))) and n not in stale:
+                stale.append(n)
+    if not stale:
+        return []
+    net = Network.__new__(Network)
+    net._made = []
+    net.kill_all_in(stale)
+    for n in stale:
+        if os.path.exists(os.path.join(NETNS_DIR, n)):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        shutil.rmtree(os.path.join(ETC_NETNS, n), ignore_errors=True)
+    return stale
 
 
 def _run_ip(args, stdin=None):
@@ -130,12 +181,16 @@ class Network:
 
     # --- setup ---------------------------------------------------------------
     def setup(self) -> None:
+        reap_stale()
         _run_ip(["netns", "add", self.cluster_ns])
         self._cluster_made = True
         prefix = CLUSTER_NET.prefixlen
         _run_ip(["-n", self.cluster_ns, "-batch", "-"], stdin="\n".join([
             "link set lo up",
-            "link add br0 type bridge",
+            # A fixed address: a bridge without one takes the lowest MAC of its ports and
+            # changes it when that port leaves, which leaves every pod's ARP entry for
+            # the gateway (and so the DNS server) pointing nowhere for half a minute.
+            f"link add br0 address {BRIDGE_MAC} type bridge",
             f"addr add {GATEWAY}/{prefix} dev br0",
             "link set br0 up",
         ]) + "\n")
@@ -200,8 +255,8 @@ class Network:
 
     def argv(self, ns: str, hostname: str, workdir: str, mounts: list, command: list) -> list:
         flat = []
-        for src, dst, ro in mounts:
-            flat += [src, dst, "ro" if ro else "rw"]
+        for src, dst, mode in mounts:
+            flat += [src, dst, mode]
         return ["ip", "netns", "exec", ns, "unshare", "--uts", "--", "/bin/sh", "-c", SHIM, "shim",
                 hostname, workdir or "", *flat, "--", *command]
 

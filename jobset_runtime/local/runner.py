@@ -18,12 +18,13 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from .. import contract
-from . import kubelet
+from . import kubelet, probes
 from .controller import Controller, Pod, Container, subdomain_of
-from .pods import LOOPBACK_LIMITS, Loopback, Network
+from .pods import LOOPBACK_LIMITS, Loopback, Network, run_id
 
 EXIT_TIMEOUT = 124   # as timeout(1)
 EXIT_INTERRUPTED = 130
@@ -52,7 +53,7 @@ class Runner:
         self.dns_delay = dns_delay
         self.out = out or sys.stdout
         self.interrupt_grace = interrupt_grace
-        self.run_id = os.urandom(3).hex()
+        self.run_id = run_id()
         self.net = Network(self.run_id) if mode == "netns" else Loopback(self.run_id)
         self.namespace = js["metadata"].get("namespace", "default")
         self.subdomain = subdomain_of(js)
@@ -64,6 +65,11 @@ class Runner:
             kw["pod_backoff"] = pod_backoff
         self.ctl = Controller(js, self, skew=skew, **kw)
         self.sel = selectors.DefaultSelector()
+        self._results: list = []
+        import socket
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._timers: list = []
         self._seq = itertools.count()
         self._pending: list = []       # pods waiting for their namespaces
@@ -97,9 +103,22 @@ class Runner:
     def pod_has_processes(self, pod: Pod) -> bool:
         return bool(self._by_pod.get(pod.name))
 
-    def restart_container(self, pod: Pod, container: Container) -> None:
+    def spawn(self, pod: Pod, container: Container) -> None:
         self._spawn(pod, container)
-        pod.ready = all(c.running for c in pod.containers)
+
+    def stop_containers(self, pod: Pod, containers, grace: float) -> None:
+        for p in self._by_pod.get(pod.name) or []:
+            if p.container in containers:
+                self._signal(p, signal.SIGTERM)
+                p.kill_timer = self.call_later(grace, lambda p=p: self._signal(p, signal.SIGKILL))
+
+    def pod_ready_changed(self, pod: Pod) -> None:
+        # publishNotReadyAddresses false: only Ready pods are in the Service's endpoints.
+        if not self.js["spec"]["network"].get("publishNotReadyAddresses", True) and not pod.stopping:
+            if pod.ready:
+                self._dns_add(pod)
+            elif pod.ip:
+                self._dns_remove(pod)
 
     def stop_pod(self, pod: Pod, grace: float) -> None:
         procs = self._by_pod.get(pod.name) or []
@@ -160,12 +179,9 @@ class Runner:
                                    kubelet.resolv_conf(self.namespace, self.nameserver.split(":")[0], self.domain))
             if self.js["spec"]["network"].get("publishNotReadyAddresses", True):
                 self._dns_add(pod)
-            for c in pod.containers:
-                self._spawn(pod, c, facts)
+            pod._facts = facts
             self.event(f"pod {pod.name} started, ip {pod.ip}")
-            self.ctl.pod_started(pod)
-            if not self.js["spec"]["network"].get("publishNotReadyAddresses", True):
-                self._dns_add(pod)
+            self.ctl.sandbox_ready(pod)
 
     def _write_volumes(self, pod: Pod, facts, pod_dir: str) -> None:
         pod._volume_dirs = {}
@@ -181,7 +197,11 @@ class Runner:
             pod._volume_dirs[vol["name"]] = (d, vol)
 
     def _mounts(self, pod: Pod, container: dict) -> list:
-        mounts = []
+        """(src, dst, mode) steps for SHIM: `ov` overlays a tmpfs-backed layer on an
+        existing directory so a missing mountpoint can be made inside the pod's own
+        mount namespace (the host's filesystem is never written), `dir`/`file` make
+        that mountpoint, `ro`/`rw` bind a volume."""
+        binds, missing = [], []
         for vm in container.get("volumeMounts") or []:
             src, vol = pod._volume_dirs.get(vm["name"], (None, None))
             if src is None:
@@ -189,12 +209,37 @@ class Runner:
                 raise ConfigError(f"container {container.get('name')}: volumeMount {vm['name']!r} names no volume of the pod")
             if vm.get("subPath"):
                 src = os.path.join(src, vm["subPath"])
-            dst = vm["mountPath"]
+            dst = os.path.normpath(vm["mountPath"])
             if not os.path.exists(dst):
-                is_file = os.path.isfile(src)
-                self._make_mountpoint(dst, is_file)
-            mounts.append((src, dst, bool(vm.get("readOnly")) or (vol is not None and ("secret" in vol or "configMap" in vol or "downwardAPI" in vol))))
-        return mounts
+                missing.append((dst, os.path.isfile(src)))
+            read_only = bool(vm.get("readOnly")) or (vol is not None and any(k in vol for k in ("secret", "configMap", "downwardAPI")))
+            binds.append((src, dst, "ro" if read_only else "rw"))
+        steps, anchors = [], []
+        for dst, is_file in missing:
+            anchor = os.path.dirname(dst)
+            while not os.path.isdir(anchor):
+                anchor = os.path.dirname(anchor)
+            if anchor == "/" or any(ch in anchor for ch in ",:"):
+                self._make_mountpoint(dst, is_file)  # cannot overlay /: made on the host, removed at the end
+                continue
+            if anchor not in anchors:
+                anchors.append(anchor)
+            steps.append(("-", dst, "file" if is_file else "dir"))
+        if anchors:
+            scratch = os.path.join(self.run_dir, "pods", pod.name, f"mnt-{container.get('name') or 'c'}")
+            layers = []
+            for i, anchor in enumerate(sorted(anchors, key=lambda d: d.count("/"))):
+                layer = os.path.join(scratch, str(i))
+                os.makedirs(layer, exist_ok=True)
+                layers.append((layer, anchor, "ov"))
+            # An overlay on /etc (or above it) hides the pod's hosts and resolv.conf binds: redo them.
+            ns_etc = os.path.join("/etc/netns", self._slots[pod.name])
+            for name in ("hosts", "resolv.conf"):
+                target = os.path.join("/etc", name)
+                if any(target.startswith(a.rstrip("/") + "/") for a in anchors):
+                    layers.append((os.path.join(ns_etc, name), target, "rw"))
+            steps = layers + steps
+        return steps + binds
 
     def _make_mountpoint(self, dst: str, is_file: bool) -> None:
         # The pods share this machine's filesystem: a mountpoint that does not exist
@@ -218,7 +263,7 @@ class Runner:
                 if not k.startswith(contract.ENV_PREFIX) and k != contract.HOSTNAME_ENV}
 
     def _spawn(self, pod: Pod, c: Container, facts=None) -> None:
-        facts = facts or self._facts(pod)
+        facts = facts or getattr(pod, "_facts", None) or self._facts(pod)
         spec = c.spec
         env = kubelet.container_env(facts, spec, extra={contract.HOSTNAME_ENV: pod.hostname})
         # pkg/controller/job/indexed_job_utils.go addCompletionIndexEnvVariable: the Job
@@ -263,6 +308,68 @@ class Runner:
         c.handle = proc
         c.running = True
         c.exit_code = None
+        proc.env = full_env
+        proc.probes = probes.parse(spec)
+        proc.probe_state = {}
+        c.started = "startupProbe" not in proc.probes
+        c.ready = "readinessProbe" not in proc.probes
+        for kind in proc.probes:
+            proc.probe_state[kind] = [0, 0]  # consecutive successes, failures
+        # Readiness and liveness probes wait until the startupProbe has passed.
+        first = [k for k in proc.probes if k == "startupProbe"] or list(proc.probes)
+        for kind in first:
+            self.call_later(proc.probes[kind].initial_delay, lambda k=kind, p=proc: self._probe(p, k))
+
+    # --- probes --------------------------------------------------------------------
+    def _probe(self, proc: _Proc, kind: str) -> None:
+        if proc.exited or proc.pod.stopping:
+            return
+        probe = proc.probes[kind]
+        ns = self._slots.get(proc.pod.name, "")
+        netns_path = os.path.join("/run/netns", ns) if ns else None
+        prefix = (["nsenter", "-t", str(proc.popen.pid), "-n", "-m", "-u", "--"] if ns else [])
+        probes.run_async(probe, container=proc.container.spec, pod_ip=proc.pod.ip, netns_path=netns_path,
+                         exec_prefix=prefix, env=proc.env,
+                         post=lambda ok: self._post((proc, kind, ok)))
+
+    def _post(self, item) -> None:
+        # From a probe thread: queue the result and wake the loop.
+        self._results.append(item)
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _probe_result(self, proc: _Proc, kind: str, ok: bool) -> None:
+        if proc.exited or proc.pod.stopping:
+            return
+        c, probe, state = proc.container, proc.probes[kind], proc.probe_state[kind]
+        state[0], state[1] = (state[0] + 1, 0) if ok else (0, state[1] + 1)
+        again = probe.period
+        if kind == "startupProbe":
+            if ok:
+                self.event(f"pod {proc.pod.name}: container {c.name} started (startupProbe)")
+                for k in proc.probes:
+                    if k != "startupProbe":
+                        self.call_later(proc.probes[k].initial_delay, lambda k=k: self._probe(proc, k))
+                self.ctl.container_started(proc.pod, c)
+                return
+            if state[1] >= probe.failure_threshold:
+                self.event(f"pod {proc.pod.name}: container {c.name} failed its startupProbe; killing it")
+                self._signal(proc, signal.SIGKILL)
+                return
+        elif kind == "readinessProbe":
+            if ok and not c.ready and state[0] >= probe.success_threshold:
+                c.ready = True
+                self.ctl.readiness_changed(proc.pod)
+            elif not ok and c.ready and state[1] >= probe.failure_threshold:
+                c.ready = False
+                self.ctl.readiness_changed(proc.pod)
+        elif kind == "livenessProbe" and state[1] >= probe.failure_threshold:
+            self.event(f"pod {proc.pod.name}: container {c.name} failed its livenessProbe; killing it")
+            self._signal(proc, signal.SIGKILL)
+            return
+        self.call_later(again, lambda: self._probe(proc, kind))
 
     def _read(self, proc: _Proc) -> None:
         if not proc.out_open:
@@ -393,6 +500,30 @@ class Runner:
         self.dns = server
         self.nameserver = server.nameserver
 
+    def preflight(self) -> None:
+        """Resolve every container's env, command and volumes once with placeholder pod
+        facts, so a missing Secret key or command is reported before anything starts."""
+        from .controller import pod_metadata
+
+        for rj in self.ctl.rjobs:
+            labels, annotations = pod_metadata(self.js, rj["name"], 0, 0, 0)
+            pod_spec = rj["template"]["spec"]["template"]["spec"]
+            facts = kubelet.PodFacts(name="preflight", namespace=self.namespace, uid="", labels=labels,
+                                     annotations=annotations, hostname="preflight", subdomain=self.subdomain,
+                                     pod_ip="198.18.0.2", host_ip="127.0.0.1", node_name="node", objects=self.objects)
+            names = set()
+            for vol in pod_spec.get("volumes") or []:
+                kubelet.volume_files(facts, vol)
+                names.add(vol.get("name"))
+            for c in pod_spec["containers"] + (pod_spec.get("initContainers") or []):
+                kubelet.container_argv(c, kubelet.container_env(facts, c))
+                probes.parse(c)
+                for vm in c.get("volumeMounts") or []:
+                    if vm.get("name") not in names:
+                        from ..errors import ConfigError
+                        raise ConfigError(f"replicatedJob {rj['name']}, container {c.get('name')}: volumeMount "
+                                          f"{vm.get('name')!r} names no volume of the pod; add it to spec.volumes")
+
     # --- main loop -------------------------------------------------------------------
     def _print(self, line: str) -> None:
         try:
@@ -413,13 +544,15 @@ class Runner:
         outcome = None
         try:
             try:
+                self.preflight()
                 os.makedirs(self.run_dir, exist_ok=True)
                 if self.net.mode == "loopback":
                     self._print("notice: " + LOOPBACK_LIMITS)
                 self.net.setup()
                 self._start_dns()
                 self._print(f"run directory: {self.run_dir}")
-                self.event(f"jobset {self.ctl.name}: mode {self.net.mode}, DNS {self.nameserver}")
+                where = f" (namespaces {self.net.cluster_ns}*)" if self.net.mode == "netns" else ""
+                self.event(f"jobset {self.ctl.name}: mode {self.net.mode}{where}, DNS {self.nameserver}")
                 if timeout:
                     self.call_later(timeout, lambda: self._stop("timeout"))
                 self.ctl.start()
@@ -487,7 +620,7 @@ class Runner:
             timeout = None
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            if not self.sel.get_map() and timeout is None:
+            if len(self.sel.get_map()) <= 1 and timeout is None and not self._results:
                 if self.ctl.live_pods():
                     # Pods whose start never happened (stopped before launch).
                     for p in self.ctl.live_pods():
@@ -499,8 +632,15 @@ class Runner:
                 kind, proc = key.data
                 if kind == "out":
                     self._read(proc)
-                else:
+                elif kind == "exit":
                     self._exited(proc)
+                else:
+                    try:
+                        self._wake_r.recv(4096)
+                    except OSError:
+                        pass
+                    while self._results:
+                        self._probe_result(*self._results.pop(0))
 
     # --- status and cleanup ------------------------------------------------------------
     def _print_status(self, outcome) -> None:
@@ -527,6 +667,10 @@ class Runner:
         if self._closed:
             return
         self._closed = True
+        if threading.current_thread() is threading.main_thread():
+            # A second Ctrl-C must not cut the cleanup short; run() restores the handlers.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
         for procs in list(self._by_pod.values()):
             for p in procs:
                 self._signal(p, signal.SIGKILL)
@@ -559,6 +703,8 @@ class Runner:
                 except OSError:
                     pass
             self.sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
             try:
                 atexit.unregister(self.close)
             except Exception:

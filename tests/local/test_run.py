@@ -1,7 +1,7 @@
 """End to end: real JobSets run by `jobset-runtime local run`, pods in their own namespaces."""
 
-import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -51,10 +51,11 @@ for _ in range(200):
         break
     except OSError:
         time.sleep(0.05)
+server_ip = c.getpeername()[0]
 c.sendall(me.encode())
 c.close()
 conn, _ = listener.accept()
-print(conn.recv(100).decode(), "via", socket.gethostbyname("demo-server-0-0.demo"), flush=True)
+print(conn.recv(100).decode(), "via", server_ip, flush=True)
 """
 
 
@@ -206,6 +207,8 @@ def test_pods_see_jobset_metadata_and_the_runtime_reads_it(tmp_path):
             assert src["jobset.sigs.k8s.io/coordinator"] == "md-launcher-0-0.md"
         assert (out / f"{host}.name").read_text().startswith(host + "-")
         assert (out / f"{host}.namespace").read_text() == "default"
+        # The overlay that made /etc/podinfo inside the pod kept the pod's own /etc/hosts.
+        assert (out / f"{host}.hosts").read_text().splitlines()[-1].endswith(f"\t{host}.md.default.svc.cluster.local\t{host}")
         # The runtime's reader gets the same identity back (the podinfo round trip).
         pd = tmp_path / "pi" / host
         pd.mkdir(parents=True)
@@ -218,12 +221,13 @@ def test_pods_see_jobset_metadata_and_the_runtime_reads_it(tmp_path):
         assert ident.namespace == "default" and ident.subdomain == "md"
 
 
-def _nothing_left(token, before_ns, before_etc):
+def _nothing_left(token, output):
+    # Only this run's names: other runs may share the machine.
+    prefix = re.search(r"namespaces (jsr-[0-9a-f-]+)", output).group(1)
     assert lf.processes_with(token) == []
-    assert lf.netns_names() == before_ns
-    assert lf.etc_netns() == before_etc
-    new_ns = lf.netns_names() - before_ns
-    assert not any(n in line for n in new_ns for line in lf.mounts_mentioning("jsr-"))
+    assert not any(n == prefix or n.startswith(prefix + "-") for n in lf.netns_names())
+    assert not any(n.startswith(prefix + "-") for n in lf.etc_netns())
+    assert lf.mounts_mentioning(prefix) == []
 
 
 STUBBORN = r"""
@@ -243,16 +247,14 @@ def _stubborn_jobset(token):
 
 def test_timeout_leaves_nothing_behind(tmp_path):
     token = "tok-" + uuid.uuid4().hex
-    before_ns, before_etc = lf.netns_names(), lf.etc_netns()
     r = lf.run_local(tmp_path, _stubborn_jobset(token), args=["--timeout", "1.5"])
     assert r.returncode == 124, ok(r)
     assert "TimedOut" in r.stdout
-    _nothing_left(token, before_ns, before_etc)
+    _nothing_left(token, r.stdout)
 
 
 def test_ctrl_c_leaves_nothing_behind(tmp_path):
     token = "tok-" + uuid.uuid4().hex
-    before_ns, before_etc = lf.netns_names(), lf.etc_netns()
     p = subprocess.Popen(lf.local_argv(tmp_path, _stubborn_jobset(token), args=["--timeout", "60"]),
                          env=lf.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
@@ -268,28 +270,99 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
         if len(lf.processes_with(token)) >= 4:
             break
         time.sleep(0.02)
+    assert len(lf.processes_with(token)) >= 4  # two pods, each with its main process and a daemon
     p.send_signal(signal.SIGINT)
     rest, _ = p.communicate(timeout=30)
     assert p.returncode == 130, "".join(seen) + rest
-    _nothing_left(token, before_ns, before_etc)
+    _nothing_left(token, "".join(seen))
 
 
-def test_loopback_mode_names_resolve_through_the_embedded_server(tmp_path):
-    code = r"""
-import os, dns.resolver
-ns, port = os.environ["JOBSET_RUNTIME_NAMESERVERS"].split(":")
-r = dns.resolver.Resolver(configure=False); r.nameservers = [ns]; r.port = int(port)
-for i in (0, 1):
-    name = f"lb-w-0-{i}.lb.default.svc.cluster.local"
-    for _ in range(100):
-        try:
-            print(os.environ["HOSTNAME"], "sees", name, r.resolve(name, "A")[0].address, flush=True); break
-        except Exception:
-            import time; time.sleep(0.05)
-import time; time.sleep(0.3)
+LATE_PEER = r"""
+import os, socket, time
+misses = 0
+while True:
+    try:
+        ip = socket.gethostbyname("dl-w-0-1.dl")
+        break
+    except OSError:
+        misses += 1
+        time.sleep(0.05)
+print("resolved after", "misses" if misses else "no misses", flush=True)
+open(os.path.join(os.environ["SHARED"], "resolved"), "w").close()
 """
-    js = lf.jobset("lb", [("w", 1, 2, lf.py(code))])
-    r = lf.run_local(tmp_path, js, args=["--timeout", "60", "--mode", "loopback"])
+
+
+def test_dns_delay_and_skew(tmp_path):
+    # Pod 1 starts late (--skew); its record shows up later still (--dns-delay): pod 0
+    # sees NXDOMAIN first, as with a slow cluster DNS.
+    script = ('if [ "$JOB_COMPLETION_INDEX" = 1 ]; then '
+              'while [ ! -e "$SHARED/resolved" ]; do sleep 0.05; done; exit 0; fi; exec "$@"')
+    c = lf.sh(script, __import__("sys").executable, "-c", LATE_PEER)
+    c["env"] = [{"name": "SHARED", "value": str(tmp_path)}]
+    js = lf.jobset("dl", [("w", 1, 2, c)])
+    r = lf.run_local(tmp_path, js, args=["--timeout", "60", "--dns-delay", "0.3", "--skew", "dl-w-0-1=0.3"])
     assert r.returncode == 0, ok(r)
-    assert "loopback mode" in r.stdout
-    assert r.stdout.count("sees lb-w-0-") == 4 and " 127.18." in r.stdout, ok(r)
+    assert "resolved after misses" in r.stdout, ok(r)
+    out = r.stdout
+    assert out.index("pod dl-w-0-0-") < out.index("pod dl-w-0-1-")
+
+
+def test_stale_namespaces_of_a_killed_runner_are_reaped():
+    from jobset_runtime.local.pods import reap_stale
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"jsr-{dead.pid}-abcd-1"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    os.makedirs(f"/etc/netns/{name}", exist_ok=True)
+    try:
+        assert name in reap_stale()
+        assert name not in lf.netns_names() and name not in lf.etc_netns()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        if os.path.isdir(f"/etc/netns/{name}"):
+            os.rmdir(f"/etc/netns/{name}")
+
+
+SURVIVOR = r"""
+import time, dns.resolver
+r = dns.resolver.Resolver(configure=False); r.nameservers = ["198.18.0.1"]
+r.resolve("br-keep-0-0.br.default.svc.cluster.local", "A", lifetime=5)  # ARP for the gateway now cached
+time.sleep(1.5)  # the short-lived pods are gone by now, their veths out of the bridge
+for _ in range(3):
+    print("answer", r.resolve("br-keep-0-0.br.default.svc.cluster.local", "A", lifetime=2)[0].address, flush=True)
+"""
+
+
+def test_dns_stays_reachable_when_other_pods_leave_the_bridge(tmp_path):
+    # A bridge without a fixed MAC takes its lowest port's and changes it when that port
+    # leaves: the surviving pod's ARP entry for the DNS server then points nowhere.
+    js = lf.jobset("br", [("keep", 1, 1, lf.py(SURVIVOR)), ("short", 1, 8, lf.sh("sleep 0.7"))])
+    r = lf.run_local(tmp_path, js, args=["--timeout", "30"])
+    assert r.returncode == 0, ok(r)
+    assert r.stdout.count("answer 198.18.0.") == 3
+
+
+def test_failure_policy_rule_targets_and_ignore_max_restarts(tmp_path):
+    # The first rule targets another replicatedJob, so it does not match; the second
+    # restarts without counting toward maxRestarts 0.
+    marker = tmp_path / "failed-once"
+    flaky = lf.sh('[ -e "$1" ] || { touch "$1"; exit 4; }', str(marker))
+    js = lf.jobset("ig", [("lead", 1, 1, lf.sh("sleep 0.2")),
+                          ("w", 1, 1, flaky, {"backoffLimit": 0}, {"restartPolicy": "Never"})],
+                   failurePolicy={"maxRestarts": 0, "rules": [
+                       {"name": "leadFails", "action": "FailJobSet", "targetReplicatedJobs": ["lead"]},
+                       {"name": "free", "action": "RestartJobSetAndIgnoreMaxRestarts",
+                        "onJobFailureReasons": ["BackoffLimitExceeded"], "onJobFailureMessagePatterns": ["backoff limit"]}]})
+    r = lf.run_local(tmp_path, js, args=["--timeout", "60", *FAST])
+    assert r.returncode == 0, ok(r)
+    assert "rule free matched" in r.stdout and "rule leadFails" not in r.stdout
+    assert r.stdout.split("NAME")[1].splitlines()[1].split()[:3] == ["ig", "Completed", "1"]
+
+
+def test_active_deadline_fails_the_job(tmp_path):
+    js = lf.jobset("ad", [("w", 1, 1, lf.sh("sleep 30"), {"activeDeadlineSeconds": 1},
+                           {"terminationGracePeriodSeconds": 1})])
+    r = lf.run_local(tmp_path, js, args=["--timeout", "60"])
+    assert r.returncode == 1, ok(r)
+    assert "job ad-w-0 failed: DeadlineExceeded" in r.stdout
