@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobset_runtime import contract  # noqa: E402
+from jobset_runtime import contract
 
 JOBSET, RJOB, NS = "bench", "worker", "default"
 
@@ -99,9 +99,9 @@ def main() -> None:
     if a.child:
         child(a.child)
         return
-    from jobset_runtime.local.dns import DnsServer
-
     import jax
+
+    from jobset_runtime.local.dns import DnsServer
 
     results = {"bare": [], "ours": []}
     with DnsServer("127.0.0.1", 0, zones=["svc.cluster.local"]) as dns_server:

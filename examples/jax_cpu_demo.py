@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
     from jax.experimental import multihost_utils
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     try:
         shard_map = jax.shard_map

@@ -59,7 +59,8 @@ def main(argv=None) -> int:
 
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from jobset_runtime.podinfo import current_identity
 

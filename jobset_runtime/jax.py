@@ -27,8 +27,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 from . import contract
 from .errors import ConfigError, JobSetRuntimeError, PeersTimeout, first_few
@@ -37,8 +37,18 @@ from .identity import Identity, hostname_of
 log = logging.getLogger("jobset_runtime.jax")
 
 __all__ = [
-    "PLATFORMS", "DistributedArgs", "Plan", "detect_platform", "process_numbering", "coordinator_host",
-    "distributed_args", "cpu_config", "plan", "wrapper_env", "supported_kwargs", "initialize",
+    "PLATFORMS",
+    "DistributedArgs",
+    "Plan",
+    "coordinator_host",
+    "cpu_config",
+    "detect_platform",
+    "distributed_args",
+    "initialize",
+    "plan",
+    "process_numbering",
+    "supported_kwargs",
+    "wrapper_env",
 ]
 
 PLATFORMS = ("cpu", "gpu", "tpu")

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from jobset_runtime.local.dns import DnsServer  # noqa: E402
+from jobset_runtime.local.dns import DnsServer
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("jax", reason="jax is a test dependency of this area (pip install jax)")
 
-import jaxcluster as jc  # noqa: E402
+import jaxcluster as jc
 
-from jobset_runtime import contract  # noqa: E402
+from jobset_runtime import contract
 
 JOBSET, RJOB, SLICES, HOSTS = "demo", "slice", 2, 2
 
@@ -112,7 +112,7 @@ def test_coordinator_that_never_listens_is_named(dns_server, tmp_path):
     port = jc.free_port()
     pods, procs = launch(dns_server, tmp_path, ["--port", str(port), "--initialization-timeout", "30",
                                                 "--timeout", "8"], ranks=[1])
-    code, _, stderr, seconds = jc.collect(procs, 40)[1]
+    code, _, stderr, _ = jc.collect(procs, 40)[1]
     assert code == contract.EXIT_PEERS_TIMEOUT, stderr[-3000:]
     assert f"to accept TCP connections on port {port}: {pods[0].fqdn}" in stderr
     assert "Traceback" not in stderr

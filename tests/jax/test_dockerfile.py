@@ -43,7 +43,7 @@ def test_entrypoint_is_jobset_run_and_accepts_the_command():
     steps = dict(instructions())
     entry, cmd = exec_form(steps["ENTRYPOINT"]), exec_form(steps["CMD"])
     # [project.scripts] in pyproject.toml (read by pattern: tomllib is 3.11+, the project 3.10+).
-    script = re.search(r'^jobset-run\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    script = re.search(r'^jobset-run\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
     assert entry[0] == "jobset-run" and script and script.group(1) == "jobset_runtime.cli:run_main"
     args = _run_parser("jobset-run").parse_args(entry[1:] + cmd)
     assert args.tpu is True
