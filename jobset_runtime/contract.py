@@ -148,8 +148,13 @@ MEGASCALE_COORDINATOR_ADDRESS = "MEGASCALE_COORDINATOR_ADDRESS"
 MEGASCALE_NUM_SLICES = "MEGASCALE_NUM_SLICES"
 MEGASCALE_SLICE_ID = "MEGASCALE_SLICE_ID"
 MEGASCALE_PORT = "MEGASCALE_PORT"
-# Set by GKE on TPU nodes; their presence marks a TPU workload.
-TPU_PRESENCE_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_SKIP_MDS_QUERY")
+# Read by jax.distributed.initialize (jax/_src/distributed.py) and its Cloud TPU
+# detection (jax/_src/clusters/cluster.py).
+JAX_COORDINATOR_ADDRESS_ENV = "JAX_COORDINATOR_ADDRESS"
+JAX_COORDINATOR_PORT_ENV = "JAX_COORDINATOR_PORT"
+# Set by GKE on TPU nodes; their presence marks a TPU workload.  Not TPU_SKIP_MDS_QUERY:
+# `import jax` sets it to 1 on machines with *no* TPU chip (jax/_src/cloud_tpu_init.py).
+TPU_PRESENCE_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
 
 # `jobset-run --wait` scopes: the peers that must resolve before the command starts.
 # Workers wait for their coordinator (TPU: their slice); only a launcher waits for
@@ -158,7 +163,10 @@ WAIT_SCOPES = ("coordinator", "slice", "all", "none")
 
 # --- Ports ---------------------------------------------------------------------
 TORCH_PORT = 29500  # torchrun's default --master-port
-JAX_PORT = 8476     # chosen over JAX >= 0.8.1's 8482: GCP's default TPU firewall opens 8476 (jax#35905)
+# JAX coordinator: kept at 8476 although JAX >= 0.8.1 defaults to 8482 on Cloud TPU, because
+# GCP's default TPU firewall rules open 8476 (jax#35905); passed explicitly, so the JAX
+# version does not matter (docs/jax.md).
+JAX_PORT = 8476
 MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
 GROUP_PORT = 7470   # the fail-fast group channel
 GROUP_LEADERS_PORT = 7471  # its leaders' group, when slice leaders form a two-level tree

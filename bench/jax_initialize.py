@@ -1,0 +1,122 @@
+"""Time from process start to the first collective, 8 JAX processes on CPU (loopback).
+
+Ours: `jobset_runtime.jax.initialize()` (identity from env, DNS wait through an
+embedded DNS server, TCP wait for the coordinator, watchdog).  Baseline: a bare
+`jax.distributed.initialize` with the same explicit arguments (the coordinator
+given by IP, nothing waited for).  Rounds alternate between the two in the
+same run; each round's figure is the slowest process (the job starts when the
+last one can compute), and the median over rounds is printed.
+
+    PYTHONPATH=. python bench/jax_initialize.py [--rounds 3] [--processes 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jobset_runtime import contract
+
+JOBSET, RJOB, NS = "bench", "worker", "default"
+
+
+def child(mode: str) -> None:
+    spawned = float(os.environ["BENCH_SPAWNED"])
+    port = int(os.environ["BENCH_PORT"])
+    if mode == "ours":
+        import jobset_runtime.jax as jrjax
+
+        jrjax.initialize("cpu", port=port, num_cpu_devices=1, initialization_timeout=120)
+        import jax
+    else:
+        from jobset_runtime import jax as jrjax
+        from jobset_runtime.podinfo import current_identity
+
+        args = jrjax.distributed_args(current_identity(), "cpu", port=port, initialization_timeout=120).kwargs()
+        args["coordinator_address"] = f"127.0.0.2:{port}"
+        import jax
+
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.config.update("jax_num_cpu_devices", 1)
+        jax.distributed.initialize(**args)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    got = multihost_utils.process_allgather(np.array([jax.process_index()]))  # the first collective
+    elapsed = time.time() - spawned
+    assert sorted(np.asarray(got).ravel().tolist()) == list(range(jax.process_count()))
+    print(json.dumps({"elapsed": elapsed}), flush=True)
+    jax.distributed.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_round(mode: str, n: int, nameserver: str) -> float:
+    port = free_port()
+    procs = []
+    for rank in range(n):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(contract.ENV_PREFIX)}
+        env.update({
+            "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "BENCH_PORT": str(port),
+            contract.IDENTITY_ENV["jobset_name"]: JOBSET, contract.IDENTITY_ENV["replicated_job"]: RJOB,
+            contract.IDENTITY_ENV["job_index"]: "0", contract.IDENTITY_ENV["pod_index"]: str(rank),
+            contract.IDENTITY_ENV["namespace"]: NS, contract.TOPOLOGY_ENV: f"{RJOB}:1x{n}",
+            contract.NAMESERVERS_ENV: nameserver, contract.TERMINATION_LOG_ENV: os.devnull,
+        })
+        env["BENCH_SPAWNED"] = repr(time.time())
+        procs.append(subprocess.Popen([sys.executable, __file__, "--child", mode], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    times = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        if p.returncode != 0:
+            raise SystemExit(f"{mode}: a process exited {p.returncode}:\n{err[-2000:]}")
+        report = out[out.rfind('{"elapsed"'):]  # gloo's C++ may print on the same line
+        times.append(json.JSONDecoder().raw_decode(report)[0]["elapsed"])
+    return max(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", choices=("ours", "bare"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=8)
+    a = ap.parse_args()
+    if a.child:
+        child(a.child)
+        return
+    import jax
+
+    from jobset_runtime.local.dns import DnsServer
+
+    results = {"bare": [], "ours": []}
+    with DnsServer("127.0.0.1", 0, zones=["svc.cluster.local"]) as dns_server:
+        for rank in range(a.processes):
+            dns_server.set(f"{JOBSET}-{RJOB}-0-{rank}.{JOBSET}.{NS}.svc.cluster.local", f"127.0.0.{2 + rank}")
+        for _ in range(a.rounds):
+            for mode in ("bare", "ours"):
+                results[mode].append(one_round(mode, a.processes, dns_server.nameserver))
+    bare, ours = statistics.median(results["bare"]), statistics.median(results["ours"])
+    print(f"jax {jax.__version__}, {a.processes} processes on {os.cpu_count()} CPUs, {a.rounds} rounds each "
+          "(slowest process per round: process start -> first collective done)")
+    print(f"  bare jax.distributed.initialize : median {bare:6.2f} s   rounds {[round(x, 2) for x in results['bare']]}")
+    print(f"  jobset_runtime.jax.initialize() : median {ours:6.2f} s   rounds {[round(x, 2) for x in results['ours']]}")
+    print(f"  ratio ours/bare                  : {ours / bare:.2f}x  (difference {ours - bare:+.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
