@@ -102,6 +102,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     tpu.add_argument("--tpu", dest="tpu", action="store_true", default=None,
                      help="export TPU_WORKER_* and MEGASCALE_* (default: when GKE's TPU env is present)")
     tpu.add_argument("--no-tpu", dest="tpu", action="store_false")
+    p.add_argument("--jax", action="store_true",
+                   help="export JAX_COORDINATOR_ADDRESS/PORT (and libtpu's env on TPU) for jax.distributed")
+    p.add_argument("--jax-port", type=int, default=contract.JAX_PORT, metavar="P",
+                   help=f"the JAX coordinator port (default {contract.JAX_PORT}; docs/jax.md says why)")
     p.add_argument("--master-port", type=int, default=contract.TORCH_PORT, metavar="P",
                    help=f"MASTER_PORT for PyTorch (default {contract.TORCH_PORT})")
     p.add_argument("--grace", type=float, default=10.0, metavar="S",
@@ -140,6 +144,10 @@ def cmd_run(args) -> int:
     tpu = args.tpu if args.tpu is not None else any(k in os.environ for k in contract.TPU_PRESENCE_ENV)
     if tpu:
         exported.update(exports.tpu_env(ident))
+    if args.jax:
+        from . import jax as jax_env
+
+        exported.update(jax_env.wrapper_env(ident, port=args.jax_port))
     env, warnings = exports.merge(os.environ, exported)
     for w in warnings:
         logger.warning(w)

@@ -124,3 +124,13 @@ def test_a_cause_written_by_the_command_is_kept(cli_env, tmp_path):
                    "raise SystemExit(75)")
     assert r.returncode == 75
     assert log.read_text() == "pod demo-worker-1-0 (rank 2): lost worker w-3"
+
+
+def test_jax_env_on_request(cli_env, tmp_path):
+    out = tmp_path / "env.json"
+    r = jobset_run(cli_env, "--wait", "none", "--jax", "--", PYTHON, "-c",
+                   f"import os, json; json.dump(dict(os.environ), open({str(out)!r}, 'w'))")
+    assert r.returncode == 0, r.stderr
+    env = json.loads(out.read_text())
+    assert env["JAX_COORDINATOR_ADDRESS"] == "demo-worker-0-0.demo.default.svc.cluster.local:8476"
+    assert env["JAX_COORDINATOR_PORT"] == "8476"
