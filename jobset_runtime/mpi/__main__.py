@@ -63,7 +63,7 @@ def _worker(argv: list[str]) -> int:
 
         def watch_sshd():
             code = supervisor.exit_code_of(sshd.proc.wait())
-            server.fail(f"sshd {supervisor.describe_exit(code)}; the launcher cannot start MPI daemons here")
+            server.fail(f"{supervisor.describe_exit('sshd', code)}; the launcher cannot start MPI daemons here")
 
         import threading
 

@@ -322,7 +322,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
     if lost:
         # Workers leave only when told to, so a lost one is a failure even when mpirun
         # says 0: PRRTE 5.0.11 exits 0 after "lost communication with a remote daemon".
-        how = "was stopped" if stopped_for else supervisor.describe_exit(code)
+        how = "mpirun was stopped" if stopped_for else supervisor.describe_exit("mpirun", code)
         if stopped_for or code == 0:
             code = contract.EXIT_PEER_FAILED
         # The cause is a worker that vanished (killed, OOM) rather than one stopped by
@@ -337,5 +337,5 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
             parts.append(f"worker {first_few(stopped)} {'was' if len(stopped) == 1 else 'were'} stopped "
                          f"({watch.stopped[stopped[0]]})")
         culprit = "that worker's pod" if vanished else "why the pods were stopped"
-        return code, f"{'; '.join(parts)}; mpirun {how}; look at {culprit} first"
-    return code, f"mpirun {supervisor.describe_exit(code)}"
+        return code, f"{'; '.join(parts)}; {how}; look at {culprit} first"
+    return code, supervisor.describe_exit("mpirun", code)

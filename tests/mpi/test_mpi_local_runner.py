@@ -95,8 +95,6 @@ def test_killed_worker_fails_the_jobset_fast_naming_the_worker(killed_run):
     assert _at(out, "pod pi-launcher-0-0") - _at(out, f"pod {VICTIM}") < 5, out[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="jobset-run (cli.py cmd_run) overwrites the termination message its child "
-                                       "wrote with `python exited with code N`; it should keep the child's cause")
 def test_killed_worker_named_in_the_launchers_termination_message(killed_run):
     msg = next(l for l in killed_run.stdout.splitlines() if "pod pi-launcher-0-0" in l and "termination message" in l)
     assert f"{VICTIM} went away without being stopped" in msg, msg
