@@ -171,7 +171,7 @@ MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
 GROUP_PORT = 7470   # the fail-fast group channel
 GROUP_LEADERS_PORT = 7471  # its leaders' group, when slice leaders form a two-level tree
 SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
-MPI_PORT = 7471     # the MPI worker's authenticated channel (launcher watch, ssh-free daemon start)
+MPI_PORT = 7472     # the MPI worker's authenticated channel (launcher watch, ssh-free daemon start)
 
 # --- MPI ssh transport -----------------------------------------------------------
 # The manifest generator makes a key pair per JobSet and ships it in a Secret of
