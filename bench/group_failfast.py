@@ -220,6 +220,50 @@ def one_run(n, workers, attempt, mode, slice_size=0):
     return idle_load if mode == "idle" else max(times) - t0
 
 
+JAX_MEMBER = """
+import sys, time
+import jax
+port, n, i, hb = (int(a) for a in sys.argv[1:5])
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=n, process_id=i,
+                           cluster_detection_method="deactivate", heartbeat_timeout_seconds=hb)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def jax_detection(n: int, heartbeat: int) -> float | None:
+    """The same kill seen by JAX alone: n processes in one jax.distributed job on loopback,
+    SIGKILL of the last one, then the time until the last survivor is gone (JAX's
+    coordination service aborts them once the victim misses its heartbeats)."""
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return None
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", JAX_MEMBER, str(port), str(n), str(i), str(heartbeat)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+             for i in range(n)]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a JAX process did not start")
+        t0 = time.monotonic()
+        procs[-1].kill()
+        for p in procs[:-1]:
+            p.wait(timeout=heartbeat * 3 + 60)
+        return time.monotonic() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))]
@@ -233,6 +277,9 @@ def main():
     ap.add_argument("--stop-runs", type=int, default=3, help="runs of the SIGSTOP baseline (each ~deadline)")
     ap.add_argument("--restart-size", type=int, default=64)
     ap.add_argument("--slice", type=int, default=16, help="slice size of the two-level tree line")
+    ap.add_argument("--jax-heartbeat", type=int, default=100,
+                    help="heartbeat_timeout_seconds of the JAX baseline (default: JAX's own default, 100)")
+    ap.add_argument("--no-jax", action="store_true", help="skip the JAX baseline (it takes about the heartbeat)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -267,10 +314,17 @@ def main():
     print("kill    : SIGKILL of one member's process -> last surviving member's abort (goal p99 < 1 s)")
     print("stop    : SIGSTOP (vanished node, no RST) -> last abort; the deadline, give or take a heartbeat (baseline)")
     print("restart : a member reports its child's failure -> every member past the restart barrier")
+    print("jax     : the same SIGKILL with no group channel, noticed by JAX's coordination service alone")
     print(f"tree/{a.slice} : kill, through a two-level tree (slice leaders of {a.slice} members each, "
           "all leaders in the driver process)")
-    print("JAX's own detection of a dead non-coordinator process is ~heartbeat_timeout_seconds "
-          "(100 s by default); not measured here (jax not installed).")
+    if a.no_jax:
+        return
+    jax_s = jax_detection(4, a.jax_heartbeat)
+    if jax_s is None:
+        print("jax        JAX baseline skipped: jax is not installed")
+    else:
+        print(f"jax         4 processes  kill -> last survivor gone: {jax_s * 1e3:8.0f} ms "
+              f"(jax.distributed alone, heartbeat_timeout_seconds={a.jax_heartbeat}; one run)")
 
 
 if __name__ == "__main__":
