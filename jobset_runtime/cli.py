@@ -120,6 +120,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--insecure", action="store_true", help="run the group channel without authentication")
     g.add_argument("--group-port", type=int, default=contract.GROUP_PORT, metavar="P",
                    help=f"the coordinator's group port (default {contract.GROUP_PORT})")
+    g.add_argument("--group-tree", choices=("auto", "on", "off"), default="auto",
+                   help="relay through slice leaders, one per Job (default auto: above 1,024 pods)")
     g.add_argument("--group-timeout", type=float, default=600.0, metavar="S",
                    help="gang start and restart barrier deadline (default 600)")
     g.add_argument("--heartbeat-deadline", type=float, default=3.0, metavar="S",
@@ -173,7 +175,8 @@ def cmd_run(args) -> int:
         from .group.session import GroupOptions, open_session
 
         session = open_session(ident, GroupOptions(
-            token_path=token, insecure=args.insecure, port=args.group_port,
+            token_path=token, insecure=args.insecure, port=args.group_port, leaders_port=args.group_port + 1,
+            tree=args.group_tree,
             join_timeout=args.group_timeout, deadline=args.heartbeat_deadline))
         outcome = supervisor.Outcome(contract.EXIT_PEER_FAILED)
         try:

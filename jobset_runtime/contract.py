@@ -169,7 +169,7 @@ TORCH_PORT = 29500  # torchrun's default --master-port
 JAX_PORT = 8476
 MEGASCALE_DEFAULT_PORT = 8080  # libtpu's default MEGASCALE_PORT
 GROUP_PORT = 7470   # the fail-fast group channel
-GROUP_LEADERS_PORT = 7471  # its leaders' group, when slice leaders form a two-level tree
+GROUP_LEADERS_PORT = GROUP_PORT + 1  # the leaders' group of the two-level tree (always the group port + 1)
 SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
 MPI_PORT = 7472     # the MPI worker's authenticated channel (launcher watch, ssh-free daemon start)
 

@@ -19,10 +19,13 @@ TOKEN = "a-test-token-of-at-least-16-bytes"
 HOSTS = ["ff-worker-0-0", "ff-worker-0-1", "ff-worker-1-0", "ff-worker-1-1"]  # ranks 0..3
 
 
-def run_jobset(tmp_path, program: str, **options):
+def run_jobset(tmp_path, program: str, tree: str = "auto", **options):
     assert (BIN / "jobset-run").exists(), "install the project into this environment first (./dev test does)"
     docs = manifests.jax(name="ff", image="ignored", hosts=2, replicas=2, max_restarts=0,
                          command=[sys.executable, "-c", program], group_token=TOKEN, **options)
+    container = docs[-1]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
+    cut = container["command"].index("--")
+    container["command"][cut:cut] = ["--group-tree", tree]  # tree: each Job's pod 0 relays its slice
     path = tmp_path / "ff.yaml"
     path.write_text(dump_yaml(docs))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -50,14 +53,17 @@ def termination_messages(out: str) -> dict:
     return dict(re.findall(r"pod (ff-worker-\d-\d)-\w{5}: termination message: (.*)", out))
 
 
-def test_a_killed_rank_stops_every_pod_and_each_names_it(tmp_path):
+@pytest.mark.parametrize("tree", ["off", "on"])
+def test_a_killed_rank_stops_every_pod_and_each_names_it(tmp_path, tree):
     program = ("import os, signal, time\n"
                "if os.environ['JOBSET_RUNTIME_RANK'] == '2':\n"
                "    time.sleep(1); os.kill(os.getpid(), signal.SIGKILL)\n"
                "time.sleep(120)\n")
-    r, out = run_jobset(tmp_path, program)
+    r, out = run_jobset(tmp_path, program, tree)
     assert r.returncode == 1, out[-4000:]
     assert "ff     Failed" in out
+    # With the tree, each slice's leader relays; the slices join the leaders' group.
+    assert (out.count("members of the slice joined") == 2) == (tree == "on"), out[-4000:]
     codes = exit_codes(out)
     assert codes["ff-worker-1-0"][0] == 128 + 9  # the root cause keeps its own code
     # Every other wrapper exits with the peer-failed code (the runner may already be stopping
@@ -87,7 +93,8 @@ def test_when_the_coordinator_pod_dies_every_member_exits(tmp_path):
         assert "lost the group coordinator" in messages[host], (host, messages)
 
 
-def test_in_place_restart_completes_in_the_same_pods(tmp_path):
+@pytest.mark.parametrize("tree", ["off", "on"])
+def test_in_place_restart_completes_in_the_same_pods(tmp_path, tree):
     # Rank 1 fails on epochs 0 and 1; every pod records (epoch, its IP) each time it starts.
     log = tmp_path / "starts"
     log.mkdir()
@@ -97,7 +104,7 @@ def test_in_place_restart_completes_in_the_same_pods(tmp_path):
                ".write(os.environ['JOBSET_RUNTIME_POD_IP'])\n"
                "if os.environ['JOBSET_RUNTIME_RANK'] == '1' and int(epoch) < 2:\n"
                "    raise SystemExit(3)\n")
-    r, out = run_jobset(tmp_path, program, in_place_restarts=2)
+    r, out = run_jobset(tmp_path, program, tree, in_place_restarts=2)
     assert r.returncode == 0, out[-4000:]
     assert re.search(r"ff\s+Completed\s+0\s", out), out[-2000:]  # no JobSet restart
     assert exit_codes(out) == {}  # no pod failed, none was recreated

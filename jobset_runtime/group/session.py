@@ -1,8 +1,11 @@
 """One pod's place in the group channel, built from its Identity and the wrapper's options.
 
-The coordinator pod hosts the GroupServer on its own IP and joins it like every other pod;
-members reach it at the coordinator's FQDN.  The world is every pod of the Topology, keyed
-by hostname, which survives restarts (the pod name's random suffix does not).
+Flat: the coordinator pod hosts the GroupServer on its own IP and joins it like every other
+pod; members reach it at the coordinator's FQDN.  Tree (above TREE_ABOVE members, or on
+request): each Job is a slice, worker 0 of each slice runs a SliceLeader for its slice's
+members, and the coordinator pod hosts the leaders' group (docs/fail-fast.md, Scale).  The
+world is every pod of the Topology, keyed by hostname, which survives restarts (the pod
+name's random suffix does not).
 """
 
 from __future__ import annotations
@@ -18,11 +21,18 @@ from .state import MemberId
 from .wire import read_token
 
 
+# Above this many members the coordinator would spend a large share of a core on heartbeats
+# (docs/fail-fast.md: ~60 us per frame, 2 frames per member per heartbeat), so slices relay.
+TREE_ABOVE = 1024
+
+
 @dataclass(frozen=True)
 class GroupOptions:
     token_path: str = contract.GROUP_TOKEN_FILE
     insecure: bool = False
     port: int = contract.GROUP_PORT
+    leaders_port: int = contract.GROUP_LEADERS_PORT
+    tree: str = "auto"  # auto: above TREE_ABOVE members; on; off
     join_timeout: float = 600.0
     heartbeat: float = 0.5
     deadline: float = 3.0
@@ -31,14 +41,24 @@ class GroupOptions:
 @dataclass
 class GroupSession:
     member: GroupMember
-    server: object | None  # GroupServer on the coordinator pod
+    servers: list  # what this pod hosts: the coordinator's GroupServer(s), a SliceLeader
 
     def close(self, success: bool, linger: float = 2.0) -> None:
         self.member.close(success=success)
-        if self.server is not None:
+        for server in self.servers:
             # Members hang up once they have heard the end; give the last broadcast time to land.
-            self.server.drain(linger)
-            self.server.stop()
+            getattr(server, "server", server).drain(linger)
+            server.stop()
+
+
+def slices(topology, world: list[MemberId]) -> list[list[MemberId]]:
+    """The members of each Job (a slice), in rank order: each Job's pods have contiguous ranks."""
+    out, rank = [], 0
+    for job in topology.jobs:
+        for _ in range(job.replicas):
+            out.append(world[rank:rank + job.pods])
+            rank += job.pods
+    return out
 
 
 def _own_address(ident: Identity) -> str:
@@ -64,24 +84,44 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
     token = None if opts.insecure else read_token(opts.token_path)
     world = [MemberId(r, h) for r, h in enumerate(ident.all_hosts())]
     me = world[ident.rank]
-    server = None
-    if ident.is_coordinator:
-        from .server import GroupServer
-
-        address = _own_address(ident)
-        server = GroupServer(bind=(address, opts.port), world=world, token=token, insecure=opts.insecure,
-                             attempt=ident.restart_attempt, heartbeat=opts.heartbeat, deadline=opts.deadline)
-        server.start()
-        target = (address, opts.port)
-    else:
-        target = (ident.fqdn(ident.coordinator), opts.port)
-    member = GroupMember(server=target, me=me, world=world, token=token, insecure=opts.insecure,
-                         attempt=ident.restart_attempt, heartbeat=opts.heartbeat, deadline=opts.deadline)
+    common = dict(token=token, insecure=opts.insecure, attempt=ident.restart_attempt,
+                  heartbeat=opts.heartbeat, deadline=opts.deadline)
+    groups = slices(ident.topology, world)
+    tree = len(groups) > 1 and (opts.tree == "on" or (opts.tree == "auto" and len(world) > TREE_ABOVE))
+    mine = next(g for g in groups if me in g) if tree else world
+    hosts_server = ident.is_coordinator if not tree else me == mine[0]
+    address = _own_address(ident) if hosts_server or ident.is_coordinator else None
+    coordinator = address if ident.is_coordinator else ident.fqdn(ident.coordinator)
+    servers = []
     try:
-        member.join(opts.join_timeout)
+        if ident.is_coordinator:
+            from .server import GroupServer
+
+            # Flat: every member's server.  Tree: the leaders' group.
+            top = GroupServer(bind=(address, opts.leaders_port if tree else opts.port),
+                              world=[g[0] for g in groups] if tree else world, **common)
+            top.start()
+            servers.append(top)
+        if tree and hosts_server:
+            from .relay import SliceLeader
+
+            leader = SliceLeader(bind=(address, opts.port), slice_world=mine, me=me,
+                                 upstream=(coordinator, opts.leaders_port), leaders=[g[0] for g in groups],
+                                 join_timeout=opts.join_timeout, barrier_timeout=opts.join_timeout, **common)
+            leader.start()
+            servers.append(leader)
+        if tree:
+            target = (address if hosts_server else ident.fqdn(mine[0].pod), opts.port)
+        else:
+            target = (coordinator, opts.port)
+        member = GroupMember(server=target, me=me, world=mine, **common)
+        try:
+            member.join(opts.join_timeout)
+        except BaseException:
+            member.close()
+            raise
     except BaseException:
-        member.close()
-        if server is not None:
+        for server in servers:
             server.stop()
         raise
-    return GroupSession(member, server)
+    return GroupSession(member, servers)
