@@ -1,0 +1,83 @@
+"""A whole in-place restart, end to end: from one rank's SIGKILL to every child running again.
+
+64 pods on the local runner (network namespaces: run as root), each a real `jobset-run`
+joined to the group channel.  Once every child is up, rank 5's child kills itself with
+SIGKILL; every wrapper stops its child, they meet at the barrier, and each starts its child
+again as epoch 1 in the same pod.  The figure is the kill to the last epoch-1 child's start
+(goal < 3 s).  Baseline in the same run: the same kill handled by a JobSet restart instead
+(no in-place restarts, maxRestarts 1: every pod recreated by the runner's controller), timed
+to the last child of restart-attempt 1.  On a cluster that path takes minutes at scale
+(REFERENCE.md: "several minutes per restart" at >= 1,000 nodes); the local runner's is the
+lower bound.
+
+    python bench/inplace_restart.py [--pods 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from jobset_runtime import manifests
+from jobset_runtime.manifests.cli import dump_yaml
+
+BIN = Path(sys.executable).parent
+VICTIM = 5
+PROGRAM = """
+import os, signal, sys, time
+marks, n, victim, key = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rank, round_ = int(os.environ["JOBSET_RUNTIME_RANK"]), int(os.environ[key])
+open(os.path.join(marks, f"start-{round_}-{rank}"), "w").write(repr(time.time()))
+if round_ == 0:
+    if rank == victim:
+        while len([f for f in os.listdir(marks) if f.startswith("start-0-")]) < n:
+            time.sleep(0.01)
+        open(os.path.join(marks, "kill"), "w").write(repr(time.time()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(600)
+"""
+
+
+def one(pods: int, in_place: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        marks = Path(tmp) / "marks"
+        marks.mkdir()
+        key = "JOBSET_RUNTIME_RESTART" if in_place else "JOBSET_RUNTIME_RESTART_ATTEMPT"
+        docs = manifests.jax(
+            name="ipr", image="ignored", hosts=pods, max_restarts=0 if in_place else 1,
+            in_place_restarts=1 if in_place else 0, group_token="bench-token-0123456789abcdef",
+            command=[sys.executable, "-c", PROGRAM, str(marks), str(pods), str(VICTIM), key])
+        path = Path(tmp) / "ipr.yaml"
+        path.write_text(dump_yaml(docs))
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        r = subprocess.run([str(BIN / "jobset-runtime"), "local", "run", str(path), "--timeout", "120",
+                            "--run-dir", str(Path(tmp) / "run")], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"the run failed:\n{r.stdout[-3000:]}{r.stderr[-2000:]}")
+        killed = float((marks / "kill").read_text())
+        starts = [float((marks / f"start-1-{rank}").read_text()) for rank in range(pods)]
+        return max(starts) - killed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pods", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=3)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root: the pods run in network namespaces")
+    in_place = sorted(one(a.pods, True) for _ in range(a.runs))
+    recreate = sorted(one(a.pods, False) for _ in range(a.runs))
+    print(f"{a.pods} pods on the local runner, {os.cpu_count()} CPUs, {a.runs} runs each; kill -> last child running again")
+    print(f"  in place (jobset-run --restarts 1)      median {in_place[len(in_place) // 2]:6.2f} s  "
+          f"max {in_place[-1]:6.2f} s  (goal < 3 s)")
+    print(f"  baseline: JobSet restart, pods recreated median {recreate[len(recreate) // 2]:6.2f} s  "
+          f"max {recreate[-1]:6.2f} s  (the local runner's controller; minutes on a large cluster)")
+
+
+if __name__ == "__main__":
+    main()
