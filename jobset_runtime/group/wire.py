@@ -123,15 +123,15 @@ def typed(value, want) -> bool:
     return isinstance(value, wants)
 
 
-def decode(body: bytes) -> dict:
-    """Parse a JSON message as data and check it against its schema."""
+def decode(body: bytes, schemas: dict | None = None) -> dict:
+    """Parse a JSON message as data and check it against its schema (default: the group's)."""
     try:
         msg = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"not a JSON message: {e.__class__.__name__}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
         raise ProtocolError("message is not an object with a string 't'")
-    schema = SCHEMAS.get(msg["t"])
+    schema = (SCHEMAS if schemas is None else schemas).get(msg["t"])
     if schema is None:
         raise ProtocolError(f"unknown message type {msg['t'][:40]!r}")
     for name, want in schema.items():
@@ -186,8 +186,9 @@ def session_key(token: bytes, hello: bytes, challenge: bytes) -> bytes:
 class Session:
     """Seals outgoing and opens incoming frames of one authenticated connection."""
 
-    def __init__(self, key: bytes, *, send_dir: bytes, recv_dir: bytes):
+    def __init__(self, key: bytes, *, send_dir: bytes, recv_dir: bytes, schemas: dict | None = None):
         self._key = key
+        self._schemas = schemas
         self._send_dir, self._recv_dir = send_dir, recv_dir
         self._send_seq = 0
         self._recv_seq = 0
@@ -208,7 +209,7 @@ class Session:
         if not hmac.compare_digest(tag, self._tag(self._recv_dir, self._recv_seq, data)):
             raise ProtocolError("bad frame HMAC (forged, replayed or out of order)")
         self._recv_seq += 1
-        return decode(data)
+        return decode(data, self._schemas)
 
 
 def member_session(key: bytes) -> Session:
@@ -233,18 +234,17 @@ def check_auth(token: bytes | None, insecure: bool) -> bytes:
         f"(or point {contract.GROUP_TOKEN_FILE_ENV} at it), or pass --insecure to run it without authentication")
 
 
-def read_token(path) -> bytes:
-    """The shared token from a file mounted from a Secret; surrounding whitespace is not part of it."""
+def read_token(path, what: str = "group token",
+               fix: str = "mount the group Secret there, or pass --insecure to run the group channel "
+                          "without authentication") -> bytes:
+    """A shared token from a file mounted from a Secret; surrounding whitespace is not part of it."""
     from ..errors import ConfigError
 
     try:
         with open(path, "rb") as f:
             token = f.read().strip()
     except OSError as e:
-        raise ConfigError(
-            f"cannot read the group token file {path}: {e.strerror}; mount the group Secret "
-            "there, or pass --insecure to run the group channel without authentication"
-        ) from None
+        raise ConfigError(f"cannot read the {what} {path}: {e.strerror}; {fix}") from None
     if len(token) < 16:
-        raise ConfigError(f"the group token in {path} is {len(token)} bytes; use at least 16 random bytes")
+        raise ConfigError(f"the {what} in {path} is {len(token)} bytes; use at least 16 random bytes")
     return token

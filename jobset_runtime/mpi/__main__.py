@@ -40,7 +40,6 @@ def _launcher(argv: list[str]) -> int:
 
 
 def _worker(argv: list[str]) -> int:
-    import os
     import socket
 
     from .. import supervisor

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import socket
 
 from ..group import wire
@@ -57,45 +56,14 @@ def derive_key(token: bytes) -> bytes:
     return hmac.new(token, _KEY_LABEL, hashlib.sha256).digest()
 
 
-def decode(body: bytes, schemas: dict) -> dict:
-    """JSON object with a known `t` and the fields its schema requires (bool is not an int here)."""
-    try:
-        msg = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ProtocolError(f"not a JSON message: {e.__class__.__name__}") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
-        raise ProtocolError("message is not an object with a string 't'")
-    schema = schemas.get(msg["t"])
-    if schema is None:
-        raise ProtocolError(f"unexpected message type {msg['t'][:40]!r}")
-    for name, want in schema.items():
-        value = msg.get(name)
-        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
-            raise ProtocolError(f"{msg['t']} message lacks a valid {name!r}")
-    return msg
-
-
 class Probe(ProtocolError):
     """The peer closed before saying anything: a port check or readiness probe, not an error."""
-
-
-class _Session(wire.Session):
-    """group.wire.Session with this channel's message types."""
-
-    def open(self, body: bytes) -> dict:
-        if len(body) <= wire.TAG_LEN:
-            raise ProtocolError("sealed frame too short")
-        tag, data = body[: wire.TAG_LEN], body[wire.TAG_LEN:]
-        if not hmac.compare_digest(tag, self._tag(self._recv_dir, self._recv_seq, data)):
-            raise ProtocolError("bad frame HMAC (forged, replayed or out of order)")
-        self._recv_seq += 1
-        return decode(data, _SEALED)
 
 
 class Channel:
     """One authenticated connection; blocking, for one thread at a time per direction."""
 
-    def __init__(self, sock: socket.socket, session: _Session, peer: str):
+    def __init__(self, sock: socket.socket, session: wire.Session, peer: str):
         self.sock, self.session, self.peer = sock, session, peer
 
     def send(self, msg: dict) -> None:
@@ -134,7 +102,7 @@ def _handshake_frame(sock: socket.socket, kind: str, first: bool = False) -> tup
     if header is None:
         raise Probe("closed before the handshake")
     body = _recv_exact(sock, wire.body_length(header, wire.MAX_HANDSHAKE_FRAME))
-    msg = decode(body, _HANDSHAKE)
+    msg = wire.decode(body, _HANDSHAKE)
     if msg["t"] != kind:
         raise ProtocolError(f"expected {kind}, got {msg['t']}")
     return body, msg
@@ -154,7 +122,8 @@ def connect(host: str, port: int, key: bytes, *, role: str, pod: str, timeout: f
             raise ProtocolError(f"{host}:{port} could not prove it holds the MPI token (a different JobSet's "
                                 "worker, or a different Secret)")
         sock.sendall(wire.frame(wire.encode({"t": "proof", "proof": wire.member_proof(key, hello, challenge)})))
-        session = _Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_SERVER, recv_dir=wire.TO_MEMBER)
+        session = wire.Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_SERVER, recv_dir=wire.TO_MEMBER,
+                               schemas=_SEALED)
         sock.settimeout(None)
         return Channel(sock, session, cmsg["pod"])
     except BaseException:
@@ -179,7 +148,8 @@ def accept(sock: socket.socket, key: bytes, *, pod: str, timeout: float = 10.0) 
     _, proof = _handshake_frame(sock, "proof")
     if not wire.proof_ok(proof["proof"], wire.member_proof(key, hello, challenge)):
         raise ProtocolError("the peer could not prove it holds the MPI token")
-    session = _Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_MEMBER, recv_dir=wire.TO_SERVER)
+    session = wire.Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_MEMBER, recv_dir=wire.TO_SERVER,
+                           schemas=_SEALED)
     sock.settimeout(None)
     return Channel(sock, session, hmsg["pod"]), hmsg
 

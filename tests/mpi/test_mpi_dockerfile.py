@@ -38,7 +38,7 @@ def test_entrypoint_is_ours_and_runs_the_mpi_roles(tmp_path):
 def test_non_root_with_the_contract_paths_and_ports():
     (user,) = _instructions("USER")
     assert user.strip() not in ("root", "0")
-    assert f"/etc/jobset-runtime/sshd_config" == contract.SSHD_CONFIG and contract.SSHD_CONFIG in TEXT
+    assert "/etc/jobset-runtime/sshd_config" == contract.SSHD_CONFIG and contract.SSHD_CONFIG in TEXT
     assert re.search(rf"EXPOSE .*\b{contract.MPI_PORT}\b", TEXT) and re.search(rf"EXPOSE .*\b{contract.SSH_PORT}\b", TEXT)
     sshd = (c.ROOT / "launchers" / "sshd_config").read_text()
     assert f"Port {contract.SSH_PORT}" in sshd and "PasswordAuthentication no" in sshd
