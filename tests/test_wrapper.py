@@ -134,3 +134,11 @@ def test_jax_env_on_request(cli_env, tmp_path):
     env = json.loads(out.read_text())
     assert env["JAX_COORDINATOR_ADDRESS"] == "demo-worker-0-0.demo.default.svc.cluster.local:8476"
     assert env["JAX_COORDINATOR_PORT"] == "8476"
+
+
+def test_json_log_lines_carry_pod_and_rank(cli_env):
+    r = jobset_run(cli_env, "--log-format", "json", "--wait", "none", "--", PYTHON, "-c", "raise SystemExit(4)")
+    assert r.returncode == 4
+    lines = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    assert lines and all(line["pod"] == "demo-worker-1-0" and line["rank"] == 2 for line in lines)
+    assert any(line["level"] == "error" and "exited with code 4" in line["message"] for line in lines)
