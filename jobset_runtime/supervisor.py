@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from . import contract
+from .errors import JobSetRuntimeError
 
 log = logging.getLogger("jobset_runtime.supervisor")
 
@@ -95,11 +96,17 @@ def wait(child: Child) -> int:
             return exit_code_of(child.proc.returncode)
 
 
+# Set once the pod itself is asked to stop (the kubelet's SIGTERM, a Ctrl-C): no restart after that.
+stop_requested = threading.Event()
+
+
 def forward_signals(child: Child) -> None:
     """Relay the signals a pod or terminal sends to the child's whole process group."""
 
     def relay(signum, _frame):
         log.info("received %s, forwarding to the command", signal.Signals(signum).name)
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stop_requested.set()
         child.signal(signum)
 
     for sig in FORWARDED:
@@ -220,8 +227,12 @@ def run_in_group(argv: list[str], env: dict[str, str], member, me, *, restarts: 
         else:
             cause = failure.describe() if failure else "the group coordinator was lost"
             outcome = Outcome(contract.EXIT_PEER_FAILED, f"stopped because a peer failed: {cause}")
-        if epoch == restarts:
+        if epoch == restarts or stop_requested.is_set():
             break
         log.info("restarting in place (%d of %d)", epoch + 1, restarts)
-        member.restart_barrier(barrier_timeout)
+        try:
+            member.restart_barrier(barrier_timeout)
+        except JobSetRuntimeError as e:  # a member left, or never came: no restart; this epoch's end stands
+            log.error("no restart in place: %s", e)
+            break
     return outcome

@@ -98,10 +98,12 @@ def test_in_place_restart_completes_in_the_same_pods(tmp_path, tree):
     # Rank 1 fails on epochs 0 and 1; every pod records (epoch, its IP) each time it starts.
     log = tmp_path / "starts"
     log.mkdir()
+    # (Written then renamed: a child stopped by a peer's abort must not leave half a record.)
     program = ("import os, socket\n"
                "epoch = os.environ['JOBSET_RUNTIME_RESTART']\n"
-               f"open(os.path.join({str(log)!r}, socket.gethostname() + '-' + epoch), 'w')"
-               ".write(os.environ['JOBSET_RUNTIME_POD_IP'])\n"
+               f"path = os.path.join({str(log)!r}, socket.gethostname() + '-' + epoch)\n"
+               "open(path + '.tmp', 'w').write(os.environ['JOBSET_RUNTIME_POD_IP'])\n"
+               "os.replace(path + '.tmp', path)\n"
                "if os.environ['JOBSET_RUNTIME_RANK'] == '1' and int(epoch) < 2:\n"
                "    raise SystemExit(3)\n")
     r, out = run_jobset(tmp_path, program, tree, in_place_restarts=2)
@@ -109,8 +111,8 @@ def test_in_place_restart_completes_in_the_same_pods(tmp_path, tree):
     assert re.search(r"ff\s+Completed\s+0\s", out), out[-2000:]  # no JobSet restart
     assert exit_codes(out) == {}  # no pod failed, none was recreated
     # Rank 1 ran all three epochs; a peer may skip an epoch whose abort came before its start.
-    assert sorted(p.name for p in log.glob("ff-worker-0-1-*")) == [f"ff-worker-0-1-{e}" for e in range(3)]
+    assert sorted(p.name for p in log.glob("ff-worker-0-1-?")) == [f"ff-worker-0-1-{e}" for e in range(3)]
     for host in HOSTS:
         assert (log / f"{host}-2").exists(), host  # everyone ran the last, successful epoch
-        ips = {p.read_text() for p in log.glob(f"{host}-*")}
+        ips = {p.read_text() for p in log.glob(f"{host}-?")}
         assert len(ips) == 1, (host, ips)  # in the same pod, with the same IP

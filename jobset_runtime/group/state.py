@@ -90,6 +90,7 @@ class GroupState:
         self.first: Failure | None = None
         self.relay = relay
         self._aborted_down = False  # relay mode: the abort of this epoch went to the members
+        self.left_after_abort = False  # someone left after the abort: no barrier can complete
 
     def _msg(self, kind: str, **fields) -> dict:
         return {"t": kind, "attempt": self.attempt, "epoch": self.epoch, **fields}
@@ -157,7 +158,16 @@ class GroupState:
         self.at_barrier.discard(rank)
         if self.phase is Phase.RUNNING and rank not in self.done:
             return self.fail(rank, None, cause)
+        if self.phase is Phase.ABORTED:
+            # It cannot come back (admission is closed), so the restart barrier can never
+            # complete: repeat the abort, which ends the wait of every member at the barrier.
+            self.left_after_abort = True
+            return self._repeat_abort()
         return []
+
+    def _repeat_abort(self) -> list:
+        """The epoch's abort again: ignored by members already aborted, final for those at the barrier."""
+        return [(ALL, self.first.message(self.attempt, self.epoch))] if self.first else []
 
     def finish(self, rank: int, epoch: int) -> list:
         if epoch != self.epoch or self.phase is not Phase.RUNNING:
@@ -176,6 +186,8 @@ class GroupState:
             log.warning("group: dropped a barrier arrival of %s for epoch %d (now %d, %s)",
                         self.world[rank], epoch, self.epoch, self.phase.value)
             return []
+        if self.left_after_abort:
+            return self._repeat_abort()
         self.at_barrier.add(rank)
         if len(self.at_barrier) == len(self.world):
             if self.relay:
@@ -193,8 +205,12 @@ class GroupState:
 
     def up_abort(self, failure: Failure) -> list:
         """The leaders' group aborted (or was lost): pass its first failure down, once per epoch."""
-        if self.phase is Phase.COMPLETE or self._aborted_down:
+        if self.phase is Phase.COMPLETE:
             return []
+        if self._aborted_down:
+            # Again from above (a leader left the leaders' group after the abort): pass it on
+            # for the members waiting at the barrier.
+            return self._repeat_abort()
         self.phase = Phase.ABORTED
         self.first = failure
         self._aborted_down = True
@@ -216,6 +232,7 @@ class GroupState:
         self.done.clear()
         self.at_barrier.clear()
         self._aborted_down = False
+        self.left_after_abort = False
         log.info("group: every member at the barrier; restart in place as epoch %d", self.epoch)
         return [(ALL, self._msg("restart"))]
 

@@ -1,0 +1,59 @@
+"""A member that leaves after an abort ends the restart barrier for everyone at once."""
+
+import threading
+
+from grouphelpers import WAIT, join_all, make_world
+
+from jobset_runtime.group import GroupAborted, GroupMember, GroupServer
+
+FAST = {"heartbeat": 0.2, "deadline": 1.5}
+TOKEN = b"a-barrier-test-token-0123456789"
+
+
+def test_a_member_leaving_after_the_abort_ends_the_barrier_without_waiting_for_its_deadline():
+    world = make_world(3)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=TOKEN, attempt=0, **FAST) as server:
+        members = [GroupMember(server=server.address, me=m, world=world, token=TOKEN, attempt=0, **FAST)
+                   for m in world]
+        join_all(members)
+        members[1].report_failure(3, "boom")
+        for m in members:
+            assert m.aborted.wait(WAIT)
+        outcome = {}
+
+        def at_barrier(m):
+            try:
+                m.restart_barrier(timeout=60)  # a timeout would raise PeersTimeout instead
+                outcome[m.me.rank] = "restarted"
+            except GroupAborted as e:
+                outcome[m.me.rank] = e.failure.rank
+
+        waiters = [threading.Thread(target=at_barrier, args=(m,)) for m in members[:2]]
+        for t in waiters:
+            t.start()
+        members[2].close()  # e.g. its pod got SIGTERM: it will not come back
+        for t in waiters:
+            t.join(WAIT)
+        for m in members:
+            m.close()
+    # Both left the barrier with the abort that names the first failure, not at its deadline.
+    assert outcome == {0: 1, 1: 1}
+
+
+def test_everyone_at_the_barrier_restarts():
+    n = 3
+    world = make_world(n)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=TOKEN, attempt=0, **FAST) as server:
+        members = [GroupMember(server=server.address, me=m, world=world, token=TOKEN, attempt=0, **FAST)
+                   for m in world]
+        join_all(members)
+        members[0].report_failure(1, "boom")
+        epochs = []
+        threads = [threading.Thread(target=lambda m=m: epochs.append(m.restart_barrier(WAIT))) for m in members]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        for m in members:
+            m.close()
+    assert epochs == [1] * n
