@@ -226,7 +226,13 @@ class Runner:
             while not os.path.isdir(anchor):
                 anchor = os.path.dirname(anchor)
             if anchor == "/" or any(ch in anchor for ch in ",:"):
-                self._make_mountpoint(dst, is_file)  # cannot overlay /: made on the host, removed at the end
+                try:
+                    self._make_mountpoint(dst, is_file)  # cannot overlay /: made on the host, removed at the end
+                except OSError as e:
+                    from ..errors import ConfigError
+                    raise ConfigError(f"container {container.get('name')}: cannot create mountPath {dst} "
+                                      f"({e.strerror}); create it first (rootless mode cannot write /) or "
+                                      "mount under a directory that exists")
                 continue
             if anchor not in anchors:
                 anchors.append(anchor)
