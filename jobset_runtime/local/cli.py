@@ -27,12 +27,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="start pods matching POD (hostname or glob, e.g. demo-workers-0-1 or '*-workers-*') late")
     r.add_argument("--run-dir", default=None, metavar="DIR", help="where pod logs and volumes go "
                    "(default ./runs/<jobset>-<timestamp>)")
-    r.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto",
-                   help="netns: a namespace per pod (root); loopback: plain processes on 127.x (fallback)")
+    r.add_argument("--mode", choices=("auto", "netns", "rootless", "loopback"), default="auto",
+                   help="netns: a namespace per pod (root); rootless: the same inside a user namespace "
+                   "(not root); loopback: plain processes on 127.x (fallback); auto: the first that works here")
     r.add_argument("--crash-backoff", type=float, default=None, metavar="S",
                    help="first delay before the kubelet-style in-place restart (default 10, as the kubelet)")
     r.add_argument("--pod-backoff", type=float, default=None, metavar="S",
                    help="first delay before a failed pod is re-created (default 10, as the Job controller)")
+    # Set by run_rootless on the command it runs inside the user namespace it makes.
+    r.add_argument("--userns-state", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -51,7 +54,6 @@ def _parse_skew(items) -> dict:
 
 def run(args) -> int:
     from . import spec
-    from .pods import netns_available
     from .runner import Runner
 
     try:
@@ -61,22 +63,42 @@ def run(args) -> int:
         raise ConfigError(f"cannot read {args.file}: {e.strerror}")
     js_raw, objects = spec.split_documents(spec.load_documents(text, args.file), args.file)
     js = spec.apply_defaults(js_raw)
-    mode = args.mode
-    if mode in ("auto", "netns"):
-        ok, why = netns_available()
-        if not ok:
-            if mode == "netns":
-                raise ConfigError(f"--mode netns: network namespaces are unavailable here ({why}); "
-                                  "run as root or use --mode loopback")
-            print(f"notice: network namespaces are unavailable ({why}); falling back to loopback mode",
-                  file=sys.stderr)
-            mode = "loopback"
-        else:
-            mode = "netns"
+    skew = _parse_skew(args.skew)
     run_dir = args.run_dir or os.path.join("runs", f"{js['metadata']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.userns_state:
+        mode = "rootless"
+    else:
+        mode = choose_mode(args.mode)
+        if mode == "rootless":
+            from .rootless import run_rootless
+            return run_rootless(args, os.path.abspath(run_dir))
     runner = Runner(js, objects, run_dir=os.path.abspath(run_dir), mode=mode, dns_delay=args.dns_delay,
-                    skew=_parse_skew(args.skew), crash_backoff=args.crash_backoff, pod_backoff=args.pod_backoff)
+                    skew=skew, crash_backoff=args.crash_backoff, pod_backoff=args.pod_backoff,
+                    state_dir=args.userns_state)
     return runner.run(timeout=args.timeout)
+
+
+def choose_mode(asked: str) -> str:
+    """netns when root, rootless when user namespaces work, else loopback (auto says so)."""
+    from .pods import netns_available, rootless_available
+
+    if asked == "loopback":
+        return asked
+    if asked == "netns" or (asked == "auto" and os.geteuid() == 0):
+        ok, why = netns_available()
+        if ok:
+            return "netns"
+        if asked == "netns":
+            raise ConfigError(f"--mode netns: network namespaces are unavailable here ({why}); "
+                              "run as root, or use --mode rootless or --mode loopback")
+    else:
+        ok, why = rootless_available()
+        if ok:
+            return "rootless"
+        if asked == "rootless":
+            raise ConfigError(f"--mode rootless: {why}; run as root (--mode netns) or use --mode loopback")
+    print(f"notice: network namespaces are unavailable ({why}); falling back to loopback mode", file=sys.stderr)
+    return "loopback"
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,19 @@ hostname, which SHIM writes to /proc/sys/kernel/hostname; SHIM bind-mounts
 the pod's volumes and execs the container's command.  SHIM is a fixed script;
 user values travel only as positional arguments, never as shell text.
 
+rootless mode (not root, unprivileged user namespaces allowed): the same
+design inside a user namespace.  The command line runs the runner under
+
+    unshare --user --map-root-user --mount --pid --fork --mount-proc --kill-child
+
+so it is root over namespaces it owns (and its own uid on the host).  /run/netns
+and /etc/netns belong to the host's root, so namespaces are bind-mounted nsfs
+files under a private tmpfs (created with `unshare --net=FILE`, entered with
+`nsenter --net=FILE`) and the pod's /etc/hosts and /etc/resolv.conf are bound
+by SHIM itself.  The runner is PID 1 of its own PID namespace: when it dies,
+however it dies, the kernel kills every pod process, and with them go the
+mount namespace, the nsfs mounts and so every network namespace.
+
 loopback mode: no namespaces.  Each pod gets its own 127.x address (only
 programs that bind it explicitly use it), the DNS server listens on
 127.0.0.1:<port> and pods find it through JOBSET_RUNTIME_NAMESERVERS.
@@ -43,9 +56,13 @@ NETNS_DIR = "/run/netns"
 ETC_NETNS = "/etc/netns"
 CLONE_NEWNET = 0x40000000
 BRIDGE_MAC = "02:6a:73:72:00:01"  # locally administered
+MNT_DETACH = 2
+USERNS_FLAGS = ("--user", "--map-root-user", "--mount")
 
 SHIM = (
-    'printf %s "$1" > /proc/sys/kernel/hostname || exit 128\n'
+    # In a user namespace /proc/sys/kernel/hostname belongs to the host's root:
+    # sethostname(2) through hostname(1) is allowed there (CAP_SYS_ADMIN over the UTS namespace).
+    '{ printf %s "$1" > /proc/sys/kernel/hostname || hostname "$1"; } 2>/dev/null || exit 128\n'
     'wd=$2; shift 2\n'
     'while [ "$1" != -- ]; do\n'
     '  case "$3" in\n'
@@ -53,6 +70,8 @@ SHIM = (
     '      mount -t overlay overlay -o "lowerdir=$2,upperdir=$1/u,workdir=$1/w" "$2" || exit 128 ;;\n'
     '  dir) mkdir -p "$2" || exit 128 ;;\n'
     '  file) mkdir -p "${2%/*}" && : > "$2" || exit 128 ;;\n'
+    # sysfs of the pod's own network namespace, where the kernel allows it (as `ip netns exec` does).
+    '  sys) mount -t sysfs sysfs "$2" 2>/dev/null ;;\n'
     '  *) mount --bind "$1" "$2" || exit 128\n'
     '     if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 128; fi ;;\n'
     '  esac\n'
@@ -170,6 +189,9 @@ class Network:
     """The addresses and namespaces of one run; cleanup() undoes everything, twice is fine."""
 
     mode = "netns"
+    namespaced = True
+    netns_dir = NETNS_DIR
+    etc_dir = ETC_NETNS
 
     def __init__(self, run_id: str):
         self.run_id = run_id
@@ -182,10 +204,13 @@ class Network:
     # --- setup ---------------------------------------------------------------
     def setup(self) -> None:
         reap_stale()
-        _run_ip(["netns", "add", self.cluster_ns])
+        self._setup_cluster()
+
+    def _setup_cluster(self) -> None:
+        self._add_netns([self.cluster_ns])
         self._cluster_made = True
         prefix = CLUSTER_NET.prefixlen
-        _run_ip(["-n", self.cluster_ns, "-batch", "-"], stdin="\n".join([
+        self._ip_batch(self.cluster_ns, "\n".join([
             "link set lo up",
             # A fixed address: a bridge without one takes the lowest MAC of its ports and
             # changes it when that port leaves, which leaves every pod's ARP entry for
@@ -197,7 +222,32 @@ class Network:
 
     @property
     def cluster_netns_path(self) -> str:
-        return os.path.join(NETNS_DIR, self.cluster_ns)
+        return self.netns_path(self.cluster_ns)
+
+    def netns_path(self, ns: str) -> str:
+        return os.path.join(self.netns_dir, ns)
+
+    # How namespaces are made, named and entered: `ip netns` here, nsfs files
+    # of our own in RootlessNetwork.
+    def _add_netns(self, names) -> None:
+        _run_ip(["-batch", "-"], stdin="".join(f"netns add {ns}\n" for ns in names))
+
+    def _del_netns(self, names) -> None:
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names),
+                       capture_output=True, text=True)
+
+    def _ip_cmd(self, ns: str) -> list:
+        """An `ip` command line that acts inside namespace `ns`."""
+        return ["ip", "-n", ns]
+
+    def _ip_batch(self, ns: str, script: str) -> None:
+        r = subprocess.run([*self._ip_cmd(ns), "-batch", "-"], input=script, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise OSError(f"ip -batch in {ns}: {r.stderr.strip() or r.stdout.strip()}")
+
+    def _ref(self, ns: str) -> str:
+        """How `ip link ... netns X` names namespace `ns`."""
+        return ns
 
     def dns_address(self) -> tuple[str, int]:
         return GATEWAY, 53
@@ -214,21 +264,21 @@ class Network:
         moves between namespaces, so they are set from inside)."""
         if not slots:
             return
-        _run_ip(["-batch", "-"], stdin="".join(f"netns add {ns}\n" for ns, _ in slots))
+        self._add_netns([ns for ns, _ in slots])
         with self._lock:
             self._made.extend(ns for ns, _ in slots)
         lines = []
         for ns, _ in slots:
             host_if = "v" + ns.rsplit("-", 1)[1]
-            lines.append(f"link add {host_if} type veth peer name eth0 netns {ns}")
+            lines.append(f"link add {host_if} type veth peer name eth0 netns {self._ref(ns)}")
             lines.append(f"link set {host_if} master br0 up")
-        _run_ip(["-n", self.cluster_ns, "-batch", "-"], stdin="\n".join(lines) + "\n")
+        self._ip_batch(self.cluster_ns, "\n".join(lines) + "\n")
         prefix = CLUSTER_NET.prefixlen
         procs = []
         for ns, ip in slots:
             script = (f"link set lo up\naddr add {ip}/{prefix} dev eth0\nlink set eth0 up\n"
                       f"route add default via {GATEWAY}\n")
-            p = subprocess.Popen(["ip", "-n", ns, "-batch", "-"], stdin=subprocess.PIPE,
+            p = subprocess.Popen([*self._ip_cmd(ns), "-batch", "-"], stdin=subprocess.PIPE,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             procs.append((p, script, ns))
         errors = []
@@ -246,7 +296,7 @@ class Network:
         return f"{self.cluster_ns}-{n}", ip
 
     def write_etc(self, ns: str, hosts: str, resolv: str) -> None:
-        d = os.path.join(ETC_NETNS, ns)
+        d = os.path.join(self.etc_dir, ns)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "hosts"), "w") as f:
             f.write(hosts)
@@ -265,7 +315,7 @@ class Network:
         out = {}
         for ns in names:
             try:
-                out[os.stat(os.path.join(NETNS_DIR, ns)).st_ino] = ns
+                out[os.stat(self.netns_path(ns)).st_ino] = ns
             except OSError:
                 pass
         return out
@@ -302,12 +352,11 @@ class Network:
         if not names:
             return
         self.kill_all_in(names)
-        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names),
-                       capture_output=True, text=True)
+        self._del_netns(names)
         with self._lock:
             self._made = [n for n in self._made if n not in names]
         for n in names:
-            shutil.rmtree(os.path.join(ETC_NETNS, n), ignore_errors=True)
+            shutil.rmtree(os.path.join(self.etc_dir, n), ignore_errors=True)
 
     def cleanup(self) -> None:
         names = list(self._made) + ([self.cluster_ns] if self._cluster_made else [])
@@ -336,10 +385,130 @@ class Network:
             pass
 
 
+class RootlessNetwork(Network):
+    """The netns design inside the user namespace the runner runs in (see the module
+    docstring): namespaces are nsfs files under `state_dir`, a tmpfs of this mount
+    namespace, so nothing of them is ever written to the host's filesystem."""
+
+    mode = "rootless"
+
+    def __init__(self, run_id: str, state_dir: str):
+        super().__init__(run_id)
+        self.state_dir = state_dir
+        self.netns_dir = os.path.join(state_dir, "netns")
+        self.etc_dir = os.path.join(state_dir, "etc")
+        self._mounted = False
+
+    def setup(self) -> None:
+        # No reap_stale(): a killed rootless run leaves nothing (its PID namespace went with it).
+        _mount("tmpfs", self.state_dir, "tmpfs", 0, "mode=0700")
+        self._mounted = True
+        os.mkdir(self.netns_dir)
+        os.mkdir(self.etc_dir)
+        self._setup_cluster()
+
+    def _add_netns(self, names) -> None:
+        procs = []
+        for ns in names:
+            path = self.netns_path(ns)
+            open(path, "x").close()
+            procs.append((ns, subprocess.Popen(["unshare", f"--net={path}", "true"], stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+        errors = []
+        for ns, p in procs:
+            _, err = p.communicate()
+            if p.returncode != 0:
+                errors.append(f"{ns}: {err.strip()}")
+        if errors:
+            raise OSError("creating network namespaces failed: " + "; ".join(errors[:3]))
+
+    def _del_netns(self, names) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for ns in names:
+            path = self.netns_path(ns)
+            libc.umount2(path.encode(), MNT_DETACH)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _ip_cmd(self, ns: str) -> list:
+        # `ip -n` only takes names under /run/netns; nsenter takes a path.
+        return ["nsenter", f"--net={self.netns_path(ns)}", "ip"]
+
+    def _ref(self, ns: str) -> str:
+        return self.netns_path(ns)  # `ip link ... netns` opens a name with a slash as a path
+
+    def argv(self, ns: str, hostname: str, workdir: str, mounts: list, command: list) -> list:
+        # What `ip netns exec` does for netns mode (its /etc binds, sysfs), done by SHIM.
+        etc = os.path.join(self.etc_dir, ns)
+        steps = [(os.path.join(etc, "hosts"), "/etc/hosts", "rw"),
+                 (os.path.join(etc, "resolv.conf"), "/etc/resolv.conf", "rw"),
+                 ("-", "/sys", "sys"), *mounts]
+        flat = []
+        for src, dst, mode in steps:
+            flat += [src, dst, mode]
+        return ["nsenter", f"--net={self.netns_path(ns)}", "unshare", "--mount", "--uts", "--",
+                "/bin/sh", "-c", SHIM, "shim", hostname, workdir or "", *flat, "--", *command]
+
+    def cleanup(self) -> None:
+        names = list(self._made) + ([self.cluster_ns] if self._cluster_made else [])
+        for _ in range(2 if names else 0):
+            self.kill_all_in(names)
+        self.release(list(self._made))
+        if self._cluster_made:
+            self._del_netns([self.cluster_ns])
+            self._cluster_made = False
+        if self._mounted:
+            ctypes.CDLL(None, use_errno=True).umount2(self.state_dir.encode(), MNT_DETACH)
+            self._mounted = False
+
+
+def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags), data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def rootless_available() -> tuple[bool, str]:
+    """(usable, why not): unprivileged user namespaces in which this user can make
+    network and mount namespaces, and the iproute2/util-linux tools."""
+    for tool in ("ip", "unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            return False, f"the `{tool}` tool is missing (iproute2, util-linux)"
+    for path, why in (("/proc/sys/kernel/unprivileged_userns_clone", "kernel.unprivileged_userns_clone is 0"),
+                      ("/proc/sys/user/max_user_namespaces", "user.max_user_namespaces is 0")):
+        try:
+            with open(path) as f:
+                if f.read().strip() == "0":
+                    return False, why
+        except OSError:
+            pass
+    try:
+        r = subprocess.run(["unshare", *USERNS_FLAGS, "--net", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"unshare failed: {e}"
+    if r.returncode != 0:
+        return False, f"user namespaces are not allowed here: {r.stderr.decode(errors='replace').strip()}"
+    return True, ""
+
+
+def userns_argv(inner: list) -> list:
+    """The command that runs `inner` as root of a new user namespace (the invoking
+    user's uid outside) with its own mount and PID namespaces, so that its death,
+    however it comes, ends every process it started.  Where the kernel refuses the
+    PID namespace's /proc (a container that masks parts of its own), it goes without."""
+    pid = ["--pid", "--fork", "--mount-proc", "--kill-child"]
+    r = subprocess.run(["unshare", *USERNS_FLAGS, *pid, "true"], capture_output=True)
+    return ["unshare", *USERNS_FLAGS, *(pid if r.returncode == 0 else ["--fork", "--kill-child"]), "--", *inner]
+
+
 class Loopback:
     """No namespaces: a 127.x address per pod, DNS on 127.0.0.1."""
 
     mode = "loopback"
+    namespaced = False
 
     def __init__(self, run_id: str):
         self.run_id = run_id

@@ -24,7 +24,7 @@ import time
 from .. import contract
 from . import kubelet, probes
 from .controller import Controller, Pod, Container, subdomain_of
-from .pods import LOOPBACK_LIMITS, Loopback, Network, run_id
+from .pods import LOOPBACK_LIMITS, Loopback, Network, RootlessNetwork, run_id
 
 EXIT_TIMEOUT = 124   # as timeout(1)
 EXIT_INTERRUPTED = 130
@@ -46,7 +46,7 @@ class Runner:
     def __init__(self, js: dict, objects: dict, *, run_dir: str, mode: str = "netns",
                  dns_delay: float = 0.0, skew: dict | None = None, out=None,
                  crash_backoff: float | None = None, pod_backoff: float | None = None,
-                 interrupt_grace: float = 5.0):
+                 interrupt_grace: float = 5.0, state_dir: str | None = None):
         self.js = js
         self.objects = objects
         self.run_dir = run_dir
@@ -54,7 +54,13 @@ class Runner:
         self.out = out or sys.stdout
         self.interrupt_grace = interrupt_grace
         self.run_id = run_id()
-        self.net = Network(self.run_id) if mode == "netns" else Loopback(self.run_id)
+        if mode == "netns":
+            self.net = Network(self.run_id)
+        elif mode == "rootless":
+            # Only inside the user namespace cli.run_rootless made; state_dir is a directory of ours.
+            self.net = RootlessNetwork(self.run_id, state_dir)
+        else:
+            self.net = Loopback(self.run_id)
         self.namespace = js["metadata"].get("namespace", "default")
         self.subdomain = subdomain_of(js)
         self.domain = contract.DEFAULT_CLUSTER_DOMAIN
@@ -174,7 +180,7 @@ class Runner:
             pod_dir = os.path.join(self.run_dir, "pods", pod.name)
             os.makedirs(pod_dir, exist_ok=True)
             self._write_volumes(pod, facts, pod_dir)
-            if self.net.mode == "netns":
+            if self.net.namespaced:
                 self.net.write_etc(self._slots[pod.name], kubelet.hosts_file(facts, pod.spec.get("hostAliases") or ()),
                                    kubelet.resolv_conf(self.namespace, self.nameserver.split(":")[0], self.domain))
             if self.js["spec"]["network"].get("publishNotReadyAddresses", True):
@@ -220,7 +226,13 @@ class Runner:
             while not os.path.isdir(anchor):
                 anchor = os.path.dirname(anchor)
             if anchor == "/" or any(ch in anchor for ch in ",:"):
-                self._make_mountpoint(dst, is_file)  # cannot overlay /: made on the host, removed at the end
+                try:
+                    self._make_mountpoint(dst, is_file)  # cannot overlay /: made on the host, removed at the end
+                except OSError as e:
+                    from ..errors import ConfigError
+                    raise ConfigError(f"container {container.get('name')}: cannot create mountPath {dst} "
+                                      f"({e.strerror}); create it first (rootless mode cannot write /) or "
+                                      "mount under a directory that exists")
                 continue
             if anchor not in anchors:
                 anchors.append(anchor)
@@ -233,7 +245,7 @@ class Runner:
                 os.makedirs(layer, exist_ok=True)
                 layers.append((layer, anchor, "ov"))
             # An overlay on /etc (or above it) hides the pod's hosts and resolv.conf binds: redo them.
-            ns_etc = os.path.join("/etc/netns", self._slots[pod.name])
+            ns_etc = os.path.join(self.net.etc_dir, self._slots[pod.name])
             for name in ("hosts", "resolv.conf"):
                 target = os.path.join("/etc", name)
                 if any(target.startswith(a.rstrip("/") + "/") for a in anchors):
@@ -277,7 +289,7 @@ class Runner:
         full_env = self._base_env()
         full_env.update(env)
         workdir = spec.get("workingDir") or ""
-        if self.net.mode == "netns":
+        if self.net.namespaced:
             cmd = self.net.argv(self._slots[pod.name], pod.hostname, workdir, self._mounts(pod, spec), argv)
             cwd = None
         else:
@@ -326,7 +338,7 @@ class Runner:
             return
         probe = proc.probes[kind]
         ns = self._slots.get(proc.pod.name, "")
-        netns_path = os.path.join("/run/netns", ns) if ns else None
+        netns_path = self.net.netns_path(ns) if ns else None
         prefix = (["nsenter", "-t", str(proc.popen.pid), "-n", "-m", "-u", "--"] if ns else [])
         probes.run_async(probe, container=proc.container.spec, pod_ip=proc.pod.ip, netns_path=netns_path,
                          exec_prefix=prefix, env=proc.env,
@@ -492,7 +504,7 @@ class Runner:
 
         host, port = self.net.dns_address()
         server = DnsServer(host, port, zones=(self.domain,))
-        if self.net.mode == "netns":
+        if self.net.namespaced:
             from .pods import setns_thread_call
             setns_thread_call(self.net.cluster_netns_path, server.start)
         else:
@@ -551,7 +563,7 @@ class Runner:
                 self.net.setup()
                 self._start_dns()
                 self._print(f"run directory: {self.run_dir}")
-                where = f" (namespaces {self.net.cluster_ns}*)" if self.net.mode == "netns" else ""
+                where = f" (namespaces {self.net.cluster_ns}*)" if self.net.namespaced else ""
                 self.event(f"jobset {self.ctl.name}: mode {self.net.mode}{where}, DNS {self.nameserver}")
                 if timeout:
                     self.call_later(timeout, lambda: self._stop("timeout"))
