@@ -28,7 +28,8 @@ def _bin(tmp_path: Path) -> Path:
     return d
 
 
-def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, launcher_args=(), **options):
+def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, launcher_args=(), runner_args=(), edit=None,
+                 **options):
     from jobset_runtime.local.pods import netns_available
 
     ok, why = netns_available()
@@ -43,6 +44,8 @@ def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, launcher_ar
                     cmd = rj["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
                     at = cmd.index("launcher") + 1
                     cmd[at:at] = list(launcher_args)
+    if edit is not None:
+        edit(docs)
     path = tmp_path / "mpi.yaml"
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
@@ -51,7 +54,7 @@ def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, launcher_ar
                                   os.path.join(sys.prefix, "bin"), env.get("PATH", "")])
     env["PYTHONPATH"] = str(c.ROOT)
     return subprocess.run([sys.executable, "-m", "jobset_runtime.local.cli", "run", str(path),
-                           "--run-dir", str(tmp_path / "run"), "--timeout", str(timeout - 10)],
+                           "--run-dir", str(tmp_path / "run"), "--timeout", str(timeout - 10), *runner_args],
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -98,3 +101,59 @@ def test_killed_worker_fails_the_jobset_fast_naming_the_worker(killed_run):
 def test_killed_worker_named_in_the_launchers_termination_message(killed_run):
     msg = next(l for l in killed_run.stdout.splitlines() if "pod pi-launcher-0-0" in l and "termination message" in l)
     assert f"{VICTIM} went away without being stopped" in msg, msg
+
+
+def _started(stdout: str, hostname: str) -> float:
+    return _at(stdout, f"pod {hostname}-")  # the pod name is the hostname and a random suffix
+
+
+def _launcher_waits_on_its_own(docs: list) -> None:
+    """No dependsOn, and a wrapper that does not wait: the launcher pod starts with the
+    workers' Job, and `python -m jobset_runtime.mpi launcher` alone waits for them."""
+    for rj in docs[-1]["spec"]["replicatedJobs"]:
+        if rj["name"] == "launcher":
+            del rj["dependsOn"]
+            cmd = rj["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
+            cmd[cmd.index("--wait") + 1] = "none"
+
+
+@pytest.mark.parametrize("variant", ["dns-delay", "no-dependsOn"])
+def test_launcher_started_10s_before_the_workers_dns_records_succeeds(tmp_path, variant):
+    """The launcher pod starts 10 s or more before the workers' DNS records exist, and the job still succeeds.
+
+    dns-delay: the generated manifest as it is.  Its launcher `dependsOn` the workers
+    being Ready, which is a TCP probe of their pod IP and says nothing of DNS, so the
+    launcher starts ~2 s after the workers; with records published 14 s late (cluster DNS
+    lag, `--dns-delay`), it runs ~12 s before any worker's record exists.  Its wrapper
+    (`jobset-run --wait all`) is what waits here.
+    no-dependsOn: the same JobSet without dependsOn and with `--wait none`, workers started
+    10 s late (`--skew`): their records appear when their pods do (publishNotReadyAddresses),
+    so the MPI launcher's own wait (DNS, then the worker port) is what holds mpirun back.
+    """
+    mpi = c.need(c.openmpi(), "Open MPI")
+    if variant == "dns-delay":
+        delay, runner_args, edit = 14.0, ["--dns-delay", "14"], None
+    else:
+        delay, runner_args, edit = 0.0, ["--skew", "pi-worker-*=10"], _launcher_waits_on_its_own
+    r = run_manifest(tmp_path, mpi, ["python", c.PROG], runner_args=runner_args, edit=edit)
+    out = r.stdout
+    assert r.returncode == 0, out[-4000:] + r.stderr[-2000:]
+    # The scenario: every worker's record appeared at least 10 s after the launcher started.
+    launcher = _started(out, "pi-launcher-0-0")
+    records = min(_started(out, f"pi-worker-0-{i}") for i in range(3)) + delay
+    assert records - launcher >= 10, out[-3000:]
+    waited = [l for l in out.splitlines() if l.startswith("[pi-launcher-0-0-") and "resolved 0/" in l]
+    who = "jobset-run" if variant == "dns-delay" else "mpi launcher"
+    assert any(f"] {who}[pi-launcher-0-0" in l and "waiting for" in l and "pi-worker-0-0.pi.default.svc" in l
+               for l in waited), out[-3000:]
+    # No crash loop: one launcher pod, one run, no JobSet restart.
+    assert "restart-attempt 1" not in out and " restarting (restarts " not in out, out[-3000:]
+    pods = {l.split("s] pod ", 1)[1].split()[0].rstrip(":") for l in out.splitlines()
+            if l.startswith("[") and "s] pod pi-launcher-0-0-" in l}
+    assert len(pods) == 1, pods
+    line = next(l for l in out.splitlines() if "RESULT " in l)
+    result = json.loads(line.split("RESULT ", 1)[1])
+    assert result["size"] == 6 and result["sum"] == 21
+    assert collections.Counter(result["hosts"]) == {f"pi-worker-0-{i}": 2 for i in range(3)}
+    status = out.split("NAME")[-1]
+    assert "Completed" in status.splitlines()[1], status
