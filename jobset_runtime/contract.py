@@ -190,6 +190,11 @@ SSH_DIR_ENV = "JOBSET_RUNTIME_SSH_DIR"    # overrides SSH_DIR
 # launchers/sshd_config here.  JOBSET_RUNTIME_SSHD_CONFIG overrides the path.
 SSHD_CONFIG = "/etc/jobset-runtime/sshd_config"
 SSHD_CONFIG_ENV = "JOBSET_RUNTIME_SSHD_CONFIG"
+# Dockerfile.mpi's non-root user (uid and gid).  The `mpi` manifest sets it as the pods'
+# securityContext.fsGroup: the kubelet then gives the Secret's files to that group, and
+# adds the group to every container process, so the user can read the key (mode 0440).
+MPI_IMAGE_UID = 1000
+MPI_FS_GROUP = 1000
 
 # --- Exit codes ----------------------------------------------------------------
 # Chosen so a manifest's podFailurePolicy/failurePolicy can tell causes apart.

@@ -8,7 +8,8 @@ the launcher does (successPolicy), and the controller then stops the workers.
 
 The ssh key pair is made here, at build time, and travels in a Secret of type
 kubernetes.io/ssh-auth next to the JobSet; both pod kinds mount it read-only at
-contract.SSH_DIR.  `python -m jobset_runtime.mpi launcher|worker` does the rest
+contract.SSH_DIR, mode 0440 with the pods' fsGroup set to the image user's group, so a
+non-root user can read it.  `python -m jobset_runtime.mpi launcher|worker` does the rest
 (hostfile, mpirun, daemons started over the authenticated channel by default
 or over ssh with `--transport ssh`; the Secret's private key is also the
 channel's token).
@@ -94,8 +95,13 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
     shape = [{"name": WORKER, "replicas": 1, "template": {"spec": {"completions": workers}}},
              {"name": LAUNCHER, "replicas": 1, "template": {"spec": {"completions": 1}}}]
     topo = common.topology_of(shape)
+    # Secret files are root-owned; with the pod's fsGroup the kubelet makes them group-owned
+    # by it and adds it to the container's groups (kubernetes pkg/volume/volume_linux.go,
+    # SetVolumeOwnership; docs: "Configure a Security Context for a Pod or Container").
+    # 0440, not 0400, so the image's non-root user (Dockerfile.mpi, uid/gid 1000) can read
+    # the key: owner and group read, nobody else, no write.
     ssh_volume = {"name": contract.SSH_VOLUME,
-                  "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o400}}
+                  "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o440}}
     ssh_mount = {"name": contract.SSH_VOLUME, "mountPath": contract.SSH_DIR, "readOnly": True}
 
     worker_cmd = common.runner_command(dataclasses.replace(c, wait=None), "none",
@@ -114,10 +120,13 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
     # The launcher only starts mpirun: the requested cpu/memory go to the workers.
     launcher = common.container(dataclasses.replace(c, cpu=None, memory=None), launcher_cmd, topo,
                                 mounts=[ssh_mount])
+    specs = [common.pod_spec(c, [worker], volumes=[ssh_volume]), common.pod_spec(c, [launcher], volumes=[ssh_volume])]
+    for spec in specs:
+        # fsGroup only (no runAsUser): the image's USER stays in charge, root or not.
+        spec["securityContext"] = {"fsGroup": contract.MPI_FS_GROUP}
     rjobs = [
-        common.replicated_job(WORKER, 1, workers, common.pod_spec(c, [worker], volumes=[ssh_volume])),
-        common.replicated_job(LAUNCHER, 1, 1, common.pod_spec(c, [launcher], volumes=[ssh_volume]),
-                              depends_on=[{"name": WORKER, "status": "Ready"}]),
+        common.replicated_job(WORKER, 1, workers, specs[0]),
+        common.replicated_job(LAUNCHER, 1, 1, specs[1], depends_on=[{"name": WORKER, "status": "Ready"}]),
     ]
     doc = common.jobset(c, rjobs, coordinator=(LAUNCHER, 0, 0), success_targets=[LAUNCHER])
     return common.finish([secret, doc])

@@ -152,8 +152,10 @@ def test_mpi_shape_and_key_pair():
                                             "--slots-per-worker", "2", "--", "python", "pi.py"]
     for rj in (worker, launcher):
         pod = rj["template"]["spec"]["template"]["spec"]
-        assert {"name": contract.SSH_VOLUME, "secret": {"secretName": "pi-ssh", "defaultMode": 0o400}} \
+        # Readable by the image's non-root user through the fsGroup, by nobody else.
+        assert {"name": contract.SSH_VOLUME, "secret": {"secretName": "pi-ssh", "defaultMode": 0o440}} \
             in pod["volumes"]
+        assert pod["securityContext"] == {"fsGroup": contract.MPI_FS_GROUP}
 
 
 def test_mpi_rejects_a_non_ed25519_or_garbage_key():
