@@ -122,8 +122,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help=f"the coordinator's group port (default {contract.GROUP_PORT})")
     g.add_argument("--group-tree", choices=("auto", "on", "off"), default="auto",
                    help="relay through slice leaders, one per Job (default auto: above 1,024 pods)")
-    g.add_argument("--group-timeout", type=float, default=600.0, metavar="S",
-                   help="gang start and restart barrier deadline (default 600)")
+    g.add_argument("--group-timeout", type=float, metavar="S",
+                   help="gang start and restart barrier deadline (default: --timeout)")
     g.add_argument("--heartbeat-deadline", type=float, default=3.0, metavar="S",
                    help="a member or coordinator silent this long has failed (default 3)")
     g.add_argument("--restarts", type=int, default=0, metavar="N",
@@ -131,10 +131,32 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
 
+class Stopped(BaseException):
+    """The pod was told to stop (SIGTERM, Ctrl-C) before its command started.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name} before the command started")
+        self.exit_code = contract.EXIT_SIGNAL_BASE + signum
+
+
+def _stop_before_start(signum, _frame):
+    raise Stopped(signum)
+
+
 def cmd_run(args) -> int:
     import os
+    import signal
 
     from . import exports, supervisor
+
+    # Until the command runs (waits, gang start), a stop request ends us with a cause;
+    # from then on the supervisor forwards it to the command.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_start)
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -174,15 +196,16 @@ def cmd_run(args) -> int:
     else:
         from .group.session import GroupOptions, open_session
 
+        group_timeout = args.group_timeout if args.group_timeout is not None else args.timeout
         session = open_session(ident, GroupOptions(
             token_path=token, insecure=args.insecure, port=args.group_port, leaders_port=args.group_port + 1,
             tree=args.group_tree,
-            join_timeout=args.group_timeout, deadline=args.heartbeat_deadline))
+            join_timeout=group_timeout, deadline=args.heartbeat_deadline))
         outcome = supervisor.Outcome(contract.EXIT_PEER_FAILED)
         try:
             outcome = supervisor.run_in_group(command, env, session.member, session.member.me,
                                               restarts=args.restarts, grace=args.grace,
-                                              barrier_timeout=args.group_timeout)
+                                              barrier_timeout=group_timeout)
         finally:
             session.close(success=outcome.code == 0)
         code, cause = outcome.code, f"{who}: {outcome.cause}"
@@ -227,7 +250,7 @@ def _guard(fn, args, termination_log: str | None = None) -> int:
     """Errors for people: message, no traceback, the error's exit code."""
     try:
         return fn(args)
-    except JobSetRuntimeError as e:
+    except (JobSetRuntimeError, Stopped) as e:
         logger.error("%s", e)
         from .supervisor import write_termination_message
 

@@ -1,5 +1,6 @@
 """`jobset-runtime wait` and `jobset-run --wait` against a real DNS server, as subprocesses."""
 
+import signal
 import socket
 import subprocess
 import sys
@@ -97,3 +98,16 @@ def test_unreachable_dns_server_is_a_configuration_error(cli_env):
         silent.close()
     assert r.returncode == 2, r.stderr
     assert "never answered" in r.stderr and "JOBSET_RUNTIME_NAMESERVERS" in r.stderr
+
+
+def test_stopped_while_waiting_for_peers_leaves_a_cause(cli_env, dns, tmp_path):
+    log = tmp_path / "termination-log"
+    env = {**cli_env, **POD, "JOBSET_RUNTIME_NAMESERVERS": dns.nameserver}
+    p = subprocess.Popen([sys.executable, "-m", "jobset_runtime", "run", "--timeout", "60", "--termination-log",
+                          str(log), "--", "true"], env=env, stderr=subprocess.PIPE, text=True)
+    # The coordinator never resolves: the wrapper is waiting when the kubelet's SIGTERM comes.
+    while "waiting for 1 host" not in p.stderr.readline():
+        pass
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 128 + signal.SIGTERM
+    assert log.read_text() == "stopped by SIGTERM before the command started"

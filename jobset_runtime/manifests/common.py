@@ -180,8 +180,10 @@ def pod_spec(c: Common, containers: list, *, node_selector: dict | None = None, 
         "volumes": [podinfo_volume()] + list(volumes or []),
     }
     if c.fail_fast:
+        # 0444: the image's user may not be root and the manifest cannot know its gid (for
+        # fsGroup); the container is the trust boundary, as for any Secret mounted there.
         spec["volumes"].append({"name": contract.GROUP_VOLUME, "secret": {
-            "secretName": group_secret_name(c.name), "defaultMode": 0o400}})
+            "secretName": group_secret_name(c.name), "defaultMode": 0o444}})
     selector = dict(node_selector or {})
     selector.update(c.node_selector)
     if selector:

@@ -250,7 +250,7 @@ def test_group_channel_secret_and_wiring():
     assert c["command"][:c["command"].index("--")] == ["jobset-run", "--wait", "coordinator", "--group", "on",
                                                        "--restarts", "2"]
     assert {"name": contract.GROUP_VOLUME, "mountPath": contract.GROUP_TOKEN_DIR, "readOnly": True} in c["volumeMounts"]
-    assert {"name": contract.GROUP_VOLUME, "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o400}} \
+    assert {"name": contract.GROUP_VOLUME, "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o444}} \
         in pod["volumes"]
     assert {"name": contract.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
     # A pod that only followed a peer's failure does not fail its Job; a configuration error fails it at once.
