@@ -40,6 +40,7 @@ class _Proc:
         self.out_open = True
         self.exited = False
         self.kill_timer = None
+        self.terminating = False  # SIGTERM sent: the kubelet signals a container once, then waits
 
 
 class Runner:
@@ -115,8 +116,7 @@ class Runner:
     def stop_containers(self, pod: Pod, containers, grace: float) -> None:
         for p in self._by_pod.get(pod.name) or []:
             if p.container in containers:
-                self._signal(p, signal.SIGTERM)
-                p.kill_timer = self.call_later(grace, lambda p=p: self._signal(p, signal.SIGKILL))
+                self._terminate(p, grace)
 
     def pod_ready_changed(self, pod: Pod) -> None:
         # publishNotReadyAddresses false: only Ready pods are in the Service's endpoints.
@@ -134,8 +134,18 @@ class Runner:
             self.pod_ended(pod)
             return
         for p in procs:
-            self._signal(p, signal.SIGTERM)
-            p.kill_timer = self.call_later(grace, lambda p=p: self._signal(p, signal.SIGKILL))
+            self._terminate(p, grace)
+
+    def _terminate(self, p: _Proc, grace: float) -> None:
+        """SIGTERM, then SIGKILL after the grace period; a container already stopping is left to it."""
+        if p.terminating:
+            if p.kill_timer is not None and p.kill_timer[0] > time.monotonic() + grace:
+                p.kill_timer[3] = False  # a shorter grace (Ctrl-C, --timeout) still applies
+                p.kill_timer = self.call_later(grace, lambda: self._signal(p, signal.SIGKILL))
+            return
+        p.terminating = True
+        self._signal(p, signal.SIGTERM)
+        p.kill_timer = self.call_later(grace, lambda: self._signal(p, signal.SIGKILL))
 
     def pod_ended(self, pod: Pod) -> None:
         if pod.ip:
