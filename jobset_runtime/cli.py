@@ -31,13 +31,34 @@ def _identity():
     return ident
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65534:  # the group's leaders listen on the next port
+        raise argparse.ArgumentTypeError(f"{text}: a TCP port from 1 to 65534")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=log.FORMATS, help=f"log line format (default: text, or ${contract.LOG_FORMAT_ENV})")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def _wait_options(parser: argparse.ArgumentParser, default_timeout: float) -> None:
-    parser.add_argument("--timeout", type=float, default=default_timeout, metavar="S",
+    parser.add_argument("--timeout", type=_non_negative, default=default_timeout, metavar="S",
                         help=f"overall deadline in seconds (default {default_timeout:g})")
 
 
@@ -104,11 +125,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     tpu.add_argument("--no-tpu", dest="tpu", action="store_false")
     p.add_argument("--jax", action="store_true",
                    help="export JAX_COORDINATOR_ADDRESS/PORT (and libtpu's env on TPU) for jax.distributed")
-    p.add_argument("--jax-port", type=int, default=contract.JAX_PORT, metavar="P",
+    p.add_argument("--jax-port", type=_port, default=contract.JAX_PORT, metavar="P",
                    help=f"the JAX coordinator port (default {contract.JAX_PORT}; docs/jax.md says why)")
-    p.add_argument("--master-port", type=int, default=contract.TORCH_PORT, metavar="P",
+    p.add_argument("--master-port", type=_port, default=contract.TORCH_PORT, metavar="P",
                    help=f"MASTER_PORT for PyTorch (default {contract.TORCH_PORT})")
-    p.add_argument("--grace", type=float, default=10.0, metavar="S",
+    p.add_argument("--grace", type=_non_negative, default=10.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL when stopping leftovers of CMD (default 10)")
     p.add_argument("--termination-log", metavar="PATH",
                    help=f"where to write the cause of a failure (default ${contract.TERMINATION_LOG_ENV} or {contract.TERMINATION_LOG})")
@@ -118,15 +139,15 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--group-token", metavar="PATH",
                    help=f"the shared token (default ${contract.GROUP_TOKEN_FILE_ENV} or {contract.GROUP_TOKEN_FILE})")
     g.add_argument("--insecure", action="store_true", help="run the group channel without authentication")
-    g.add_argument("--group-port", type=int, default=contract.GROUP_PORT, metavar="P",
+    g.add_argument("--group-port", type=_port, default=contract.GROUP_PORT, metavar="P",
                    help=f"the coordinator's group port (default {contract.GROUP_PORT})")
     g.add_argument("--group-tree", choices=("auto", "on", "off"), default="auto",
                    help="relay through slice leaders, one per Job (default auto: above 1,024 pods)")
-    g.add_argument("--group-timeout", type=float, metavar="S",
+    g.add_argument("--group-timeout", type=_non_negative, metavar="S",
                    help="gang start and restart barrier deadline (default: --timeout)")
-    g.add_argument("--heartbeat-deadline", type=float, default=3.0, metavar="S",
+    g.add_argument("--heartbeat-deadline", type=_non_negative, default=3.0, metavar="S",
                    help="a member or coordinator silent this long has failed (default 3)")
-    g.add_argument("--restarts", type=int, default=0, metavar="N",
+    g.add_argument("--restarts", type=_count, default=0, metavar="N",
                    help="restart the whole group in place up to N times before exiting (default 0)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
@@ -232,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("wait", help="wait until peers resolve in DNS (and accept TCP)")
     _common(w)
     w.add_argument("scope", choices=SCOPES)
-    w.add_argument("--port", type=int, metavar="P", help="also wait until each accepts TCP on port P")
+    w.add_argument("--port", type=_port, metavar="P", help="also wait until each accepts TCP on port P")
     _wait_options(w, 300.0)
     w.set_defaults(func=cmd_wait)
 

@@ -39,6 +39,11 @@ IN_PLACE_RESTART_ATTEMPT_KEY = "jobset.sigs.k8s.io/in-place-restart-attempt"
 # label, and the env var below.
 JOB_COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+# The Job controller's own pod labels, with and without the batch.kubernetes.io/ prefix.
+JOB_CONTROLLER_UID_KEY = "batch.kubernetes.io/controller-uid"
+JOB_NAME_KEY = "batch.kubernetes.io/job-name"
+LEGACY_CONTROLLER_UID_KEY = "controller-uid"
+LEGACY_JOB_NAME_KEY = "job-name"
 HOSTNAME_ENV = "HOSTNAME"
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 HOSTS_FILE = "/etc/hosts"
@@ -203,3 +208,5 @@ EXIT_CONFIG = 2          # bad configuration: restarting cannot fix it -> fail t
 EXIT_PEERS_TIMEOUT = 69  # sysexits EX_UNAVAILABLE: peers never appeared before the deadline
 EXIT_PEER_FAILED = 75    # sysexits EX_TEMPFAIL: stopped because another pod failed first
 EXIT_SIGNAL_BASE = 128   # child killed by signal N -> 128 + N, as shells report it
+EXIT_NOT_EXECUTABLE = 126  # the command exists but cannot run, as shells report it
+EXIT_NOT_FOUND = 127       # no such command, as shells report it

@@ -72,7 +72,7 @@ def tpu_env(ident: Identity) -> dict[str, str]:
     return {
         contract.TPU_WORKER_ID: str(ident.worker_id),
         contract.TPU_WORKER_HOSTNAMES: slice_hosts,
-        contract.MEGASCALE_COORDINATOR_ADDRESS: ident.fqdn(ident.coordinator),
+        contract.MEGASCALE_COORDINATOR_ADDRESS: ident.fqdn(ident.slice_coordinator),
         contract.MEGASCALE_NUM_SLICES: str(ident.num_slices),
         contract.MEGASCALE_SLICE_ID: str(ident.slice_id),
     }

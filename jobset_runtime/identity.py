@@ -178,7 +178,7 @@ class Identity:
         return f"{host or self.hostname}.{self.subdomain}.{self.namespace}.svc.{self.cluster_domain}"
 
     # --- numbering ---------------------------------------------------------
-    def _need_topology(self, what: str) -> Topology:
+    def require_topology(self, what: str) -> Topology:
         if self.topology is None:
             raise ConfigError(
                 f"{what} needs the shape of every replicated job, which a pod cannot see: set "
@@ -189,15 +189,15 @@ class Identity:
 
     @property
     def rank(self) -> int:
-        return self._need_topology("the global rank").rank(self.replicated_job, self.job_index, self.pod_index)
+        return self.require_topology("the global rank").rank(self.replicated_job, self.job_index, self.pod_index)
 
     @property
     def world_size(self) -> int:
-        return self._need_topology("the world size").world_size
+        return self.require_topology("the world size").world_size
 
     @property
     def pods_per_job(self) -> int:
-        return self._need_topology("the number of pods per job").shape(self.replicated_job).pods
+        return self.require_topology("the number of pods per job").shape(self.replicated_job).pods
 
     # --- multislice view: one Job of the replicated job is one slice --------
     @property
@@ -235,6 +235,12 @@ class Identity:
     def is_coordinator(self) -> bool:
         return self.coordinator == self.hostname
 
+    @property
+    def slice_coordinator(self) -> str:
+        """Pod 0 of job 0 of this pod's replicated job: libtpu's and JAX's TPU coordinator,
+        which must be a host of the slices even when another replicated job (a driver) is first."""
+        return hostname_of(self.jobset_name, self.replicated_job, 0, 0)
+
     def slice_hosts(self) -> list[str]:
         """Hostnames of the pods of this pod's Job, in worker-id order."""
         return [
@@ -243,7 +249,7 @@ class Identity:
         ]
 
     def all_hosts(self) -> list[str]:
-        return self._need_topology("waiting for every pod").hostnames(self.jobset_name)
+        return self.require_topology("waiting for every pod").hostnames(self.jobset_name)
 
     def scope_hosts(self, scope: str) -> list[str]:
         """The hostnames a scope waits for; DNS load stays linear in pods for the default scopes."""
@@ -334,7 +340,7 @@ class _Source:
             if required:
                 raise ConfigError(_missing(fieldname))
             return None
-        if not value.isdigit():
+        if not (value.isascii() and value.isdecimal()):
             raise ConfigError(f"{origin}={value!r} is not a non-negative integer; JobSet writes decimal strings")
         return int(value)
 
@@ -382,7 +388,7 @@ def _split_hostname(host: str, jobset: str) -> tuple[str, int, int] | None:
     if not host.startswith(jobset + "-"):
         return None
     parts = host[len(jobset) + 1:].rsplit("-", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+    if len(parts) != 3 or not all(p.isascii() and p.isdecimal() for p in parts[1:]):
         return None
     return parts[0], int(parts[1]), int(parts[2])
 
@@ -466,8 +472,9 @@ def derive(meta: PodMetadata) -> Identity:
                     f"{contract.TOPOLOGY_ENV}={topo_text!r}: fix spec.coordinator or the topology"
                 )
         subdomain = subdomain or coord_subdomain or None
-    elif topology is not None:
-        coordinator_host = hostname_of(jobset, topology.jobs[0].name, 0, 0)
+    elif topology is not None and topology.world_size:
+        # Pod 0 of job 0 of the first replicated job that has any pods: rank 0.
+        coordinator_host = hostname_of(jobset, *topology.locate(0))
     elif global_index is not None and global_index == job_index:
         # No earlier replicated job has any Job, so this one is first in spec order.
         coordinator_host = hostname_of(jobset, rjob, 0, 0)

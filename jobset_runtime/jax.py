@@ -146,9 +146,9 @@ def process_numbering(ident: Identity, platform: str, processes_per_host: int = 
 def coordinator_host(ident: Identity, platform: str) -> str:
     """Hostname of the pod running JAX process 0, which must host the coordination service."""
     if platform == "tpu":
-        ident._need_topology("the JAX coordinator")  # fail as the numbering would, early
-        return hostname_of(ident.jobset_name, ident.replicated_job, 0, 0)
-    name, job_index, pod_index = ident._need_topology("the JAX coordinator").locate(0)
+        ident.require_topology("the JAX coordinator")  # fail as the numbering would, early
+        return ident.slice_coordinator
+    name, job_index, pod_index = ident.require_topology("the JAX coordinator").locate(0)
     return hostname_of(ident.jobset_name, name, job_index, pod_index)
 
 

@@ -100,30 +100,40 @@ def wait(child: Child) -> int:
 stop_requested = threading.Event()
 
 
-def forward_signals(child: Child) -> None:
-    """Relay the signals a pod or terminal sends to the child's whole process group."""
+def launch(argv: list[str], env: dict[str, str]) -> Child:
+    """Start the command with the signals a pod or terminal sends already relayed to its whole
+    process group; one that arrives while it starts is delivered as soon as it exists."""
+    holder: dict = {"child": None, "pending": []}
 
     def relay(signum, _frame):
         log.info("received %s, forwarding to the command", signal.Signals(signum).name)
         if signum in (signal.SIGTERM, signal.SIGINT):
             stop_requested.set()
-        child.signal(signum)
+        if holder["child"] is None:
+            holder["pending"].append(signum)
+        else:
+            holder["child"].signal(signum)
 
     for sig in FORWARDED:
         signal.signal(sig, relay)
+    child = holder["child"] = start(argv, env)
+    for signum in holder["pending"]:
+        child.signal(signum)
+    return child
+
+
+def cannot_start(program: str, e: OSError) -> int:
+    """The shell's codes: 127 not found, 126 found but not runnable."""
+    log.error("cannot run %s: %s", program, e.strerror)
+    return contract.EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else contract.EXIT_NOT_EXECUTABLE
 
 
 def run(argv: list[str], env: dict[str, str], grace: float = 10.0) -> int:
     """Run the command to completion; leftovers in its process group are stopped afterwards."""
     try:
-        child = start(argv, env)
-    except FileNotFoundError:
-        log.error("command not found: %s", argv[0])
-        return 127
-    except PermissionError:
-        log.error("command not executable: %s", argv[0])
-        return 126
-    forward_signals(child)
+        child = launch(argv, env)
+    except OSError as e:
+        return cannot_start(argv[0], e)
     code = wait(child)
     if child.group_alive():
         log.info("the command left processes in its group; stopping them")
@@ -181,6 +191,7 @@ def run_in_group(argv: list[str], env: dict[str, str], member, me, *, restarts: 
     others with EXIT_PEER_FAILED, so JobSet's failurePolicy can tell them apart.
     """
     current: list[Child | None] = [None]
+    kill_timers: list[threading.Timer] = []
     stopped_by_group = threading.Event()
 
     def on_abort(failure) -> None:  # on the member's thread: signal only, never wait here
@@ -189,7 +200,10 @@ def run_in_group(argv: list[str], env: dict[str, str], member, me, *, restarts: 
             stopped_by_group.set()
             log.info("stopping the command (SIGTERM, then SIGKILL after %gs)", grace)
             child.signal(signal.SIGTERM)
-            threading.Timer(grace, child.signal, (signal.SIGKILL,)).start()
+            timer = threading.Timer(grace, child.signal, (signal.SIGKILL,))
+            timer.daemon = True
+            kill_timers.append(timer)
+            timer.start()
 
     member.on_abort(on_abort)
     outcome = Outcome(contract.EXIT_PEER_FAILED, "the group stopped before the command ran")
@@ -200,18 +214,19 @@ def run_in_group(argv: list[str], env: dict[str, str], member, me, *, restarts: 
             code = contract.EXIT_PEER_FAILED
         else:
             try:
-                child = current[0] = start(argv, env)
+                child = current[0] = launch(argv, env)
             except OSError as e:
-                code = 127 if isinstance(e, FileNotFoundError) else 126
-                log.error("cannot run %s: %s", argv[0], e.strerror)
+                code = cannot_start(argv[0], e)
             else:
-                forward_signals(child)
                 if member.aborted.is_set():  # the abort raced the start
                     on_abort(member.abort_cause)
                 code = wait(child)
                 if child.group_alive():
                     child.stop(grace)
                 current[0] = None
+                for timer in kill_timers:  # never SIGKILL a process group id that may be reused
+                    timer.cancel()
+                kill_timers.clear()
         if code == 0 and not member.aborted.is_set():
             if member.finish():
                 return Outcome(contract.EXIT_OK)

@@ -56,3 +56,15 @@ def test_merge_never_overrides_and_warns_on_disagreement():
     assert len(warnings) == 2
     assert any("TPU_WORKER_ID='5'" in w and "'63'" in w for w in warnings)
     assert any("MASTER_PORT" in w for w in warnings)
+
+
+def test_tpu_coordinator_is_a_slice_host_even_behind_a_driver():
+    labels = {
+        contract.JOBSET_NAME_KEY: "ms", contract.REPLICATED_JOB_NAME_KEY: "slice",
+        contract.REPLICATED_JOB_REPLICAS_KEY: "2", contract.JOB_INDEX_KEY: "1",
+        contract.JOB_GLOBAL_INDEX_KEY: "2", contract.GLOBAL_REPLICAS_KEY: "3",
+        contract.JOB_COMPLETION_INDEX_KEY: "0",
+    }
+    ident = derive(PodMetadata(labels=labels, env={contract.TOPOLOGY_ENV: "driver:1x1,slice:2x2"}, namespace="t"))
+    assert ident.coordinator == "ms-driver-0-0"  # the job's coordinator (torch, the group channel)
+    assert tpu_env(ident)[contract.MEGASCALE_COORDINATOR_ADDRESS] == "ms-slice-0-0.ms.t.svc.cluster.local"

@@ -177,3 +177,13 @@ def test_derived_rank_matches_topology(topology, data):
     ident = derive(PodMetadata(labels=labels, env={contract.TOPOLOGY_ENV: str(topology)}))
     assert ident.rank == topology.rank(job.name, ji, pi)
     assert ident.hostname == hostname_of("js", job.name, ji, pi) == topology.hostnames("js")[ident.rank]
+
+
+def test_non_ascii_digits_are_a_configuration_error():
+    with pytest.raises(ConfigError, match="not a non-negative integer"):
+        derive(meta(**{contract.JOB_INDEX_KEY: "²"}))
+
+
+def test_default_coordinator_skips_replicated_jobs_without_pods():
+    ident = derive(meta("empty:0x1,worker:2x4", **{contract.JOB_GLOBAL_INDEX_KEY: "1", contract.GLOBAL_REPLICAS_KEY: "2"}))
+    assert ident.coordinator == "js-worker-0-0" == ident.all_hosts()[0]

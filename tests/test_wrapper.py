@@ -99,7 +99,7 @@ def test_config_errors_exit_2_without_traceback(cli_env, tmp_path):
     r = jobset_run(cli_env, "--wait", "none")
     assert r.returncode == 2 and "no command given" in r.stderr
     r = jobset_run(cli_env, "--wait", "none", "--", "/no/such/program")
-    assert r.returncode == 127 and "command not found" in r.stderr
+    assert r.returncode == 127 and "cannot run /no/such/program" in r.stderr
 
 
 def test_env_command_outputs(cli_env, podinfo):
@@ -142,3 +142,9 @@ def test_json_log_lines_carry_pod_and_rank(cli_env):
     lines = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
     assert lines and all(line["pod"] == "demo-worker-1-0" and line["rank"] == 2 for line in lines)
     assert any(line["level"] == "error" and "exited with code 4" in line["message"] for line in lines)
+
+
+@pytest.mark.parametrize("option", [["--restarts", "-1"], ["--group-port", "65535"], ["--timeout", "-5"]])
+def test_out_of_range_options_are_usage_errors(cli_env, option):
+    r = jobset_run(cli_env, *option, "--", "true")
+    assert r.returncode == 2 and option[0] in r.stderr and "Traceback" not in r.stderr

@@ -66,6 +66,8 @@ class GroupServer:
         self._stopped: asyncio.Event | None = None
         self.address: tuple[str, int] | None = None
         self.rejected = 0  # connections closed for breaking the protocol or failing auth
+        self._handshaking = 0
+        self.max_handshaking = max(64, 2 * len(world))
 
     # --- thread-side API ------------------------------------------------------------
     def start(self) -> tuple[str, int]:
@@ -214,12 +216,22 @@ class GroupServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = None
         try:
+            # Unauthenticated connections cost a task each: cap them, so a flood of idle ones
+            # cannot crowd out the members (each one is also dropped at the handshake deadline).
+            if self._handshaking >= self.max_handshaking:
+                self.rejected += 1
+                log.warning("group: rejected a connection from %s: %d handshakes already under way",
+                            peer, self._handshaking)
+                return
+            self._handshaking += 1
             try:
                 session, hello = await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
             except (wire.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
                 self.rejected += 1
                 log.warning("group: rejected a connection from %s: %s", peer, _why(e))
                 return
+            finally:
+                self._handshaking -= 1
             refusal = self.state.admit(hello)
             rank = hello["rank"]
             if refusal is None and rank in self._conns:

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from .. import contract
 from ..errors import ConfigError, JobSetRuntimeError
 
 
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     except JobSetRuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    return 2
+    return contract.EXIT_CONFIG
 
 
 if __name__ == "__main__":

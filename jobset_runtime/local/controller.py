@@ -26,7 +26,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from .. import jobset
+from .. import contract, jobset
 
 # pkg/kubelet/kubelet.go: container restart back-off starts at 10 s, doubles, caps at 300 s.
 CRASH_BACKOFF_INITIAL = 10.0
@@ -53,8 +53,8 @@ def pod_metadata(js: dict, rjob_name: str, job_index: int, pod_index: int, resta
                                                     uid=js["metadata"].get("uid", ""))
     jname = jobset.job_name(js["metadata"]["name"], rjob_name, job_index)
     labels.update({
-        "batch.kubernetes.io/controller-uid": job_uid, "batch.kubernetes.io/job-name": jname,
-        "controller-uid": job_uid, "job-name": jname,
+        contract.JOB_CONTROLLER_UID_KEY: job_uid, contract.JOB_NAME_KEY: jname,
+        contract.LEGACY_CONTROLLER_UID_KEY: job_uid, contract.LEGACY_JOB_NAME_KEY: jname,
     })
     return labels, annotations
 

@@ -49,6 +49,8 @@ import signal
 import subprocess
 import threading
 
+from .. import contract
+
 CLUSTER_NET = ipaddress.ip_network("198.18.0.0/15")
 GATEWAY = str(CLUSTER_NET.network_address + 1)
 LOOPBACK_BASE = int(ipaddress.ip_address("127.18.0.0"))
@@ -442,8 +444,8 @@ class RootlessNetwork(Network):
     def argv(self, ns: str, hostname: str, workdir: str, mounts: list, command: list) -> list:
         # What `ip netns exec` does for netns mode (its /etc binds, sysfs), done by SHIM.
         etc = os.path.join(self.etc_dir, ns)
-        steps = [(os.path.join(etc, "hosts"), "/etc/hosts", "rw"),
-                 (os.path.join(etc, "resolv.conf"), "/etc/resolv.conf", "rw"),
+        steps = [(os.path.join(etc, "hosts"), contract.HOSTS_FILE, "rw"),
+                 (os.path.join(etc, "resolv.conf"), contract.RESOLV_CONF, "rw"),
                  ("-", "/sys", "sys"), *mounts]
         flat = []
         for src, dst, mode in steps:

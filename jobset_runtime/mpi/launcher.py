@@ -298,10 +298,9 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
 
 def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
     try:
-        child = supervisor.start(argv, env)
+        child = supervisor.launch(argv, env)
     except FileNotFoundError:
         raise ConfigError(f"{argv[0]!r} not found: install MPI in the image or pass --mpirun PATH") from None
-    supervisor.forward_signals(child)
     stopped_for = None
     while child.proc.poll() is None:
         watch._changed.wait(0.1)

@@ -31,6 +31,7 @@ from . import channel, command
 log = logging.getLogger("jobset_runtime.mpi.worker")
 
 VANISH_S = 5 * channel.HEARTBEAT_S
+MAX_HANDSHAKES = 64  # unauthenticated connections served at once; more are closed at once
 
 # jobset-run exports the *pod's* rank and world size (and torchrun's settings); MPI
 # ranks started here get their own from MPI, so these would only mislead them.
@@ -65,6 +66,7 @@ class WorkerServer:
         self._daemons: set[subprocess.Popen] = set()
         self.watchers = 0  # launchers connected so far (benchmarks and tests read it)
         self._watch_channels: list[channel.Channel] = []
+        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
 
     @property
     def port(self) -> int:
@@ -106,11 +108,18 @@ class WorkerServer:
                 sock, addr = self._listener.accept()
             except OSError:
                 return
+            # Unauthenticated connections cost a thread each until the handshake ends: cap them.
+            if not self._handshakes.acquire(blocking=False):
+                sock.close()
+                continue
             threading.Thread(target=self._serve, args=(sock, addr), daemon=True).start()
 
     def _serve(self, sock: socket.socket, addr) -> None:
         try:
-            chan, hello = channel.accept(sock, self.key, pod=self.pod)
+            try:
+                chan, hello = channel.accept(sock, self.key, pod=self.pod)
+            finally:
+                self._handshakes.release()
         except (channel.Probe, ConnectionResetError):
             sock.close()  # a port check (the launcher's wait, a readiness probe)
             return
