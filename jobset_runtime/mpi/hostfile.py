@@ -147,7 +147,7 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
         env = {"OMPI_MCA_orte_default_hostfile": hostfile}
         if agent:
             env["OMPI_MCA_plm_rsh_agent"] = agent
-        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
+        if agent_args:
             env["OMPI_MCA_plm_rsh_args"] = agent_args
         if keep_fqdn:
             env["OMPI_MCA_orte_keep_fqdn_hostnames"] = "1"
@@ -157,7 +157,7 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
         if agent:
             env["HYDRA_LAUNCHER"] = "ssh"
             env["HYDRA_LAUNCHER_EXEC"] = agent
-        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
+        if agent_args:
             env["HYDRA_LAUNCHER_EXTRA_ARGS"] = agent_args
         return env
     if impl.family == INTEL:
@@ -165,7 +165,7 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
         if agent:
             env["I_MPI_HYDRA_BOOTSTRAP"] = "ssh"
             env["I_MPI_HYDRA_BOOTSTRAP_EXEC"] = agent
-        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
+        if agent_args:
             env["I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS"] = agent_args
         return env
     raise ConfigError(f"unknown MPI {impl.family!r}: use one of {', '.join(FAMILIES)}")

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .. import contract
+from .. import contract, supervisor
 from ..group.wire import ProtocolError
 from . import channel, command
 
@@ -228,7 +228,7 @@ class WorkerServer:
                         continue
                     chan.send({"t": "out", "fd": key.data, "data": data.decode("utf-8", "replace")})
             code = proc.wait()
-            chan.send({"t": "exit", "code": code if code >= 0 else contract.EXIT_SIGNAL_BASE - code})
+            chan.send({"t": "exit", "code": supervisor.exit_code_of(code)})
         finally:
             sel.close()
 
