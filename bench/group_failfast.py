@@ -168,7 +168,7 @@ def one_run(n, workers, attempt, mode, slice_size=0):
     with contextlib.ExitStack() as stack:
         if slice_size:
             leaders = world[::size]
-            top = stack.enter_context(GroupServer(bind=("127.0.0.1", 0), world=leaders, **opts))
+            top = stack.enter_context(GroupServer(bind=("127.0.0.1", 0), world=leaders, leaders=True, **opts))
             ports = [stack.enter_context(SliceLeader(
                 bind=("127.0.0.1", 0), slice_world=world[i:i + size], upstream=top.address, me=world[i],
                 leaders=leaders, **opts)).address[1] for i in range(0, n, size)]

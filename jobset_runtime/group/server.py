@@ -50,13 +50,15 @@ class GroupServer:
 
     def __init__(self, *, bind: tuple[str, int] | str, world: list[MemberId], token: bytes | None,
                  insecure: bool = False, attempt: int, heartbeat: float = 0.5, deadline: float = 3.0,
-                 handshake_timeout: float = 5.0, on_up=None):
+                 handshake_timeout: float = 5.0, on_up=None, leaders: bool = False):
         self._key = check_auth(token, insecure)
         if isinstance(bind, str):
             bind = (bind, contract.GROUP_PORT)
         self._bind = bind
         # on_up(msg): relay mode (relay.py) -- collective steps go to the leaders' group.
         self._on_up = on_up
+        # leaders=True: the leaders' group of the tree, whose members relay their slices' failures.
+        self._leaders = leaders
         self.state = GroupState(list(world), attempt, relay=on_up is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
@@ -281,6 +283,8 @@ class GroupServer:
                 if not (wire.typed(msg["origin_rank"], int) and wire.typed(msg.get("origin_pod"), str)):
                     raise wire.ProtocolError("fail message with a malformed origin")
                 origin = MemberId(msg["origin_rank"], msg["origin_pod"][:253])
+                if not self._in_slice_of(conn.rank, origin.rank):
+                    raise wire.ProtocolError(f"rank {conn.rank} may not report a failure of rank {origin.rank}")
             self._apply(self.state.fail(conn.rank, msg["code"], msg["cause"], msg["epoch"], origin))
         elif kind == "done":
             self._apply(self.state.finish(conn.rank, msg["epoch"]))
@@ -288,6 +292,15 @@ class GroupServer:
             self._apply(self.state.barrier(conn.rank, msg["epoch"]))
         else:
             raise wire.ProtocolError(f"a member may not send {kind}")
+
+
+    def _in_slice_of(self, leader: int, rank: int) -> bool:
+        """A leader speaks for its own slice only: ranks from its own up to the next leader's
+        (each Job's ranks are contiguous and its leader is its first pod)."""
+        if not self._leaders:
+            return False
+        later = [r for r in self.state.world if r > leader]
+        return leader <= rank < (min(later) if later else float("inf"))
 
 
 def _why(e: BaseException) -> str:

@@ -99,7 +99,7 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
 
             # Flat: every member's server.  Tree: the leaders' group.
             top = GroupServer(bind=(address, opts.leaders_port if tree else opts.port),
-                              world=[g[0] for g in groups] if tree else world, **common)
+                              world=[g[0] for g in groups] if tree else world, leaders=tree, **common)
             top.start()
             servers.append(top)
         if tree and hosts_server:

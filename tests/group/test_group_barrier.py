@@ -57,3 +57,20 @@ def test_everyone_at_the_barrier_restarts():
         for m in members:
             m.close()
     assert epochs == [1] * n
+
+
+def test_only_a_slice_leader_may_name_another_rank_as_the_failure():
+    """A flat group's member that blames another rank is cut off, and so is itself the failure."""
+    from jobset_runtime.group import MemberId
+
+    world = make_world(3)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=TOKEN, attempt=0, **FAST) as server:
+        members = [GroupMember(server=server.address, me=m, world=world, token=TOKEN, attempt=0, **FAST)
+                   for m in world]
+        join_all(members)
+        members[0].report_failure(1, "it was rank 2", origin=MemberId(2, "pod-2"))
+        for m in members[1:]:
+            assert m.aborted.wait(WAIT)
+            assert m.abort_cause.rank == 0, m.abort_cause.describe()
+        for m in members:
+            m.close()

@@ -18,7 +18,7 @@ def tree(token, token_file):
     """Leaders' server + one SliceLeader per slice in this process; members in their own processes."""
     world = make_world(SLICES * PER_SLICE)
     leaders = [world[s * PER_SLICE] for s in range(SLICES)]
-    top = GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, **FAST)
+    top = GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, leaders=True, **FAST)
     top.start()
     slices = []
     procs = []
@@ -87,7 +87,7 @@ def test_a_slice_waits_for_the_other_slices_before_it_starts(token):
     world = make_world(4)
     leaders = [world[0], world[2]]
     with (
-        GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, **FAST) as top,
+        GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, leaders=True, **FAST) as top,
         SliceLeader(bind=("127.0.0.1", 0), slice_world=world[:2], upstream=top.address, me=world[0],
                     leaders=leaders, token=token, attempt=0, join_timeout=WAIT, **FAST) as sl,
     ):
