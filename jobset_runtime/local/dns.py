@@ -294,17 +294,22 @@ class DnsServer:
             pass
         conn.sock.close()
 
+    def _flush(self, sel, conn: _TcpConn) -> bool:
+        """Send what the socket takes now; False when the connection broke (and is closed)."""
+        try:
+            n = conn.sock.send(conn.outbuf)
+            del conn.outbuf[:n]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(sel, conn)
+            return False
+        return True
+
     def _serve_tcp(self, sel, conn: _TcpConn, events) -> None:
         conn.last = time.monotonic()
-        if events & selectors.EVENT_WRITE and conn.outbuf:
-            try:
-                n = conn.sock.send(conn.outbuf)
-                del conn.outbuf[:n]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                self._close(sel, conn)
-                return
+        if events & selectors.EVENT_WRITE and conn.outbuf and not self._flush(sel, conn):
+            return
         if events & selectors.EVENT_READ:
             try:
                 chunk = conn.sock.recv(65535)
@@ -330,15 +335,8 @@ class DnsServer:
                 reply = self._answer_safely(data, udp=False)
                 if reply is not None:
                     conn.outbuf += struct.pack("!H", len(reply)) + reply
-        if conn.outbuf:
-            try:
-                n = conn.sock.send(conn.outbuf)
-                del conn.outbuf[:n]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                self._close(sel, conn)
-                return
+        if conn.outbuf and not self._flush(sel, conn):
+            return
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
         sel.modify(conn.sock, want, conn)
 

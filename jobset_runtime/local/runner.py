@@ -405,6 +405,10 @@ class Runner:
         if not data:
             self._close_out(proc)
             return
+        self._emit(proc, data)
+
+    def _emit(self, proc: _Proc, data: bytes) -> None:
+        """Save a container's output and print its complete lines, prefixed with the pod."""
         proc.log.write(data)
         proc.buf += data
         *lines, proc.buf = proc.buf.split(b"\n")
@@ -449,11 +453,7 @@ class Runner:
             if not data:
                 self._close_out(proc)
                 break
-            proc.log.write(data)
-            proc.buf += data
-            *lines, proc.buf = proc.buf.split(b"\n")
-            for line in lines:
-                self._print(proc.prefix + line.decode(errors="replace"))
+            self._emit(proc, data)
         procs = self._by_pod.get(proc.pod.name, [])
         if proc in procs:
             procs.remove(proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -105,3 +106,22 @@ def processes_with(token: str) -> list:
 
 def bridge_links() -> str:
     return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def wait_stubborn_up(p, token: str) -> list:
+    """Read the runner's output until both pods of a stubborn JobSet say `up` and their
+    daemons (outside the pods' process groups) exist; returns the lines seen."""
+    seen = []
+    deadline = time.monotonic() + 30
+    while sum("] up" in s for s in seen) < 2 and time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+    assert sum("] up" in s for s in seen) == 2, "".join(seen)
+    for _ in range(100):
+        if len(processes_with(token)) >= 4:
+            break
+        time.sleep(0.02)
+    assert len(processes_with(token)) >= 4  # two pods, each with its main process and a daemon
+    return seen

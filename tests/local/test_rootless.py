@@ -204,20 +204,7 @@ def _start_stubborn(user, work):
     js = lf.jobset("stuck", [("w", 1, 2, c, {}, {"terminationGracePeriodSeconds": 1})])
     p = subprocess.Popen(_argv(user, work, js, "--timeout", "60", "--mode", "rootless"), env=user["env"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
-    seen = []
-    deadline = time.monotonic() + 30
-    while sum("] up" in s for s in seen) < 2 and time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-    assert sum("] up" in s for s in seen) == 2, "".join(seen)
-    for _ in range(100):
-        if len(lf.processes_with(token)) >= 4:
-            break
-        time.sleep(0.02)
-    assert len(lf.processes_with(token)) >= 4  # two pods, each with its main process and a daemon
-    return p, token, seen
+    return p, token, lf.wait_stubborn_up(p, token)
 
 
 def test_ctrl_c_leaves_nothing_behind(user, work):

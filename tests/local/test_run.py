@@ -4,7 +4,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -257,20 +256,7 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     token = "tok-" + uuid.uuid4().hex
     p = subprocess.Popen(lf.local_argv(tmp_path, _stubborn_jobset(token), args=["--timeout", "60"]),
                          env=lf.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    deadline = time.monotonic() + 30
-    while sum("] up" in s for s in seen) < 2 and time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-    assert sum("] up" in s for s in seen) == 2, "".join(seen)
-    # The daemons exist, outside the pods' process groups, before the interrupt.
-    for _ in range(100):
-        if len(lf.processes_with(token)) >= 4:
-            break
-        time.sleep(0.02)
-    assert len(lf.processes_with(token)) >= 4  # two pods, each with its main process and a daemon
+    seen = lf.wait_stubborn_up(p, token)
     p.send_signal(signal.SIGINT)
     rest, _ = p.communicate(timeout=30)
     assert p.returncode == 130, "".join(seen) + rest
