@@ -2,15 +2,17 @@
 
 mpirun starts its per-host daemon through an ssh-like agent:
 `AGENT [options] HOST WORD...`, where the words are meant for a remote shell.
-What the installed wheels really pass (Open MPI 5.0.11, MPICH 5.0.2):
+What the installed wheels really pass (Open MPI 5.0.11 and 4.1.8, MPICH 5.0.2,
+Intel MPI 2021.18):
 
     PRTE_PREFIX=/p;export PRTE_PREFIX;LD_LIBRARY_PATH=/p/lib:$LD_LIBRARY_PATH;export LD_LIBRARY_PATH;/p/bin/prted --prtemca ess "env" ...
+    OPAL_PREFIX=/p ; export OPAL_PREFIX; PATH=/p/bin:$PATH ; export PATH ; LD_LIBRARY_PATH=/p/lib:${LD_LIBRARY_PATH:-} ; ... /p/bin/orted -mca ess "env" ...
     "/p/bin/hydra_pmi_proxy" --control-port host:port ...
 
 The ssh-free transport runs that on a worker *without* a shell: the words are
 tokenised like a POSIX shell would (quotes removed), then only three kinds of
-statement are accepted: `NAME=VALUE` (where `$NAME`/`${NAME}` is the only
-expansion), `export NAME...`, and one final command, which must be an MPI
+statement are accepted: `NAME=VALUE` (where `$NAME`, `${NAME}` and
+`${NAME:-WORD}` with a plain WORD are the only expansions), `export NAME...`, and one final command, which must be an MPI
 daemon.  Anything else (pipes, redirections, subshells, `$(...)`, a second
 command) is refused.  Pure functions; the worker applies the result.
 """
@@ -22,10 +24,11 @@ import re
 import shlex
 from dataclasses import dataclass
 
-# The programs an mpirun starts on remote hosts: PRRTE (Open MPI 5), ORTE (Open MPI 4), Hydra (MPICH, Intel).
-DAEMONS = frozenset({"prted", "orted", "hydra_pmi_proxy", "pmi_proxy"})
+# The programs an mpirun starts on remote hosts: PRRTE (Open MPI 5), ORTE (Open MPI 4),
+# Hydra (MPICH; Intel MPI starts hydra_bstrap_proxy, which starts hydra_pmi_proxy itself).
+DAEMONS = frozenset({"prted", "orted", "hydra_pmi_proxy", "pmi_proxy", "hydra_bstrap_proxy"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)-([^${}`]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 # Env an agent may set for the daemon: where the MPI lives, nothing that injects code (LD_PRELOAD...).
 _ENV_ALLOWED = re.compile(r"(PATH|LD_LIBRARY_PATH|DYLD_LIBRARY_PATH|[A-Z0-9_]+_PREFIX)\Z")
 
@@ -109,8 +112,15 @@ def check_allowed(cmd: RemoteCommand) -> None:
 
 
 def expand(value: str, env: dict[str, str]) -> str:
-    """`$NAME` and `${NAME}` from env (empty when unset); nothing else is special."""
-    return _REF.sub(lambda m: env.get(m.group(1) or m.group(2), ""), value)
+    """`$NAME` and `${NAME}` from env (empty when unset), `${NAME-WORD}` (WORD when
+    unset) and `${NAME:-WORD}` (WORD when unset or empty); nothing else is special."""
+    def one(m: re.Match) -> str:
+        name = m.group(1) or m.group(4)
+        value = env.get(name)
+        if m.group(3) is not None and (value is None or (m.group(2) and not value)):
+            return m.group(3)
+        return value or ""
+    return _REF.sub(one, value)
 
 
 def environment(cmd: RemoteCommand, base: dict[str, str]) -> dict[str, str]:

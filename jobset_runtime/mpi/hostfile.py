@@ -56,31 +56,48 @@ def _ver(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split("."))
 
 
-def parse_version(output: str) -> Implementation:
-    """`mpirun --version` output -> Implementation; ConfigError when it is none we know."""
+def parse_version(output: str, family: str = "auto") -> Implementation:
+    """`mpirun --version` output -> Implementation.
+
+    `family` (from --mpi) is checked against the output, never trusted instead of it:
+    Open MPI 4 and 5 read different setting names, so the major version must come from
+    the mpirun that will run.  ConfigError when the output names no MPI we know, or
+    another family than the one asked for.
+    """
+    if family != "auto" and family not in FAMILIES:
+        raise ConfigError(f"unknown MPI {family!r}: use one of auto, {', '.join(FAMILIES)}")
     if m := _OMPI.search(output):
-        return Implementation(OPENMPI, _ver(m.group(1)))
+        impl = Implementation(OPENMPI, _ver(m.group(1)))
     # Intel's mpiexec is Hydra-based, so look for it before plain MPICH.
-    if m := _INTEL.search(output):
-        return Implementation(INTEL, _ver(m.group(1)))
-    if m := _HYDRA.search(output):
-        return Implementation(MPICH, _ver(m.group(1)))
-    first = output.strip().splitlines()[0][:120] if output.strip() else "(nothing)"
-    raise ConfigError(
-        f"cannot tell which MPI `mpirun --version` belongs to (it printed {first!r}); "
-        f"pass --mpi {'|'.join(FAMILIES)}"
-    )
+    elif m := _INTEL.search(output):
+        impl = Implementation(INTEL, _ver(m.group(1)))
+    elif m := _HYDRA.search(output):
+        impl = Implementation(MPICH, _ver(m.group(1)))
+    elif family in (MPICH, INTEL):
+        # Hydra's settings do not depend on its version: a rebranded build is fine.
+        return Implementation(family, ())
+    else:
+        first = output.strip().splitlines()[0][:120] if output.strip() else "(nothing)"
+        raise ConfigError(
+            f"cannot tell which MPI `mpirun --version` belongs to (it printed {first!r}); "
+            "point --mpirun at the mpirun of Open MPI, MPICH or Intel MPI"
+            + ("" if family != "auto" else f", or pass --mpi {MPICH}|{INTEL} for a Hydra-based one")
+        )
+    if family not in ("auto", impl.family):
+        raise ConfigError(f"--mpi {family}, but {impl} is what `mpirun --version` reports: "
+                          f"pass --mpi {impl.family} (or auto), or point --mpirun at the {family} mpirun")
+    return impl
 
 
-def detect(mpirun: str = "mpirun", env: dict | None = None) -> Implementation:
+def detect(mpirun: str = "mpirun", env: dict | None = None, family: str = "auto") -> Implementation:
     """Run `mpirun --version` and parse it."""
     try:
         out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30, env=env)
     except FileNotFoundError:
         raise ConfigError(f"{mpirun!r} not found: install an MPI in the image or pass --mpirun PATH") from None
     except subprocess.TimeoutExpired:
-        raise ConfigError(f"`{mpirun} --version` did not finish in 30 s; pass --mpi to skip detection") from None
-    return parse_version(out.stdout + out.stderr)
+        raise ConfigError(f"`{mpirun} --version` did not finish in 30 s: is {mpirun!r} an mpirun?") from None
+    return parse_version(out.stdout + out.stderr, family)
 
 
 # --- hostfiles ------------------------------------------------------------------
@@ -132,11 +149,14 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
     """Env vars that point mpirun at the hostfile and the remote-start agent, under the names it reads.
 
     Env rather than flags, so that a user's own mpirun options still override them.
+    The agent and its key exist on the launcher only, so daemons must not start
+    other daemons (no tree spawn).
     """
     if impl.prrte:
         env = {"PRTE_MCA_prte_default_hostfile": hostfile}
         if agent:
             env["PRTE_MCA_plm_ssh_agent"] = agent
+            env["PRTE_MCA_plm_ssh_no_tree_spawn"] = "1"
         if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
             env["PRTE_MCA_plm_ssh_args"] = agent_args
         if keep_fqdn:
@@ -147,6 +167,7 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
         env = {"OMPI_MCA_orte_default_hostfile": hostfile}
         if agent:
             env["OMPI_MCA_plm_rsh_agent"] = agent
+            env["OMPI_MCA_plm_rsh_no_tree_spawn"] = "1"
         if agent_args:
             env["OMPI_MCA_plm_rsh_args"] = agent_args
         if keep_fqdn:
@@ -165,6 +186,9 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
         if agent:
             env["I_MPI_HYDRA_BOOTSTRAP"] = "ssh"
             env["I_MPI_HYDRA_BOOTSTRAP_EXEC"] = agent
+            # Intel's hydra_bstrap_proxy starts further proxies through the agent, 16 per
+            # level by default (--tree-width 16); 0 makes mpiexec start every one itself.
+            env["I_MPI_HYDRA_BRANCH_COUNT"] = "0"
         if agent_args:
             env["I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS"] = agent_args
         return env
@@ -178,14 +202,30 @@ def root_flags(impl: Implementation, uid: int) -> list[str]:
     return []
 
 
-def launcher_host_flags(impl: Implementation, address: str | None) -> list[str]:
+def attach_flags(impl: Implementation) -> list[str]:
+    """Keep each remote daemon in the session of the agent that started it.
+
+    Without tree spawn, Open MPI 4 and 5 add --daemonize to the daemon's command
+    line (ORTE's plm_rsh setup_launch, PRRTE's plm_ssh): orted/prted would leave
+    the agent's session, so the worker (or sshd) could neither see it end nor stop
+    it, and it would outlive the worker with its ranks.  Open MPI 5 reads this only
+    as an option, not from the environment.
+    """
+    return ["--leave-session-attached"] if impl.family == OPENMPI else []
+
+
+def launcher_host_flags(impl: Implementation, address: str | None, interface: str | None = None) -> list[str]:
     """How workers reach the launcher.
 
     Hydra's proxies connect back to `--control-port <launcher hostname>:<port>`;
     a pod's bare hostname does not resolve from other pods (the JobSet subdomain
-    is not in the search path), so name the launcher by its FQDN or IP.  PRRTE
-    sends its daemons IP addresses, so it needs nothing.
+    is not in the search path), so name the launcher by its FQDN or IP.  Intel's
+    mpiexec ignores -localhost for that (its hydra_bstrap_proxy gets
+    `--upstream-host <hostname>`) and takes the address of an interface instead.
+    PRRTE and ORTE send their daemons IP addresses, so they need nothing.
     """
-    if address and impl.family in (MPICH, INTEL):
+    if impl.family == MPICH and address:
         return ["-localhost", address]
+    if impl.family == INTEL and interface:
+        return ["-iface", interface]
     return []

@@ -15,6 +15,7 @@ Steps, each fixing a mistake users report with today's operators (REFERENCE.md):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ from .tokens import load_key
 log = logging.getLogger("jobset_runtime.mpi.launcher")
 
 GRACE_S = 2.0  # after a worker is lost, mpirun gets this long to fail by itself
+LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
 TRANSPORTS = ("exec", "ssh")
 _PYTHON = re.compile(r"python[0-9.]*\Z")
 
@@ -92,8 +94,9 @@ def _has_np(args: list[str]) -> bool:
 
 
 def mpirun_argv(impl: hostfile.Implementation, opts: Options, *, uid: int, total: int,
-                launcher_address: str | None) -> list[str]:
-    argv = [opts.mpirun, *hostfile.root_flags(impl, uid), *hostfile.launcher_host_flags(impl, launcher_address)]
+                launcher_address: str | None, launcher_interface: str | None = None) -> list[str]:
+    argv = [opts.mpirun, *hostfile.root_flags(impl, uid), *hostfile.attach_flags(impl),
+            *hostfile.launcher_host_flags(impl, launcher_address, launcher_interface)]
     if not _has_np(opts.mpirun_args):
         argv += ["-n", str(total)]
     return argv + list(opts.mpirun_args) + program_argv(opts.program)
@@ -231,6 +234,22 @@ def local_address(peer_ip: str) -> str:
         return s.getsockname()[0]
 
 
+def interface_of(address: str) -> str | None:
+    """The name of the interface holding IPv4 `address` (SIOCGIFADDR per interface); None if none does."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address
+                continue
+            if socket.inet_ntoa(raw[20:24]) == address:
+                return name
+    return None
+
+
 def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None) -> int:
     """The whole launcher; returns the exit code.  `marks` receives timestamps (benchmarks)."""
     marks = marks if marks is not None else {}
@@ -243,8 +262,15 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     fqdns = {h: identity.fqdn(h) for h in hosts}
     chan_port = port_from_env()
     key = load_key()
-    impl = (hostfile.detect(opts.mpirun) if opts.mpi == "auto"
-            else hostfile.Implementation(opts.mpi, (5,) if opts.mpi == "openmpi" else ()))
+    # By absolute path: Open MPI then acts as if given --prefix and tells each remote
+    # daemon where it lives (OPAL_PREFIX/PRTE_PREFIX, PATH, LD_LIBRARY_PATH), which a
+    # relocatable install (the PyPI wheels, a venv) needs; launcher and workers share
+    # the image, so the path is the same there.
+    mpirun = shutil.which(opts.mpirun)
+    if mpirun is None:
+        raise ConfigError(f"{opts.mpirun!r} not found: install MPI in the image or pass --mpirun PATH")
+    opts = dataclasses.replace(opts, mpirun=os.path.abspath(mpirun))
+    impl = hostfile.detect(opts.mpirun, family=opts.mpi)
     log.info("MPI: %s; waiting for %d workers (%s)", impl, len(hosts), first_few(hosts))
     port = contract.SSH_PORT if opts.transport == "ssh" else chan_port
     by_fqdn = wait_for_hosts(list(fqdns.values()), port=port, timeout=opts.timeout, nameservers=nameservers)
@@ -276,14 +302,11 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
             from .sshd import client_setup
 
             agent, agent_args = client_setup(workdir)
-        # The agent and its key exist on the launcher only: no daemon starts other daemons.
-        if impl.prrte:
-            env["PRTE_MCA_plm_ssh_no_tree_spawn"] = "1"
-        elif impl.family == hostfile.OPENMPI:
-            env["OMPI_MCA_plm_rsh_no_tree_spawn"] = "1"
         env.update(hostfile.settings(impl, path, agent=agent, agent_args=agent_args, keep_fqdn=not by_ip))
-        me = local_address(next(iter(addresses.values()))) if by_ip else identity.fqdn()
-        argv = mpirun_argv(impl, opts, uid=os.getuid(), total=len(hosts) * opts.slots, launcher_address=me)
+        my_ip = local_address(next(iter(addresses.values())))
+        argv = mpirun_argv(impl, opts, uid=os.getuid(), total=len(hosts) * opts.slots,
+                           launcher_address=my_ip if by_ip else identity.fqdn(),
+                           launcher_interface=interface_of(my_ip) if impl.family == hostfile.INTEL else None)
         log.info("running %s", " ".join(argv))
         marks["exec"] = time.monotonic()
         code, cause = _supervise(argv, env, watch)
@@ -311,6 +334,11 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
                 log.error("mpirun did not notice that %s went away; stopping it", first_few(stopped_for))
                 child.stop(grace=1.0)
     code = supervisor.exit_code_of(child.proc.wait())
+    if code and not watch.lost:
+        # Hydra sees a killed worker's proxy go within milliseconds and exits at once,
+        # maybe before that worker's watch channel is read: give the loss a moment to
+        # arrive, so that the message names the worker rather than only mpirun.
+        watch._changed.wait(LOSS_SETTLE_S)
     if child.group_alive():
         child.stop(grace=1.0)
     for sig in supervisor.FORWARDED:

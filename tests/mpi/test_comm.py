@@ -60,7 +60,7 @@ def test_replicated_job_comm_and_leaders():
 
 def test_comm_under_mpirun():
     """Drive the `mpi`-marked tests with a real mpirun and 4 ranks (pytest-mpi)."""
-    ompi = c.need(c.openmpi(), "Open MPI")
+    ompi = c.need("openmpi")
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "OMPI_", "PMIX_", "PRTE_"))}
     env["PYTHONPATH"] = str(root)

