@@ -21,6 +21,17 @@ PRTE_WORDS = [
     "--allow-run-as-root", "--prtemca", "ess", '"env"', "--prtemca", "prte_hnp_uri",
     '"prterun-vm-9281@0.0;tcp://192.0.2.2:38949:64,24;tcp6://[fd00::2]:54097:64,24"', "--tree-spawn",
 ]
+# Open MPI 4.1.8 (ORTE) and Intel MPI 2021.18, recorded the same way.
+ORTE_WORDS = [
+    "OPAL_PREFIX=/tmp/v/opt/openmpi4", ";", "export", "OPAL_PREFIX;", "PATH=/tmp/v/opt/openmpi4/bin:$PATH", ";",
+    "export", "PATH", ";", "LD_LIBRARY_PATH=/tmp/v/opt/openmpi4/lib:${LD_LIBRARY_PATH:-}", ";", "export",
+    "LD_LIBRARY_PATH", ";", "DYLD_LIBRARY_PATH=/tmp/v/opt/openmpi4/lib:${DYLD_LIBRARY_PATH:-}", ";", "export",
+    "DYLD_LIBRARY_PATH", ";", "/tmp/v/opt/openmpi4/bin/orted", "-mca", "orte_leave_session_attached", '"1"',
+    "-mca", "ess", '"env"', "-mca", "ess_base_jobid", '"903544"',
+]
+INTEL_ARGS = ["-q", "-x", "hostA", "/tmp/v/opt/impi/bin//hydra_bstrap_proxy", "--upstream-host", "10.0.0.9",
+              "--upstream-port", "45623", "--pgid", "0", "--launcher", "ssh", "--launcher-exec", "/tmp/agent",
+              "--tree-width", "4", "/tmp/v/opt/impi/bin//hydra_pmi_proxy", "--usize", "-1"]
 HYDRA_ARGS = ["-x", "hostB", '"/tmp/v/opt/mpich/bin/hydra_pmi_proxy"', "--control-port", "vm:40669", "--proxy-id", "1"]
 
 
@@ -34,6 +45,24 @@ def test_prrte_command():
     env = command.environment(cmd, {"LD_LIBRARY_PATH": "/x", "HOME": "/root"})
     assert env["LD_LIBRARY_PATH"] == "/tmp/v/lib:/tmp/v/lib:/x" and env["PRTE_PREFIX"] == "/tmp/v"
     assert command.expand("${A}-$B-$C", {"A": "1", "B": "2"}) == "1-2-"
+
+
+def test_orte_command_and_default_expansions():
+    cmd = command.parse(ORTE_WORDS)
+    command.check_allowed(cmd)
+    assert cmd.argv[:4] == ("/tmp/v/opt/openmpi4/bin/orted", "-mca", "orte_leave_session_attached", "1")
+    env = command.environment(cmd, {"PATH": "/usr/bin"})
+    assert env["OPAL_PREFIX"] == "/tmp/v/opt/openmpi4" and env["PATH"] == "/tmp/v/opt/openmpi4/bin:/usr/bin"
+    assert env["LD_LIBRARY_PATH"] == "/tmp/v/opt/openmpi4/lib:"  # unset: the default, here empty
+    assert command.expand("${A:-x}|${B:-x}|${B-x}|${C-y}", {"A": "1", "B": ""}) == "1|x||y"
+
+
+def test_intel_bootstrap_proxy_command():
+    host, words = command.split_agent_args(INTEL_ARGS)
+    assert host == "hostA"
+    cmd = command.parse(words)
+    command.check_allowed(cmd)
+    assert cmd.argv[0] == "/tmp/v/opt/impi/bin//hydra_bstrap_proxy" and cmd.assignments == ()
 
 
 def test_hydra_command():
