@@ -58,6 +58,11 @@ NETNS_DIR = "/run/netns"
 ETC_NETNS = "/etc/netns"
 CLONE_NEWNET = 0x40000000
 BRIDGE_MAC = "02:6a:73:72:00:01"  # locally administered
+# A Linux bridge has at most 1,023 ports (BR_MAX_PORTS, port 0 unused; net/bridge/br_if.c):
+# past PORTS_PER_BRIDGE pods go on further bridges, each joined to br0 by a veth pair in
+# the ports br0 keeps for that (room for ~24,000 pods at once).
+BRIDGE_MAX_PORTS = 1023
+PORTS_PER_BRIDGE = 1000
 MNT_DETACH = 2
 USERNS_FLAGS = ("--user", "--map-root-user", "--mount")
 
@@ -200,6 +205,8 @@ class Network:
         self.cluster_ns = f"jsr-{run_id}"
         self._seq = 0
         self._made: list = []          # pod netns names that exist now
+        self._bridge_of: dict = {}     # pod netns name -> index of its bridge (br0, br1, ...)
+        self._ports: list = [0]        # pods on each bridge
         self._cluster_made = False
         self._lock = threading.Lock()
 
@@ -273,7 +280,7 @@ class Network:
         for ns, _ in slots:
             host_if = "v" + ns.rsplit("-", 1)[1]
             lines.append(f"link add {host_if} type veth peer name eth0 netns {self._ref(ns)}")
-            lines.append(f"link set {host_if} master br0 up")
+            lines.append(f"link set {host_if} master br{self._bridge_for(ns, lines)} up")
         self._ip_batch(self.cluster_ns, "\n".join(lines) + "\n")
         prefix = CLUSTER_NET.prefixlen
         procs = []
@@ -290,6 +297,27 @@ class Network:
                 errors.append(f"{ns}: {err.strip()}")
         if errors:
             raise OSError("configuring pod network namespaces failed: " + "; ".join(errors[:3]))
+
+    def _bridge_for(self, ns: str, lines: list) -> int:
+        """The bridge with a free port for pod `ns`; a new one (its `ip` lines added to
+        `lines`) when all are full.  Ports come back when pods are released."""
+        with self._lock:
+            # Bridge i > 0 spends one of its ports on its link to br0.
+            free = [i for i, n in enumerate(self._ports) if n < PORTS_PER_BRIDGE - (i > 0)]
+            if free:
+                i = free[0]
+            else:
+                i = len(self._ports)
+                if PORTS_PER_BRIDGE + i > BRIDGE_MAX_PORTS:
+                    raise OSError(f"{sum(self._ports):,} pods at once fill the local network's bridges; "
+                                  "run a smaller JobSet")
+                lines += [f"link add br{i} type bridge", f"link set br{i} up",
+                          f"link add up{i} type veth peer name dn{i}",
+                          f"link set up{i} master br0 up", f"link set dn{i} master br{i} up"]
+                self._ports.append(0)
+            self._ports[i] += 1
+            self._bridge_of[ns] = i
+            return i
 
     def new_slot(self) -> tuple[str, str]:
         with self._lock:
@@ -357,6 +385,9 @@ class Network:
         self._del_netns(names)
         with self._lock:
             self._made = [n for n in self._made if n not in names]
+            for n in names:
+                if n in self._bridge_of:
+                    self._ports[self._bridge_of.pop(n)] -= 1
         for n in names:
             shutil.rmtree(os.path.join(self.etc_dir, n), ignore_errors=True)
 
