@@ -149,6 +149,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="a member or coordinator silent this long has failed (default 3)")
     g.add_argument("--restarts", type=_count, default=0, metavar="N",
                    help="restart the whole group in place up to N times before exiting (default 0)")
+    p.add_argument("--exec", dest="exec_", action="store_true",
+                   help="become the command once the wait is done and its env is set, as a shell "
+                        "entrypoint's final `exec`: one process less, but no signal relay, restarts, group "
+                        "channel or termination message from jobset-run (the command writes its own)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
 
@@ -182,6 +186,9 @@ def cmd_run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise ConfigError("no command given: use jobset-run [options] -- CMD [ARGS...]")
+    if args.exec_ and (args.group == "on" or args.restarts):
+        raise ConfigError(f"--exec leaves no jobset-run to {'restart' if args.restarts else 'run the group channel'}: "
+                          f"drop {'--restarts' if args.restarts else '--group on'} or --exec")
     ident = _identity()
     wait_for_scope(ident, args.wait, args.timeout)
     exported = exports.runtime_env(ident)
@@ -206,6 +213,13 @@ def cmd_run(args) -> int:
         who += f" (rank {ident.rank})"
     except ConfigError:
         pass
+    if args.exec_:
+        if args.group == "auto" and os.path.exists(token := args.group_token or os.environ.get(
+                contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE):
+            logger.info("--exec: not joining the group channel although its token is at %s", token)
+        code = supervisor.exec_replace(command, env)
+        supervisor.write_termination_message(f"{who}: cannot run {command[0]}", term_log)
+        return code
     token = args.group_token or os.environ.get(contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE
     group = args.group == "on" or (args.group == "auto" and (args.insecure or os.path.exists(token)))
     if not group:

@@ -128,6 +128,17 @@ def cannot_start(program: str, e: OSError) -> int:
     return contract.EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else contract.EXIT_NOT_EXECUTABLE
 
 
+def exec_replace(argv: list[str], env: dict[str, str]) -> int:
+    """Become the command (a shell entrypoint's final `exec`); returns only when it cannot start."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        return cannot_start(argv[0], e)
+    raise AssertionError("unreachable")
+
+
 def run(argv: list[str], env: dict[str, str], grace: float = 10.0) -> int:
     """Run the command to completion; leftovers in its process group are stopped afterwards."""
     try:

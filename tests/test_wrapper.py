@@ -148,3 +148,31 @@ def test_json_log_lines_carry_pod_and_rank(cli_env):
 def test_out_of_range_options_are_usage_errors(cli_env, option):
     r = jobset_run(cli_env, *option, "--", "true")
     assert r.returncode == 2 and option[0] in r.stderr and "Traceback" not in r.stderr
+
+
+def test_exec_becomes_the_command_with_the_exports(cli_env, tmp_path):
+    """--exec: the command runs in jobset-run's own process, with the same env, and its exit code is the pod's."""
+    out = tmp_path / "env.json"
+    proc = subprocess.Popen(
+        [PYTHON, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())",
+         "--wait", "none", "--exec", "--", PYTHON, "-c",
+         f"import os, json; json.dump({{'pid': os.getpid(), 'env': dict(os.environ)}}, open({str(out)!r}, 'w'));"
+         "raise SystemExit(7)"],
+        env={**cli_env, **POD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 7, err
+    seen = json.loads(out.read_text())
+    assert seen["pid"] == proc.pid
+    assert seen["env"]["RANK"] == "2" and seen["env"]["JOBSET_RUNTIME_RANK"] == "2"
+    assert "exited with code" not in err  # no jobset-run left to say so
+
+
+def test_exec_refuses_what_needs_jobset_run_alive(cli_env, tmp_path):
+    log = tmp_path / "termination-log"
+    r = jobset_run(cli_env, "--wait", "none", "--exec", "--restarts", "1", "--", "true")
+    assert r.returncode == 2 and "--exec leaves no jobset-run to restart" in r.stderr
+    r = jobset_run(cli_env, "--wait", "none", "--exec", "--group", "on", "--", "true")
+    assert r.returncode == 2 and "drop --group on or --exec" in r.stderr
+    r = jobset_run(cli_env, "--wait", "none", "--exec", "--termination-log", str(log), "--", "/no/such/program")
+    assert r.returncode == 127 and "cannot run /no/such/program" in r.stderr and "Traceback" not in r.stderr
+    assert "pod demo-worker-1-0 (rank 2): cannot run /no/such/program" in log.read_text()

@@ -104,8 +104,10 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
                   "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o440}}
     ssh_mount = {"name": contract.SSH_VOLUME, "mountPath": contract.SSH_DIR, "readOnly": True}
 
+    # --exec: the worker writes its own termination message and handles SIGTERM, so
+    # jobset-run hands the pod over to it (one Python process per worker pod, not two).
     worker_cmd = common.runner_command(dataclasses.replace(c, wait=None), "none",
-                                       ["python", "-m", "jobset_runtime.mpi", "worker"])
+                                       ["python", "-m", "jobset_runtime.mpi", "worker"], extra=("--exec",))
     worker = common.container(
         c, worker_cmd, topo, mounts=[ssh_mount],
         # The worker's MPI channel listens with either transport (sshd only with --transport ssh).
