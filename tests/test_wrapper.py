@@ -156,8 +156,8 @@ def test_exec_becomes_the_command_with_the_exports(cli_env, tmp_path):
     proc = subprocess.Popen(
         [PYTHON, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())",
          "--wait", "none", "--exec", "--", PYTHON, "-c",
-         f"import os, json; json.dump({{'pid': os.getpid(), 'env': dict(os.environ)}}, open({str(out)!r}, 'w'));"
-         "raise SystemExit(7)"],
+         (f"import os, json; json.dump({{'pid': os.getpid(), 'env': dict(os.environ)}}, open({str(out)!r}, 'w'));"
+          "raise SystemExit(7)")],
         env={**cli_env, **POD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 7, err

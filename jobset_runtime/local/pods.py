@@ -141,6 +141,19 @@ def reap_stale() -> list:
     return stale
 
 
+def pod_mac(ip: str) -> str:
+    """A pod's fixed, locally administered MAC: its offset in CLUSTER_NET (17 bits)."""
+    n = int(ipaddress.ip_address(ip)) - int(CLUSTER_NET.network_address)
+    return f"02:6a:73:{n >> 16:02x}:{(n >> 8) & 0xff:02x}:{n & 0xff:02x}"
+
+
+def _sysctls(values: dict) -> None:
+    """Write /proc/sys entries of the calling thread's network namespace."""
+    for key, value in values.items():
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)
+
+
 def _run_ip(args, stdin=None):
     r = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True)
     if r.returncode != 0:
@@ -219,6 +232,11 @@ class Network:
         self._add_netns([self.cluster_ns])
         self._cluster_made = True
         prefix = CLUSTER_NET.prefixlen
+        # Pods send everything through the gateway, which routes between them (see
+        # create()); it must not tell them to go direct instead.
+        setns_thread_call(self.cluster_netns_path, lambda: _sysctls({
+            "net/ipv4/ip_forward": "1", "net/ipv4/conf/all/send_redirects": "0",
+            "net/ipv4/conf/default/send_redirects": "0"}))
         self._ip_batch(self.cluster_ns, "\n".join([
             "link set lo up",
             # A fixed address: a bridge without one takes the lowest MAC of its ports and
@@ -270,23 +288,31 @@ class Network:
     def create(self, slots: list) -> None:
         """Make the namespaces for `slots` = [(ns name, ip)] at once: one `ip` per batch,
         plus one per pod to configure its side (an interface's addresses go when it
-        moves between namespaces, so they are set from inside)."""
+        moves between namespaces, so they are set from inside).
+
+        Every ARP entry is a fixed one: the kernel's neighbour table holds 1,024
+        learned entries across *all* namespaces (gc_thresh3, a host-wide setting) and
+        drops packets past that ("neighbor table overflow"), which a JobSet of a
+        thousand pods would reach.  Entries set `permanent` do not count.  So each pod
+        has a /32 address and one neighbour, the gateway; the gateway knows every pod's
+        MAC (derived from its IP) and routes between them."""
         if not slots:
             return
         self._add_netns([ns for ns, _ in slots])
         with self._lock:
             self._made.extend(ns for ns, _ in slots)
         lines = []
-        for ns, _ in slots:
+        for ns, ip in slots:
             host_if = "v" + ns.rsplit("-", 1)[1]
-            lines.append(f"link add {host_if} type veth peer name eth0 netns {self._ref(ns)}")
+            lines.append(f"link add {host_if} type veth peer name eth0 address {pod_mac(ip)} netns {self._ref(ns)}")
             lines.append(f"link set {host_if} master br{self._bridge_for(ns, lines)} up")
+            lines.append(f"neigh replace {ip} lladdr {pod_mac(ip)} dev br0 nud permanent")
         self._ip_batch(self.cluster_ns, "\n".join(lines) + "\n")
-        prefix = CLUSTER_NET.prefixlen
         procs = []
         for ns, ip in slots:
-            script = (f"link set lo up\naddr add {ip}/{prefix} dev eth0\nlink set eth0 up\n"
-                      f"route add default via {GATEWAY}\n")
+            script = (f"link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\n"
+                      f"route add {GATEWAY} dev eth0 scope link\nroute add default via {GATEWAY} dev eth0\n"
+                      f"neigh replace {GATEWAY} lladdr {BRIDGE_MAC} dev eth0 nud permanent\n")
             p = subprocess.Popen([*self._ip_cmd(ns), "-batch", "-"], stdin=subprocess.PIPE,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             procs.append((p, script, ns))

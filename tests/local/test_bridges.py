@@ -2,11 +2,17 @@
 the gateway (the DNS server) and each other, and released ports are used again."""
 
 import socket
+import subprocess
 
 import pytest
+from localfixtures import netns_unavailable
 
 from jobset_runtime.local import pods
-from localfixtures import netns_unavailable
+
+
+def _neighbours(ns: str) -> list[str]:
+    out = subprocess.run(["ip", "-n", ns, "neigh", "show", "nud", "all"], capture_output=True, text=True, check=True)
+    return [line.strip() for line in out.stdout.splitlines()]
 
 
 def _udp_echo_between(net: pods.Network, server_ns: str, server_ip: str, client_ns: str) -> bytes:
@@ -42,6 +48,13 @@ def test_pods_beyond_one_bridge_reach_the_gateway_and_each_other(monkeypatch):
         assert _udp_echo_between(net, last[0], last[1], first[0]) == b"ping!"
         # The gateway, where the DNS server listens, from the pod farthest from br0.
         assert _udp_echo_between(net, net.cluster_ns, pods.GATEWAY, last[0]) == b"ping!"
+        # No ARP entry is learned (those count against a host-wide limit of 1,024 that a
+        # JobSet of a thousand pods would overflow): the pods' are fixed, the rest multicast.
+        for ns in (net.cluster_ns, first[0], last[0]):
+            shown = _neighbours(ns)
+            assert shown and all(line.split()[-1] in ("PERMANENT", "NOARP") for line in shown), (ns, shown)
+        ipv4 = [line for line in _neighbours(last[0]) if line.startswith("198.")]
+        assert ipv4 == [f"{pods.GATEWAY} dev eth0 lladdr {pods.BRIDGE_MAC} PERMANENT"], ipv4
         # Released ports are used again before any new bridge is made.
         net.release([slots[1][0]])
         again = [net.new_slot()]
