@@ -1,6 +1,7 @@
-"""Launcher start to mpirun exec for 1,024 workers.
+"""Launcher start to mpirun exec for 1,024 workers: the launcher's own cost, without pods.
 
-Set-up, on loopback on this machine (the local JobSet runner was not available):
+Set-up, on loopback in one process (bench/mpi_launcher_local.py measures the same
+on the local JobSet runner, with a pod per worker):
   - the embedded DNS server (jobset_runtime/local/dns.py) serves the 1,024 worker
     FQDNs, each at its own 127.x.y.z address;
   - one WorkerServer (the real worker code, with the real handshake) listens on

@@ -1,0 +1,141 @@
+"""Launcher start to mpirun exec for 1,024 workers, on the local JobSet runner.
+
+The generated `mpi` manifest (1 launcher + N workers, 1 slot each, exec transport)
+runs on `jobset-runtime local run`: every worker is a pod in its own network
+namespace running the real `python -m jobset_runtime.mpi worker`, names come from
+the runner's DNS server, and the launcher pod starts once the workers are Ready
+(dependsOn), as on a cluster.  "mpirun" is a script given with `--mpirun`: it
+answers `--version` as Open MPI 5 would, and when exec'd records, from the kernel's
+start times of its parent and grandparent, how long
+
+  - the launcher process (`python -m jobset_runtime.mpi launcher`) and
+  - the launcher's container (`jobset-run --wait all`, then the launcher)
+
+ran before it; then it exits 0 and the workers are told the run succeeded.
+Baseline, same run and same pod: what the usual shell loop pays just to look the
+workers up once, one getaddrinfo() per name through the pod's resolv.conf, one
+after another (`for h in ...; do nslookup $h; done`); the launcher also waits for
+each worker's port and opens an authenticated channel to each.
+
+    sudo python bench/mpi_launcher_local.py [--workers 1024]
+
+Needs root (network namespaces) and about 12 MB of memory per worker pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jobset_runtime import manifests  # noqa: E402
+from jobset_runtime.local.pods import netns_available  # noqa: E402
+
+MB_PER_POD = 12  # measured: 11.3 MB per pod at 1,024 workers
+
+STUB = '''#!{python}
+import json, os, socket, sys, time
+if sys.argv[1:] == ["--version"]:
+    print("mpirun (Open MPI) 5.0.11")
+    sys.exit(0)
+now = time.clock_gettime(time.CLOCK_BOOTTIME)
+tick = os.sysconf("SC_CLK_TCK")
+
+def started(pid):
+    stat = open(f"/proc/{{pid}}/stat").read()
+    return int(stat.rsplit(")", 1)[1].split()[19]) / tick
+
+def ppid(pid):
+    return int(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[1])
+
+launcher = os.getppid()
+container = ppid(launcher)
+names = {names!r}
+t = time.monotonic()
+for name in names:
+    socket.getaddrinfo(name, None, socket.AF_INET)
+baseline = time.monotonic() - t
+json.dump({{"launcher": now - started(launcher), "container": now - started(container),
+           "baseline": baseline}}, open({out!r}, "w"))
+'''
+
+
+def mem_available_mb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, default=1024)
+    a = ap.parse_args()
+    ok, why = netns_available()
+    if not ok:
+        sys.exit(f"the local runner's network namespaces are unavailable here ({why}); run as root")
+    need = a.workers * MB_PER_POD + 2048
+    if mem_available_mb() < need:
+        sys.exit(f"{a.workers} worker pods need about {need:,} MB of free memory; "
+                 f"{mem_available_mb():,} MB are available: pass a smaller --workers")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mpi-local-"))
+    out = tmp / "result.json"
+    names = [f"m-worker-0-{i}.m.default.svc.cluster.local" for i in range(a.workers)]
+    stub = tmp / "mpirun"
+    stub.write_text(STUB.format(python=sys.executable, names=names, out=str(out)))
+    stub.chmod(0o755)
+    docs = manifests.mpi(name="m", image="unused", command=["true"], workers=a.workers, slots_per_worker=1)
+    for rj in docs[-1]["spec"]["replicatedJobs"]:
+        if rj["name"] == "launcher":
+            cmd = rj["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
+            at = cmd.index("launcher") + 1
+            cmd[at:at] = ["--mpirun", str(stub)]
+    path = tmp / "mpi.yaml"
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+
+    base = mem_available_mb()
+    low = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.5):
+            low[0] = min(low[0], mem_available_mb())
+
+    threading.Thread(target=sample, daemon=True).start()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # The pods run `jobset-run` and `python` from this environment, as an image would provide them.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "jobset_runtime.local.cli", "run", str(path), "--run-dir",
+                        str(tmp / "run"), "--timeout", "900"], env=env, capture_output=True, text=True)
+    wall = time.monotonic() - t
+    done.set()
+    if r.returncode != 0 or not out.exists():
+        sys.exit(f"the JobSet did not complete (rc {r.returncode}); logs in {tmp / 'run'}\n{r.stdout[-3000:]}")
+    res = json.loads(out.read_text())
+    shutil.rmtree(tmp, ignore_errors=True)
+    peak = base - low[0]
+    print(f"workers: {a.workers} pods on the local runner (network namespaces, embedded DNS), exec transport")
+    print(f"  launcher process start -> mpirun exec:        {res['launcher']:7.2f} s")
+    print(f"  launcher container start -> mpirun exec:      {res['container']:7.2f} s  (jobset-run --wait all first)")
+    print(f"  baseline, same pod: getaddrinfo per worker, one after another: {res['baseline']:7.2f} s")
+    print(f"  whole run, runner start -> Completed: {wall:.1f} s; peak memory {peak:,} MB "
+          f"({peak / (a.workers + 1):.1f} MB per pod)")
+
+
+if __name__ == "__main__":
+    main()
