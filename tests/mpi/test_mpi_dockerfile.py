@@ -33,6 +33,10 @@ def test_entrypoint_is_ours_and_runs_the_mpi_roles(tmp_path):
                          env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["--wait", "none", "--", "python", "-m", "jobset_runtime.mpi", "launcher",
                                        "--", "python", "a b.py", "$HOME"]
+    out = subprocess.run([str(c.ROOT / "launchers" / "mpi-entrypoint"), "worker", "--transport", "ssh"],
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["--wait", "none", "--exec", "--", "python", "-m", "jobset_runtime.mpi",
+                                       "worker", "--transport", "ssh"]
 
 
 def test_non_root_with_the_contract_paths_and_ports():
