@@ -125,19 +125,26 @@ class GroupMember:
         host, port = self.server
         if refused is not None:
             raise GroupAborted(Failure(None, host, None, f"refused this member: {refused}"))
-        if phase is MemberPhase.WAITING and self._n_missing:
+        missing = ""
+        if self._n_missing:
             shown, more = first_few(self._missing), self._n_missing - len(self._missing)
+            missing = f"{shown}{f' (+{more} more)' if more > 0 else ''}"
+        if phase is MemberPhase.WAITING and missing:
             raise PeersTimeout(
                 f"gang start: after {timeout:g} s, {self._n_missing} of {len(self.world)} group members "
-                f"had not joined the coordinator at {host}:{port}: {shown}{f' (+{more} more)' if more > 0 else ''}; "
+                f"had not joined the coordinator at {host}:{port}: {missing}; "
                 "check those pods (scheduled? their wrapper started? same group token?)")
         if phase is MemberPhase.WAITING:
             raise PeersTimeout(
                 f"gang start: every member joined the coordinator at {host}:{port}, but the group did "
                 f"not start within {timeout:g} s: the slice leaders' group is still missing some slices")
+        # Lost the coordinator after joining (it may have given up on the same missing
+        # members a moment earlier): what it last reported is the likelier cause.
+        last = (f"; when last connected, {self._n_missing} of {len(self.world)} members had not joined: {missing}"
+                if missing else "")
         raise PeersTimeout(
             f"gang start: could not join the group coordinator at {host}:{port} within {timeout:g} s "
-            f"as {self.me}: {self._last_error}")
+            f"as {self.me}: {self._last_error}{last}")
 
     def report_failure(self, exit_code: int | None, cause: str, origin: MemberId | None = None) -> None:
         """Tell the group this member's child failed; the abort comes back to every member.

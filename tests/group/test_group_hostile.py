@@ -200,6 +200,24 @@ def test_gang_start_timeout_counts_the_missing_beyond_the_first_few(token):
             m.join(1.0)
 
 
+def test_gang_start_timeout_after_losing_the_coordinator_still_names_the_missing(token):
+    """The coordinator gives up (or dies) a moment before a member's own deadline: the member,
+    unable to rejoin, still says who was missing when it was last connected."""
+    world = make_world(3)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, **FAST) as srv:
+        m = GroupMember(server=srv.address, me=world[1], world=world, token=token, attempt=0, **FAST)
+        closer = threading.Timer(0.6, srv.stop)
+        closer.start()
+        try:
+            with pytest.raises(PeersTimeout) as e:
+                m.join(1.5)
+        finally:
+            closer.cancel()
+            m.close()
+    assert "could not join the group coordinator" in str(e.value)
+    assert "when last connected, 2 of 3 members had not joined: rank 0 (pod-0), rank 2 (pod-2)" in str(e.value)
+
+
 def test_gang_start_timeout_when_the_coordinator_never_answers(token):
     world = make_world(2)
     with socket.create_server(("127.0.0.1", 0)) as closed_port:
