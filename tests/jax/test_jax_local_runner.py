@@ -176,7 +176,10 @@ def test_peer_that_never_comes_is_named_before_jax_aborts(tmp_path, variant):
             continue
         assert MISSING in msg, (pod, msg)
         if fail_fast:
-            assert "gang start: after 10 s, 1 of 4 group members had not joined" in msg, msg
+            # From the coordinator's last report, whether it was still up at this pod's
+            # deadline or had just given up itself (then it is gone: connection refused).
+            assert ("gang start: after 10 s, 1 of 4 group members had not joined" in msg
+                    or "when last connected, 1 of 4 members had not joined" in msg), msg
         else:
             assert "jax.distributed did not start within 10s" in msg, msg
             assert "have no DNS record, so their pods have not started" in msg, msg
