@@ -2,7 +2,8 @@
 
 Env from `value`/`valueFrom` (fieldRef, resourceFieldRef, secretKeyRef,
 configMapKeyRef), `envFrom`, `$(VAR)` expansion in env, command and args,
-downward-API volume files, and the pod's /etc/hosts and /etc/resolv.conf.
+downward-API volume files, volume file modes and ownership, the process's user
+and groups (securityContext), and the pod's /etc/hosts and /etc/resolv.conf.
 Each function names the upstream code whose behaviour it reproduces
 (kubernetes/kubernetes); none of it touches files, processes or sockets.
 """
@@ -298,6 +299,94 @@ def volume_files(facts: PodFacts, volume: dict, container: dict | None = None) -
             return data
     raise ConfigError(f"volume {volume.get('name')!r}: only emptyDir, downwardAPI, secret and configMap "
                       "volumes are supported by the local runner")
+
+
+# pkg/apis/core/v1: SecretVolumeSourceDefaultMode, ConfigMapVolumeSourceDefaultMode,
+# DownwardAPIVolumeSourceDefaultMode are all 0644.
+DEFAULT_FILE_MODE = 0o644
+
+
+def volume_file_modes(volume: dict) -> tuple[int, dict]:
+    """(defaultMode, {path: item mode}) of a secret, configMap or downwardAPI volume."""
+    for key in ("secret", "configMap", "downwardAPI"):
+        if key in volume:
+            src = volume[key] or {}
+            default = _mode(src.get("defaultMode", DEFAULT_FILE_MODE), f"volume {volume.get('name')!r}: defaultMode")
+            items = {i["path"]: _mode(i["mode"], f"volume {volume.get('name')!r}: items[{i['path']!r}].mode")
+                     for i in src.get("items") or [] if "mode" in i}
+            return default, items
+    return DEFAULT_FILE_MODE, {}
+
+
+def _mode(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ConfigError(f"{what}: {value!r} is not a file mode between 0 and 0777 (write it as 0440 or 288)")
+    return value
+
+
+def fs_group_mode(mode: int, *, read_only: bool, is_dir: bool) -> int:
+    """A file's mode once the volume is given to an fsGroup (pkg/volume/volume_linux.go,
+    changeFilePermission): group read (and write unless read-only), and on directories
+    group execute and setgid, so that new files inherit the group."""
+    mask = 0o440 if read_only else 0o660
+    if is_dir:
+        mask |= 0o2110
+    return mode | mask
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The container process's ids (pkg/kubelet/kuberuntime/security_context.go)."""
+
+    uid: int | None           # None: the image's user, which here is the runner's own
+    gid: int | None
+    groups: tuple[int, ...]   # supplementary: fsGroup, then supplementalGroups
+
+    @property
+    def set(self) -> bool:
+        return self.uid is not None or self.gid is not None or bool(self.groups)
+
+
+def credentials(pod_spec: dict, container: dict, primary_gid=lambda uid: None) -> Credentials:
+    """runAsUser and runAsGroup from the container's securityContext, else the pod's;
+    fsGroup and supplementalGroups from the pod's.  With runAsUser but no runAsGroup
+    the group is the user's primary group in the image's /etc/passwd, 0 when it has
+    none (what containerd does); `primary_gid(uid)` looks it up here."""
+    pod_sc = pod_spec.get("securityContext") or {}
+    ctr_sc = container.get("securityContext") or {}
+
+    def pick(key):
+        value = ctr_sc.get(key, pod_sc.get(key))
+        return None if value is None else _id(value, key)
+
+    uid, gid = pick("runAsUser"), pick("runAsGroup")
+    if uid is not None and gid is None:
+        gid = primary_gid(uid) or 0
+    groups = []
+    if pod_sc.get("fsGroup") is not None:
+        groups.append(_id(pod_sc["fsGroup"], "fsGroup"))
+    for g in pod_sc.get("supplementalGroups") or []:
+        if _id(g, "supplementalGroups") not in groups:
+            groups.append(g)
+    return Credentials(uid, gid, tuple(groups))
+
+
+def _id(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise ConfigError(f"securityContext.{key}: {value!r} is not a user or group id (0 to 2147483647)")
+    return value
+
+
+def setpriv_argv(creds: Credentials) -> list:
+    """util-linux setpriv(1) in front of the command: it sets the groups, then the gid,
+    then the uid (dropping root's capabilities), and execs the command."""
+    argv = ["setpriv"]
+    if creds.uid is not None:
+        argv.append(f"--reuid={creds.uid}")
+    if creds.gid is not None:
+        argv.append(f"--regid={creds.gid}")
+    argv.append(f"--groups={','.join(map(str, creds.groups))}" if creds.groups else "--clear-groups")
+    return [*argv, "--"]
 
 
 # --- /etc/hosts and /etc/resolv.conf --------------------------------------------------

@@ -15,9 +15,11 @@ import heapq
 import itertools
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -28,6 +30,16 @@ from .pods import LOOPBACK_LIMITS, Loopback, Network, RootlessNetwork, run_id
 
 EXIT_TIMEOUT = 124   # as timeout(1)
 EXIT_INTERRUPTED = 130
+
+
+def _primary_gid(uid: int) -> int | None:
+    """The user's group in this machine's /etc/passwd (the local runner's "image")."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return None
 
 
 class _Proc:
@@ -87,6 +99,7 @@ class Runner:
         self._created_dirs: list = []  # mountpoints we had to make
         self.dns = None
         self._closed = False
+        self._open_dir: str | None = None
         self._t0 = time.monotonic()
         self._service_ips: dict = {}
         self.nameserver = ""
@@ -199,17 +212,36 @@ class Runner:
             self.event(f"pod {pod.name} started, ip {pod.ip}")
             self.ctl.sandbox_ready(pod)
 
+    def _can_set_ids(self) -> bool:
+        """Users and groups can be set only by the host's root (a rootless runner maps no other id)."""
+        return os.geteuid() == 0 and self.net.mode != "rootless"
+
     def _write_volumes(self, pod: Pod, facts, pod_dir: str) -> None:
+        """The kubelet's volume set-up: files with their modes, then, with an fsGroup,
+        group ownership and group permissions (pkg/volume/volume_linux.go SetVolumeOwnership)."""
         pod._volume_dirs = {}
+        fs_group = (pod.spec.get("securityContext") or {}).get("fsGroup")
+        if not self._can_set_ids():
+            fs_group = None
         for vol in pod.spec.get("volumes") or []:
             d = os.path.join(pod_dir, "volumes", vol["name"])
             os.makedirs(d, exist_ok=True)
             files = kubelet.volume_files(facts, vol)
+            default_mode, modes = kubelet.volume_file_modes(vol)
+            paths = [d]
             for rel, content in (files or {}).items():
                 path = os.path.join(d, rel)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "w") as f:
                     f.write(content)
+                os.chmod(path, modes.get(rel, default_mode))
+                paths.append(path)
+            if fs_group is not None:
+                read_only = files is not None  # secret, configMap and downwardAPI volumes are read-only
+                for path in paths:
+                    os.lchown(path, -1, fs_group)
+                    os.chmod(path, kubelet.fs_group_mode(os.stat(path).st_mode & 0o7777, read_only=read_only,
+                                                         is_dir=os.path.isdir(path)))
             pod._volume_dirs[vol["name"]] = (d, vol)
 
     def _mounts(self, pod: Pod, container: dict) -> list:
@@ -292,9 +324,16 @@ class Runner:
         # controller adds JOB_COMPLETION_INDEX from the annotation to every container.
         env.setdefault(contract.JOB_COMPLETION_INDEX_ENV, str(pod.index))
         argv = kubelet.container_argv(spec, env)
+        creds = kubelet.credentials(pod.spec, spec, _primary_gid)
+        if creds.set and self._can_set_ids():
+            argv = kubelet.setpriv_argv(creds) + argv
         cdir = os.path.join(self.run_dir, "pods", pod.name)
         term = os.path.join(cdir, f"{c.name or 'container'}.termination-log")
+        if creds.uid not in (None, os.geteuid()) and self._can_set_ids():
+            # The run dir may sit under a directory only we can enter (a home, pytest's tmp).
+            term = os.path.join(self._private_dir(), f"{pod.name}.{c.name or 'container'}.termination-log")
         open(term, "w").close()
+        os.chmod(term, 0o666)  # writable by any container user, as the kubelet makes it (pkg/kubelet/kubelet_pods.go)
         env[contract.TERMINATION_LOG_ENV] = term
         full_env = self._base_env()
         full_env.update(env)
@@ -322,6 +361,7 @@ class Runner:
             self.call_later(0, lambda: self.ctl.container_exited(pod, c, 128))
             return
         proc = _Proc(pod, c, popen, log)
+        proc.term = term
         proc.prefix = f"[{pod.name}/{c.name}] " if multi else f"[{pod.name}] "
         os.set_blocking(popen.stdout.fileno(), False)
         self.sel.register(popen.stdout, selectors.EVENT_READ, ("out", proc))
@@ -465,10 +505,17 @@ class Runner:
             self.event(f"pod {proc.pod.name}: termination message: {msg}")
         self.ctl.container_exited(proc.pod, proc.container, code)
 
+    def _private_dir(self) -> str:
+        """A directory every user can pass through but not list (0711), for files that
+        containers running as other users must reach; removed by close()."""
+        if self._open_dir is None:
+            self._open_dir = tempfile.mkdtemp(prefix="jobset-runtime-local-")
+            os.chmod(self._open_dir, 0o711)
+        return self._open_dir
+
     def _termination_message(self, proc: _Proc) -> str:
-        path = os.path.join(self.run_dir, "pods", proc.pod.name, f"{proc.container.name or 'container'}.termination-log")
         try:
-            with open(path, "rb") as f:
+            with open(proc.term, "rb") as f:
                 return f.read(contract.TERMINATION_MESSAGE_MAX).decode(errors="replace").strip()
         except OSError:
             return ""
@@ -527,6 +574,7 @@ class Runner:
         facts, so a missing Secret key or command is reported before anything starts."""
         from .controller import pod_metadata
 
+        ids_notice = False
         for rj in self.ctl.rjobs:
             labels, annotations = pod_metadata(self.js, rj["name"], 0, 0, 0)
             pod_spec = rj["template"]["spec"]["template"]["spec"]
@@ -536,9 +584,15 @@ class Runner:
             names = set()
             for vol in pod_spec.get("volumes") or []:
                 kubelet.volume_files(facts, vol)
+                kubelet.volume_file_modes(vol)
                 names.add(vol.get("name"))
             for c in pod_spec["containers"] + (pod_spec.get("initContainers") or []):
                 kubelet.container_argv(c, kubelet.container_env(facts, c))
+                if kubelet.credentials(pod_spec, c).set and not self._can_set_ids() and not ids_notice:
+                    ids_notice = True
+                    self._print(f"notice: {self.net.mode} mode as uid {os.geteuid()}: securityContext users and "
+                                "groups (runAsUser, runAsGroup, fsGroup, supplementalGroups) are not applied; "
+                                "containers run as this user. Run as root to apply them.")
                 probes.parse(c)
                 for vm in c.get("volumeMounts") or []:
                     if vm.get("name") not in names:
@@ -724,6 +778,8 @@ class Runner:
                         os.unlink(d)
                 except OSError:
                     pass
+            if self._open_dir is not None:
+                shutil.rmtree(self._open_dir, ignore_errors=True)
             self.sel.close()
             self._wake_r.close()
             self._wake_w.close()

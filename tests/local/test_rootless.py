@@ -234,3 +234,15 @@ def test_killed_runner_takes_every_pod_process_with_it(user, work):
     for d in _state_dirs(user["uid"]) - states_before:
         assert os.listdir(d) == []
         os.rmdir(d)
+
+
+def test_security_context_ids_are_named_as_not_applied(user, work):
+    """Only the host's root can run a container as another user: rootless mode says so and
+    runs it as the invoking user (root inside the user namespace)."""
+    js = lf.jobset("sc", [("w", 1, 1, {"command": ["/bin/sh", "-c", "echo uid=$(id -u)"]}, {},
+                           {"securityContext": {"runAsUser": 1000, "fsGroup": 1000}})])
+    r = subprocess.run(_argv(user, work, js, "--timeout", "60"), env=user["env"], capture_output=True,
+                       text=True, timeout=90, cwd=work)
+    assert r.returncode == 0, ok(r)
+    assert "notice: rootless mode" in r.stdout and "are not applied" in r.stdout, ok(r)
+    assert "uid=0" in r.stdout, ok(r)
