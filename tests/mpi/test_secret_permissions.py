@@ -1,9 +1,8 @@
 """The `mpi` manifest's ssh Secret is readable by Dockerfile.mpi's non-root user.
 
-The local runner writes volumes as plain root files and ignores defaultMode and
-fsGroup, so this lays the Secret's files out as the kubelet does and reads them with
-the real token reader, in a process running as the image's user with the groups the
-kubelet gives the container:
+A one-pod JobSet on the local runner mounts the generated Secret as the manifest does
+and reads it with the real token reader, running as the image's user; the runner lays
+the files out and sets the groups as the kubelet does:
 - files root-owned with the volume's defaultMode (kubernetes pkg/volume/secret/secret.go);
 - with the pod's securityContext.fsGroup, every file group-owned by it and, the volume
   being read-only, the group read bits added (pkg/volume/volume_linux.go, SetVolumeOwnership);
@@ -16,9 +15,9 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
+import yaml
 
 import mpifixtures as c
 from jobset_runtime import contract, manifests
@@ -56,38 +55,40 @@ def _generated():
     return secret, volume["secret"], (pod.get("securityContext") or {}).get("fsGroup")
 
 
-def _kubelet_secret_volume(root: str, secret: dict, source: dict, fs_group) -> str:
-    d = os.path.join(root, "ssh")
-    os.mkdir(d)
-    os.chmod(root, 0o755)
-    for key, value in secret["data"].items():
-        path = os.path.join(d, key)
-        with open(path, "wb") as f:
-            f.write(base64.b64decode(value))
-        mode = source.get("defaultMode", 0o644)
-        os.chown(path, 0, 0)
-        if fs_group is not None:
-            os.chown(path, 0, fs_group)
-            mode |= 0o440
-        os.chmod(path, mode)
-    if fs_group is not None:
-        os.chown(d, 0, fs_group)
-        os.chmod(d, 0o755 | 0o2000)
-    else:
-        os.chmod(d, 0o755)
-    return d
+def _read_as_image_user(tmp_path, secret, source, fs_group) -> subprocess.CompletedProcess:
+    """A one-pod JobSet on the local runner: the generated Secret mounted as the manifest
+    mounts it, read by the real token reader running as the image's user."""
+    from jobset_runtime.local.pods import netns_available
 
-
-def _read_as_image_user(secret, source, fs_group) -> subprocess.CompletedProcess:
+    ok, why = netns_available()
+    if not ok:
+        pytest.skip(f"the local runner's namespaces are unavailable: {why}")
     uid, gid = _image_user()
     exe = _python_for(uid, gid)
-    with tempfile.TemporaryDirectory() as root:
-        d = _kubelet_secret_volume(root, secret, source, fs_group)
-        key = os.path.join(d, contract.SSH_PRIVATE_KEY)
-        env = {"PYTHONPATH": str(c.ROOT), contract.SSH_DIR_ENV: d, contract.MPI_TOKEN_FILE_ENV: key, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([exe, "-c", READER, os.path.join(d, contract.SSH_AUTHORIZED_KEYS)], user=uid, group=gid,
-                              extra_groups=[fs_group] if fs_group is not None else [], env=env, cwd="/",
-                              capture_output=True, text=True, timeout=60)
+    key = f"{contract.SSH_DIR}/{contract.SSH_PRIVATE_KEY}"
+    container = {
+        "name": "main", "image": "unused", "workingDir": "/",
+        "command": [exe, "-c", READER, f"{contract.SSH_DIR}/{contract.SSH_AUTHORIZED_KEYS}"],
+        "env": [{"name": "PYTHONPATH", "value": str(c.ROOT)}, {"name": contract.SSH_DIR_ENV, "value": contract.SSH_DIR},
+                {"name": contract.MPI_TOKEN_FILE_ENV, "value": key}],
+        # The image's USER, which the local runner (no images) is told here.
+        "securityContext": {"runAsUser": uid, "runAsGroup": gid},
+        "volumeMounts": [{"name": contract.SSH_VOLUME, "mountPath": contract.SSH_DIR, "readOnly": True}],
+    }
+    pod = {"restartPolicy": "Never", "containers": [container],
+           "volumes": [{"name": contract.SSH_VOLUME, "secret": source}]}
+    if fs_group is not None:
+        pod["securityContext"] = {"fsGroup": fs_group}
+    js = {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": {"name": "sp"},
+          "spec": {"replicatedJobs": [{"name": "w", "replicas": 1, "template": {"spec": {
+              "backoffLimit": 0, "template": {"spec": pod}}}}]}}
+    path = tmp_path / "jobset.yaml"
+    path.write_text(yaml.safe_dump_all([secret, js], sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
+    env["PYTHONPATH"] = str(c.ROOT)
+    return subprocess.run([sys.executable, "-m", "jobset_runtime.local.cli", "run", str(path), "--run-dir",
+                           str(tmp_path / "run"), "--timeout", "60"], env=env, capture_output=True, text=True,
+                          timeout=90, check=False)
 
 
 def test_image_user_matches_the_manifests_fs_group():
@@ -97,16 +98,16 @@ def test_image_user_matches_the_manifests_fs_group():
     assert fs_group == gid and source["defaultMode"] == 0o440
 
 
-def test_non_root_image_user_reads_the_generated_secret():
+def test_non_root_image_user_reads_the_generated_secret(tmp_path):
     secret, source, fs_group = _generated()
-    r = _read_as_image_user(secret, source, fs_group)
-    assert r.returncode == 0 and r.stdout.strip() == "read True", r.stdout + r.stderr
+    r = _read_as_image_user(tmp_path, secret, source, fs_group)
+    assert r.returncode == 0 and re.search(r"^\[sp-w-0-0-\w+\] read True$", r.stdout, re.M), r.stdout + r.stderr
 
 
-def test_without_fs_group_the_key_is_unreadable_and_the_error_says_how_to_fix_it():
+def test_without_fs_group_the_key_is_unreadable_and_the_error_says_how_to_fix_it(tmp_path):
     """What the manifest used to say (0400, no fsGroup): the image's user cannot read the key."""
     secret, _, _ = _generated()
-    r = _read_as_image_user(secret, {"secretName": "pi-ssh", "defaultMode": 0o400}, None)
-    assert r.returncode == 2, r.stdout + r.stderr
+    r = _read_as_image_user(tmp_path, secret, {"secretName": secret["metadata"]["name"], "defaultMode": 0o400}, None)
+    assert r.returncode == 1, r.stdout + r.stderr  # the JobSet failed
     assert "permission denied" in r.stdout and "securityContext.fsGroup" in r.stdout, r.stdout
-    assert "Traceback" not in r.stderr
+    assert "exit codes main=2" in r.stdout and "Traceback" not in r.stdout, r.stdout
