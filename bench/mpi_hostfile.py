@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jobset_runtime.files import write_atomic  # noqa: E402
 from jobset_runtime.identity import Topology  # noqa: E402
 from jobset_runtime.mpi import hostfile as hf  # noqa: E402
 
@@ -51,7 +52,7 @@ def main():
         print(f"  baseline (join + plain write):          {base:7.2f} ms")
         for family in (hf.OPENMPI, hf.MPICH):
             render = timed(lambda: hf.render(hf.entries(names, 8), family), a.runs)
-            full = timed(lambda: hf.write_atomic(path, hf.render(hf.entries(names, 8), family)), a.runs)
+            full = timed(lambda: write_atomic(path, hf.render(hf.entries(names, 8), family)), a.runs)
             size = os.path.getsize(path)
             print(f"  {family:8s} render:                     {render:7.2f} ms")
             print(f"  {family:8s} render + atomic write:      {full:7.2f} ms  ({size / 1024:.0f} KiB, "

@@ -1,7 +1,7 @@
 """Hostfiles and the settings each MPI implementation really reads.
 
-Pure functions over plain values, plus two thin I/O edges (`detect` runs
-`mpirun --version`, `write_atomic` writes a file).
+Pure functions over plain values; `mpi/detect.py` runs `mpirun --version`, and
+`files.write_atomic` writes the hostfile.
 
 Formats (REFERENCE.md, MPI):
 * Open MPI / PRRTE: `host slots=N`
@@ -16,10 +16,7 @@ installed version, never guessed.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -89,17 +86,6 @@ def parse_version(output: str, family: str = "auto") -> Implementation:
     return impl
 
 
-def detect(mpirun: str = "mpirun", env: dict | None = None, family: str = "auto") -> Implementation:
-    """Run `mpirun --version` and parse it."""
-    try:
-        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30, env=env)
-    except FileNotFoundError:
-        raise ConfigError(f"{mpirun!r} not found: install an MPI in the image or pass --mpirun PATH") from None
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"`{mpirun} --version` did not finish in 30 s: is {mpirun!r} an mpirun?") from None
-    return parse_version(out.stdout + out.stderr, family)
-
-
 # --- hostfiles ------------------------------------------------------------------
 
 def render(hosts: Iterable[tuple[str, int]], family: str) -> str:
@@ -121,25 +107,6 @@ def entries(hosts: Sequence[str], slots: int, addresses: dict[str, str] | None =
     if missing:
         raise ValueError(f"no address for {missing[:3]}")
     return [(addresses[h], slots) for h in hosts]
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write via a temporary file in the same directory and rename: readers never see half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".hostfile-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --- settings -------------------------------------------------------------------

@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 
 from .. import contract, supervisor
 from ..errors import ConfigError, PeersTimeout, first_few
+from ..files import write_atomic
 from ..group.wire import ProtocolError
 from . import channel, hostfile
 from .agent import port_from_env, script_text
+from .detect import detect
 from .tokens import load_key
 
 log = logging.getLogger("jobset_runtime.mpi.launcher")
@@ -270,7 +272,7 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     if mpirun is None:
         raise ConfigError(f"{opts.mpirun!r} not found: install MPI in the image or pass --mpirun PATH")
     opts = dataclasses.replace(opts, mpirun=os.path.abspath(mpirun))
-    impl = hostfile.detect(opts.mpirun, family=opts.mpi)
+    impl = detect(opts.mpirun, family=opts.mpi)
     log.info("MPI: %s; waiting for %d workers (%s)", impl, len(hosts), first_few(hosts))
     port = contract.SSH_PORT if opts.transport == "ssh" else chan_port
     by_fqdn = wait_for_hosts(list(fqdns.values()), port=port, timeout=opts.timeout, nameservers=nameservers)
@@ -290,7 +292,7 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
         path = opts.hostfile or os.path.join(workdir, "hostfile")
         by_ip = opts.hostfile_by == "ip"
         names = [addresses[h] if by_ip else fqdns[h] for h in hosts]
-        hostfile.write_atomic(path, hostfile.render(hostfile.entries(names, opts.slots), impl.family))
+        write_atomic(path, hostfile.render(hostfile.entries(names, opts.slots), impl.family))
         env = dict(os.environ)
         agent = agent_args = None
         if opts.transport == "exec":

