@@ -118,14 +118,17 @@ def test_python_exception_aborts_instead_of_hanging(cluster, tmp_path):
     assert "mpirun" in cl.termination(cl.launcher)
 
 
-def test_ssh_transport_with_real_sshd(cluster, tmp_path):
+@pytest.mark.parametrize("which", ["openmpi", "openmpi4", "mpich", "intel"])
+def test_ssh_transport_with_real_sshd(cluster, tmp_path, which):
+    """Each MPI's own names for the ssh command and its options (plm_ssh_*, plm_rsh_*,
+    HYDRA_LAUNCHER_*, I_MPI_HYDRA_BOOTSTRAP_*) reach a real sshd on port 2222."""
     import shutil
     import subprocess
 
     if not (shutil.which("sshd", path="/usr/sbin:/usr/local/sbin") and shutil.which("ssh")
             and shutil.which("ssh-keygen")):
         pytest.skip("openssh-server and openssh-client are not installed (sshd, ssh, ssh-keygen)")
-    mpi = c.need("openmpi")
+    mpi = c.need(which)
     keys = tmp_path / "ssh"
     keys.mkdir(mode=0o700)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "ssh-privatekey")], check=True)
@@ -133,6 +136,7 @@ def test_ssh_transport_with_real_sshd(cluster, tmp_path):
     env = {"JOBSET_RUNTIME_SSH_DIR": str(keys), "JOBSET_RUNTIME_SSHD_CONFIG": str(c.ROOT / "launchers" / "sshd_config"),
            # The channel token: the ssh private key itself, as in a pod.
            "JOBSET_RUNTIME_MPI_TOKEN_FILE": str(keys / "ssh-privatekey")}
+    env.update(mpi.env)
     cl = cluster(3)
     cl.start_workers(["--transport", "ssh"], env=env)
     proc = cl.start_launcher(["--transport", "ssh", "--mpirun", mpi.mpirun, "--slots-per-worker", "2",
