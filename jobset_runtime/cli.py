@@ -213,15 +213,16 @@ def cmd_run(args) -> int:
         who += f" (rank {ident.rank})"
     except ConfigError:
         pass
+    token = args.group_token or os.environ.get(contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE
+    group = args.group == "on" or (args.group == "auto" and (args.insecure or os.path.exists(token)))
     if args.exec_:
-        if args.group == "auto" and os.path.exists(token := args.group_token or os.environ.get(
-                contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE):
-            logger.info("--exec: not joining the group channel although its token is at %s", token)
+        if group:
+            # The other pods would wait for this one at the gang start until their deadline.
+            raise ConfigError(f"--exec, but the group token is mounted at {token}, so this pod belongs to a "
+                              "group channel: pass --group off to leave it, or drop --exec")
         code = supervisor.exec_replace(command, env)
         supervisor.write_termination_message(f"{who}: cannot run {command[0]}", term_log)
         return code
-    token = args.group_token or os.environ.get(contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE
-    group = args.group == "on" or (args.group == "auto" and (args.insecure or os.path.exists(token)))
     if not group:
         if args.restarts:
             raise ConfigError(f"--restarts needs the group channel: mount the group token at {token} "

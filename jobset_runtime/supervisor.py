@@ -132,6 +132,12 @@ def exec_replace(argv: list[str], env: dict[str, str]) -> int:
     """Become the command (a shell entrypoint's final `exec`); returns only when it cannot start."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    # What Popen(restore_signals=True) does for a child: Python ignores SIGPIPE and SIGXFSZ,
+    # and an exec keeps ignored signals (a shell pipeline would then print "Broken pipe").
+    for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:

@@ -176,3 +176,26 @@ def test_exec_refuses_what_needs_jobset_run_alive(cli_env, tmp_path):
     r = jobset_run(cli_env, "--wait", "none", "--exec", "--termination-log", str(log), "--", "/no/such/program")
     assert r.returncode == 127 and "cannot run /no/such/program" in r.stderr and "Traceback" not in r.stderr
     assert "pod demo-worker-1-0 (rank 2): cannot run /no/such/program" in log.read_text()
+
+
+def test_exec_gives_the_command_default_signal_dispositions(cli_env):
+    """Python ignores SIGPIPE and SIGXFSZ; an exec would pass that on (`yes | head` would
+    print "Broken pipe"), so --exec restores them, as a child started by Popen gets them."""
+    r = jobset_run(cli_env, "--wait", "none", "--exec", "--", "cat", "/proc/self/status")
+    assert r.returncode == 0, r.stderr
+    ignored = int(next(line for line in r.stdout.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (sig - 1)), (sig, hex(ignored))
+    blocked = int(next(line for line in r.stdout.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+    assert blocked == 0
+
+
+def test_exec_refuses_a_pod_that_belongs_to_a_group(cli_env, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("a-test-token-of-at-least-16-bytes")
+    r = jobset_run(cli_env, "--wait", "none", "--exec", "--", "true",
+                   extra={"JOBSET_RUNTIME_GROUP_TOKEN_FILE": str(token)})
+    assert r.returncode == 2 and "--exec, but the group token is mounted" in r.stderr, r.stderr
+    r = jobset_run(cli_env, "--wait", "none", "--exec", "--group", "off", "--", "true",
+                   extra={"JOBSET_RUNTIME_GROUP_TOKEN_FILE": str(token)})
+    assert r.returncode == 0, r.stderr

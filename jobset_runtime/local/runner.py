@@ -213,8 +213,10 @@ class Runner:
             self.ctl.sandbox_ready(pod)
 
     def _can_set_ids(self) -> bool:
-        """Users and groups can be set only by the host's root (a rootless runner maps no other id)."""
-        return os.geteuid() == 0 and self.net.mode != "rootless"
+        """Users and groups are set only by the host's root in netns mode: a rootless runner
+        maps no other id, and in loopback mode a pod's files (podinfo) sit in the run dir,
+        which another user may not be able to reach."""
+        return os.geteuid() == 0 and self.net.mode == "netns"
 
     def _write_volumes(self, pod: Pod, facts, pod_dir: str) -> None:
         """The kubelet's volume set-up: files with their modes, then, with an fsGroup,
@@ -228,20 +230,21 @@ class Runner:
             os.makedirs(d, exist_ok=True)
             files = kubelet.volume_files(facts, vol)
             default_mode, modes = kubelet.volume_file_modes(vol)
-            paths = [d]
+            if files is None:
+                os.chmod(d, 0o777)  # an emptyDir is open to every user (pkg/volume/emptydir/empty_dir.go)
             for rel, content in (files or {}).items():
                 path = os.path.join(d, rel)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "w") as f:
                     f.write(content)
                 os.chmod(path, modes.get(rel, default_mode))
-                paths.append(path)
             if fs_group is not None:
                 read_only = files is not None  # secret, configMap and downwardAPI volumes are read-only
-                for path in paths:
-                    os.lchown(path, -1, fs_group)
-                    os.chmod(path, kubelet.fs_group_mode(os.stat(path).st_mode & 0o7777, read_only=read_only,
-                                                         is_dir=os.path.isdir(path)))
+                for top, dirs, names in os.walk(d):
+                    for path in [top, *(os.path.join(top, n) for n in names)]:
+                        os.lchown(path, -1, fs_group)
+                        os.chmod(path, kubelet.fs_group_mode(os.stat(path).st_mode & 0o7777, read_only=read_only,
+                                                             is_dir=os.path.isdir(path)))
             pod._volume_dirs[vol["name"]] = (d, vol)
 
     def _mounts(self, pod: Pod, container: dict) -> list:
@@ -330,10 +333,13 @@ class Runner:
         cdir = os.path.join(self.run_dir, "pods", pod.name)
         term = os.path.join(cdir, f"{c.name or 'container'}.termination-log")
         if creds.uid not in (None, os.geteuid()) and self._can_set_ids():
-            # The run dir may sit under a directory only we can enter (a home, pytest's tmp).
+            # The run dir may sit under a directory only we can enter (a home, pytest's tmp):
+            # the file goes where that user can pass, and is that user's alone to write.
             term = os.path.join(self._private_dir(), f"{pod.name}.{c.name or 'container'}.termination-log")
-        open(term, "w").close()
-        os.chmod(term, 0o666)  # writable by any container user, as the kubelet makes it (pkg/kubelet/kubelet_pods.go)
+            open(term, "w").close()
+            os.chown(term, creds.uid, creds.gid)
+        else:
+            open(term, "w").close()
         env[contract.TERMINATION_LOG_ENV] = term
         full_env = self._base_env()
         full_env.update(env)
@@ -592,7 +598,7 @@ class Runner:
                     ids_notice = True
                     self._print(f"notice: {self.net.mode} mode as uid {os.geteuid()}: securityContext users and "
                                 "groups (runAsUser, runAsGroup, fsGroup, supplementalGroups) are not applied; "
-                                "containers run as this user. Run as root to apply them.")
+                                "containers run as this user. Run as root in netns mode to apply them.")
                 probes.parse(c)
                 for vm in c.get("volumeMounts") or []:
                     if vm.get("name") not in names:

