@@ -47,6 +47,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 
 from .. import contract
@@ -104,6 +105,7 @@ def run_id() -> str:
 
 
 _OURS = re.compile(r"^jsr-(\d+)-[0-9a-f]{4}(-\d+)?$")
+_OUR_FILES = re.compile(r"^jsr-(\d+)-[0-9a-f]{4}-files-\w+$")  # Runner._private_dir, under the temp dir
 
 
 def _alive(pid: int) -> bool:
@@ -117,8 +119,13 @@ def _alive(pid: int) -> bool:
 
 
 def reap_stale() -> list:
-    """Delete namespaces and /etc/netns entries left by runs whose runner was killed
-    outright (SIGKILL leaves no chance to clean up).  Returns the names removed."""
+    """Delete namespaces, /etc/netns entries and private file directories left by runs
+    whose runner was killed outright (SIGKILL leaves no chance to clean up).  Returns
+    the names removed."""
+    tmp = tempfile.gettempdir()
+    files = [n for n in os.listdir(tmp) if (m := _OUR_FILES.match(n)) and not _alive(int(m.group(1)))]
+    for n in files:
+        shutil.rmtree(os.path.join(tmp, n), ignore_errors=True)
     stale = []
     for d in (NETNS_DIR, ETC_NETNS):
         try:
@@ -130,7 +137,7 @@ def reap_stale() -> list:
             if m and not _alive(int(m.group(1))) and n not in stale:
                 stale.append(n)
     if not stale:
-        return []
+        return files
     net = Network.__new__(Network)
     net._made = []
     net.kill_all_in(stale)
@@ -138,7 +145,7 @@ def reap_stale() -> list:
         if os.path.exists(os.path.join(NETNS_DIR, n)):
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
         shutil.rmtree(os.path.join(ETC_NETNS, n), ignore_errors=True)
-    return stale
+    return files + stale
 
 
 def pod_mac(ip: str) -> str:

@@ -515,7 +515,7 @@ class Runner:
         """A directory every user can pass through but not list (0711), for files that
         containers running as other users must reach; removed by close()."""
         if self._open_dir is None:
-            self._open_dir = tempfile.mkdtemp(prefix="jobset-runtime-local-")
+            self._open_dir = tempfile.mkdtemp(prefix=f"{self.net.cluster_ns}-files-")
             os.chmod(self._open_dir, 0o711)
         return self._open_dir
 

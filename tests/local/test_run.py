@@ -2,16 +2,17 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 
+import localfixtures as lf
 import pytest
 
 from jobset_runtime import podinfo
 from jobset_runtime.identity import derive
-
-import localfixtures as lf
 
 pytestmark = pytest.mark.netns
 FAST = ["--crash-backoff", "0.05", "--pod-backoff", "0.05"]
@@ -301,10 +302,13 @@ def test_stale_namespaces_of_a_killed_runner_are_reaped():
     name = f"jsr-{dead.pid}-abcd-1"
     subprocess.run(["ip", "netns", "add", name], check=True)
     os.makedirs(f"/etc/netns/{name}", exist_ok=True)
+    files = tempfile.mkdtemp(prefix=f"jsr-{dead.pid}-abcd-files-")  # non-root containers' termination logs
     try:
-        assert name in reap_stale()
-        assert name not in lf.netns_names() and name not in lf.etc_netns()
+        reaped = reap_stale()
+        assert name in reaped and os.path.basename(files) in reaped
+        assert name not in lf.netns_names() and name not in lf.etc_netns() and not os.path.exists(files)
     finally:
+        shutil.rmtree(files, ignore_errors=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
         if os.path.isdir(f"/etc/netns/{name}"):
             os.rmdir(f"/etc/netns/{name}")
