@@ -186,9 +186,16 @@ def cmd_run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise ConfigError("no command given: use jobset-run [options] -- CMD [ARGS...]")
-    if args.exec_ and (args.group == "on" or args.restarts):
-        raise ConfigError(f"--exec leaves no jobset-run to {'restart' if args.restarts else 'run the group channel'}: "
-                          f"drop {'--restarts' if args.restarts else '--group on'} or --exec")
+    token = args.group_token or os.environ.get(contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE
+    group = args.group == "on" or (args.group == "auto" and (args.insecure or os.path.exists(token)))
+    if args.exec_ and (args.restarts or group):
+        if args.restarts or args.group == "on" or args.insecure:
+            what = "--restarts" if args.restarts else "--group on" if args.group == "on" else "--insecure"
+            raise ConfigError(f"--exec leaves no jobset-run to {'restart' if args.restarts else 'run the group channel'}: "
+                              f"drop {what} or --exec")
+        # The other pods would wait for this one at the gang start until their deadline.
+        raise ConfigError(f"--exec, but the group token is mounted at {token}, so this pod belongs to a "
+                          "group channel: pass --group off to leave it, or drop --exec")
     ident = _identity()
     wait_for_scope(ident, args.wait, args.timeout)
     exported = exports.runtime_env(ident)
@@ -213,13 +220,7 @@ def cmd_run(args) -> int:
         who += f" (rank {ident.rank})"
     except ConfigError:
         pass
-    token = args.group_token or os.environ.get(contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE
-    group = args.group == "on" or (args.group == "auto" and (args.insecure or os.path.exists(token)))
     if args.exec_:
-        if group:
-            # The other pods would wait for this one at the gang start until their deadline.
-            raise ConfigError(f"--exec, but the group token is mounted at {token}, so this pod belongs to a "
-                              "group channel: pass --group off to leave it, or drop --exec")
         code = supervisor.exec_replace(command, env)
         supervisor.write_termination_message(f"{who}: cannot run {command[0]}", term_log)
         return code

@@ -17,10 +17,18 @@ POD = {
 }
 
 
+JOBSET_RUN = [PYTHON, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())"]
+
+
 def jobset_run(cli_env, *args, extra=None, **kw):
     env = {**cli_env, **POD, **(extra or {})}
-    return subprocess.run([PYTHON, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())", *args],
-                          env=env, capture_output=True, text=True, timeout=60, **kw)
+    return subprocess.run([*JOBSET_RUN, *args], env=env, capture_output=True, text=True, timeout=60, **kw)
+
+
+def env_dump(out, code: int = 0) -> list:
+    """A command that writes its pid and env to `out` as JSON, then exits with `code`."""
+    return [PYTHON, "-c", f"import os, json; json.dump({{'pid': os.getpid(), 'env': dict(os.environ)}}, "
+                          f"open({str(out)!r}, 'w')); raise SystemExit({code})"]
 
 
 @pytest.fixture
@@ -32,10 +40,9 @@ def cli_env(cli_env):
 
 def test_exports_identity_and_exit_code(cli_env, tmp_path):
     out = tmp_path / "env.json"
-    r = jobset_run(cli_env, "--wait", "none", "--", PYTHON, "-c",
-                   f"import os, json; json.dump(dict(os.environ), open({str(out)!r}, 'w')); raise SystemExit(7)")
+    r = jobset_run(cli_env, "--wait", "none", "--", *env_dump(out, 7))
     assert r.returncode == 7
-    env = json.loads(out.read_text())
+    env = json.loads(out.read_text())["env"]
     assert env["RANK"] == "2" and env["WORLD_SIZE"] == "4"
     assert env["MASTER_ADDR"] == "demo-worker-0-0.demo.default.svc.cluster.local"
     assert env["JOBSET_RUNTIME_RANK"] == "2"
@@ -45,10 +52,9 @@ def test_exports_identity_and_exit_code(cli_env, tmp_path):
 
 def test_tpu_env_on_request(cli_env, tmp_path):
     out = tmp_path / "env.json"
-    r = jobset_run(cli_env, "--wait", "none", "--tpu", "--", PYTHON, "-c",
-                   f"import os, json; json.dump(dict(os.environ), open({str(out)!r}, 'w'))")
+    r = jobset_run(cli_env, "--wait", "none", "--tpu", "--", *env_dump(out))
     assert r.returncode == 0, r.stderr
-    env = json.loads(out.read_text())
+    env = json.loads(out.read_text())["env"]
     assert env["TPU_WORKER_ID"] == "0" and env["MEGASCALE_SLICE_ID"] == "1" and env["MEGASCALE_NUM_SLICES"] == "2"
 
 
@@ -78,8 +84,8 @@ def test_sigterm_is_forwarded_to_the_whole_group(cli_env, tmp_path):
         "time.sleep(60)\n"
     )
     env = {**cli_env, **POD}
-    p = subprocess.Popen([PYTHON, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())",
-                          "--wait", "none", "--", PYTHON, str(path)], env=env, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([*JOBSET_RUN, "--wait", "none", "--", PYTHON, str(path)], env=env, stderr=subprocess.PIPE,
+                         text=True)
     deadline = time.time() + 30
     while len(list(tmp_path.glob("ready*"))) < 2 and time.time() < deadline:
         time.sleep(0.05)
@@ -128,10 +134,9 @@ def test_a_cause_written_by_the_command_is_kept(cli_env, tmp_path):
 
 def test_jax_env_on_request(cli_env, tmp_path):
     out = tmp_path / "env.json"
-    r = jobset_run(cli_env, "--wait", "none", "--jax", "--", PYTHON, "-c",
-                   f"import os, json; json.dump(dict(os.environ), open({str(out)!r}, 'w'))")
+    r = jobset_run(cli_env, "--wait", "none", "--jax", "--", *env_dump(out))
     assert r.returncode == 0, r.stderr
-    env = json.loads(out.read_text())
+    env = json.loads(out.read_text())["env"]
     assert env["JAX_COORDINATOR_ADDRESS"] == "demo-worker-0-0.demo.default.svc.cluster.local:8476"
     assert env["JAX_COORDINATOR_PORT"] == "8476"
 
@@ -153,12 +158,8 @@ def test_out_of_range_options_are_usage_errors(cli_env, option):
 def test_exec_becomes_the_command_with_the_exports(cli_env, tmp_path):
     """--exec: the command runs in jobset-run's own process, with the same env, and its exit code is the pod's."""
     out = tmp_path / "env.json"
-    proc = subprocess.Popen(
-        [PYTHON, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())",
-         "--wait", "none", "--exec", "--", PYTHON, "-c",
-         (f"import os, json; json.dump({{'pid': os.getpid(), 'env': dict(os.environ)}}, open({str(out)!r}, 'w'));"
-          "raise SystemExit(7)")],
-        env={**cli_env, **POD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*JOBSET_RUN, "--wait", "none", "--exec", "--", *env_dump(out, 7)],
+                            env={**cli_env, **POD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 7, err
     seen = json.loads(out.read_text())

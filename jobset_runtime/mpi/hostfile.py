@@ -119,26 +119,18 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
     The agent and its key exist on the launcher only, so daemons must not start
     other daemons (no tree spawn).
     """
-    if impl.prrte:
-        env = {"PRTE_MCA_prte_default_hostfile": hostfile}
-        if agent:
-            env["PRTE_MCA_plm_ssh_agent"] = agent
-            env["PRTE_MCA_plm_ssh_no_tree_spawn"] = "1"
-        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
-            env["PRTE_MCA_plm_ssh_args"] = agent_args
-        if keep_fqdn:
-            # PRRTE strips domains and merges hosts that then look alike (mpi-operator#733).
-            env["PRTE_MCA_prte_keep_fqdn_hostnames"] = "1"
-        return env
     if impl.family == OPENMPI:
-        env = {"OMPI_MCA_orte_default_hostfile": hostfile}
+        # The same settings under PRRTE's names (Open MPI 5) or ORTE's (4).
+        rte, plm = ("PRTE_MCA_prte_", "PRTE_MCA_plm_ssh_") if impl.prrte else ("OMPI_MCA_orte_", "OMPI_MCA_plm_rsh_")
+        env = {rte + "default_hostfile": hostfile}
         if agent:
-            env["OMPI_MCA_plm_rsh_agent"] = agent
-            env["OMPI_MCA_plm_rsh_no_tree_spawn"] = "1"
-        if agent_args:
-            env["OMPI_MCA_plm_rsh_args"] = agent_args
+            env[plm + "agent"] = agent
+            env[plm + "no_tree_spawn"] = "1"
+        if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
+            env[plm + "args"] = agent_args
         if keep_fqdn:
-            env["OMPI_MCA_orte_keep_fqdn_hostnames"] = "1"
+            # Open MPI strips domains and merges hosts that then look alike (mpi-operator#733).
+            env[rte + "keep_fqdn_hostnames"] = "1"
         return env
     if impl.family == MPICH:
         env = {"HYDRA_HOST_FILE": hostfile}

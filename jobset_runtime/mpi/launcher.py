@@ -156,18 +156,25 @@ class Watch:
                 log.error("worker %s %s", host, f"was stopped ({cause})" if cause else "went away")
                 self._changed.set()
 
+    def _send_all(self, msg: dict) -> list[str]:
+        """Send `msg` to every worker not lost; returns those it could not reach."""
+        with self._lock:
+            snapshot = list(self.channels.items())
+        failed = []
+        for host, chan in snapshot:
+            if host in self.lost:
+                continue
+            try:
+                with self._lock:
+                    chan.send(msg)
+            except OSError:
+                failed.append(host)
+        return failed
+
     def _beat(self) -> None:
         while not self._stop.wait(channel.HEARTBEAT_S):
-            with self._lock:
-                snapshot = list(self.channels.items())
-            for host, chan in snapshot:
-                if host in self.lost:
-                    continue
-                try:
-                    with self._lock:
-                        chan.send({"t": "hb"})
-                except OSError:
-                    self._lose(host)
+            for host in self._send_all({"t": "hb"}):
+                self._lose(host)
 
     def _listen(self) -> None:
         import selectors
@@ -192,19 +199,16 @@ class Watch:
                 self._lose(key.data, cause)
         sel.close()
 
+    def wait_for_loss(self, timeout: float) -> bool:
+        """Until a worker is lost (True) or `timeout` passes."""
+        return self._changed.wait(timeout)
+
     def finish(self, code: int, cause: str) -> None:
         self._stop.set()
+        self._send_all({"t": "finish", "code": code, "cause": cause[:1000]})
         with self._lock:
-            snapshot = list(self.channels.items())
-        for host, chan in snapshot:
-            if host in self.lost:
-                continue
-            try:
-                with self._lock:
-                    chan.send({"t": "finish", "code": code, "cause": cause[:1000]})
-            except OSError:
-                pass
-        for _, chan in snapshot:
+            snapshot = list(self.channels.values())
+        for chan in snapshot:
             chan.close()
 
 
@@ -354,7 +358,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
         raise missing(argv[0]) from None
     stopped_for = None
     while child.proc.poll() is None:
-        watch._changed.wait(0.1)
+        watch.wait_for_loss(0.1)
         if watch.lost and stopped_for is None:
             first = min(watch.lost.values())
             if time.monotonic() - first >= GRACE_S:
@@ -366,7 +370,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
         # Hydra sees a killed worker's proxy go within milliseconds and exits at once,
         # maybe before that worker's watch channel is read: give the loss a moment to
         # arrive, so that the message names the worker rather than only mpirun.
-        watch._changed.wait(LOSS_SETTLE_S)
+        watch.wait_for_loss(LOSS_SETTLE_S)
     if child.group_alive():
         child.stop(grace=1.0)
     for sig in supervisor.FORWARDED:
