@@ -341,14 +341,24 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
                                                if impl.family == hostfile.INTEL else None))
         log.info("running %s", " ".join(argv))
         marks["exec"] = time.monotonic()
+        previous = {sig: signal.getsignal(sig) for sig in supervisor.FORWARDED}
         code, cause = _supervise(argv, env, watch)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    watch.finish(code, cause)
+    # A stop request now (the JobSet failing because of the very worker we lost) must not
+    # cut the cause short: it is written first, and the default handlers come back after.
     if code:
         log.error("%s", cause)
         supervisor.write_termination_message(cause)
+    watch.finish(code, cause)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     return code
+
+
+def _stop_noted(signum, _frame) -> None:
+    log.info("received %s after mpirun ended; finishing", signal.Signals(signum).name)
+    supervisor.stop_requested.set()
 
 
 def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
@@ -373,8 +383,8 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
         watch.wait_for_loss(LOSS_SETTLE_S)
     if child.group_alive():
         child.stop(grace=1.0)
-    for sig in supervisor.FORWARDED:
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in supervisor.FORWARDED:  # mpirun is gone: note a stop request, finish the account first
+        signal.signal(sig, _stop_noted)
     lost = sorted(watch.lost, key=watch.lost.get)
     if code == 0 and not lost:
         return 0, "mpirun succeeded"
