@@ -74,6 +74,8 @@ def cmd_env(args) -> int:
     if args.format == "json":
         print(json.dumps(ident.to_dict(), indent=2))
     else:
+        if ident.namespace_source:
+            print(f"# namespace {ident.namespace} from {ident.namespace_source}")
         for name, value in sorted(runtime_env(ident).items()):
             print(f"export {name}={shlex.quote(value)}")
     if ident.topology is None:

@@ -48,6 +48,10 @@ HOSTNAME_ENV = "HOSTNAME"
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 HOSTS_FILE = "/etc/hosts"
 RESOLV_CONF = "/etc/resolv.conf"
+# Every pod with a service account token mounted (the default) has its namespace here.
+SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# What many hand-written manifests set from fieldRef metadata.namespace.
+POD_NAMESPACE_ENV = "POD_NAMESPACE"
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_MAX = 4096  # the kubelet truncates beyond this
 # Kubernetes DNS-1123 label limit; JobSet keeps 6 more characters for the

@@ -25,6 +25,15 @@ class PeersTimeout(JobSetRuntimeError):
     exit_code = contract.EXIT_PEERS_TIMEOUT
 
 
+class DnsUnavailable(PeersTimeout):
+    """No DNS server answered at all before the deadline.
+
+    An infrastructure fault (cluster DNS down or unreachable for a while), not a
+    configuration error: a restart can fix it, so it exits like a peers timeout and the
+    generated failure policy restarts the JobSet instead of failing it.
+    """
+
+
 def first_few(items, n=5):
     """`a, b, c (+49 more)`: a short, readable list for progress and errors."""
     items = list(items)

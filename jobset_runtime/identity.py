@@ -134,6 +134,8 @@ class PodMetadata:
     hosts: str = ""  # text of /etc/hosts
     name: str | None = None  # downward-API `name` file (metadata.name)
     namespace: str | None = None  # downward-API `namespace` file
+    service_account_namespace: str | None = None  # the service-account mount's `namespace` file
+    resolv_conf: str = ""  # text of /etc/resolv.conf
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class Identity:
     jobset_uid: str | None = None
     pod_name: str | None = None
     pod_ip: str | None = None
+    namespace_source: str | None = None  # where `namespace` came from, for `env` and error messages
 
     # --- this pod ---------------------------------------------------------
     @property
@@ -171,9 +174,11 @@ class Identity:
         """`<host>.<subdomain>.<ns>.svc.<domain>`: absolute, so no search path is needed."""
         if self.namespace is None:
             raise ConfigError(
-                "the pod's namespace is unknown: mount the downward-API `namespace` file in "
-                f"{contract.PODINFO_DIR}, or set {contract.IDENTITY_ENV['namespace']} "
-                "from fieldRef metadata.namespace"
+                "the pod's namespace is unknown: none of the downward-API `namespace` file in "
+                f"{contract.PODINFO_DIR}, {contract.IDENTITY_ENV['namespace']}, {contract.POD_NAMESPACE_ENV}, "
+                f"{contract.SERVICE_ACCOUNT_NAMESPACE_FILE} or a `<ns>.svc.<domain>` search domain in "
+                f"{contract.RESOLV_CONF} gives it: set {contract.IDENTITY_ENV['namespace']} from fieldRef "
+                "metadata.namespace, or mount the downward-API file as generated manifests do"
             )
         return f"{host or self.hostname}.{self.subdomain}.{self.namespace}.svc.{self.cluster_domain}"
 
@@ -277,6 +282,7 @@ class Identity:
             "jobset_name": self.jobset_name,
             "jobset_uid": self.jobset_uid,
             "namespace": self.namespace,
+            "namespace_source": self.namespace_source,
             "pod_name": self.pod_name,
             "replicated_job": self.replicated_job,
             "replicated_job_replicas": self.replicated_job_replicas,
@@ -393,6 +399,39 @@ def _split_hostname(host: str, jobset: str) -> tuple[str, int, int] | None:
     return parts[0], int(parts[1]), int(parts[2])
 
 
+def namespace_from_search(resolv_conf: str) -> tuple[str, str] | None:
+    """(namespace, cluster domain) from the first `<ns>.svc.<domain>` of resolv.conf's search list.
+
+    The kubelet writes `search <ns>.svc.<domain> svc.<domain> <domain>` for ClusterFirst
+    pods (kubernetes pkg/kubelet/network/dns/dns.go, generateSearchesForDNSClusterFirst).
+    """
+    for line in resolv_conf.splitlines():
+        words = line.split()
+        if words[:1] != ["search"]:
+            continue
+        for domain in words[1:]:
+            ns, sep, rest = domain.rstrip(".").partition(".svc.")
+            if sep and ns and rest and "." not in ns:
+                return ns, rest
+    return None
+
+
+def choose_namespace(meta: PodMetadata, from_hosts: str | None, from_search: str | None) -> tuple[str | None, str | None]:
+    """The pod's namespace and where it came from, most explicit source first."""
+    candidates = (
+        (meta.namespace, f"downward-API file {contract.PODINFO_NAMESPACE}"),
+        (meta.env.get(contract.IDENTITY_ENV["namespace"]), f"env {contract.IDENTITY_ENV['namespace']}"),
+        (meta.env.get(contract.POD_NAMESPACE_ENV), f"env {contract.POD_NAMESPACE_ENV}"),
+        (meta.service_account_namespace, contract.SERVICE_ACCOUNT_NAMESPACE_FILE),
+        (from_hosts, contract.HOSTS_FILE),
+        (from_search, f"{contract.RESOLV_CONF} search list"),
+    )
+    for value, source in candidates:
+        if value and value.strip():
+            return value.strip(), source
+    return None, None
+
+
 def derive(meta: PodMetadata) -> Identity:
     """Interpret pod metadata; every inconsistency is a ConfigError naming the input and the fix."""
     src = _Source(meta)
@@ -444,11 +483,13 @@ def derive(meta: PodMetadata) -> Identity:
         global_index = topology.job_global_index(rjob, job_index)
         global_replicas = topology.global_replicas
 
-    # Subdomain, namespace and cluster domain: explicit env, then the downward API, then /etc/hosts.
+    # Subdomain and cluster domain: explicit env, then /etc/hosts (then resolv.conf's search list).
     from_hosts = fqdn_from_hosts(meta.hosts, host) or (None, None, None)
-    namespace = (meta.env.get(contract.IDENTITY_ENV["namespace"]) or meta.namespace or from_hosts[1])
+    from_search = namespace_from_search(meta.resolv_conf) or (None, None)
+    namespace, namespace_source = choose_namespace(meta, from_hosts[1], from_search[0])
     subdomain = meta.env.get(contract.IDENTITY_ENV["subdomain"]) or from_hosts[0]
-    cluster_domain = meta.env.get(contract.CLUSTER_DOMAIN_ENV) or from_hosts[2] or contract.DEFAULT_CLUSTER_DOMAIN
+    cluster_domain = (meta.env.get(contract.CLUSTER_DOMAIN_ENV) or from_hosts[2] or from_search[1]
+                      or contract.DEFAULT_CLUSTER_DOMAIN)
 
     coordinator_host = None
     coord = src.text("coordinator")
@@ -497,6 +538,7 @@ def derive(meta: PodMetadata) -> Identity:
         jobset_uid=src.text("jobset_uid"),
         pod_name=meta.env.get(contract.IDENTITY_ENV["pod_name"]) or meta.name,
         pod_ip=meta.env.get(contract.POD_IP_ENV) or (_hosts_entry(meta.hosts, host) or (None,))[0],
+        namespace_source=namespace_source,
     )
 
 

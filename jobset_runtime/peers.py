@@ -33,7 +33,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, PeersTimeout, first_few
+from .errors import ConfigError, DnsUnavailable, PeersTimeout, first_few
 from .nameservers import Nameserver, format_nameserver, parse_one, system_nameservers
 
 log = logging.getLogger("jobset_runtime.peers")
@@ -455,7 +455,8 @@ def wait_for_hosts(
 
     `nameservers`: [(ip, port)] or ['ip[:port]'], default JOBSET_RUNTIME_NAMESERVERS
     else /etc/resolv.conf.  Raises PeersTimeout naming what is missing once
-    `timeout` seconds have passed, or ConfigError if no DNS server answered at all.
+    `timeout` seconds have passed, or DnsUnavailable (a PeersTimeout) if no DNS
+    server answered at all.
     """
     names = list(dict.fromkeys(names))
     servers = _normalize_servers(nameservers)
@@ -488,7 +489,7 @@ def wait_for_hosts(
     asked = ", ".join(map(format_nameserver, servers))
     if missing:
         if totals["replies"] == 0 and totals["queries"]:
-            raise ConfigError(
+            raise DnsUnavailable(
                 f"DNS server{'s' if len(servers) > 1 else ''} {asked} never answered ({totals['queries']} queries over {timeout:g}s); "
                 f"check JOBSET_RUNTIME_NAMESERVERS or the nameserver lines of /etc/resolv.conf"
             )

@@ -84,8 +84,14 @@ def _read(path: Path) -> str | None:
         raise ConfigError(f"cannot read {path}: {e}") from None
 
 
-def read_pod_metadata(environ: Mapping[str, str] | None = None, hosts_file: str = contract.HOSTS_FILE) -> PodMetadata:
-    """Collect the pod's metadata from the downward-API dir, env and /etc/hosts."""
+def read_pod_metadata(
+    environ: Mapping[str, str] | None = None,
+    hosts_file: str = contract.HOSTS_FILE,
+    service_account_namespace_file: str = contract.SERVICE_ACCOUNT_NAMESPACE_FILE,
+    resolv_conf: str = contract.RESOLV_CONF,
+) -> PodMetadata:
+    """Collect the pod's metadata from the downward-API dir, env, /etc/hosts, the
+    service-account mount and /etc/resolv.conf."""
     env = dict(os.environ if environ is None else environ)
     explicit = contract.PODINFO_ENV in env
     podinfo = Path(env.get(contract.PODINFO_ENV) or contract.PODINFO_DIR)
@@ -118,8 +124,18 @@ def read_pod_metadata(environ: Mapping[str, str] | None = None, hosts_file: str 
         hosts=_read(Path(hosts_file)) or "",
         name=plain(contract.PODINFO_NAME),
         namespace=plain(contract.PODINFO_NAMESPACE),
+        service_account_namespace=_read_quietly(service_account_namespace_file),
+        resolv_conf=_read_quietly(resolv_conf) or "",
     )
 
 
-def current_identity(environ: Mapping[str, str] | None = None, hosts_file: str = contract.HOSTS_FILE) -> Identity:
-    return derive(read_pod_metadata(environ, hosts_file))
+def _read_quietly(path: str) -> str | None:
+    """A fallback source: unreadable counts as absent (a non-root user, no token mounted)."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def current_identity(environ: Mapping[str, str] | None = None, hosts_file: str = contract.HOSTS_FILE, **files) -> Identity:
+    return derive(read_pod_metadata(environ, hosts_file, **files))

@@ -187,3 +187,45 @@ def test_non_ascii_digits_are_a_configuration_error():
 def test_default_coordinator_skips_replicated_jobs_without_pods():
     ident = derive(meta("empty:0x1,worker:2x4", **{contract.JOB_GLOBAL_INDEX_KEY: "1", contract.GLOBAL_REPLICAS_KEY: "2"}))
     assert ident.coordinator == "js-worker-0-0" == ident.all_hosts()[0]
+
+
+# --- the pod's namespace: every place a pod has it, in order ------------------------------
+
+KUBELET_RESOLV_CONF = "search team-b.svc.corp.example svc.corp.example corp.example\nnameserver 10.96.0.10\noptions ndots:5\n"
+KUBELET_HOSTS = "10.1.2.3\tjs-worker-1-3.js.team-c.svc.cluster.local\tjs-worker-1-3\n"
+
+
+@pytest.mark.parametrize("sources,expected", [
+    ({"namespace": "a", "env": {"JOBSET_RUNTIME_NAMESPACE": "b", "POD_NAMESPACE": "c"}}, ("a", "downward-API file namespace")),
+    ({"env": {"JOBSET_RUNTIME_NAMESPACE": "b", "POD_NAMESPACE": "c"}, "service_account_namespace": "d"},
+     ("b", "env JOBSET_RUNTIME_NAMESPACE")),
+    ({"env": {"POD_NAMESPACE": "c"}, "service_account_namespace": "d"}, ("c", "env POD_NAMESPACE")),
+    ({"service_account_namespace": "d", "hosts": KUBELET_HOSTS, "resolv_conf": KUBELET_RESOLV_CONF},
+     ("d", contract.SERVICE_ACCOUNT_NAMESPACE_FILE)),
+    ({"hosts": KUBELET_HOSTS, "resolv_conf": KUBELET_RESOLV_CONF}, ("team-c", contract.HOSTS_FILE)),
+    ({"resolv_conf": KUBELET_RESOLV_CONF}, ("team-b", "/etc/resolv.conf search list")),
+])
+def test_namespace_sources_in_order(sources, expected):
+    base = meta()
+    ident = derive(PodMetadata(labels=base.labels, annotations=base.annotations,
+                               **{"env": {}, **sources}))
+    assert (ident.namespace, ident.namespace_source) == expected
+    assert ident.to_dict()["namespace_source"] == expected[1]
+
+
+def test_search_list_gives_the_cluster_domain_too():
+    base = meta()
+    ident = derive(PodMetadata(labels=base.labels, annotations=base.annotations, resolv_conf=KUBELET_RESOLV_CONF))
+    assert ident.fqdn() == "js-worker-1-3.js.team-b.svc.corp.example"
+
+
+@pytest.mark.parametrize("resolv_conf", ["", "nameserver 1.1.1.1\n", "search example.com svc.cluster.local\n",
+                                         "search a.b.svc.cluster.local\n"])
+def test_no_namespace_anywhere_names_every_source(resolv_conf):
+    base = meta()
+    ident = derive(PodMetadata(labels=base.labels, annotations=base.annotations, resolv_conf=resolv_conf))
+    assert ident.namespace is None and ident.namespace_source is None
+    with pytest.raises(ConfigError) as info:
+        ident.fqdn()
+    for source in ("JOBSET_RUNTIME_NAMESPACE", "POD_NAMESPACE", contract.SERVICE_ACCOUNT_NAMESPACE_FILE, "resolv.conf"):
+        assert source in str(info.value)

@@ -51,3 +51,20 @@ def test_missing_dir_and_env(monkeypatch, tmp_path):
         read_pod_metadata({"JOBSET_RUNTIME_PODINFO": "/nonexistent"})
     with pytest.raises(ConfigError, match="no pod metadata"):
         read_pod_metadata({})
+
+
+def test_namespace_from_the_service_account_mount_and_resolv_conf(tmp_path):
+    podinfo = tmp_path / "podinfo"
+    podinfo.mkdir()
+    (podinfo / "labels").write_text('jobset.sigs.k8s.io/jobset-name="js"\n')
+    sa = tmp_path / "namespace"
+    sa.write_text("from-token\n")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search from-search.svc.cluster.local svc.cluster.local cluster.local\n")
+    env = {"JOBSET_RUNTIME_PODINFO": str(podinfo)}
+    meta = read_pod_metadata(env, str(tmp_path / "nohosts"), str(sa), str(resolv))
+    assert meta.service_account_namespace == "from-token"
+    assert "from-search.svc.cluster.local" in meta.resolv_conf
+    # Absent or unreadable fallbacks are simply absent.
+    meta = read_pod_metadata(env, str(tmp_path / "nohosts"), str(tmp_path / "none"), str(tmp_path / "none"))
+    assert meta.service_account_namespace is None and meta.resolv_conf == ""

@@ -96,7 +96,7 @@ def test_unreachable_dns_server_is_a_configuration_error(cli_env):
                            capture_output=True, text=True, timeout=60)
     finally:
         silent.close()
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == 69, r.stderr  # an outage restarts the JobSet; 2 would fail it for good
     assert "never answered" in r.stderr and "JOBSET_RUNTIME_NAMESERVERS" in r.stderr
 
 

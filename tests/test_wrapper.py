@@ -115,9 +115,11 @@ def test_env_command_outputs(cli_env, podinfo):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["rank"] == 7 and d["coordinator"] == "train-slice-0-0" and d["namespace"] == "ml-team"
+    assert d["namespace_source"] == "downward-API file namespace"
     r = subprocess.run([PYTHON, "-m", "jobset_runtime", "env", "--format", "shell"], env={**cli_env, **env},
                        capture_output=True, text=True)
     assert "export JOBSET_RUNTIME_RANK=7" in r.stdout.splitlines()
+    assert "# namespace ml-team from downward-API file namespace" in r.stdout.splitlines()
     r = subprocess.run([PYTHON, "-m", "jobset_runtime", "env"], env={**cli_env, "JOBSET_RUNTIME_PODINFO": "/nope"},
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr

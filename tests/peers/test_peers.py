@@ -8,7 +8,7 @@ import dnsfixtures
 import pytest
 
 from jobset_runtime import contract
-from jobset_runtime.errors import ConfigError, PeersTimeout
+from jobset_runtime.errors import ConfigError, DnsUnavailable, PeersTimeout
 from jobset_runtime.local.dns import DnsServer
 from jobset_runtime.peers import NO_REPLY, connect_batch, resolve_batch, wait_for_hosts
 
@@ -145,19 +145,21 @@ def test_second_server_answers_when_first_is_silent(dns_server):
 # --- failures people meet -------------------------------------------------------------
 
 
-def test_server_that_never_answers_is_a_config_error_naming_it(dns_server):
+def test_server_that_never_answers_is_an_outage_naming_it(dns_server):
+    # A DNS outage is an infrastructure fault: exit 69 (restart), never 2 (FailJob).
     dns_server.silent = True
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(DnsUnavailable) as info:
         wait_for_hosts(pod_names(1, 3), nameservers=[dns_server.address], timeout=2.5)
     message = str(info.value)
     assert dns_server.nameserver in message and "never answered" in message
     assert contract.NAMESERVERS_ENV in message and "/etc/resolv.conf" in message
+    assert info.value.exit_code == contract.EXIT_PEERS_TIMEOUT
 
 
-def test_nothing_listening_is_a_config_error(dns_server):
+def test_nothing_listening_is_an_outage(dns_server):
     ip, port = dns_server.address
     dns_server.stop()  # port now closed: ICMP port unreachable
-    with pytest.raises(ConfigError, match=f"127.0.0.1:{port} never answered"):
+    with pytest.raises(DnsUnavailable, match=f"127.0.0.1:{port} never answered"):
         wait_for_hosts(pod_names(1, 2), nameservers=[(ip, port)], timeout=2.5)
 
 
