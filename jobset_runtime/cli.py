@@ -95,7 +95,7 @@ def wait_for_scope(ident, scope: str, timeout: float, port: int | None = None) -
     fqdns = [ident.fqdn(h) for h in hosts]
     what = f"{len(fqdns)} host{'s' if len(fqdns) != 1 else ''} ({scope})" + (f", TCP port {port}" if port else "")
     logger.info("waiting for %s, up to %gs", what, timeout)
-    peers.wait_for_hosts(fqdns, port=port, timeout=timeout)
+    peers.wait_for_hosts(fqdns, port=port, timeout=timeout, family=peers.family_of(ident.pod_ip))
     logger.info("all %d ready", len(fqdns))
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import contract
+from .addresses import family_of, join_host_port
 from .errors import ConfigError, JobSetRuntimeError, PeersTimeout, first_few
 from .identity import Identity, hostname_of
 
@@ -96,6 +97,7 @@ class Plan:
     env: dict = field(default_factory=dict)  # set before the backend starts, never overriding
     config: dict = field(default_factory=dict)  # jax.config updates
     watch_hosts: tuple[str, ...] = ()  # FQDNs looked up at our deadline to name the missing ones
+    family: str = "auto"  # the pod's address family: which DNS records to ask for
 
 
 # --- pure: identity -> arguments ------------------------------------------------------
@@ -276,6 +278,7 @@ def plan(
         env=_tpu_env(ident, megascale_port) if platform == "tpu" else {},
         config=cpu_config(num_cpu_devices) if platform == "cpu" else {},
         watch_hosts=_watch_hosts(ident, platform, is_coordinator, coord_fqdn),
+        family=family_of(ident.pod_ip),
     )
 
 
@@ -357,10 +360,6 @@ def _backends_started() -> bool:
         return False
 
 
-def _address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 class _Watchdog:
     """At our deadline, if JAX has not finished starting, name the missing and exit 69."""
 
@@ -391,7 +390,7 @@ class _Watchdog:
             from .peers import NO_REPLY, NOT_ASKED, _normalize_servers, resolve_batch
 
             got = resolve_batch(list(p.watch_hosts), _normalize_servers(self.nameservers),
-                                tries=3, deadline=time.monotonic() + budget)
+                                tries=3, deadline=time.monotonic() + budget, family=p.family)
         except JobSetRuntimeError as e:
             return f"{head}. Could not look the peers up: {e}"
         unanswered = (NO_REPLY, NOT_ASKED)
@@ -509,10 +508,10 @@ def _carry_out(p: Plan, start: float, nameservers, connect_by_ip: bool) -> None:
              p.args.num_processes, p.coordinator_fqdn, f" port {p.port}" if wait_port else "",
              deadline - time.monotonic())
     addresses = peers.wait_for_hosts([p.coordinator_fqdn], port=wait_port, nameservers=nameservers,
-                                     timeout=max(0.001, deadline - time.monotonic()))
+                                     timeout=max(0.001, deadline - time.monotonic()), family=p.family)
     kwargs = p.args.kwargs()
     if connect_by_ip:
-        kwargs["coordinator_address"] = _address(addresses[p.coordinator_fqdn], p.port)
+        kwargs["coordinator_address"] = join_host_port(addresses[p.coordinator_fqdn], p.port)
     kwargs, dropped = supported_kwargs(jax.distributed.initialize, kwargs)
     if dropped:
         log.warning("JAX %s's jax.distributed.initialize takes no %s; upgrade JAX to set them",

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 
 from . import contract
+from .addresses import join_host_port
 from .errors import ConfigError
 
 DNS_PORT = 53
@@ -25,8 +26,7 @@ _FORM = "expected ip[:port],... e.g. 10.96.0.10 or 10.96.0.10:53,[fd00::a]:53"
 
 
 def format_nameserver(server: Nameserver) -> str:
-    ip, port = server
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return join_host_port(*server)
 
 
 def _ip(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Wait until peers exist: their hostnames resolve (DNS A) and, optionally, a TCP port accepts.
+"""Wait until peers exist: their hostnames resolve (DNS A or AAAA) and, optionally, a TCP port accepts.
 
 Cluster DNS is late and flaky for new pods (records late by seconds to ~30 s,
 flapping NXDOMAIN, old IPs after a restart: kubernetes/kubernetes#117819,
@@ -9,7 +9,10 @@ flapping NXDOMAIN, old IPs after a restart: kubernetes/kubernetes#117819,
   precomputed name, replies matched on id AND question, per-query
   retransmission (a lost datagram costs one name one retry, not a round), and
   truncated (TC) answers asked again over TCP.  Replies are parsed by hand:
-  only the header, the question and the A records of the answer section.
+  only the header, the question and the A (or AAAA) records of the answer
+  section.  The address family is the pod's own (`family`): IPv4 asks A,
+  IPv6 asks AAAA, and `auto` asks A, then AAAA for the names that have no A
+  record, so an IPv6-only cluster costs a second query only where needed.
 * `wait_for_hosts` repeats rounds for the names still missing (NXDOMAIN,
   SERVFAIL, no data, no reply) with tenacity's exponential backoff and jitter
   under one deadline, then connects to `port` on every address the same way,
@@ -33,20 +36,24 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .addresses import FAMILIES, family_of
 from .errors import ConfigError, DnsUnavailable, PeersTimeout, first_few
 from .nameservers import Nameserver, format_nameserver, parse_one, system_nameservers
 
 log = logging.getLogger("jobset_runtime.peers")
 
-__all__ = ["NO_REPLY", "BatchResult", "resolve_batch", "wait_for_hosts", "wait_for_ports"]
+__all__ = ["FAMILIES", "NO_REPLY", "BatchResult", "family_of", "resolve_batch", "wait_for_hosts", "wait_for_ports"]
 
 NO_REPLY = "no reply"
 NODATA = "no A record"
+NODATA_AAAA = "no AAAA record"
 NOT_ASKED = "not asked"  # the batch ended before this name got a verdict (never sent, or cut by the deadline)
 _RCODES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 # id | flags RD | QDCOUNT 1 | AN/NS/AR 0 -- the id is prepended per query.
 _QUERY_FLAGS = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
 _QTYPE_A_IN = b"\x00\x01\x00\x01"
+_QTYPE_AAAA_IN = b"\x00\x1c\x00\x01"
+_QTYPE = {"ipv4": _QTYPE_A_IN, "ipv6": _QTYPE_AAAA_IN}
 _HEADER = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")
 _TC, _QR = 0x0200, 0x8000
@@ -70,8 +77,8 @@ def _ip_literal(name: str) -> str | None:
         return None
 
 
-def _first_a(data: bytes, off: int, ancount: int) -> str | None:
-    """The first IN A address in the answer section starting at `off`, or None.
+def _first_address(data: bytes, off: int, ancount: int, rtype_wanted: int) -> str | None:
+    """The first IN A (1) or AAAA (28) address in the answer section starting at `off`, or None.
 
     Owner names are skipped, not compared, so an A at the end of a CNAME chain
     counts; the question was already matched.  Malformed data -> None.
@@ -91,8 +98,11 @@ def _first_a(data: bytes, off: int, ancount: int) -> str | None:
                 off += n + 1
             rtype, rclass, _ttl, rdlen = _RR.unpack_from(data, off)
             off += 10
-            if rtype == 1 and rclass == 1 and rdlen == 4 and off + 4 <= len(data):
-                return "%d.%d.%d.%d" % tuple(data[off : off + 4])  # noqa: UP031 (hot path)
+            if rtype == rtype_wanted and rclass == 1 and off + rdlen <= len(data):
+                if rdlen == 4 and rtype == 1:
+                    return "%d.%d.%d.%d" % tuple(data[off : off + 4])  # noqa: UP031 (hot path)
+                if rdlen == 16 and rtype == 28:
+                    return socket.inet_ntop(socket.AF_INET6, data[off : off + 16])
             off += rdlen
     except (IndexError, struct.error):
         return None
@@ -114,15 +124,16 @@ def _parse_reply(data: bytes, qid: int, question: bytes):
     rcode = flags & 0xF
     if rcode:
         return (_RCODES.get(rcode, f"rcode {rcode}"), None)
-    ip = _first_a(data, end, ancount)
-    return ("ok", ip) if ip else (NODATA, None)
+    aaaa = question[-4:] == _QTYPE_AAAA_IN
+    ip = _first_address(data, end, ancount, 28 if aaaa else 1)
+    return ("ok", ip) if ip else (NODATA_AAAA if aaaa else NODATA, None)
 
 
 @dataclass
 class BatchResult:
     """What one batch learnt: addresses, and the last answer for every name without one."""
 
-    resolved: dict = field(default_factory=dict)  # name -> IPv4 address
+    resolved: dict = field(default_factory=dict)  # name -> IPv4 or IPv6 address
     failed: dict = field(default_factory=dict)  # name -> NXDOMAIN | SERVFAIL | no A record | no reply | ...
     replies: int = 0  # answers received (any rcode): 0 means no server ever answered
     queries: int = 0  # datagrams and TCP queries sent
@@ -160,8 +171,12 @@ def resolve_batch(
     silence: float = 2.0,
     max_window: int = 512,
     deadline: float | None = None,
+    family: str = "ipv4",
 ) -> BatchResult:
-    """Ask for the A record of every name once (with retransmissions); no waiting between rounds.
+    """Ask for the address of every name once (with retransmissions); no waiting between rounds.
+
+    `family`: "ipv4" asks A, "ipv6" asks AAAA, "auto" asks A and then AAAA for
+    the names that answered without an A record.
 
     `names`: absolute hostnames (trailing dot optional); IP literals resolve to
     themselves.  `nameservers`: [(ip, port)] or ['ip[:port]']; retransmissions
@@ -172,9 +187,12 @@ def resolve_batch(
     (time.monotonic()).  Names without an A record are in `failed` with the
     last answer seen.  An invalid name raises ConfigError.
     """
+    if family not in FAMILIES:
+        raise ConfigError(f"address family {family!r}: use one of {', '.join(FAMILIES)}")
     servers = _normalize_servers(nameservers)
     if not servers:
         raise ConfigError("no DNS server to ask: set JOBSET_RUNTIME_NAMESERVERS or a nameserver in /etc/resolv.conf")
+    qtype = _QTYPE["ipv6" if family == "ipv6" else "ipv4"]
     result = BatchResult()
     jobs = []
     for name in dict.fromkeys(names):
@@ -183,7 +201,7 @@ def resolve_batch(
             result.resolved[name] = ip
             continue
         try:
-            jobs.append((name, _qname_wire(name) + _QTYPE_A_IN))
+            jobs.append((name, _qname_wire(name) + qtype))
         except (ValueError, UnicodeEncodeError):
             raise ConfigError(f"{name!r} is not a valid DNS hostname (ASCII labels of 1-63 characters)") from None
     if not jobs:
@@ -193,6 +211,12 @@ def resolve_batch(
     truncated = engine.run(jobs)
     for name, question in truncated:
         _tcp_phase(name, question, servers, result, max_rto * 2, deadline)
+    if family == "auto":
+        # IPv6-only clusters: the names that exist without an A record, asked again for AAAA.
+        no_a = [(name, _qname_wire(name) + _QTYPE_AAAA_IN) for name, status in result.failed.items() if status == NODATA]
+        if no_a:
+            for name, question in engine.run(no_a):
+                _tcp_phase(name, question, servers, result, max_rto * 2, deadline)
     return result
 
 
@@ -450,8 +474,12 @@ def wait_for_hosts(
     nameservers=None,
     progress_interval: float | None = 5.0,
     max_backoff: float = 3.0,
+    family: str = "auto",
 ) -> dict[str, str]:
-    """Block until every name has an A record (and accepts TCP on `port`); return {name: ip}.
+    """Block until every name has an address (and accepts TCP on `port`); return {name: ip}.
+
+    `family`: the pod's own address family ("ipv4": A records, "ipv6": AAAA, "auto":
+    A, else AAAA; `family_of(pod_ip)` picks it).
 
     `nameservers`: [(ip, port)] or ['ip[:port]'], default JOBSET_RUNTIME_NAMESERVERS
     else /etc/resolv.conf.  Raises PeersTimeout naming what is missing once
@@ -470,7 +498,7 @@ def wait_for_hosts(
 
     def dns_round():
         pending = [n for n in names if n not in resolved]
-        got = resolve_batch(pending, servers, deadline=deadline)
+        got = resolve_batch(pending, servers, deadline=deadline, family=family)
         resolved.update(got.resolved)
         for n in got.resolved:
             failed.pop(n, None)
@@ -495,14 +523,17 @@ def wait_for_hosts(
             )
         raise PeersTimeout(
             f"timed out after {timeout:g}s waiting for {len(missing)} of {len(names)} hosts to resolve "
-            f"(DNS A records, asked {asked}): {first_few(missing)}; last answers: "
+            f"(DNS {_RECORDS[family]} records, asked {asked}): {first_few(missing)}; last answers: "
             f"{_by_status({n: _verdict(failed.get(n)) for n in missing})}"
         )
     result = {n: resolved[n] for n in names}
     if port is None:
         return result
     return wait_for_ports(result, port, deadline=deadline, nameservers=servers, progress=progress,
-                          max_backoff=max_backoff, timeout=timeout, start=start)
+                          max_backoff=max_backoff, timeout=timeout, start=start, family=family)
+
+
+_RECORDS = {"ipv4": "A", "ipv6": "AAAA", "auto": "A or AAAA"}
 
 
 def _verdict(status: str | None) -> str:
@@ -575,6 +606,7 @@ def wait_for_ports(
     max_backoff: float = 3.0,
     start: float | None = None,
     progress_interval: float | None = 5.0,
+    family: str = "auto",
 ) -> dict[str, str]:
     """Block until every {name: ip} accepts TCP on `port`; return the {name: ip} that did.
 
@@ -597,7 +629,8 @@ def wait_for_ports(
             # Re-resolve the failures: their pod may have come back elsewhere.
             if servers is None:
                 servers = _normalize_servers(nameservers)
-            fresh = resolve_batch([n for n in pending if not _is_ip(n)], servers, deadline=deadline, tries=3)
+            fresh = resolve_batch([n for n in pending if not _is_ip(n)], servers, deadline=deadline, tries=3,
+                                  family=family)
             current.update(fresh.resolved)
             pending = {n: current[n] for n in pending}
         rounds[0] += 1

@@ -45,6 +45,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from ..addresses import join_host_port
+
 __all__ = ["DnsServer", "normalize"]
 
 log = logging.getLogger("jobset_runtime.local.dns")
@@ -159,8 +161,7 @@ class DnsServer:
     @property
     def nameserver(self) -> str:
         """`ip:port` (`[ip]:port` for IPv6), the form JOBSET_RUNTIME_NAMESERVERS takes."""
-        host, port = self.address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return join_host_port(*self.address)
 
     def start(self) -> DnsServer:
         if self._thread is not None:

@@ -285,7 +285,7 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     """The whole launcher; returns the exit code.  `marks` receives timestamps (benchmarks)."""
     marks = marks if marks is not None else {}
     marks["start"] = time.monotonic()
-    from ..peers import wait_for_hosts
+    from ..peers import family_of, wait_for_hosts
 
     if opts.transport not in TRANSPORTS:
         raise ConfigError(f"--transport {opts.transport}: use one of {', '.join(TRANSPORTS)}")
@@ -304,7 +304,8 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     impl = detect(opts.mpirun, family=opts.mpi)
     log.info("MPI: %s; waiting for %d workers (%s)", impl, len(hosts), first_few(hosts))
     port = contract.SSH_PORT if opts.transport == "ssh" else chan_port
-    by_fqdn = wait_for_hosts(list(fqdns.values()), port=port, timeout=opts.timeout, nameservers=nameservers)
+    by_fqdn = wait_for_hosts(list(fqdns.values()), port=port, timeout=opts.timeout, nameservers=nameservers,
+                             family=family_of(identity.pod_ip))
     addresses = {h: by_fqdn[fqdns[h]] for h in hosts}
     marks["peers"] = time.monotonic()
     remaining = max(1.0, opts.timeout - (marks["peers"] - marks["start"]))

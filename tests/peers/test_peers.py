@@ -279,3 +279,73 @@ def test_importing_peers_loads_neither_dnspython_nor_tenacity():
     code = "import sys, jobset_runtime.peers; print(sorted(m for m in sys.modules if m.split('.')[0] in ('dns', 'tenacity')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+# --- IPv6 and dual-stack clusters ------------------------------------------------------------
+
+
+def v6_address_of(i):
+    return f"fd00:10::{i:x}"
+
+
+@pytest.mark.parametrize("server_kind", ["dnsmasq", "embedded"])
+def test_ipv6_only_cluster_resolves_through_aaaa(server_kind, tmp_path):
+    names = pod_names(2, 4)
+    hosts = {n: v6_address_of(i + 1) for i, n in enumerate(names)}
+    if server_kind == "dnsmasq":
+        if dnsfixtures.find_dnsmasq() is None:
+            pytest.skip("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
+        server = dnsfixtures.Dnsmasq(tmp_path, hosts)
+    else:
+        server = DnsServer(zones=["svc.cluster.local"])
+        for n, ip in hosts.items():
+            server.set(n, ip)
+    with server:
+        # The pod's own family known: AAAA only, one query per name.
+        got = resolve_batch(names, [server.address], family="ipv6")
+        assert got.resolved == hosts and got.queries == len(names)
+        # Unknown family: A first (no A record), then AAAA for exactly those names.
+        got = resolve_batch(names, [server.address], family="auto")
+        assert got.resolved == hosts and got.failed == {} and got.queries == 2 * len(names)
+        assert wait_for_hosts(names, nameservers=[server.address], timeout=10) == hosts
+        # Asking for IPv4 on an IPv6-only cluster says exactly what is missing.
+        with pytest.raises(PeersTimeout) as info:
+            wait_for_hosts(names, nameservers=[server.address], timeout=1.5, family="ipv4")
+        assert "DNS A records" in str(info.value) and "no A record" in str(info.value)
+
+
+def test_dual_stack_follows_the_pods_family(dns_server):
+    names = pod_names(1, 3)
+    for i, n in enumerate(names):
+        dns_server.set(n, [address_of(i + 1), v6_address_of(i + 1)])
+    v4 = {n: address_of(i + 1) for i, n in enumerate(names)}
+    v6 = {n: v6_address_of(i + 1) for i, n in enumerate(names)}
+    assert wait_for_hosts(names, nameservers=[dns_server.address], timeout=5, family="ipv4") == v4
+    assert wait_for_hosts(names, nameservers=[dns_server.address], timeout=5, family="ipv6") == v6
+    got = resolve_batch(names, [dns_server.address], family="auto")
+    assert got.resolved == v4 and got.queries == len(names)  # A answers: no second query
+
+
+def test_ipv6_peer_port_wait(dns_server):
+    listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    try:
+        port = listener.getsockname()[1]
+        name = pod_names(1, 1)[0]
+        dns_server.set(name, "::1")
+        assert wait_for_hosts([name], port=port, nameservers=[dns_server.address], timeout=5,
+                              family="ipv6") == {name: "::1"}
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("ip,family", [("10.0.0.1", "ipv4"), ("fd00::1", "ipv6"), (None, "auto"), ("", "auto"),
+                                       ("not-an-ip", "auto")])
+def test_family_of_the_pods_own_address(ip, family):
+    from jobset_runtime.peers import family_of
+
+    assert family_of(ip) == family
+
+
+def test_unknown_family_is_a_config_error(dns_server):
+    with pytest.raises(ConfigError, match="address family 'inet6'"):
+        resolve_batch(pod_names(1, 1), [dns_server.address], family="inet6")
