@@ -299,15 +299,36 @@ def _guard(fn, args, termination_log: str | None = None) -> int:
         return contract.EXIT_SIGNAL_BASE + 2
 
 
+# What each command outside the pod's path needs beyond the core install: (extra, modules).
+_EXTRAS = {"manifest": ("manifests", ("yaml",)), "local": ("local", ("yaml", "dns"))}
+
+
+def _require_extra(command: str) -> None:
+    import importlib.util
+
+    extra, modules = _EXTRAS[command]
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if absent:
+        raise ConfigError(
+            f"`jobset-runtime {command}` needs the `{extra}` extra, which is not installed "
+            f"(missing {', '.join(absent)}): pip install 'jobset-runtime[{extra}]'"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["manifest"], ["local"]):
         log.setup("jobset-runtime")
-        if argv[0] == "manifest":
-            from .manifests.cli import main as sub_main
-        else:
-            from .local.cli import main as sub_main
-        return _guard(lambda rest: sub_main(rest), argv[1:])
+
+        def sub(rest):
+            _require_extra(argv[0])
+            if argv[0] == "manifest":
+                from .manifests.cli import main as sub_main
+            else:
+                from .local.cli import main as sub_main
+            return sub_main(rest)
+
+        return _guard(sub, argv[1:])
     args = _parser().parse_args(argv)
     log.setup("jobset-runtime", args.log_format, args.log_level)
     return _guard(args.func, args, getattr(args, "termination_log", None))
