@@ -20,7 +20,11 @@ me = (f"rank {rank}/{world} on {socket.gethostname()} (slice {os.environ['MEGASC
 expected = world * (world - 1) // 2
 
 if rank == 0:
-    server = socket.create_server(("", PORT))
+    # Both families: the pods may be IPv4, IPv6 or dual-stack (`local run --ip-family`).
+    if socket.has_dualstack_ipv6():
+        server = socket.create_server(("::", PORT), family=socket.AF_INET6, dualstack_ipv6=True)
+    else:
+        server = socket.create_server(("", PORT))
     ranks = [0]
     peers = []
     while len(ranks) < world:

@@ -15,6 +15,7 @@ import threading
 import time
 
 from .. import contract
+from ..addresses import join_host_port
 from ..errors import ConfigError
 from . import wire
 from .state import ALL, UP, Failure, GroupState, MemberId, Phase
@@ -92,8 +93,7 @@ class GroupServer:
         if errors:
             e = errors[0]
             if isinstance(e, OSError):
-                host, port = self._bind
-                raise ConfigError(f"the group channel cannot listen on {host}:{port}: {e.strerror or e}; "
+                raise ConfigError(f"the group channel cannot listen on {join_host_port(*self._bind)}: {e.strerror or e}; "
                                   "bind the pod's own address and a port nothing else uses") from None
             raise e
         return self.address
@@ -135,8 +135,8 @@ class GroupServer:
         host, port = self._bind
         server = await asyncio.start_server(self._serve, host, port, reuse_address=True, backlog=1024)
         self.address = server.sockets[0].getsockname()[:2]
-        log.info("group: coordinator listening on %s:%d for %d members (attempt %d)",
-                 self.address[0], self.address[1], len(self.state.world), self.state.attempt)
+        log.info("group: coordinator listening on %s for %d members (attempt %d)",
+                 join_host_port(*self.address), len(self.state.world), self.state.attempt)
         ready.set()
         ticker = asyncio.create_task(self._tick())
         try:

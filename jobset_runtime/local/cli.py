@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", choices=("auto", "netns", "rootless", "loopback"), default="auto",
                    help="netns: a namespace per pod (root); rootless: the same inside a user namespace "
                    "(not root); loopback: plain processes on 127.x (fallback); auto: the first that works here")
+    r.add_argument("--ip-family", choices=("ipv4", "ipv6", "dual"), default="ipv4",
+                   help="the pods' addresses: IPv4, IPv6 only, or dual-stack with IPv6 first (netns and rootless modes)")
     r.add_argument("--crash-backoff", type=float, default=None, metavar="S",
                    help="first delay before the kubelet-style in-place restart (default 10, as the kubelet)")
     r.add_argument("--pod-backoff", type=float, default=None, metavar="S",
@@ -70,12 +72,15 @@ def run(args) -> int:
         mode = "rootless"
     else:
         mode = choose_mode(args.mode)
+        if mode == "loopback" and args.ip_family != "ipv4":
+            raise ConfigError(f"--ip-family {args.ip_family} needs pods in network namespaces, which loopback mode "
+                              "does not have: run as root (--mode netns) or with --mode rootless")
         if mode == "rootless":
             from .rootless import run_rootless
             return run_rootless(args, os.path.abspath(run_dir))
     runner = Runner(js, objects, run_dir=os.path.abspath(run_dir), mode=mode, dns_delay=args.dns_delay,
                     skew=skew, crash_backoff=args.crash_backoff, pod_backoff=args.pod_backoff,
-                    state_dir=args.userns_state)
+                    state_dir=args.userns_state, ip_family=args.ip_family)
     return runner.run(timeout=args.timeout)
 
 

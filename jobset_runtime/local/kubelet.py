@@ -120,6 +120,7 @@ class PodFacts:
     node_cpus: int = 1
     node_memory: int = 0
     objects: dict = field(default_factory=dict)  # (kind, name) -> manifest dict from the same file
+    pod_ips: tuple = ()  # every address, primary first (dual-stack); () means (pod_ip,)
 
 
 _KEYED = re.compile(r"^metadata\.(labels|annotations)\['(.*)'\]$")
@@ -140,7 +141,7 @@ def field_value(facts: PodFacts, path: str, *, volume: bool = False) -> str:
         "spec.nodeName": facts.node_name,
         "spec.serviceAccountName": facts.service_account,
         "status.podIP": facts.pod_ip,
-        "status.podIPs": facts.pod_ip,
+        "status.podIPs": ",".join(facts.pod_ips or (facts.pod_ip,)),
         "status.hostIP": facts.host_ip,
         "status.hostIPs": facts.host_ip,
     }
@@ -404,11 +405,13 @@ def hosts_file(facts: PodFacts, host_aliases=()) -> str:
         "fe00::1\tip6-allnodes",
         "fe00::2\tip6-allrouters",
     ]
-    if facts.subdomain:
-        fqdn = f"{facts.hostname}.{facts.subdomain}.{facts.namespace}.svc.{facts.cluster_domain}"
-        lines.append(f"{facts.pod_ip}\t{fqdn}\t{facts.hostname}")
-    else:
-        lines.append(f"{facts.pod_ip}\t{facts.hostname}")
+    # One line per pod IP: a dual-stack pod's name maps to both.
+    for ip in facts.pod_ips or (facts.pod_ip,):
+        if facts.subdomain:
+            fqdn = f"{facts.hostname}.{facts.subdomain}.{facts.namespace}.svc.{facts.cluster_domain}"
+            lines.append(f"{ip}\t{fqdn}\t{facts.hostname}")
+        else:
+            lines.append(f"{ip}\t{facts.hostname}")
     if host_aliases:
         lines.append("")
         lines.append("# Entries added by HostAliases.")

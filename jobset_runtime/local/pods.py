@@ -33,6 +33,11 @@ by SHIM itself.  The runner is PID 1 of its own PID namespace: when it dies,
 however it dies, the kernel kills every pod process, and with them go the
 mount namespace, the nsfs mounts and so every network namespace.
 
+IP families (`--ip-family`): `ipv4` (the default) as above; `ipv6` gives each pod one
+address from fd6a:7372::/64 (a ULA prefix of ours) with the gateway, and the DNS
+server, on fd6a:7372::1; `dual` gives each pod both, IPv6 first, as an IPv6-first
+dual-stack cluster does (status.podIP is the IPv6 one, status.podIPs both).
+
 loopback mode: no namespaces.  Each pod gets its own 127.x address (only
 programs that bind it explicitly use it), the DNS server listens on
 127.0.0.1:<port> and pods find it through JOBSET_RUNTIME_NAMESERVERS.
@@ -54,6 +59,11 @@ from .. import contract
 
 CLUSTER_NET = ipaddress.ip_network("198.18.0.0/15")
 GATEWAY = str(CLUSTER_NET.network_address + 1)
+CLUSTER_NET6 = ipaddress.ip_network("fd6a:7372::/64")
+GATEWAY6 = str(CLUSTER_NET6.network_address + 1)
+# Each family's (network, gateway), and the families of each --ip-family, primary first.
+NETWORKS = {"ipv4": (CLUSTER_NET, GATEWAY), "ipv6": (CLUSTER_NET6, GATEWAY6)}
+IP_FAMILIES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "dual": ("ipv6", "ipv4")}
 LOOPBACK_BASE = int(ipaddress.ip_address("127.18.0.0"))
 NETNS_DIR = "/run/netns"
 ETC_NETNS = "/etc/netns"
@@ -148,9 +158,15 @@ def reap_stale() -> list:
     return files + stale
 
 
+def _offset(ip: str) -> int:
+    """A pod address's offset in its family's cluster network (the same in both for a dual-stack pod)."""
+    addr = ipaddress.ip_address(ip)
+    return int(addr) - int(NETWORKS["ipv6" if addr.version == 6 else "ipv4"][0].network_address)
+
+
 def pod_mac(ip: str) -> str:
-    """A pod's fixed, locally administered MAC: its offset in CLUSTER_NET (17 bits)."""
-    n = int(ipaddress.ip_address(ip)) - int(CLUSTER_NET.network_address)
+    """A pod's fixed, locally administered MAC: its offset in the cluster network (17 bits)."""
+    n = _offset(ip)
     return f"02:6a:73:{n >> 16:02x}:{(n >> 8) & 0xff:02x}:{n & 0xff:02x}"
 
 
@@ -220,8 +236,9 @@ class Network:
     netns_dir = NETNS_DIR
     etc_dir = ETC_NETNS
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, ip_family: str = "ipv4"):
         self.run_id = run_id
+        self.families = IP_FAMILIES[ip_family]
         self.cluster_ns = f"jsr-{run_id}"
         self._seq = 0
         self._made: list = []          # pod netns names that exist now
@@ -238,19 +255,21 @@ class Network:
     def _setup_cluster(self) -> None:
         self._add_netns([self.cluster_ns])
         self._cluster_made = True
-        prefix = CLUSTER_NET.prefixlen
         # Pods send everything through the gateway, which routes between them (see
         # create()); it must not tell them to go direct instead.
         setns_thread_call(self.cluster_netns_path, lambda: _sysctls({
             "net/ipv4/ip_forward": "1", "net/ipv4/conf/all/send_redirects": "0",
-            "net/ipv4/conf/default/send_redirects": "0"}))
+            "net/ipv4/conf/default/send_redirects": "0", "net/ipv6/conf/all/forwarding": "1"}))
+        # nodad: an IPv6 address is usable at once, not after duplicate address detection.
+        addresses = [f"addr add {NETWORKS[f][1]}/{NETWORKS[f][0].prefixlen} dev br0" + (" nodad" if f == "ipv6" else "")
+                     for f in self.families]
         self._ip_batch(self.cluster_ns, "\n".join([
             "link set lo up",
             # A fixed address: a bridge without one takes the lowest MAC of its ports and
             # changes it when that port leaves, which leaves every pod's ARP entry for
             # the gateway (and so the DNS server) pointing nowhere for half a minute.
             f"link add br0 address {BRIDGE_MAC} type bridge",
-            f"addr add {GATEWAY}/{prefix} dev br0",
+            *addresses,
             "link set br0 up",
         ]) + "\n")
 
@@ -284,13 +303,19 @@ class Network:
         return ns
 
     def dns_address(self) -> tuple[str, int]:
-        return GATEWAY, 53
+        return NETWORKS[self.families[0]][1], 53
 
     def next_ip(self) -> str:
+        """The next pod's primary address (pod_ips() gives all of a dual-stack pod's)."""
         with self._lock:
             self._seq += 1
             # .0 is the network, .1 the gateway: pods from .2 on, never reused in a run.
-            return str(CLUSTER_NET.network_address + 1 + self._seq)
+            return str(NETWORKS[self.families[0]][0].network_address + 1 + self._seq)
+
+    def pod_ips(self, ip: str) -> tuple[str, ...]:
+        """Every address of the pod whose primary address is `ip`, primary first (status.podIPs)."""
+        n = _offset(ip)
+        return tuple(str(NETWORKS[f][0].network_address + n) for f in self.families)
 
     def create(self, slots: list) -> None:
         """Make the namespaces for `slots` = [(ns name, ip)] at once: one `ip` per batch,
@@ -313,13 +338,18 @@ class Network:
             host_if = "v" + ns.rsplit("-", 1)[1]
             lines.append(f"link add {host_if} type veth peer name eth0 address {pod_mac(ip)} netns {self._ref(ns)}")
             lines.append(f"link set {host_if} master br{self._bridge_for(ns, lines)} up")
-            lines.append(f"neigh replace {ip} lladdr {pod_mac(ip)} dev br0 nud permanent")
+            lines += [f"neigh replace {a} lladdr {pod_mac(ip)} dev br0 nud permanent" for a in self.pod_ips(ip)]
         self._ip_batch(self.cluster_ns, "\n".join(lines) + "\n")
         procs = []
         for ns, ip in slots:
-            script = (f"link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\n"
-                      f"route add {GATEWAY} dev eth0 scope link\nroute add default via {GATEWAY} dev eth0\n"
-                      f"neigh replace {GATEWAY} lladdr {BRIDGE_MAC} dev eth0 nud permanent\n")
+            script = "link set lo up\n"
+            for family, addr in zip(self.families, self.pod_ips(ip)):
+                script += f"addr add {addr}/128 dev eth0 nodad\n" if family == "ipv6" else f"addr add {addr}/32 dev eth0\n"
+            script += "link set eth0 up\n"
+            for family in self.families:
+                gateway = NETWORKS[family][1]
+                script += (f"route add {gateway} dev eth0 scope link\nroute add default via {gateway} dev eth0\n"
+                           f"neigh replace {gateway} lladdr {BRIDGE_MAC} dev eth0 nud permanent\n")
             p = subprocess.Popen([*self._ip_cmd(ns), "-batch", "-"], stdin=subprocess.PIPE,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             procs.append((p, script, ns))
@@ -458,8 +488,8 @@ class RootlessNetwork(Network):
 
     mode = "rootless"
 
-    def __init__(self, run_id: str, state_dir: str):
-        super().__init__(run_id)
+    def __init__(self, run_id: str, state_dir: str, ip_family: str = "ipv4"):
+        super().__init__(run_id, ip_family)
         self.state_dir = state_dir
         self.netns_dir = os.path.join(state_dir, "netns")
         self.etc_dir = os.path.join(state_dir, "etc")
@@ -578,6 +608,7 @@ class Loopback:
 
     def __init__(self, run_id: str):
         self.run_id = run_id
+        self.families = ("ipv4",)
         self._seq = 1
 
     def setup(self) -> None:
@@ -589,6 +620,9 @@ class Loopback:
     def new_slot(self) -> tuple[str, str]:
         self._seq += 1
         return "", str(ipaddress.ip_address(LOOPBACK_BASE + self._seq))
+
+    def pod_ips(self, ip: str) -> tuple[str, ...]:
+        return (ip,)
 
     def create(self, slots) -> None:
         pass

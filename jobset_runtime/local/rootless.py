@@ -39,7 +39,7 @@ def inner_argv(args, run_dir: str, state_dir: str) -> list:
     """The runner's own command line, resolved so it means the same inside."""
     argv = [sys.executable, "-m", "jobset_runtime.local.cli", "run", os.path.abspath(args.file),
             "--run-dir", run_dir, "--mode", "rootless", "--userns-state", state_dir,
-            "--dns-delay", repr(args.dns_delay)]
+            "--dns-delay", repr(args.dns_delay), "--ip-family", args.ip_family]
     for item in args.skew:
         argv += ["--skew", item]
     for opt, value in (("--timeout", args.timeout), ("--crash-backoff", args.crash_backoff),

@@ -59,7 +59,7 @@ class Runner:
     def __init__(self, js: dict, objects: dict, *, run_dir: str, mode: str = "netns",
                  dns_delay: float = 0.0, skew: dict | None = None, out=None,
                  crash_backoff: float | None = None, pod_backoff: float | None = None,
-                 interrupt_grace: float = 5.0, state_dir: str | None = None):
+                 interrupt_grace: float = 5.0, state_dir: str | None = None, ip_family: str = "ipv4"):
         self.js = js
         self.objects = objects
         self.run_dir = run_dir
@@ -68,10 +68,10 @@ class Runner:
         self.interrupt_grace = interrupt_grace
         self.run_id = run_id()
         if mode == "netns":
-            self.net = Network(self.run_id)
+            self.net = Network(self.run_id, ip_family)
         elif mode == "rootless":
             # Only inside the user namespace cli.run_rootless made; state_dir is a directory of ours.
-            self.net = RootlessNetwork(self.run_id, state_dir)
+            self.net = RootlessNetwork(self.run_id, state_dir, ip_family)
         else:
             self.net = Loopback(self.run_id)
         self.namespace = js["metadata"].get("namespace", "default")
@@ -179,7 +179,7 @@ class Runner:
             name=pod.name, namespace=self.namespace, uid=pod.uid, labels=pod.labels,
             annotations=pod.annotations, hostname=pod.hostname,
             subdomain=self.subdomain if self.js["spec"]["network"].get("enableDNSHostnames", True) else "",
-            pod_ip=pod.ip, host_ip="127.0.0.1", node_name=os.uname().nodename,
+            pod_ip=pod.ip, pod_ips=self.net.pod_ips(pod.ip), host_ip="127.0.0.1", node_name=os.uname().nodename,
             service_account=pod.spec.get("serviceAccountName", "default"),
             node_cpus=os.cpu_count() or 1,
             node_memory=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
@@ -205,7 +205,7 @@ class Runner:
             self._write_volumes(pod, facts, pod_dir)
             if self.net.namespaced:
                 self.net.write_etc(self._slots[pod.name], kubelet.hosts_file(facts, pod.spec.get("hostAliases") or ()),
-                                   kubelet.resolv_conf(self.namespace, self.nameserver.split(":")[0], self.domain))
+                                   kubelet.resolv_conf(self.namespace, self.dns.address[0], self.domain))
             if self.js["spec"]["network"].get("publishNotReadyAddresses", True):
                 self._dns_add(pod)
             pod._facts = facts
@@ -540,15 +540,15 @@ class Runner:
     def _dns_add(self, pod: Pod) -> None:
         if self.dns is None or not self.js["spec"]["network"].get("enableDNSHostnames", True):
             return
-        self.dns.set(self._fqdn(pod), [pod.ip], visible_after=self.dns_delay)
-        self._service_ips[pod.name] = pod.ip
+        self.dns.set(self._fqdn(pod), self.net.pod_ips(pod.ip), visible_after=self.dns_delay)
+        self._service_ips[pod.name] = self.net.pod_ips(pod.ip)
         self._set_service()
 
     def _dns_remove(self, pod: Pod) -> None:
         if self.dns is None:
             return
         # Only if the record is still this pod's (a newer pod may hold the hostname).
-        if self.dns.records().get(self._fqdn(pod).lower() + ".") == [pod.ip]:
+        if sorted(self.dns.records().get(self._fqdn(pod).lower() + ".") or ()) == sorted(self.net.pod_ips(pod.ip)):
             self.dns.remove(self._fqdn(pod))
         self._service_ips.pop(pod.name, None)
         self._set_service()
@@ -556,7 +556,7 @@ class Runner:
     def _set_service(self) -> None:
         # The headless Service name itself answers with every published pod.
         name = f"{self.subdomain}.{self.namespace}.svc.{self.domain}"
-        ips = sorted(set(self._service_ips.values()))
+        ips = sorted({ip for ips in self._service_ips.values() for ip in ips})
         if ips:
             self.dns.set(name, ips)
         else:
