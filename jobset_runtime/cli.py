@@ -86,17 +86,30 @@ def cmd_env(args) -> int:
 
 # --- wait -------------------------------------------------------------------------
 
-def wait_for_scope(ident, scope: str, timeout: float, port: int | None = None) -> None:
+def wait_for_scope(ident, scope: str, timeout: float, port: int | None = None) -> dict[str, str]:
+    """Wait for the scope's peers; their addresses by FQDN ({} for scope none)."""
     if scope == "none":
-        return
+        return {}
     from . import peers
 
     hosts = ident.scope_hosts(scope)
     fqdns = [ident.fqdn(h) for h in hosts]
     what = f"{len(fqdns)} host{'s' if len(fqdns) != 1 else ''} ({scope})" + (f", TCP port {port}" if port else "")
     logger.info("waiting for %s, up to %gs", what, timeout)
-    peers.wait_for_hosts(fqdns, port=port, timeout=timeout, family=peers.family_of(ident.pod_ip))
+    found = peers.wait_for_hosts(fqdns, port=port, timeout=timeout, family=peers.family_of(ident.pod_ip))
     logger.info("all %d ready", len(fqdns))
+    return found
+
+
+def address_of(ident, fqdn: str, known: dict, timeout: float) -> str:
+    """`fqdn`'s address as the runtime's own resolver answered it (JOBSET_RUNTIME_NAMESERVERS, else
+    resolv.conf's servers): from the wait when it asked for it, else asked now.  Never the system
+    resolver, which may not know names only the configured servers answer."""
+    if fqdn in known:
+        return known[fqdn]
+    from . import peers
+
+    return peers.wait_for_hosts([fqdn], timeout=timeout, family=peers.family_of(ident.pod_ip))[fqdn]
 
 
 def cmd_wait(args) -> int:
@@ -131,6 +144,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help=f"the JAX coordinator port (default {contract.JAX_PORT}; docs/jax.md says why)")
     p.add_argument("--master-port", type=_port, default=contract.TORCH_PORT, metavar="P",
                    help=f"MASTER_PORT for PyTorch (default {contract.TORCH_PORT})")
+    p.add_argument("--master-addr", choices=("name", "ip"), default="name",
+                   help="MASTER_ADDR for PyTorch: the coordinator's DNS name (default), or the address "
+                        "the wait resolved it to, so torch does not look it up again")
     p.add_argument("--grace", type=_non_negative, default=10.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL when stopping leftovers of CMD (default 10)")
     p.add_argument("--termination-log", metavar="PATH",
@@ -199,9 +215,11 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--exec, but the group token is mounted at {token}, so this pod belongs to a "
                           "group channel: pass --group off to leave it, or drop --exec")
     ident = _identity()
-    wait_for_scope(ident, args.wait, args.timeout)
+    resolved = wait_for_scope(ident, args.wait, args.timeout)
     exported = exports.runtime_env(ident)
-    exported.update(exports.torch_env(ident, args.master_port))
+    master = (address_of(ident, ident.fqdn(ident.coordinator), resolved, args.timeout)
+              if args.master_addr == "ip" else None)
+    exported.update(exports.torch_env(ident, args.master_port, master_addr=master))
     tpu = args.tpu if args.tpu is not None else any(k in os.environ for k in contract.TPU_PRESENCE_ENV)
     if tpu:
         exported.update(exports.tpu_env(ident))
@@ -238,7 +256,7 @@ def cmd_run(args) -> int:
         group_timeout = args.group_timeout if args.group_timeout is not None else args.timeout
         session = open_session(ident, GroupOptions(
             token_path=token, insecure=args.insecure, port=args.group_port, leaders_port=args.group_port + 1,
-            tree=args.group_tree,
+            tree=args.group_tree, addresses=resolved,
             join_timeout=group_timeout, deadline=args.heartbeat_deadline))
         outcome = supervisor.Outcome(contract.EXIT_PEER_FAILED)
         try:

@@ -48,17 +48,20 @@ def runtime_env(ident: Identity) -> dict[str, str]:
     return env
 
 
-def torch_env(ident: Identity, port: int = contract.TORCH_PORT) -> dict[str, str]:
-    """torch.distributed env:// names (one process per pod) and torchrun's PET_* arguments."""
+def torch_env(ident: Identity, port: int = contract.TORCH_PORT, master_addr: str | None = None) -> dict[str, str]:
+    """torch.distributed env:// names (one process per pod) and torchrun's PET_* arguments.
+
+    `master_addr`: the coordinator's address when already resolved; else its FQDN."""
+    master = (lambda: master_addr) if master_addr else (lambda: ident.fqdn(ident.coordinator))
     return _known({
-        contract.TORCH_MASTER_ADDR: lambda: ident.fqdn(ident.coordinator),
+        contract.TORCH_MASTER_ADDR: master,
         contract.TORCH_MASTER_PORT: lambda: port,
         contract.TORCH_WORLD_SIZE: lambda: ident.world_size,
         contract.TORCH_RANK: lambda: ident.rank,
         contract.TORCH_NODE_RANK: lambda: ident.rank,
         contract.TORCHRUN_NNODES: lambda: ident.world_size,
         contract.TORCHRUN_NODE_RANK: lambda: ident.rank,
-        contract.TORCHRUN_MASTER_ADDR: lambda: ident.fqdn(ident.coordinator),
+        contract.TORCHRUN_MASTER_ADDR: master,
         contract.TORCHRUN_MASTER_PORT: lambda: port,
     })
 

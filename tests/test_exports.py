@@ -33,8 +33,11 @@ def test_torch_and_runtime_env():
     r = runtime_env(i)
     assert r[contract.RANK_ENV] == "12735" and r[contract.HOSTS_PER_SLICE_ENV] == "64"
     assert r[contract.TOPOLOGY_ENV] == "slice:199x64"
-    # What the runtime exports, it reads back identically (nested jobset-run).
-    assert derive(PodMetadata(env=r)).to_dict() == i.to_dict()
+    # What the runtime exports, it reads back identically (nested jobset-run); only where the
+    # namespace came from differs (the env var this time).
+    again = derive(PodMetadata(env=r))
+    assert {**again.to_dict(), "namespace_source": None} == {**i.to_dict(), "namespace_source": None}
+    assert again.namespace_source == f"env {contract.IDENTITY_ENV['namespace']}"
 
 
 def test_without_topology_unknowns_are_left_out():

@@ -86,7 +86,7 @@ def test_jobset_run_does_not_start_the_command_when_peers_never_come(cli_env, dn
     assert "demo-worker-0-0" in log.read_text()
 
 
-def test_unreachable_dns_server_is_a_configuration_error(cli_env):
+def test_unreachable_dns_server_is_an_outage_that_restarts(cli_env):
     # A bound UDP socket that never answers: the server is "there" but silent.
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
@@ -111,3 +111,33 @@ def test_stopped_while_waiting_for_peers_leaves_a_cause(cli_env, dns, tmp_path):
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=30) == 128 + signal.SIGTERM
     assert log.read_text() == "stopped by SIGTERM before the command started"
+
+
+def test_names_only_the_configured_servers_know_are_never_asked_of_the_system_resolver(cli_env, dns, tmp_path):
+    """JOBSET_RUNTIME_NAMESERVERS answers names the system resolver does not know (the way around a
+    node-local cache): the wait, the group channel and MASTER_ADDR all use that one answer."""
+    token = tmp_path / "token"
+    token.write_text("a-test-token-of-at-least-16-bytes")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dns.set(fqdn("demo-worker-0-0"), ["127.0.0.1"])
+    dns.set(fqdn("demo-worker-0-1"), ["127.0.0.1"])
+    with pytest.raises(OSError):
+        socket.getaddrinfo(fqdn("demo-worker-0-0"), port)  # unknown to this machine's resolver
+    procs = []
+    for index in (0, 1):
+        env = {**cli_env, **POD, "JOBSET_RUNTIME_TOPOLOGY": "worker:1x2", "JOBSET_RUNTIME_JOB_INDEX": "0",
+               "JOB_COMPLETION_INDEX": str(index), "JOBSET_RUNTIME_POD_IP": "127.0.0.1",
+               "JOBSET_RUNTIME_NAMESERVERS": dns.nameserver, "JOBSET_RUNTIME_GROUP_TOKEN_FILE": str(token)}
+        procs.append(subprocess.Popen(
+            [PYTHON, "-m", "jobset_runtime", "run", "--wait", "coordinator", "--timeout", "30", "--group", "on",
+             "--group-port", str(port), "--master-addr", "ip", "--termination-log", str(tmp_path / f"log{index}"),
+             "--", PYTHON, "-c", "import os; print('MASTER', os.environ['MASTER_ADDR'], os.environ['PET_MASTER_ADDR'])"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert "MASTER 127.0.0.1 127.0.0.1" in out
+        assert "Name or service not known" not in err
+    assert "all 2 members joined" in outs[0][1]

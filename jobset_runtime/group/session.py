@@ -10,11 +10,10 @@ name's random suffix does not).
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import contract
-from ..errors import ConfigError
+from ..errors import ConfigError, JobSetRuntimeError
 from ..identity import Identity
 from .member import GroupMember
 from .state import MemberId
@@ -36,6 +35,9 @@ class GroupOptions:
     join_timeout: float = 600.0
     heartbeat: float = 0.5
     deadline: float = 3.0
+    # {fqdn: ip} the wrapper's wait already resolved: the channel connects there, with no second
+    # lookup through the system resolver (which may not know what JOBSET_RUNTIME_NAMESERVERS answers).
+    addresses: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -61,17 +63,26 @@ def slices(topology, world: list[MemberId]) -> list[list[MemberId]]:
     return out
 
 
-def _own_address(ident: Identity) -> str:
+def _own_address(ident: Identity, opts: GroupOptions) -> str:
     """The pod's IP: fieldRef status.podIP or the kubelet's /etc/hosts line, else DNS."""
     if ident.pod_ip:
         return ident.pod_ip
     try:
-        return socket.gethostbyname(ident.fqdn())
-    except OSError as e:
+        return _address(ident, ident.fqdn(), opts)
+    except JobSetRuntimeError as e:
         raise ConfigError(
             f"cannot tell this pod's IP for the group channel ({ident.fqdn()}: {e}); set "
             f"{contract.POD_IP_ENV} from fieldRef status.podIP"
         ) from None
+
+
+def _address(ident: Identity, fqdn: str, opts: GroupOptions) -> str:
+    """Where `fqdn` is, as the runtime's resolver answered (the wait's answer when it asked)."""
+    if fqdn in opts.addresses:
+        return opts.addresses[fqdn]
+    from ..peers import family_of, wait_for_hosts
+
+    return wait_for_hosts([fqdn], timeout=opts.join_timeout, family=family_of(ident.pod_ip))[fqdn]
 
 
 def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
@@ -90,8 +101,8 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
     tree = len(groups) > 1 and (opts.tree == "on" or (opts.tree == "auto" and len(world) > TREE_ABOVE))
     mine = next(g for g in groups if me in g) if tree else world
     hosts_server = ident.is_coordinator if not tree else me == mine[0]
-    address = _own_address(ident) if hosts_server or ident.is_coordinator else None
-    coordinator = address if ident.is_coordinator else ident.fqdn(ident.coordinator)
+    address = _own_address(ident, opts) if hosts_server or ident.is_coordinator else None
+    coordinator = address if ident.is_coordinator else _address(ident, ident.fqdn(ident.coordinator), opts)
     servers = []
     try:
         if ident.is_coordinator:
@@ -111,7 +122,7 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
             leader.start()
             servers.append(leader)
         if tree:
-            target = (address if hosts_server else ident.fqdn(mine[0].pod), opts.port)
+            target = (address if hosts_server else _address(ident, ident.fqdn(mine[0].pod), opts), opts.port)
         else:
             target = (coordinator, opts.port)
         member = GroupMember(server=target, me=me, world=mine, **common)
