@@ -52,7 +52,7 @@ def job_issues(doc: dict, path: str = "") -> list:
                              "set restartPolicy: Never"))
         if indexed and job.get("completions") is None:
             out.append(Issue(f"{jpath}.completions", "jobs: Required value: when completion mode is Indexed "
-                             f"(parallelism is set, so the Job API leaves completions unset)",
+                             "(parallelism is set, so the Job API leaves completions unset)",
                              "set completions, usually equal to parallelism"))
         parallelism = job.get("parallelism")
         if indexed and isinstance(parallelism, int) and parallelism > MAX_PARALLELISM_INDEXED:
