@@ -78,6 +78,11 @@ def review(js: dict) -> tuple[list, list]:
         _fields(_dict(rule), f"spec.failurePolicy.rules[{i}]", RULE, set(), refused, notices)
         if _dict(rule).get("action") in ("RestartJob", "RestartJobAndIgnoreMaxRestarts"):
             refused.append(f"spec.failurePolicy.rules[{i}].action ({rule['action']}; use RestartJobSet)")
+    if (spec.get("startupPolicy") or {}).get("startupPolicyOrder") == "InOrder" and \
+            any(_dict(r).get("dependsOn") for r in spec.get("replicatedJobs") or []):
+        # The CRD's CEL rule on JobSetSpec (jobset_types.go) rejects this on a cluster;
+        # the runner checks no CRD, so it says so itself.
+        refused.append("spec.startupPolicy (InOrder with dependsOn: the API server rejects the two together)")
     for i, rjob in enumerate(spec.get("replicatedJobs") or []):
         rpath = f"spec.replicatedJobs[{i}]"
         _fields(_dict(rjob), rpath, RJOB, set(), refused, notices)

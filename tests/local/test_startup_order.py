@@ -54,6 +54,9 @@ def test_in_order_starts_each_replicated_job_after_the_previous_is_ready(tmp_pat
     (lambda js: js["spec"].update(volumeClaimPolicies=[{"templates": [{"metadata": {"name": "cache"}, "spec": {}}]}])
      or _pod(js)["containers"][0].update(volumeMounts=[{"name": "cache", "mountPath": "/cache"}]),
      "spec.volumeClaimPolicies"),
+    (lambda js: js["spec"].update(startupPolicy={"startupPolicyOrder": "InOrder"}, replicatedJobs=[
+        js["spec"]["replicatedJobs"][0], {**js["spec"]["replicatedJobs"][0], "name": "v",
+                                          "dependsOn": [{"name": "w", "status": "Ready"}]}]), "spec.startupPolicy"),
 ])
 def test_unimplemented_fields_are_refused_by_name(tmp_path, mutate, field):
     js = lf.jobset("refuse", [("w", 1, 1, lf.sh("true"))])
