@@ -100,8 +100,9 @@ def test_cli_feature_gates(crd_file):
 
 
 def test_replay_against_a_real_api_server(tmp_path):
-    """`kubectl apply --dry-run=server` runs defaulting, the schema, CEL and the webhooks:
-    the real API server's verdict, compared with expected.yaml (gates at their defaults)."""
+    """`kubectl create --dry-run=server` (apply refuses generateName) runs defaulting, the
+    schema, CEL and the webhooks: the real API server's verdict, compared with expected.yaml
+    (gates at their defaults)."""
     kubeconfig = os.environ.get(API_SERVER_KUBECONFIG_ENV)
     kubectl = shutil.which("kubectl")
     if not kubeconfig or not kubectl:
@@ -111,7 +112,7 @@ def test_replay_against_a_real_api_server(tmp_path):
     for entry in EXPECTED:
         if entry.get("feature_gates"):
             continue  # the server's manager runs with its own gates
-        done = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "apply", "--dry-run=server", "-f",
+        done = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "create", "--dry-run=server", "-f",
                                str(CORPUS / entry["file"])], capture_output=True, text=True, timeout=60)
         got = "accepted" if done.returncode == 0 else "rejected"
         if got != entry["api"]:
