@@ -46,9 +46,6 @@ class Verdict:
     def errors(self, for_runtime: bool) -> list:
         return self.api + (self.jobs + self.runtime if for_runtime else [])
 
-    def warnings(self, for_runtime: bool) -> list:
-        return [] if for_runtime else self.jobs + self.runtime
-
 
 def jobset_verdict(doc: dict, crd: Crd | None = None, gates: FeatureGates | None = None,
                    path: str = "") -> Verdict:
