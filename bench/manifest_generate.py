@@ -57,10 +57,10 @@ def main():
 
     rows = [
         ("baseline: yaml.safe_dump of the JobSet", best(lambda: yaml.safe_dump_all(docs, sort_keys=False), args.repeat)),
-        ("generate + webhook rules", best(lambda: manifests.tpu_multislice(**ARGS), args.repeat)),
+        ("generate + self-check (no CRD)", best(lambda: manifests.tpu_multislice(**ARGS), args.repeat)),
     ]
     if crd is not None:
-        rows.append(("CRD schema validation", best(lambda: validate.document_issues(docs, crd), args.repeat)))
+        rows.append(("validate: defaults, CRD schema + CEL, webhook", best(lambda: validate.document_issues(docs, crd), args.repeat)))
         rows.append(("loading the CRD file (10k lines of YAML)", best(lambda: validate.load_crd(args.crd), 3)))
     rows.append(("YAML output (C dumper if present)", best(lambda: cli.dump_yaml(docs), args.repeat)))
     rows.append((f"whole CLI in-process{' (CRD load included)' if crd else ''}", best(whole_cli, max(3, args.repeat // 4))))

@@ -66,6 +66,9 @@ def run(args) -> int:
         raise ConfigError(f"cannot read {args.file}: {e.strerror}")
     js_raw, objects = spec.split_documents(spec.load_documents(text, args.file), args.file)
     js = spec.apply_defaults(js_raw)
+    ignored = spec.notices(js)
+    if ignored:
+        print(f"notice: no effect on one machine (one node runs every pod): {', '.join(ignored)}", file=sys.stderr)
     skew = _parse_skew(args.skew)
     run_dir = args.run_dir or os.path.join("runs", f"{js['metadata']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.userns_state:

@@ -11,7 +11,8 @@ The controller decides; a runtime (runner.py) does.  It calls
 - JobSet (kubernetes-sigs/jobset v0.12) pkg/controllers/jobset_controller.go:
   child Jobs per replicatedJob, their labels/annotations, successPolicy,
   failurePolicy rules and restarts, deleting active Jobs when the JobSet ends;
-  pkg/controllers/depends_on.go: dependsOn Ready/Complete.
+  pkg/controllers/depends_on.go: dependsOn Ready/Complete;
+  pkg/controllers/startup_policy.go: startupPolicy InOrder.
 - Job controller (kubernetes/kubernetes pkg/controller/job/): Indexed pods,
   backoffLimit (pods for restartPolicy Never, container restarts for OnFailure),
   backoffLimitPerIndex, podFailurePolicy onExitCodes, activeDeadlineSeconds,
@@ -167,6 +168,7 @@ class Controller:
         self.old_jobs: list = []    # Jobs being deleted
         self.restarting = False
         self.halted = False         # the runner is stopping (timeout, Ctrl-C): start nothing
+        self._in_order_announced: set = set()  # (restarts, replicatedJob) whose InOrder wait was reported
         self._rng = random.Random()
 
     # --- queries ------------------------------------------------------------------
@@ -217,17 +219,37 @@ class Controller:
                 return False
         return True
 
+    def _all_started(self, rj: dict) -> bool:
+        """startup_policy.go allReplicasStarted: every Job ready, succeeded or failed."""
+        st = self.rjob_status(rj["name"])
+        return st["ready"] + st["succeeded"] + st["failed"] == int(rj["replicas"])
+
+    @property
+    def in_order(self) -> bool:
+        """startupPolicy InOrder (startup_policy.go inOrderStartupPolicy)."""
+        return (self.js["spec"].get("startupPolicy") or {}).get("startupPolicyOrder") == "InOrder"
+
     def _create_due_jobs(self) -> None:
+        """jobset_controller.go reconcileReplicatedJobs: in spec order, a replicatedJob's
+        Jobs are created once its dependsOn is reached; with startupPolicy InOrder, a
+        replicatedJob whose Jobs are not all started (ready, succeeded or failed) is the
+        last one created until they are."""
         if self.terminal_state or self.restarting or self.halted:
             return
         for rj in self.rjobs:
-            if any(r == rj["name"] for r, _ in self.jobs):
-                continue
             if not self._dependency_reached(rj):
                 # Later replicatedJobs wait too: dependsOn names only earlier ones.
                 continue
+            if self.in_order and self._all_started(rj):
+                continue
             for i in range(int(rj["replicas"])):
-                self._create_job(rj, i)
+                if (rj["name"], i) not in self.jobs:
+                    self._create_job(rj, i)
+            if self.in_order:
+                if rj is not self.rjobs[-1] and (self.restarts, rj["name"]) not in self._in_order_announced:
+                    self._in_order_announced.add((self.restarts, rj["name"]))
+                    self.rt.event(f"startupPolicy InOrder: the next replicatedJob waits for {rj['name']} to be ready")
+                return
 
     def _create_job(self, rj: dict, index: int) -> None:
         name = jobset.job_name(self.name, rj["name"], index)

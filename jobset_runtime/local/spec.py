@@ -1,16 +1,17 @@
 """Reading a JobSet file: the JobSet, the objects beside it, and JobSet's defaults.
 
-Defaults are the ones JobSet's mutating webhook applies on create
-(kubernetes-sigs/jobset pkg/webhooks/jobset_webhook.go, Default) and the Job
-API's own (kubernetes/kubernetes pkg/apis/batch/v1/defaults.go).
+Defaults and checks are the ones `manifest validate` applies (the API server's:
+jobset_runtime/manifests/defaults.py and validate.py), then the Job API's own
+(kubernetes/kubernetes pkg/apis/batch/v1/defaults.go); a field the runner does
+not implement is refused, by name (support.py).
 """
 
 from __future__ import annotations
 
-import copy
 
 from .. import contract
 from ..errors import ConfigError
+from .support import review
 
 
 def load_documents(text: str, source: str = "<input>") -> list:
@@ -40,97 +41,44 @@ def split_documents(docs: list, source: str = "<input>"):
 
 
 def apply_defaults(jobset: dict) -> dict:
-    """A deep copy of `jobset` with the webhook's and the Job API's defaults filled in."""
-    js = copy.deepcopy(jobset)
-    meta = js.setdefault("metadata", {})
+    """A deep copy of `jobset` as the cluster would run it: checked and defaulted.
+
+    The JobSet must get the API server's verdict and satisfy the child Jobs' and the
+    runtime's (jobset_runtime.manifests.validate, with the same defaults:
+    manifests/defaults.py), and use only what the runner implements (support.py).
+    Each Job template then gets the Job API's defaults, and each pod its grace period
+    (kubernetes pkg/apis/core/v1/defaults.go: terminationGracePeriodSeconds 30)."""
+    from ..manifests import defaults, validate
+    from ..manifests.issues import format_issues
+
+    meta = jobset.get("metadata") if isinstance(jobset.get("metadata"), dict) else {}
+    what = f"JobSet {meta.get('name') or '(no name)'}"
     if not meta.get("name"):
-        raise ConfigError("JobSet metadata.name is missing; give the JobSet a name")
-    meta.setdefault("namespace", "default")
-    spec = js.setdefault("spec", {})
-    rjobs = spec.get("replicatedJobs") or []
-    if not rjobs:
-        raise ConfigError(f"JobSet {meta['name']}: spec.replicatedJobs is empty; add at least one")
-    # jobset_webhook.go Default: successPolicy All, startupPolicy AnyOrder,
-    # completionMode Indexed, pod restartPolicy OnFailure, network
-    # enableDNSHostnames and publishNotReadyAddresses true, rule names.
-    spec.setdefault("successPolicy", {"operator": "All"})
-    spec["successPolicy"].setdefault("operator", "All")
-    spec.setdefault("startupPolicy", {"startupPolicyOrder": "AnyOrder"})
-    net = spec.setdefault("network", {}) or {}
-    spec["network"] = net
-    net.setdefault("enableDNSHostnames", True)
-    net.setdefault("publishNotReadyAddresses", True)
-    fp = spec.get("failurePolicy")
-    if fp is not None:
-        fp.setdefault("maxRestarts", 0)
-        fp.setdefault("restartStrategy", "Recreate")
-        for i, rule in enumerate(fp.get("rules") or []):
-            rule.setdefault("name", f"failurePolicyRule{i}")
-    names = set()
-    for rj in rjobs:
-        if not rj.get("name"):
-            raise ConfigError(f"JobSet {meta['name']}: a replicatedJob has no name")
-        if rj["name"] in names:
-            raise ConfigError(f"JobSet {meta['name']}: replicatedJob name {rj['name']!r} is used twice")
-        names.add(rj["name"])
-        rj.setdefault("replicas", 1)
-        rj.setdefault("groupName", contract.DEFAULT_GROUP_NAME)
-        job = rj.setdefault("template", {}).setdefault("spec", {})
-        job.setdefault("completionMode", "Indexed")
-        # pkg/apis/batch/v1/defaults.go: completions and parallelism default to 1
-        # (to each other when one is set), backoffLimit to 6.
-        if "completions" not in job and "parallelism" in job:
-            job["completions"] = job["parallelism"]
-        job.setdefault("completions", 1)
-        job.setdefault("parallelism", job["completions"])
-        job.setdefault("backoffLimit", 6)
-        pod = job.setdefault("template", {}).setdefault("spec", {})
-        pod.setdefault("restartPolicy", "OnFailure")
+        raise ConfigError(f"{what}: metadata.name is missing; give the JobSet a name (the runner cannot "
+                          "generate one from generateName)")
+    verdict = validate.jobset_verdict(jobset)
+    for issues, who in ((verdict.api, "the API server would reject it"),
+                        (verdict.jobs, "the Job API would reject its Jobs"),
+                        (verdict.runtime, "jobset-runtime's runner needs more")):
+        if issues:
+            raise ConfigError(f"{what}: {who} ({len(issues)} problem{'s' if len(issues) > 1 else ''}):\n"
+                              + format_issues(issues))
+    js = defaults.apply(jobset)
+    refused, _ = review(js)
+    if refused:
+        raise ConfigError(f"{what}: the local runner does not implement "
+                          + ("these fields" if len(refused) > 1 else "this field") + ":\n"
+                          + "\n".join(f"  {field}" for field in refused)
+                          + "\nremove them to run it here (docs/local-runner.md lists what is implemented)")
+    for rj in js["spec"]["replicatedJobs"]:
+        job = rj["template"]["spec"] = defaults.job_defaults(rj["template"]["spec"])
+        pod = job["template"]["spec"]
         pod.setdefault("terminationGracePeriodSeconds", 30)
         if not pod.get("containers"):
             raise ConfigError(f"replicatedJob {rj['name']}: the pod template has no containers")
-        if job["completionMode"] != "Indexed":
-            raise ConfigError(f"replicatedJob {rj['name']}: the local runner supports completionMode Indexed only "
-                              "(the JobSet default); remove completionMode or set it to Indexed")
-    validate(js)
     return js
 
 
-def validate(js: dict) -> None:
-    """The checks of jobset_webhook.go ValidateCreate that change what the runner does."""
-    spec = js["spec"]
-    names = [rj["name"] for rj in spec["replicatedJobs"]]
-    if spec["replicatedJobs"][0].get("dependsOn"):
-        raise ConfigError("dependsOn can't be set for the first replicatedJob (JobSet validation)")
-    seen = []
-    for rj in spec["replicatedJobs"]:
-        for dep in rj.get("dependsOn") or []:
-            if dep.get("name") not in seen:
-                raise ConfigError(f"replicatedJob {rj['name']} cannot depend on replicatedJob {dep.get('name')}: "
-                                  "it must name an earlier replicatedJob")
-            if dep.get("status") not in ("Ready", "Complete"):
-                raise ConfigError(f"replicatedJob {rj['name']}: dependsOn status must be Ready or Complete")
-        seen.append(rj["name"])
-    for name in spec["successPolicy"].get("targetReplicatedJobs") or []:
-        if name not in names:
-            raise ConfigError(f"successPolicy.targetReplicatedJobs: {name!r} does not appear in spec.replicatedJobs")
-    for rule in (spec.get("failurePolicy") or {}).get("rules") or []:
-        for name in rule.get("targetReplicatedJobs") or []:
-            if name not in names:
-                raise ConfigError(f"failurePolicy rule {rule['name']}: {name!r} does not appear in spec.replicatedJobs")
-        if rule.get("action") not in ("FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"):
-            raise ConfigError(f"failurePolicy rule {rule['name']}: action must be FailJobSet, RestartJobSet or "
-                              "RestartJobSetAndIgnoreMaxRestarts")
-    coord = spec.get("coordinator")
-    if coord is not None:
-        rj = next((r for r in spec["replicatedJobs"] if r["name"] == coord.get("replicatedJob")), None)
-        if rj is None:
-            raise ConfigError(f"coordinator replicatedJob {coord.get('replicatedJob')} does not exist")
-        if not 0 <= int(coord.get("jobIndex", 0)) < int(rj["replicas"]):
-            raise ConfigError(f"coordinator job index {coord.get('jobIndex')} is invalid for replicatedJob {rj['name']}")
-        if not 0 <= int(coord.get("podIndex", 0)) < int(rj["template"]["spec"]["completions"]):
-            raise ConfigError(f"coordinator pod index {coord.get('podIndex')} is invalid for replicatedJob {rj['name']}")
-    strategy = (spec.get("failurePolicy") or {}).get("restartStrategy", "Recreate")
-    if strategy not in ("Recreate", "BlockingRecreate"):
-        raise ConfigError(f"failurePolicy.restartStrategy {strategy!r} is not supported by the local runner; "
-                          "use Recreate or BlockingRecreate")
+def notices(js: dict) -> list:
+    """The fields of a defaulted JobSet that have no effect on one machine (JSON paths)."""
+    return review(js)[1]

@@ -1,8 +1,9 @@
 """JobSet manifests that give pods exactly what the runtime reads.
 
 Each kind is a function returning a list of plain-dict documents (the JobSet, with
-any Secret it needs placed before it), already checked against JobSet's webhook
-rules.  `validate` holds the checks; `cli.main` is `jobset-runtime manifest`.
+any Secret it needs placed before it), already checked against the API server's,
+the child Jobs' and the runtime's verdicts.  `validate` gives them (defaults,
+schema, webhook and runtime hold the parts); `cli.main` is `jobset-runtime manifest`.
 """
 
 from .jax import jax

@@ -1,22 +1,24 @@
 """`jobset-runtime manifest KIND [options] -- CMD...` and `jobset-runtime manifest validate FILE`.
 
 Prints YAML ready for `kubectl apply -f -`.  Every manifest is checked before it is
-printed: the JobSet webhook rules always, the CRD schema when --crd is given or
-JOBSET_CRD names a CRD file.  Bad input exits 2 (contract.EXIT_CONFIG) with a
-message naming the field and the fix, never a traceback.
+printed: the JobSet webhook rules and the runtime's own always, the CRD schema
+and its CEL rules when --crd is given or JOBSET_CRD names a CRD file.  `validate`
+gives the API server's verdict (exit 0 accepted, 2 rejected) and prints the
+child Jobs' and the runtime's verdicts as warnings, errors with --for-runtime.
+Bad input exits 2 (contract.EXIT_CONFIG) with a message naming the field and the
+fix, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .. import contract
 from ..errors import ConfigError
 
 USAGE = """jobset-runtime manifest KIND [options] -- COMMAND...
-       jobset-runtime manifest validate FILE [--crd CRD.yaml]
+       jobset-runtime manifest validate FILE [--crd CRD.yaml] [--for-runtime] [--feature-gates G=true,...]
 
 kinds: tpu-multislice, mpi, jax, torch  (`jobset-runtime manifest KIND --help`)"""
 
@@ -110,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a manifest file (or - for stdin)")
     p.add_argument("file")
     p.add_argument("--crd", help="JobSet CRD to validate against (default: $JOBSET_CRD if set)")
+    p.add_argument("--for-runtime", action="store_true",
+                   help="also fail on what the child Jobs' API and jobset-runtime need (warnings otherwise)")
+    p.add_argument("--feature-gates", metavar="GATE=BOOL,...",
+                   help="the JobSet manager's feature gates (alpha ones off by default): "
+                        "InPlaceRestart, RestartJob, ElasticJobSet, TLSOptions")
     return parser
 
 
@@ -123,9 +130,9 @@ _KIND_OPTIONS = {
 
 
 def _crd(path: str | None):
-    from .validate import load_crd
+    from .schema import crd_path, load_crd
 
-    path = path or os.environ.get(contract.JOBSET_CRD_ENV)
+    path = path or crd_path()
     return load_crd(path) if path else None
 
 
@@ -174,22 +181,12 @@ def main(argv: list | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the problem
         return contract.EXIT_CONFIG if exc.code else 0
-    from .validate import check, document_issues, format_issues, load_documents
+    from .validate import check
 
     try:
         crd = _crd(args.crd)
         if args.kind == "validate":
-            docs = load_documents(args.file)
-            issues, count = document_issues(docs, crd)
-            if not count and not issues:
-                raise ConfigError(f"{args.file}: no JobSet in it (kind: {contract.JOBSET_KIND})")
-            if issues:
-                print(f"{args.file}: {len(issues)} problem{'s' if len(issues) > 1 else ''}:\n"
-                      + format_issues(issues), file=sys.stderr)
-                return contract.EXIT_CONFIG
-            against = "the CRD schema and the webhook rules" if crd else "the webhook rules (no CRD given)"
-            print(f"{args.file}: {count} JobSet{'s' if count > 1 else ''} valid against {against}")
-            return 0
+            return _validate(args, crd)
         docs = generate(args, command)
         if crd is not None:
             check(docs, crd)
@@ -198,6 +195,37 @@ def main(argv: list | None = None) -> int:
     except ConfigError as exc:
         print(f"jobset-runtime manifest: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _validate(args, crd) -> int:
+    from .validate import FeatureGates, format_issues, load_documents, verdict
+
+    gates = FeatureGates.parse(args.feature_gates)
+    docs = load_documents(args.file)
+    v = verdict(docs, crd, gates)
+    if not v.count and not v.api:
+        raise ConfigError(f"{args.file}: no JobSet in it (kind: {contract.JOBSET_KIND})")
+    if v.api:
+        print(f"{args.file}: rejected by the API server, {_plural(len(v.api), 'problem')}:\n"
+              + format_issues(v.api, limit=50), file=sys.stderr)
+    groups = (("jobs", v.jobs, "the API server accepts it, but the Job API will reject its child Jobs"),
+              ("runtime", v.runtime, "jobset-runtime needs more"))
+    for name, issues, what in groups:
+        if issues:
+            word = "error" if args.for_runtime else "warning"
+            print(f"{args.file}: {word} ({name}): {what}, {_plural(len(issues), 'problem')}:\n"
+                  + format_issues(issues, limit=50), file=sys.stderr)
+    if v.errors(args.for_runtime):
+        return contract.EXIT_CONFIG
+    against = ("the CRD schema and its CEL rules, and the webhook rules" if crd
+               else "the webhook rules (no CRD given: schema and CEL rules not checked)")
+    extra = " and the runtime's needs" if args.for_runtime else ""
+    print(f"{args.file}: {_plural(v.count, 'JobSet')} accepted: defaulted, then checked against {against}{extra}")
+    return 0
 
 
 if __name__ == "__main__":

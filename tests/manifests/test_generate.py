@@ -72,7 +72,7 @@ def test_cli_validates_with_crd_from_env(crd_file, tmp_path):
     path.write_text(out)
     code, out, err = mc.run_cli(["validate", str(path), "--crd", str(crd_file)])
     assert (code, err) == (0, "")
-    assert "valid against the CRD schema and the webhook rules" in out
+    assert "1 JobSet accepted: defaulted, then checked against the CRD schema and its CEL rules, and the webhook rules" in out
 
 
 def test_every_pod_gets_what_the_runtime_reads(tmp_path):
@@ -171,7 +171,7 @@ def test_mpi_rejects_a_non_ed25519_or_garbage_key():
      "set by jobset-runtime"),
     (["tpu-multislice", "--name", "t", "--image", "i", "--slices", "2", "--hosts-per-slice", "2",
       "--accelerator", "a", "--topology", "2x2", "--toleration", "k:Sometimes", "--", "x"], "effect"),
-    (["jax", "--name", "x" * 50, "--image", "i", "--hosts", "100", "--", "x"], "more than 57"),
+    (["jax", "--name", "x" * 50, "--image", "i", "--hosts", "100", "--", "x"], "stays within 57 characters"),
     (["nope", "--", "x"], "invalid choice"),
 ])
 def test_cli_bad_input_exits_2_without_traceback(argv, message):
@@ -230,12 +230,17 @@ def test_through_the_project_cli_as_a_process(cli_env, tmp_path):
     path.write_text(done.stdout)
     done = subprocess.run(run + ["validate", "-"], input=done.stdout, env=cli_env, capture_output=True,
                           text=True, timeout=60)
-    assert done.returncode == 0 and "1 JobSet valid" in done.stdout, done.stderr
+    assert done.returncode == 0 and "1 JobSet accepted" in done.stdout, done.stderr
     broken = path.read_text().replace("parallelism:", "paralelism:", 1)
+    # Without the CRD the typo is not an API-server error; the runtime's verdict sees
+    # completions (2) != parallelism (1, the default): a warning, an error with --for-runtime.
     done = subprocess.run(run + ["validate", "-"], input=broken, env=cli_env, capture_output=True, text=True,
                           timeout=60)
+    assert done.returncode == 0 and "warning (runtime)" in done.stderr, done.stderr
+    done = subprocess.run(run + ["validate", "-", "--for-runtime"], input=broken, env=cli_env, capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == contract.EXIT_CONFIG and "Traceback" not in done.stderr
-    assert "completions" in done.stderr  # without the CRD: completions (2) != parallelism (1, the default)
+    assert "error (runtime)" in done.stderr and "completions (2) != parallelism (1)" in done.stderr
 
 
 def test_group_channel_secret_and_wiring():

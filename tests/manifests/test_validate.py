@@ -69,33 +69,36 @@ BROKEN = {
     "bad enum in dependsOn": (
         lambda d: rjob(d, 1)["dependsOn"][0].update(status="Running"),
         ".spec.replicatedJobs[1].dependsOn[0].status", "enum"),
+    # The webhook's defaulting writes template.spec.completionMode and the pod's
+    # restartPolicy into a missing template, so the schema then misses the containers.
     "missing required template": (
         lambda d: rjob(d).pop("template"),
-        ".spec.replicatedJobs[0].template", "required"),
+        ".spec.replicatedJobs[0].template.spec.template.spec.containers", "required"),
     "missing container name": (
         lambda d: pod(d)["containers"][0].pop("name"),
         ".spec.replicatedJobs[0].template.spec.template.spec.containers[0].name", "required"),
     "duplicate replicatedJob name": (
         lambda d: rjob(d, 1).update(name="worker"),
-        ".spec.replicatedJobs[1].name", "duplicate"),
+        ".spec.replicatedJobs[1]", "list-map: duplicate name"),
     "wrong apiVersion": (
         lambda d: d.update(apiVersion="jobset.x-k8s.io/v1"),
         ".apiVersion", "not served"),
     "too-long name": (
         lambda d: d["metadata"].update(name="a" * 52),
-        ".spec.replicatedJobs[0].name", "more than 57"),
+        ".spec.replicatedJobs[0].name", "the longest pod name, with its 5-character suffix): must be no more than 63"),
+    # The API server takes any DNS-1123 subdomain as a name; the webhook's Job-name rule catches it.
     "name not DNS-1035": (
         lambda d: d["metadata"].update(name="9lives"),
-        ".metadata.name", "DNS-1035"),
+        ".spec.replicatedJobs[0].name", "'9lives-worker-0' (the longest Job name): a DNS-1035 label"),
     "missing success target": (
         lambda d: d["spec"]["successPolicy"].update(targetReplicatedJobs=["driver"]),
-        ".spec.successPolicy.targetReplicatedJobs[0]", "'driver' is not a replicatedJob"),
+        ".spec.successPolicy.targetReplicatedJobs[0]", "'driver' does not appear in .spec.replicatedJobs"),
     "missing failure-rule target": (
         lambda d: d["spec"]["failurePolicy"]["rules"][0].update(targetReplicatedJobs=["ps"]),
-        ".spec.failurePolicy.rules[0].targetReplicatedJobs[0]", "'ps' is not a replicatedJob"),
+        ".spec.failurePolicy.rules[0].targetReplicatedJobs[0]", "'ps' in failure policy does not appear in .spec.replicatedJobs"),
     "bad failure reason": (
         lambda d: d["spec"]["failurePolicy"]["rules"][0].update(onJobFailureReasons=["OOMKilled"]),
-        ".spec.failurePolicy.rules[0].onJobFailureReasons[0]", "not a Job failure reason"),
+        ".spec.failurePolicy.rules[0].onJobFailureReasons[0]", "not a recognized job failure reason"),
     "bad rule name": (
         lambda d: d["spec"]["failurePolicy"]["rules"][0].update(name="config-error"),
         ".spec.failurePolicy.rules[0].name", "rule name"),
@@ -107,10 +110,10 @@ BROKEN = {
         ".spec.coordinator.replicatedJob", "does not exist"),
     "coordinator pod index out of range": (
         lambda d: d["spec"]["coordinator"].update(replicatedJob="worker", podIndex=2),
-        ".spec.coordinator.podIndex", "outside 0..1"),
+        ".spec.coordinator.podIndex", "pod index 2 is invalid for replicatedJob worker job index 0 -> use 0..1"),
     "coordinator job index out of range": (
         lambda d: d["spec"]["coordinator"].update(jobIndex=1),
-        ".spec.coordinator.jobIndex", "outside 0..0"),
+        ".spec.coordinator.jobIndex", "job index 1 is invalid for replicatedJob launcher -> use 0..0"),
     "coordinator label too long": (
         lambda d: d["spec"]["network"].update(subdomain="s" * 50),
         ".spec.coordinator", "more than 63"),
@@ -169,7 +172,7 @@ def test_hostname_limit_is_exactly_57():
     name = "a" * (contract.HOSTNAME_MAX - len("-worker-0-0"))
     *_, doc = manifests.jax(name=name, subdomain="s", image="i", command=["x"], hosts=1)
     assert len(f"{name}-worker-0-0") == contract.HOSTNAME_MAX
-    with pytest.raises(ConfigError, match="58 characters, more than 57"):
+    with pytest.raises(ConfigError, match=r"must be no more than 63 characters \(64\)"):
         manifests.jax(name=name + "a", subdomain="s", image="i", command=["x"], hosts=1)
 
 
