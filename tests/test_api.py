@@ -2,12 +2,15 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import jobset_runtime as jr
 from jobset_runtime import contract
 from jobset_runtime.local.dns import DnsServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_top_level_is_the_documented_api():
@@ -85,8 +88,6 @@ def _python_blocks(markdown: str) -> list[str]:
 
 
 def test_the_examples_in_docs_api_run_in_a_pod(podinfo, cli_env):
-    from conftest import ROOT
-
     blocks = _python_blocks((ROOT / "docs" / "api.md").read_text())
     expected = ["rank 7 of 8, slice 1, coordinator train-slice-0-0",
                 "5 peers resolved; MASTER_ADDR=train-slice-0-0.train.ml-team.svc.cluster.local",
