@@ -83,10 +83,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tpu-multislice", parents=[common], help="N TPU slices of M hosts (MegaScale)")
     p.add_argument("--slices", type=int, required=True)
-    p.add_argument("--hosts-per-slice", type=int, required=True)
-    p.add_argument("--accelerator", required=True, help="e.g. tpu-v5p-slice")
-    p.add_argument("--topology", required=True, help="e.g. 4x4x4")
-    p.add_argument("--chips-per-host", type=int, default=4)
+    p.add_argument("--tpu-type", metavar="TYPE", help="e.g. v5p-256, v5litepod-16, v6e-64 (the name GKE and xpk "
+                   "use): fills the four options below; docs/tpu.md lists the shapes")
+    p.add_argument("--hosts-per-slice", type=int, help="default: from the shape")
+    p.add_argument("--accelerator", help="GKE label value, e.g. tpu-v5p-slice (default: from --tpu-type)")
+    p.add_argument("--topology", help="e.g. 4x4x4 (default: from --tpu-type)")
+    p.add_argument("--chips-per-host", type=int, help="default: from the shape (4 on every multi-host slice)")
     p.add_argument("--exclusive-topology", default="cloud.google.com/gke-nodepool",
                    help="node label key: one slice per value (default cloud.google.com/gke-nodepool)")
     p.add_argument("--host-network", action="store_true")
@@ -114,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _KIND_OPTIONS = {
-    "tpu-multislice": ("slices", "hosts_per_slice", "accelerator", "topology", "chips_per_host",
+    "tpu-multislice": ("slices", "tpu_type", "hosts_per_slice", "accelerator", "topology", "chips_per_host",
                        "exclusive_topology", "host_network"),
     "mpi": ("workers", "slots_per_worker", "mpi"),
     "jax": ("replicas", "hosts", "gpus_per_host"),
