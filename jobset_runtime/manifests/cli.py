@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slots-per-worker", type=int, default=1)
     p.add_argument("--mpi", choices=("openmpi", "mpich", "intel"), default="openmpi")
     p.add_argument("--ssh-key", metavar="FILE", help="use this ed25519 OpenSSH private key instead of a new one")
+    p.add_argument("--bench", choices=("pingpong", "allreduce"),
+                   help="instead of a command: measure the network between the workers (latency and bandwidth "
+                        "per message size; docs/mpi.md)")
+    p.add_argument("--bench-max-size", type=int, metavar="BYTES", help="largest message of --bench (default 4 MiB)")
 
     p = sub.add_parser("jax", parents=[common], help="multi-host JAX on GPU or CPU")
     p.add_argument("--replicas", type=int, default=1)
@@ -118,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 _KIND_OPTIONS = {
     "tpu-multislice": ("slices", "tpu_type", "hosts_per_slice", "accelerator", "topology", "chips_per_host",
                        "exclusive_topology", "host_network"),
-    "mpi": ("workers", "slots_per_worker", "mpi"),
+    "mpi": ("workers", "slots_per_worker", "mpi", "bench", "bench_max_size"),
     "jax": ("replicas", "hosts", "gpus_per_host"),
     "torch": ("nodes", "nproc_per_node", "gpus_per_node"),
 }
