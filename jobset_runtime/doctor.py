@@ -104,6 +104,7 @@ class Facts:
     sources: list = field(default_factory=list)   # [(field, value, where from)]
     resolv_conf: str | None = None      # the file's text; None when missing
     env_nameservers: str = ""           # JOBSET_RUNTIME_NAMESERVERS
+    nameservers_error: str | None = None  # why JOBSET_RUNTIME_NAMESERVERS does not parse
     route_interface: str | None = None  # the interface of the default route
     mtus: dict = field(default_factory=dict)      # interface -> MTU (loopback left out)
     lookups: dict = field(default_factory=dict)   # fqdn -> [Answer]
@@ -143,6 +144,9 @@ def _cache_servers(servers) -> list:
 
 
 def check_resolv_conf(f: Facts) -> Check:
+    if f.nameservers_error:
+        return Check("resolv.conf", Status.FAIL, f.nameservers_error,
+                     fix=f"write {contract.NAMESERVERS_ENV} as ip[:port],... or unset it")
     if f.resolv_conf is None:
         return Check("resolv.conf", Status.FAIL, f"{contract.RESOLV_CONF} is missing: nothing resolves by name",
                      fix="run in a pod (the kubelet writes it) or set JOBSET_RUNTIME_NAMESERVERS")
@@ -458,7 +462,7 @@ def gather(env=None, *, resolv_conf: str = contract.RESOLV_CONF, hosts_file: str
         try:
             extra = parse_nameservers(f.env_nameservers)
         except ConfigError as e:
-            f.identity_error = f.identity_error or str(e)
+            f.nameservers_error = str(e)
             extra = []
         servers = list(dict.fromkeys(servers + extra))
     names = []

@@ -70,6 +70,13 @@ def test_a_node_local_cache_is_a_warning_with_the_fix():
     assert c.status is Status.OK and "bypassed" in c.summary
 
 
+def test_a_malformed_nameservers_variable_fails(tmp_path):
+    f = doctor.gather({contract.NAMESERVERS_ENV: "not-an-ip", contract.PODINFO_ENV: str(tmp_path)},
+                      resolv_conf=str(tmp_path / "none"), clock=False)
+    c = by_name(doctor.checks(f))["resolv.conf"]
+    assert c.status is Status.FAIL and "'not-an-ip' is not a nameserver address" in c.summary
+
+
 def test_a_stale_negative_answer_is_named():
     lookups = {SELF: [Answer("169.254.20.10:53", "NXDOMAIN"), Answer("10.96.0.10:53", "ok", POD_IP)],
                COORD: [Answer("169.254.20.10:53", "ok", "10.4.0.2"), Answer("10.96.0.10:53", "ok", "10.4.0.2")]}
