@@ -39,6 +39,7 @@ THREE_D = 3
 _SMALL_3D = ("2x2x1", "2x2x2", "2x2x4", "2x4x4")
 # The 2D shapes of v5e and v6e (xpk; GKE's tables list the same).
 _TOPOLOGIES_2D = ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16")
+MAX_DIM = 256  # xpk generate_tpu_topologies: each dimension 4..256
 MULTI_HOST_CHIPS = 4  # chips per VM on every multi-host TPU machine type (ct4p/ct5p/ct5lp/ct6e-...-4t, tpu7x-standard-4t)
 
 
@@ -123,6 +124,8 @@ def topology_problem(gen: Generation, topology: str) -> str | None:
     small = next((t for t in _SMALL_3D if sorted(parse_topology(t)) == sorted(dims)), None)
     if small:
         return f"{gen.prefix} writes this shape {small}"
+    if max(dims) > MAX_DIM:
+        return f"no {gen.prefix} slice is longer than {MAX_DIM} chips in any dimension"
     if any(d % 4 for d in dims):
         return f"{gen.prefix} slices are {', '.join(_SMALL_3D)} or whole 4x4x4 cubes (every dimension a multiple of 4)"
     cubes = math.prod(d // 4 for d in dims)
@@ -144,8 +147,9 @@ def topologies_with(gen: Generation, chips: int) -> list:
     found = [t for t in _SMALL_3D if chips_of(t) == chips]
     if chips % 64 == 0:
         cubes = chips // 64
-        for a in range(1, cubes + 1):
-            for b in range(a, cubes + 1):
+        side = MAX_DIM // 4
+        for a in range(1, min(cubes, side) + 1):
+            for b in range(a, min(cubes, side) + 1):
                 c, rest = divmod(cubes, a * b)
                 if not rest and c >= b:
                     found.append(f"{4 * a}x{4 * b}x{4 * c}")
@@ -199,12 +203,12 @@ def parse_type(tpu_type: str) -> tuple:
 
 
 def _near_sizes(gen: Generation, chips: int) -> list:
+    """The type names just below and above `chips` chips."""
     sizes = sorted({chips_of(t) for t in (_TOPOLOGIES_2D if gen.dims == TWO_D else _SMALL_3D)}
-                   | ({64 * n for n in range(1, gen.max_cubes + 1) if topologies_with(gen, 64 * n)}
-                      if gen.dims == THREE_D else set()))
-    below = [s for s in sizes if s < chips][-1:]
-    above = [s for s in sizes if s > chips][:1]
-    return [gen.type_name(s) for s in below + above]
+                   | ({64 * n for n in range(1, gen.max_cubes + 1)} if gen.dims == THREE_D else set()))
+    below = next((s for s in reversed(sizes) if s < chips and topologies_with(gen, s)), None)
+    above = next((s for s in sizes if s > chips and topologies_with(gen, s)), None)
+    return [gen.type_name(s) for s in (below, above) if s is not None]
 
 
 def resolve(*, tpu_type: str | None = None, accelerator: str | None = None, topology: str | None = None,

@@ -58,6 +58,7 @@ def test_a_single_8_chip_host_is_a_v5e_2x4_too():
     (dict(accelerator="tpu-v5p-slice", topology="8x4x4"), "smallest dimension first: 4x4x8"),
     (dict(accelerator="tpu-v5p-slice", topology="1x2x2"), "writes this shape 2x2x1"),
     (dict(accelerator="tpu-v5p-slice", topology="16x16x40"), "160 cubes"),
+    (dict(accelerator="tpu-v5p-slice", topology="4x4x260"), "longer than 256"),
     (dict(accelerator="tpu-v5p-slice", topology="4x4"), "3 dimensions"),
     (dict(accelerator="tpu-v6e-slice", topology="4x2"), "v6e slices are 1x1, 2x2, 2x4"),
     (dict(accelerator="tpu-v5p-slice", topology="4xfour"), "AxBxC"),
