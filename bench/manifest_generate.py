@@ -23,7 +23,7 @@ from jobset_runtime import manifests  # noqa: E402
 from jobset_runtime.manifests import cli, validate  # noqa: E402
 
 ARGS = dict(name="llm", image="us-docker.pkg.dev/p/train:1", command=["python", "train.py"], slices=199,
-            hosts_per_slice=64, accelerator="tpu-v5p-slice", topology="8x16x16")
+            hosts_per_slice=64, accelerator="tpu-v5p-slice", topology="4x8x8")
 
 
 def best(fn, repeat):

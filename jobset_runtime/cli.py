@@ -1,4 +1,4 @@
-"""Command line: `jobset-runtime {env,wait,run,manifest,local}` and the `jobset-run` wrapper.
+"""Command line: `jobset-runtime {env,wait,doctor,run,manifest,local}` and the `jobset-run` wrapper.
 
 Kept light: `jobset-run` starts in front of every training process, so only the
 modules a path needs are imported, and only when it needs them.
@@ -117,6 +117,35 @@ def cmd_wait(args) -> int:
     return 0
 
 
+# --- doctor ----------------------------------------------------------------------------
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    return doctor.run(fmt=args.format)
+
+
+def _doctor_then(args, command: list) -> int:
+    """`jobset-run --doctor`: wait as usual, then report on the pod's environment whether or
+    not the wait succeeded (a failed wait is what the report explains); then run the command."""
+    from . import doctor
+    from .errors import PeersTimeout
+
+    waited = None
+    try:
+        wait_for_scope(_identity(), args.wait, args.timeout)
+    except (PeersTimeout, ConfigError) as e:
+        waited = e
+        logger.error("%s", e)
+    verdict = doctor.run(fmt="text", out=sys.stderr)
+    if not command:
+        return verdict or (waited.exit_code if waited else 0)
+    if waited:
+        raise waited
+    args.doctor = False
+    return cmd_run(args)
+
+
 # --- run (the wrapper) ----------------------------------------------------------------
 
 def _run_parser(prog: str) -> argparse.ArgumentParser:
@@ -171,6 +200,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="become the command once the wait is done and its env is set, as a shell "
                         "entrypoint's final `exec`: one process less, but no signal relay, restarts, group "
                         "channel or termination message from jobset-run (the command writes its own)")
+    p.add_argument("--doctor", action="store_true",
+                   help="check this pod's environment first (`jobset-runtime doctor`); without a command, "
+                        "exit with its verdict (0 all well, 1 a check failed)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
 
@@ -202,7 +234,7 @@ def cmd_run(args) -> int:
         signal.signal(sig, _stop_before_start)
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
+    if not command and not args.doctor:
         raise ConfigError("no command given: use jobset-run [options] -- CMD [ARGS...]")
     token = args.group_token or os.environ.get(contract.GROUP_TOKEN_FILE_ENV) or contract.GROUP_TOKEN_FILE
     group = args.group == "on" or (args.group == "auto" and (args.insecure or os.path.exists(token)))
@@ -214,6 +246,8 @@ def cmd_run(args) -> int:
         # The other pods would wait for this one at the gang start until their deadline.
         raise ConfigError(f"--exec, but the group token is mounted at {token}, so this pod belongs to a "
                           "group channel: pass --group off to leave it, or drop --exec")
+    if args.doctor:
+        return _doctor_then(args, command)
     ident = _identity()
     resolved = wait_for_scope(ident, args.wait, args.timeout)
     exported = exports.runtime_env(ident)
@@ -292,6 +326,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=_port, metavar="P", help="also wait until each accepts TCP on port P")
     _wait_options(w, 300.0)
     w.set_defaults(func=cmd_wait)
+
+    d = sub.add_parser("doctor", help="check this pod's environment: identity, DNS path, MTU, Secrets, clock")
+    _common(d)
+    d.add_argument("--format", choices=("text", "json"), default="text")
+    d.set_defaults(func=cmd_doctor)
 
     r = sub.add_parser("run", help="the jobset-run wrapper", usage="jobset-runtime run [options] -- CMD [ARGS...]")
     _run_options(r)

@@ -351,6 +351,11 @@ class _Source:
         return int(value)
 
 
+def source_of(meta: PodMetadata, fieldname: str) -> tuple[str | None, str]:
+    """(value, where it came from) for one identity field, as `derive` looks it up."""
+    return _Source(meta).get(fieldname)
+
+
 def _missing(fieldname: str) -> str:
     key = contract.IDENTITY_KEYS.get(fieldname, "")
     env = contract.IDENTITY_ENV.get(fieldname, "")

@@ -14,14 +14,13 @@ from jobset_runtime.manifests.cli import dump_yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo.yaml"
 ARGV = ["tpu-multislice", "--name", "demo", "--image", "ignored-by-the-local-runner", "--slices", "2",
-        "--hosts-per-slice", "2", "--accelerator", "tpu-v5p-slice", "--topology", "2x2x1", "--max-restarts", "0",
-        "--", "python", "examples/demo.py"]
+        "--tpu-type", "v5p-16", "--max-restarts", "0", "--", "python", "examples/demo.py"]
 PLACEHOLDER = "placeholder: `jobset-runtime manifest` makes a fresh one per JobSet"
 
 
 def demo_text() -> str:
     docs = manifests.tpu_multislice(
-        name="demo", image=ARGV[4], slices=2, hosts_per_slice=2, accelerator="tpu-v5p-slice", topology="2x2x1",
+        name="demo", image=ARGV[4], slices=2, tpu_type="v5p-16",
         max_restarts=0, command=["python", "examples/demo.py"], group_token=PLACEHOLDER)
     return ("# The Quickstart demo (`./dev demo`): 2 slices x 2 hosts, run with `jobset-runtime local run`.\n"
             "# Generated; regenerate with:\n#   jobset-runtime manifest " + " ".join(ARGV) + "\n"

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="first delay before the kubelet-style in-place restart (default 10, as the kubelet)")
     r.add_argument("--pod-backoff", type=float, default=None, metavar="S",
                    help="first delay before a failed pod is re-created (default 10, as the Job controller)")
+    r.add_argument("--mtu", type=int, default=None, metavar="BYTES",
+                   help="MTU of every pod's interface (as a CNI with an overlay sets it; default 1500)")
     # Set by run_rootless on the command it runs inside the user namespace it makes.
     r.add_argument("--userns-state", default=None, help=argparse.SUPPRESS)
     return p
@@ -70,6 +72,8 @@ def run(args) -> int:
     if ignored:
         print(f"notice: no effect on one machine (one node runs every pod): {', '.join(ignored)}", file=sys.stderr)
     skew = _parse_skew(args.skew)
+    if args.mtu is not None and not 68 <= args.mtu <= 65535:
+        raise ConfigError(f"--mtu {args.mtu}: an interface MTU is 68 to 65535 bytes (IPv4's minimum to the largest)")
     run_dir = args.run_dir or os.path.join("runs", f"{js['metadata']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.userns_state:
         mode = "rootless"
@@ -83,7 +87,7 @@ def run(args) -> int:
             return run_rootless(args, os.path.abspath(run_dir))
     runner = Runner(js, objects, run_dir=os.path.abspath(run_dir), mode=mode, dns_delay=args.dns_delay,
                     skew=skew, crash_backoff=args.crash_backoff, pod_backoff=args.pod_backoff,
-                    state_dir=args.userns_state, ip_family=args.ip_family)
+                    state_dir=args.userns_state, ip_family=args.ip_family, mtu=args.mtu)
     return runner.run(timeout=args.timeout)
 
 

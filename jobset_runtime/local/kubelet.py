@@ -420,9 +420,27 @@ def hosts_file(facts: PodFacts, host_aliases=()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolv_conf(namespace: str, nameserver: str, cluster_domain: str = contract.DEFAULT_CLUSTER_DOMAIN) -> str:
+def resolv_conf(namespace: str, nameserver: str, cluster_domain: str = contract.DEFAULT_CLUSTER_DOMAIN,
+                dns_policy: str | None = None, dns_config: dict | None = None) -> str:
     """dnsPolicy ClusterFirst (pkg/kubelet/network/dns/dns.go): the cluster DNS server,
     the three cluster search domains, ndots:5.  The host's own search domains are
-    left out so nothing in a pod depends on the machine it runs on."""
-    search = f"{namespace}.svc.{cluster_domain} svc.{cluster_domain} {cluster_domain}"
-    return f"search {search}\nnameserver {nameserver}\noptions ndots:5\n"
+    left out so nothing in a pod depends on the machine it runs on.
+
+    dnsConfig is merged as GetPodDNS/appendDNSConfig do: its nameservers after the cluster's
+    (at most 3), its searches after the cluster's (duplicates dropped), its options replacing
+    same-named ones; with dnsPolicy None only dnsConfig counts (a node-local cache such as
+    169.254.20.10 is put in a pod's path this way)."""
+    servers, searches = [nameserver], [f"{namespace}.svc.{cluster_domain}", f"svc.{cluster_domain}", cluster_domain]
+    options = {"ndots": "5"}
+    if dns_policy == "None":
+        servers, searches, options = [], [], {}
+    cfg = dns_config or {}
+    servers = list(dict.fromkeys(servers + list(cfg.get("nameservers") or [])))[:3]
+    searches = list(dict.fromkeys(searches + list(cfg.get("searches") or [])))
+    for opt in cfg.get("options") or []:
+        options[opt["name"]] = opt.get("value")
+    lines = [f"search {' '.join(searches)}"] if searches else []
+    lines += [f"nameserver {s}" for s in servers]
+    if options:
+        lines.append("options " + " ".join(k if v is None else f"{k}:{v}" for k, v in options.items()))
+    return "\n".join(lines) + "\n"

@@ -235,6 +235,7 @@ class Network:
     namespaced = True
     netns_dir = NETNS_DIR
     etc_dir = ETC_NETNS
+    mtu: int | None = None  # both ends of every pod's veth (a CNI's MTU); None: the kernel's 1500
 
     def __init__(self, run_id: str, ip_family: str = "ipv4"):
         self.run_id = run_id
@@ -336,7 +337,9 @@ class Network:
         lines = []
         for ns, ip in slots:
             host_if = "v" + ns.rsplit("-", 1)[1]
-            lines.append(f"link add {host_if} type veth peer name eth0 address {pod_mac(ip)} netns {self._ref(ns)}")
+            mtu = f" mtu {self.mtu}" if self.mtu else ""
+            lines.append(f"link add {host_if}{mtu} type veth peer name eth0{mtu} address {pod_mac(ip)} "
+                         f"netns {self._ref(ns)}")
             lines.append(f"link set {host_if} master br{self._bridge_for(ns, lines)} up")
             lines += [f"neigh replace {a} lladdr {pod_mac(ip)} dev br0 nud permanent" for a in self.pod_ips(ip)]
         self._ip_batch(self.cluster_ns, "\n".join(lines) + "\n")

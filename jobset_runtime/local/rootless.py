@@ -43,7 +43,7 @@ def inner_argv(args, run_dir: str, state_dir: str) -> list:
     for item in args.skew:
         argv += ["--skew", item]
     for opt, value in (("--timeout", args.timeout), ("--crash-backoff", args.crash_backoff),
-                       ("--pod-backoff", args.pod_backoff)):
+                       ("--pod-backoff", args.pod_backoff), ("--mtu", args.mtu)):
         if value is not None:
             argv += [opt, repr(value)]
     return argv

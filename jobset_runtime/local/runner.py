@@ -59,7 +59,8 @@ class Runner:
     def __init__(self, js: dict, objects: dict, *, run_dir: str, mode: str = "netns",
                  dns_delay: float = 0.0, skew: dict | None = None, out=None,
                  crash_backoff: float | None = None, pod_backoff: float | None = None,
-                 interrupt_grace: float = 5.0, state_dir: str | None = None, ip_family: str = "ipv4"):
+                 interrupt_grace: float = 5.0, state_dir: str | None = None, ip_family: str = "ipv4",
+                 mtu: int | None = None):
         self.js = js
         self.objects = objects
         self.run_dir = run_dir
@@ -74,6 +75,7 @@ class Runner:
             self.net = RootlessNetwork(self.run_id, state_dir, ip_family)
         else:
             self.net = Loopback(self.run_id)
+        self.net.mtu = mtu
         self.namespace = js["metadata"].get("namespace", "default")
         self.subdomain = subdomain_of(js)
         self.domain = contract.DEFAULT_CLUSTER_DOMAIN
@@ -205,7 +207,8 @@ class Runner:
             self._write_volumes(pod, facts, pod_dir)
             if self.net.namespaced:
                 self.net.write_etc(self._slots[pod.name], kubelet.hosts_file(facts, pod.spec.get("hostAliases") or ()),
-                                   kubelet.resolv_conf(self.namespace, self.dns.address[0], self.domain))
+                                   kubelet.resolv_conf(self.namespace, self.dns.address[0], self.domain,
+                                                       pod.spec.get("dnsPolicy"), pod.spec.get("dnsConfig")))
             if self.js["spec"]["network"].get("publishNotReadyAddresses", True):
                 self._dns_add(pod)
             pod._facts = facts

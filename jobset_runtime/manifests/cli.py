@@ -85,10 +85,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tpu-multislice", parents=[common], help="N TPU slices of M hosts (MegaScale)")
     p.add_argument("--slices", type=int, required=True)
-    p.add_argument("--hosts-per-slice", type=int, required=True)
-    p.add_argument("--accelerator", required=True, help="e.g. tpu-v5p-slice")
-    p.add_argument("--topology", required=True, help="e.g. 4x4x4")
-    p.add_argument("--chips-per-host", type=int, default=4)
+    p.add_argument("--tpu-type", metavar="TYPE", help="e.g. v5p-256, v5litepod-16, v6e-64 (the name GKE and xpk "
+                   "use): fills the four options below; docs/tpu.md lists the shapes")
+    p.add_argument("--hosts-per-slice", type=int, help="default: from the shape")
+    p.add_argument("--accelerator", help="GKE label value, e.g. tpu-v5p-slice (default: from --tpu-type)")
+    p.add_argument("--topology", help="e.g. 4x4x4 (default: from --tpu-type)")
+    p.add_argument("--chips-per-host", type=int, help="default: from the shape (4 on every multi-host slice)")
     p.add_argument("--exclusive-topology", default="cloud.google.com/gke-nodepool",
                    help="node label key: one slice per value (default cloud.google.com/gke-nodepool)")
     p.add_argument("--host-network", action="store_true")
@@ -98,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slots-per-worker", type=int, default=1)
     p.add_argument("--mpi", choices=("openmpi", "mpich", "intel"), default="openmpi")
     p.add_argument("--ssh-key", metavar="FILE", help="use this ed25519 OpenSSH private key instead of a new one")
+    p.add_argument("--bench", choices=("pingpong", "allreduce"),
+                   help="instead of a command: measure the network between the workers (latency and bandwidth "
+                        "per message size; docs/mpi.md)")
+    p.add_argument("--bench-max-size", type=int, metavar="BYTES", help="largest message of --bench (default 4 MiB)")
 
     p = sub.add_parser("jax", parents=[common], help="multi-host JAX on GPU or CPU")
     p.add_argument("--replicas", type=int, default=1)
@@ -121,9 +127,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _KIND_OPTIONS = {
-    "tpu-multislice": ("slices", "hosts_per_slice", "accelerator", "topology", "chips_per_host",
+    "tpu-multislice": ("slices", "tpu_type", "hosts_per_slice", "accelerator", "topology", "chips_per_host",
                        "exclusive_topology", "host_network"),
-    "mpi": ("workers", "slots_per_worker", "mpi"),
+    "mpi": ("workers", "slots_per_worker", "mpi", "bench", "bench_max_size"),
     "jax": ("replicas", "hosts", "gpus_per_host"),
     "torch": ("nodes", "nproc_per_node", "gpus_per_node"),
 }

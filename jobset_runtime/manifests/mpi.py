@@ -26,6 +26,7 @@ from . import common
 LAUNCHER = "launcher"
 WORKER = "worker"
 MPI_CHOICES = ("openmpi", "mpich", "intel")
+BENCH_CHOICES = ("pingpong", "allreduce")
 
 
 def secret_name(jobset_name: str) -> str:
@@ -74,9 +75,30 @@ def ssh_secret(name: str, namespace: str, private_key: bytes, public_key: bytes)
     }
 
 
+def bench_command(kind: str, max_size: int | None = None) -> list:
+    """The ranks' command that measures the network between the workers (jobset_runtime.mpi.bench);
+    `python -m mpi4py` so that a rank that raises aborts the job instead of hanging it."""
+    if kind not in BENCH_CHOICES:
+        raise common.ConfigError(f"--bench {kind}: choose one of {', '.join(BENCH_CHOICES)}")
+    cmd = ["python", "-m", "mpi4py", "-m", "jobset_runtime.mpi.bench", kind]
+    if max_size is not None:
+        common.positive(max_size, "--bench-max-size")
+        cmd += ["--max-size", str(max_size)]
+    return cmd
+
+
 def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_private_key: bytes | None = None,
-        **common_options) -> list:
-    """The documents for an MPI job: the ssh Secret, then the JobSet."""
+        bench: str | None = None, bench_max_size: int | None = None, **common_options) -> list:
+    """The documents for an MPI job: the ssh Secret, then the JobSet.
+
+    `bench` ("pingpong" or "allreduce") runs the network benchmark instead of a command."""
+    if bench:
+        if common_options.get("command"):
+            raise common.ConfigError(f"--bench {bench} runs the benchmark as the command: drop the command "
+                                     "after `--`, or --bench")
+        common_options["command"] = bench_command(bench, bench_max_size)
+    elif bench_max_size is not None:
+        raise common.ConfigError("--bench-max-size goes with --bench pingpong|allreduce")
     c = common.Common(**common_options)
     c.check()
     # No group channel here: mpirun already aborts the whole job when a rank dies and the

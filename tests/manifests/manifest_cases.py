@@ -21,8 +21,7 @@ EXAMPLES = ROOT / "examples"
 # Examples: the smallest realistic call per kind, printed in each file's header.
 EXAMPLES_ARGV = {
     "tpu-multislice": ["tpu-multislice", "--name", "llm", "--image", "us-docker.pkg.dev/my-project/train:latest",
-                       "--slices", "2", "--hosts-per-slice", "4", "--accelerator", "tpu-v5p-slice",
-                       "--topology", "2x4x4", "--", "python", "train.py"],
+                       "--slices", "2", "--tpu-type", "v5p-64", "--", "python", "train.py"],
     "mpi": ["mpi", "--name", "pi", "--image", "ghcr.io/example/mpi-pi:latest", "--workers", "2",
             "--slots-per-worker", "2", "--", "python", "-m", "mpi4py", "pi.py"],
     "jax": ["jax", "--name", "jax-cpu", "--image", "ghcr.io/example/jax:latest", "--replicas", "2",

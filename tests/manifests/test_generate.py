@@ -107,7 +107,7 @@ def test_every_pod_gets_what_the_runtime_reads(tmp_path):
 
 def test_tpu_multislice_shape():
     *_, doc = manifests.tpu_multislice(name="ms", image="i", command=["python", "t.py"], slices=199,
-                                      hosts_per_slice=64, accelerator="tpu-v5p-slice", topology="8x16x16",
+                                      hosts_per_slice=64, accelerator="tpu-v5p-slice", topology="4x8x8",
                                       host_network=True)
     (rjob,) = doc["spec"]["replicatedJobs"]
     job = rjob["template"]["spec"]
@@ -116,7 +116,7 @@ def test_tpu_multislice_shape():
         ("slice", 199, 64, 64, 0)
     assert doc["metadata"]["annotations"][contract.EXCLUSIVE_TOPOLOGY_KEY] == "cloud.google.com/gke-nodepool"
     assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
-                                   "cloud.google.com/gke-tpu-topology": "8x16x16"}
+                                   "cloud.google.com/gke-tpu-topology": "4x8x8"}
     assert pod["containers"][0]["resources"]["limits"] == {"google.com/tpu": 4}
     assert pod["tolerations"] == [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")

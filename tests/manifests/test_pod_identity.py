@@ -76,17 +76,26 @@ def test_every_pod_gets_a_distinct_rank_and_agrees_with_the_manifest(kind, tmp_p
     assert ranks == list(range(len(refs)))
 
 
-def test_tpu_exports_match_the_slices(tmp_path):
-    *_, doc = manifests.tpu_multislice(name="ms", image="i", command=["t"], slices=3, hosts_per_slice=2,
-                                      accelerator="a", topology="2x2")
-    for ref in js.all_pods(doc):
+# One multi-host type per generation (tpu_shapes.GENERATIONS): hosts per slice as the docs give them.
+TPU_TYPES = [("v4-16", 2), ("v5litepod-16", 4), ("v5p-64", 8), ("v6e-32", 8), ("tpu7x-32", 4)]
+
+
+@pytest.mark.parametrize("tpu_type, hosts", TPU_TYPES)
+def test_tpu_exports_match_the_slices(tpu_type, hosts, tmp_path):
+    *_, doc = manifests.tpu_multislice(name="ms", image="i", command=["t"], slices=3, tpu_type=tpu_type)
+    refs = list(js.all_pods(doc))
+    assert len(refs) == 3 * hosts
+    for ref in refs:
         ident, host = expand(doc, ref, tmp_path)
         env = exports.tpu_env(ident)
         assert env[contract.MEGASCALE_NUM_SLICES] == "3"
         assert env[contract.MEGASCALE_SLICE_ID] == str(ref.job_index)
         assert env[contract.TPU_WORKER_ID] == str(ref.pod_index)
         assert env[contract.MEGASCALE_COORDINATOR_ADDRESS].startswith("ms-slice-0-0.ms.default.svc.")
-        assert env[contract.TPU_WORKER_HOSTNAMES].split(",")[ref.pod_index].startswith(host + ".")
+        workers = env[contract.TPU_WORKER_HOSTNAMES].split(",")
+        assert len(workers) == hosts
+        assert workers[ref.pod_index].startswith(host + ".")
+        assert all(w.startswith(f"ms-slice-{ref.job_index}-") for w in workers)
 
 
 def test_torch_exports_point_at_the_coordinator(tmp_path):
@@ -107,7 +116,7 @@ def test_restart_attempt_reaches_the_identity(tmp_path):
 def test_the_largest_multislice_numbers_every_host_once():
     """199 slices x 64 hosts, straight from the pure functions (no files)."""
     *_, doc = manifests.tpu_multislice(name="big", image="i", command=["t"], slices=199, hosts_per_slice=64,
-                                      accelerator="a", topology="8x16x16")
+                                      accelerator="tpu-v5p-slice", topology="4x8x8")
     (container,) = pod_template(doc, "slice")["containers"]
     topology = {e["name"]: e.get("value") for e in container["env"]}[contract.TOPOLOGY_ENV]
     seen = set()
