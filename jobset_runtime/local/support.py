@@ -36,7 +36,7 @@ JOB = {"parallelism", "completions", "completionMode", "backoffLimit", "backoffL
 JOB_ONE_MACHINE = {"ttlSecondsAfterFinished"}
 POD = {"containers", "initContainers", "volumes", "restartPolicy", "terminationGracePeriodSeconds",
        "securityContext", "serviceAccountName", "serviceAccount", "hostAliases", "hostNetwork", "dnsPolicy",
-       "enableServiceLinks"}
+       "dnsConfig", "enableServiceLinks"}
 POD_ONE_MACHINE = {"nodeSelector", "affinity", "tolerations", "schedulerName", "priorityClassName", "priority",
                    "preemptionPolicy", "topologySpreadConstraints", "runtimeClassName", "overhead", "nodeName",
                    "imagePullSecrets", "automountServiceAccountToken", "os", "resources"}
@@ -101,8 +101,9 @@ def _job(job: dict, path: str, refused: list, notices: list) -> None:
     if pod.get("hostNetwork"):
         refused.append(f"{ppath}.hostNetwork (true: pods run in their own network namespaces here)")
     dns = pod.get("dnsPolicy", "ClusterFirst")
-    if dns not in ("ClusterFirst", "ClusterFirstWithHostNet"):
-        refused.append(f"{ppath}.dnsPolicy ({dns}: only ClusterFirst is implemented)")
+    # kubelet.resolv_conf: ClusterFirst, and None with dnsConfig (merged into either).
+    if dns not in ("ClusterFirst", "ClusterFirstWithHostNet", "None"):
+        refused.append(f"{ppath}.dnsPolicy ({dns}: ClusterFirst and None are implemented)")
     for kind in ("initContainers", "containers"):
         for k, c in enumerate(pod.get(kind) or []):
             cpath = f"{ppath}.{kind}[{k}]"
