@@ -40,7 +40,8 @@ from .tokens import load_key
 
 log = logging.getLogger("jobset_runtime.mpi.launcher")
 
-GRACE_S = 2.0  # after a worker is lost, mpirun gets this long to fail by itself
+GRACE_S = 2.0  # after a worker is lost (or a daemon there failed), mpirun gets this long to fail by itself
+DAEMONS_SETTLE_S = 10.0  # after mpirun exited 0, how long every started daemon may take to report its end
 LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
 TRANSPORTS = ("exec", "ssh")
 _PYTHON = re.compile(r"python[0-9.]*\Z")
@@ -104,6 +105,57 @@ def mpirun_argv(impl: hostfile.Implementation, opts: Options, *, uid: int, total
     return argv + list(opts.mpirun_args) + program_argv(opts.program)
 
 
+# The states of a worker's `daemon` report (worker.DaemonState, spelled here so the
+# launcher does not import the worker's side).
+DAEMON_STARTED, DAEMON_EXITED, DAEMON_STOPPED = "started", "exited", "stopped"
+
+
+def daemon_failed(report: dict) -> bool:
+    """A daemon that ended by itself, but not cleanly: killed by a signal, or a non-zero exit."""
+    return report["state"] == DAEMON_EXITED and bool(report["code"] or report["signal"])
+
+
+def describe_daemon(report: dict, host: str) -> str:
+    """`MPI daemon prted (pid 12) in worker pod pi-worker-0-1-x7k2p was killed by SIGKILL`."""
+    what = f"MPI daemon {report['name']} (pid {report['pid']}) in worker pod {report['pod'][:100]}"
+    if report["pod"] != host:
+        what += f" ({host})"
+    if report["state"] == DAEMON_STARTED:
+        return f"{what} never reported its end"
+    if report["state"] == DAEMON_STOPPED:
+        return f"{what} was still running when mpirun's agent for it ended, and was stopped"
+    if report["signal"]:
+        try:
+            name = signal.Signals(report["signal"]).name
+        except ValueError:
+            name = f"signal {report['signal']}"
+        return f"{what} was killed by {name}"
+    return f"{what} exited with code {report['code']}"
+
+
+def unclean_ends(reports: list[tuple[str, dict]], expected: list[str]) -> list[str]:
+    """Why a run whose mpirun exited 0 is still not a success; [] when it is one.
+
+    The program ended cleanly on every rank only if every daemon a worker started
+    for it exited by itself with code 0 (a daemon leaves cleanly only when its ranks
+    have), and each worker in `expected` (those the launcher placed ranks on)
+    started at least one.
+    """
+    problems = [describe_daemon(m, host) for host, m in reports if m["state"] != DAEMON_EXITED or daemon_failed(m)]
+    started = {host for host, _ in reports}
+    missing = [h for h in expected if h not in started]
+    if missing:
+        problems.append(f"no MPI daemon was started on worker {first_few(missing)}, where ranks were placed")
+    return problems
+
+
+def expected_daemon_hosts(hosts: list[str], opts: Options) -> list[str]:
+    """The workers that must run a daemon: every one when the launcher alone chose -n and
+    the mapping (-n = workers x slots fills each); none when mpirun options of the user's
+    may place ranks elsewhere (then only the daemons that did start are judged)."""
+    return [] if opts.mpirun_args or opts.transport != "exec" else list(hosts)
+
+
 def worker_hosts(identity, workers_job: str) -> list[str]:
     topo = identity.topology
     if topo is None:
@@ -127,6 +179,9 @@ class Watch:
         self._pending: list[str] = []  # added, not yet watched for reads
         self.lost: dict[str, float] = {}  # host -> monotonic time it went away or was stopped
         self.stopped: dict[str, str] = {}  # host -> why, for workers that said they were stopped
+        self.daemons: dict[tuple[str, int], dict] = {}  # (host, pid) -> the latest `daemon` report
+        self.daemon_failed: dict[str, float] = {}  # host -> monotonic time a daemon there ended abnormally
+        self._reported = threading.Event()  # a daemon report arrived (wait_for_daemons)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._changed = threading.Event()
@@ -155,6 +210,42 @@ class Watch:
                     self.stopped[host] = cause
                 log.error("worker %s %s", host, f"was stopped ({cause})" if cause else "went away")
                 self._changed.set()
+
+    def _daemon(self, host: str, msg: dict) -> None:
+        """Record a worker's report on one of its daemons; an abnormal end fails the run like a lost worker."""
+        if self._stop.is_set():
+            return
+        with self._lock:
+            self.daemons[(host, msg["pid"])] = {**msg, "at": time.monotonic()}
+            if daemon_failed(msg) and host not in self.daemon_failed:
+                self.daemon_failed[host] = time.monotonic()
+                log.error("%s", describe_daemon(msg, host))
+                self._changed.set()
+        self._reported.set()
+
+    def troubles(self) -> dict[str, float]:
+        """Workers lost or with a daemon ended abnormally -> when it was first seen."""
+        with self._lock:
+            merged = dict(self.daemon_failed)
+            for host, at in self.lost.items():
+                merged[host] = min(at, merged.get(host, at))
+        return merged
+
+    def reports(self) -> list[tuple[str, dict]]:
+        with self._lock:
+            return [(host, msg) for (host, _), msg in self.daemons.items()]
+
+    def wait_for_daemons(self, timeout: float) -> None:
+        """Until every daemon reported started has reported its end, or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._reported.clear()
+            if all(m["state"] != DAEMON_STARTED for _, m in self.reports()):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._reported.wait(min(left, 0.2))
 
     def _send_all(self, msg: dict) -> list[str]:
         """Send `msg` to every worker not lost; returns those it could not reach."""
@@ -186,16 +277,19 @@ class Watch:
             for host in pending:
                 sel.register(self.channels[host].sock, selectors.EVENT_READ, host)
             for key, _ in sel.select(0.2):
-                # A worker sends on its watch channel only to say it is being stopped
-                # (SIGTERM); anything else readable means it closed or broke.
-                sel.unregister(key.fileobj)
+                # A worker sends on its watch channel to report its daemons, and to say
+                # it is being stopped (SIGTERM); a close or anything else is a loss.
                 cause = None
                 try:
                     msg = self.channels[key.data].recv(timeout=1.0)
+                    if msg is not None and msg["t"] == "daemon":
+                        self._daemon(key.data, msg)
+                        continue
                     if msg is not None and msg["t"] == "stopping":
                         cause = msg["cause"][:200]
                 except (OSError, ProtocolError):
                     pass
+                sel.unregister(key.fileobj)
                 self._lose(key.data, cause)
         sel.close()
 
@@ -342,7 +436,7 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
         log.info("running %s", " ".join(argv))
         marks["exec"] = time.monotonic()
         previous = {sig: signal.getsignal(sig) for sig in supervisor.FORWARDED}
-        code, cause = _supervise(argv, env, watch)
+        code, cause = _supervise(argv, env, watch, expected_daemon_hosts(hosts, opts))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     # A stop request now (the JobSet failing because of the very worker we lost) must not
@@ -361,7 +455,7 @@ def _stop_noted(signum, _frame) -> None:
     supervisor.stop_requested.set()
 
 
-def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
+def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) -> tuple[int, str]:
     try:
         child = supervisor.launch(argv, env)
     except FileNotFoundError:
@@ -369,42 +463,58 @@ def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
     stopped_for = None
     while child.proc.poll() is None:
         watch.wait_for_loss(0.1)
-        if watch.lost and stopped_for is None:
-            first = min(watch.lost.values())
+        troubles = watch.troubles()
+        if troubles and stopped_for is None:
+            first = min(troubles.values())
             if time.monotonic() - first >= GRACE_S:
-                stopped_for = sorted(watch.lost, key=watch.lost.get)
-                log.error("mpirun did not notice that %s went away; stopping it", first_few(stopped_for))
+                stopped_for = sorted(troubles, key=troubles.get)
+                log.error("mpirun did not notice the failure on %s; stopping it", first_few(stopped_for))
                 child.stop(grace=1.0)
     code = supervisor.exit_code_of(child.proc.wait())
-    if code and not watch.lost:
+    if code and not watch.troubles():
         # Hydra sees a killed worker's proxy go within milliseconds and exits at once,
         # maybe before that worker's watch channel is read: give the loss a moment to
         # arrive, so that the message names the worker rather than only mpirun.
         watch.wait_for_loss(LOSS_SETTLE_S)
+    unclean: list[str] = []
+    if code == 0 and not watch.troubles():
+        # mpirun's 0 is not enough (PRRTE 5.0.11 exits 0 after losing a daemon): every
+        # daemon must have ended cleanly, and each worker given ranks must have run one.
+        watch.wait_for_daemons(DAEMONS_SETTLE_S)
+        unclean = unclean_ends(watch.reports(), expected)
     if child.group_alive():
         child.stop(grace=1.0)
     for sig in supervisor.FORWARDED:  # mpirun is gone: note a stop request, finish the account first
         signal.signal(sig, _stop_noted)
-    lost = sorted(watch.lost, key=watch.lost.get)
-    if code == 0 and not lost:
+    troubles = watch.troubles()
+    if code == 0 and not troubles and not unclean:
         return 0, "mpirun succeeded"
-    if lost:
-        # Workers leave only when told to, so a lost one is a failure even when mpirun
-        # says 0: PRRTE 5.0.11 exits 0 after "lost communication with a remote daemon".
+    if unclean and not troubles:
+        return contract.EXIT_PEER_FAILED, (f"mpirun exited 0, but the program did not end cleanly on every rank: "
+                                           f"{first_few(unclean)}; the run is not a success")
+    if troubles:
+        # Workers leave only when told to, and their daemons only when mpirun is done, so
+        # either is a failure even when mpirun says 0: PRRTE 5.0.11 exits 0 after "lost
+        # communication with a remote daemon".
         how = "mpirun was stopped" if stopped_for else supervisor.describe_exit("mpirun", code)
         if stopped_for or code == 0:
             code = contract.EXIT_PEER_FAILED
-        # The cause is a worker that vanished (killed, OOM) rather than one stopped by
-        # SIGTERM: once the JobSet fails, the controller stops all the others.
+        lost = sorted(watch.lost, key=watch.lost.get)
+        # The cause is a worker that vanished (killed, OOM) or whose daemon died, rather
+        # than one stopped by SIGTERM: once the JobSet fails, the controller stops all the others.
+        failed = [describe_daemon(m, host) for host, m in sorted(watch.reports(), key=lambda r: r[1]["at"])
+                  if daemon_failed(m)]
         vanished = [h for h in lost if h not in watch.stopped]
         stopped = [h for h in lost if h in watch.stopped]
         parts = []
+        if failed:
+            parts.append(f"{first_few(failed)} while the run was live")
         if vanished:
             parts.append(f"MPI worker {first_few(vanished)} went away without being stopped "
                          "(pod killed, OOM or evicted?)")
         if stopped:
             parts.append(f"worker {first_few(stopped)} {'was' if len(stopped) == 1 else 'were'} stopped "
                          f"({watch.stopped[stopped[0]]})")
-        culprit = "that worker's pod" if vanished else "why the pods were stopped"
+        culprit = "that worker's pod" if failed or vanished else "why the pods were stopped"
         return code, f"{'; '.join(parts)}; {how}; look at {culprit} first"
     return code, supervisor.describe_exit("mpirun", code)
