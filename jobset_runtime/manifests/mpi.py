@@ -89,6 +89,12 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
     common.positive(slots_per_worker, "--slots-per-worker")
     if mpi not in MPI_CHOICES:
         raise common.ConfigError(f"--mpi {mpi}: choose one of {', '.join(MPI_CHOICES)}")
+    # The command goes after the launcher's own `--`: refuse now what the launcher would refuse
+    # at run time (a doubled `--`, options where the program should be).
+    from ..mpi.launcher import split_command
+
+    split_command(["--", *c.command], form="manifest mpi [options] -- PROGRAM ARGS, or "
+                                          "manifest mpi [options] -- MPIRUN-OPTIONS -- PROGRAM ARGS")
     private, public = ssh_key_pair(ssh_private_key, comment=f"{c.name}@jobset-runtime")
     secret = ssh_secret(secret_name(c.name), c.namespace, private, public)
 

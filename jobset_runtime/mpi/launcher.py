@@ -37,6 +37,7 @@ from . import channel, hostfile
 from .agent import port_from_env, script_text
 from .detect import detect, missing
 from .tokens import load_key
+from .worker import DaemonState
 
 log = logging.getLogger("jobset_runtime.mpi.launcher")
 
@@ -63,18 +64,31 @@ class Options:
 
 # --- pure pieces -------------------------------------------------------------------
 
-def split_command(rest: list[str]) -> tuple[list[str], list[str]]:
+LAUNCHER_FORM = "launcher [options] -- PROGRAM ARGS, or launcher [options] -- MPIRUN-OPTIONS -- PROGRAM ARGS"
+
+
+def split_command(rest: list[str], form: str = LAUNCHER_FORM) -> tuple[list[str], list[str]]:
     """`[-- mpirun options --] PROGRAM ARGS` -> (mpirun options, program).
 
     mpirun options always start with a dash, so `-- python t.py -- x` keeps
-    its second `--` for the program.
+    its second `--` for the program.  A second `--` right after the first, or a
+    program that starts with a dash (mpirun options without the `--` that ends
+    them) is a ConfigError: it would run the options as the program, and a
+    Python program no longer under `-m mpi4py`.
     """
     if rest[:1] == ["--"]:
         rest = rest[1:]
+        if rest[:1] == ["--"]:
+            raise ConfigError(f"`-- --`: a doubled separator before {first_few(rest[1:4], 3) or 'nothing'}; "
+                              f"write {form} (one `--` on each side of mpirun's options)")
+    options, program = [], rest
     if rest and rest[0].startswith("-") and "--" in rest:
         i = rest.index("--")
-        return rest[:i], rest[i + 1:]
-    return [], rest
+        options, program = rest[:i], rest[i + 1:]
+    if program and program[0].startswith("-"):
+        where = "after mpirun's options" if options else "where the program should be"
+        raise ConfigError(f"{program[0]!r} {where} is an option, not a program; write {form}")
+    return options, program
 
 
 def program_argv(program: list[str], python: str = sys.executable) -> list[str]:
@@ -105,14 +119,9 @@ def mpirun_argv(impl: hostfile.Implementation, opts: Options, *, uid: int, total
     return argv + list(opts.mpirun_args) + program_argv(opts.program)
 
 
-# The states of a worker's `daemon` report (worker.DaemonState, spelled here so the
-# launcher does not import the worker's side).
-DAEMON_STARTED, DAEMON_EXITED, DAEMON_STOPPED = "started", "exited", "stopped"
-
-
 def daemon_failed(report: dict) -> bool:
     """A daemon that ended by itself, but not cleanly: killed by a signal, or a non-zero exit."""
-    return report["state"] == DAEMON_EXITED and bool(report["code"] or report["signal"])
+    return report["state"] == DaemonState.EXITED and bool(report["code"] or report["signal"])
 
 
 def describe_daemon(report: dict, host: str) -> str:
@@ -120,9 +129,9 @@ def describe_daemon(report: dict, host: str) -> str:
     what = f"MPI daemon {report['name']} (pid {report['pid']}) in worker pod {report['pod'][:100]}"
     if report["pod"] != host:
         what += f" ({host})"
-    if report["state"] == DAEMON_STARTED:
+    if report["state"] == DaemonState.STARTED:
         return f"{what} never reported its end"
-    if report["state"] == DAEMON_STOPPED:
+    if report["state"] == DaemonState.STOPPED:
         return f"{what} was still running when mpirun's agent for it ended, and was stopped"
     if report["signal"]:
         try:
@@ -141,7 +150,7 @@ def unclean_ends(reports: list[tuple[str, dict]], expected: list[str]) -> list[s
     have), and each worker in `expected` (those the launcher placed ranks on)
     started at least one.
     """
-    problems = [describe_daemon(m, host) for host, m in reports if m["state"] != DAEMON_EXITED or daemon_failed(m)]
+    problems = [describe_daemon(m, host) for host, m in reports if m["state"] != DaemonState.EXITED or daemon_failed(m)]
     started = {host for host, _ in reports}
     missing = [h for h in expected if h not in started]
     if missing:
@@ -240,7 +249,7 @@ class Watch:
         deadline = time.monotonic() + timeout
         while True:
             self._reported.clear()
-            if all(m["state"] != DAEMON_STARTED for _, m in self.reports()):
+            if all(m["state"] != DaemonState.STARTED for _, m in self.reports()):
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -490,28 +499,36 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
     if code == 0 and not troubles and not unclean:
         return 0, "mpirun succeeded"
     if unclean and not troubles:
-        return contract.EXIT_PEER_FAILED, (f"mpirun exited 0, but the program did not end cleanly on every rank: "
-                                           f"{first_few(unclean)}; the run is not a success")
+        # No pod failed: the launcher's own exit code must carry the failure (a worker told
+        # by `finish` exits 75, which the manifest's podFailurePolicy ignores).
+        return contract.EXIT_RUN_FAILED, (f"mpirun exited 0, but the program did not end cleanly on every rank: "
+                                          f"{first_few(unclean, 3)}; the run is not a success")
     if troubles:
         # Workers leave only when told to, and their daemons only when mpirun is done, so
         # either is a failure even when mpirun says 0: PRRTE 5.0.11 exits 0 after "lost
         # communication with a remote daemon".
         how = "mpirun was stopped" if stopped_for else supervisor.describe_exit("mpirun", code)
-        if stopped_for or code == 0:
-            code = contract.EXIT_PEER_FAILED
         lost = sorted(watch.lost, key=watch.lost.get)
         # The cause is a worker that vanished (killed, OOM) or whose daemon died, rather
         # than one stopped by SIGTERM: once the JobSet fails, the controller stops all the others.
         failed = [describe_daemon(m, host) for host, m in sorted(watch.reports(), key=lambda r: r[1]["at"])
                   if daemon_failed(m)]
+        first_failed = min((m["at"] for _, m in watch.reports() if daemon_failed(m)), default=None)
         vanished = [h for h in lost if h not in watch.stopped]
         stopped = [h for h in lost if h in watch.stopped]
+        if stopped_for or code in (0, contract.EXIT_PEER_FAILED):
+            # A lost pod fails by itself, so 75 (stopped because of another) is right here; a
+            # daemon that died inside a pod that lives on fails nothing unless the launcher does.
+            code = contract.EXIT_RUN_FAILED if failed else contract.EXIT_PEER_FAILED
         parts = []
         if failed:
-            parts.append(f"{first_few(failed)} while the run was live")
+            then = f" (then {first_few(failed[1:], 3)})" if failed[1:] else ""
+            parts.append(f"{failed[0]} while the run was live{then}")
         if vanished:
-            parts.append(f"MPI worker {first_few(vanished)} went away without being stopped "
-                         "(pod killed, OOM or evicted?)")
+            went = (f"MPI worker {first_few(vanished)} went away without being stopped "
+                    "(pod killed, OOM or evicted?)")
+            # First what happened first: a lost pod's neighbours' daemons may fail because of it.
+            parts.insert(0 if first_failed is None or watch.lost[vanished[0]] <= first_failed else 1, went)
         if stopped:
             parts.append(f"worker {first_few(stopped)} {'was' if len(stopped) == 1 else 'were'} stopped "
                          f"({watch.stopped[stopped[0]]})")

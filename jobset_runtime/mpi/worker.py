@@ -62,8 +62,8 @@ class Outcome:
 class DaemonState(str, Enum):
     """What a `daemon` report on the watch channel says.
 
-    started --> exited     the daemon ended by itself: `code` (0 clean), `signal` when killed
-            \-> stopped    the worker stopped it because its agent left (mpirun ended the agent)
+    started -> exited    the daemon ended by itself: `code` (0 when clean), `signal` when killed
+    started -> stopped   the worker stopped it because its agent left (mpirun ended the agent)
     """
     STARTED = "started"
     EXITED = "exited"

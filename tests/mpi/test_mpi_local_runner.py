@@ -7,6 +7,7 @@ namespaces with real DNS; the Secret mounted where the manifest says; real mpiru
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,24 @@ def test_launcher_started_10s_before_the_workers_dns_records_succeeds(tmp_path, 
     assert collections.Counter(result["hosts"]) == {f"pi-worker-0-{i}": 2 for i in range(3)}
     status = out.split("NAME")[-1]
     assert "Completed" in status.splitlines()[1], status
+
+
+@pytest.mark.parametrize("which", ["openmpi", "openmpi4", "mpich", "intel"])
+def test_daemon_killed_inside_a_live_worker_pod_fails_the_jobset_naming_the_pod(tmp_path, which):
+    """Only the MPI daemon of one worker is SIGKILLed 1 s into the run (its pod and worker live
+    on): Open MPI 5 then prints that it lost a remote daemon and exits 0, yet the JobSet must
+    fail, and the launcher name the pod and the signal."""
+    mpi = c.need(which)
+    r = run_manifest(tmp_path, mpi, ["python", c.PROG, "--kill-daemon", VICTIM, "1.0"], max_restarts=0)
+    out = r.stdout
+    assert r.returncode != 0, out[-3000:]
+    status = out.split("NAME")[-1]
+    assert "Failed" in status.splitlines()[1], status
+    assert "RESULT " not in out  # the program never finished
+    # The worker pod itself was not lost: only its daemon (the rank's parent; Intel's
+    # hydra_bstrap_proxy runs on as hydra_pmi_proxy).
+    assert f"MPI worker {VICTIM} went away" not in out, out[-3000:]
+    msg = next(l for l in out.splitlines() if "pod pi-launcher-0-0" in l and "termination message" in l)
+    daemon = {"openmpi": "prted", "openmpi4": "orted"}.get(which, "hydra_pmi_proxy")
+    assert re.search(rf"MPI daemon {daemon} \(pid \d+\) in worker pod {VICTIM}-[a-z0-9]+ \({VICTIM}\) "
+                     r"was killed by SIGKILL while the run was live", msg), msg
