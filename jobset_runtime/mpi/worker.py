@@ -224,11 +224,11 @@ class WorkerServer:
             chan.send({"t": "started", "pid": proc.pid})
             self._pump(chan, proc, name)
         finally:
+            if proc.poll() is None:
+                _kill_group(proc)  # while still listed, so that close() waits for it too
+                self._report(proc, name, DaemonState.STOPPED)
             with self._lock:
                 self._daemons.discard(proc)
-            if proc.poll() is None:
-                _kill_group(proc)
-                self._report(proc, name, DaemonState.STOPPED)
 
     def _pump(self, chan: channel.Channel, proc: subprocess.Popen, name: str) -> None:
         """Relay output until the daemon exits, then report how it ended; return at once if the agent leaves.
