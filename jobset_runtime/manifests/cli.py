@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slots-per-worker", type=int, default=1)
     p.add_argument("--mpi", choices=("openmpi", "mpich", "intel"), default="openmpi")
     p.add_argument("--ssh-key", metavar="FILE", help="use this ed25519 OpenSSH private key instead of a new one")
+    p.add_argument("--np", type=int, help="ranks to start (default: workers x slots); fewer leaves free slots, "
+                                          "which MPI_Comm_spawn needs")
+    p.add_argument("--yield-when-idle", action=argparse.BooleanOptionalAction, default=None,
+                   help="Open MPI: ranks yield the CPU while they wait (default: on when --cpu is below "
+                        "--slots-per-worker)")
 
     p = sub.add_parser("jax", parents=[common], help="multi-host JAX on GPU or CPU")
     p.add_argument("--replicas", type=int, default=1)
@@ -116,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 _KIND_OPTIONS = {
     "tpu-multislice": ("slices", "hosts_per_slice", "accelerator", "topology", "chips_per_host",
                        "exclusive_topology", "host_network"),
-    "mpi": ("workers", "slots_per_worker", "mpi"),
+    "mpi": ("workers", "slots_per_worker", "mpi", "np", "yield_when_idle"),
     "jax": ("replicas", "hosts", "gpus_per_host"),
     "torch": ("nodes", "nproc_per_node", "gpus_per_node"),
 }

@@ -106,7 +106,7 @@ def program_argv(program: list[str], python: str = sys.executable) -> list[str]:
     return list(program)
 
 
-def _has_np(args: list[str]) -> bool:
+def has_np(args: list[str]) -> bool:
     return any(a in ("-n", "-np", "--np", "-c") or a.startswith(("-n=", "--np=", "-np=")) for a in args)
 
 
@@ -114,7 +114,7 @@ def mpirun_argv(impl: hostfile.Implementation, opts: Options, *, uid: int, total
                 launcher_address: str | None, launcher_interface: str | None = None) -> list[str]:
     argv = [opts.mpirun, *hostfile.root_flags(impl, uid), *hostfile.attach_flags(impl),
             *hostfile.launcher_host_flags(impl, launcher_address, launcher_interface)]
-    if not _has_np(opts.mpirun_args):
+    if not has_np(opts.mpirun_args):
         argv += ["-n", str(total)]
     return argv + list(opts.mpirun_args) + program_argv(opts.program)
 

@@ -34,6 +34,7 @@ def kill_my_pod():
 comm = MPI.COMM_WORLD
 total = comm.allreduce(comm.rank + 1, op=MPI.SUM)
 hosts = comm.gather(socket.gethostname(), root=0)
+yields = comm.gather(os.environ.get("OMPI_MCA_mpi_yield_when_idle"), root=0)  # what each rank's Open MPI reads
 args = sys.argv[1:]
 if "--kill-pod" in args:
     i = args.index("--kill-pod")
@@ -57,4 +58,5 @@ if "--sleep" in args:
     comm.Barrier()
 if comm.rank == 0:
     library = MPI.Get_library_version().strip().splitlines()[0]
-    print("RESULT " + json.dumps({"size": comm.size, "sum": total, "hosts": hosts, "library": library}), flush=True)
+    print("RESULT " + json.dumps({"size": comm.size, "sum": total, "hosts": hosts, "library": library,
+                                  "yield": yields}), flush=True)

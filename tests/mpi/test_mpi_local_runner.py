@@ -187,3 +187,31 @@ def test_daemon_killed_inside_a_live_worker_pod_fails_the_jobset_naming_the_pod(
     daemon = {"openmpi": "prted", "openmpi4": "orted"}.get(which, "hydra_pmi_proxy")
     assert re.search(rf"MPI daemon {daemon} \(pid \d+\) in worker pod {VICTIM}-[a-z0-9]+ \({VICTIM}\) "
                      r"was killed by SIGKILL while the run was live", msg), msg
+
+
+SPAWN_PROG = str(Path(__file__).with_name("spawn_prog.py"))
+
+
+def test_spare_slots_from_the_generator_let_mpi_comm_spawn_run(tmp_path):
+    """`--np 4` on 3 workers x 2 slots leaves 2 free slots, where MPI_Comm_spawn puts its
+    2 children (MPICH: one more hydra_pmi_proxy per spawn, each reported and ending cleanly)."""
+    mpi = c.need("mpich")
+    r = run_manifest(tmp_path, mpi, ["python", SPAWN_PROG], np=4)
+    out = r.stdout
+    assert r.returncode == 0, out[-4000:] + r.stderr[-2000:]
+    line = next(l for l in out.splitlines() if "SPAWNED " in l)
+    result = json.loads(line.split("SPAWNED ", 1)[1])
+    assert result["parents"] == 4
+    assert len(result["hosts"]) == 2 and all(h.startswith("pi-worker-0-") for h in result["hosts"]), result
+    assert "Completed" in out.split("NAME")[-1].splitlines()[1], out[-3000:]
+
+
+def test_yield_when_idle_reaches_every_open_mpi_rank(tmp_path):
+    """Pods given fewer CPUs than slots (--cpu 1, 2 slots): the generator sets Open MPI's
+    mpi_yield_when_idle, and every rank, started by a worker's daemon, has it."""
+    mpi = c.need("openmpi")
+    r = run_manifest(tmp_path, mpi, ["python", c.PROG], cpu="1")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    line = next(l for l in r.stdout.splitlines() if "RESULT " in l)
+    result = json.loads(line.split("RESULT ", 1)[1])
+    assert result["size"] == 6 and result["yield"] == ["1"] * 6, result
