@@ -290,7 +290,9 @@ class Watch:
                 # it is being stopped (SIGTERM); a close or anything else is a loss.
                 cause = None
                 try:
-                    msg = self.channels[key.data].recv(timeout=1.0)
+                    chan = self.channels[key.data]
+                    msg = chan.recv(timeout=1.0)  # a whole frame is on its way: bounded, not forever
+                    chan.sock.settimeout(None)  # heartbeats are sent on this socket too
                     if msg is not None and msg["t"] == "daemon":
                         self._daemon(key.data, msg)
                         continue

@@ -220,24 +220,27 @@ class WorkerServer:
             self._daemons.add(proc)
         log.info("started %s (pid %d) for %s", name, proc.pid, chan.peer)
         self._report(proc, name, DaemonState.STARTED)
+        ended: list[int] = []  # holds its exit code once the daemon's end is reported
         try:
             chan.send({"t": "started", "pid": proc.pid})
-            self._pump(chan, proc, name)
+            self._pump(chan, proc, name, ended)
         finally:
             if proc.poll() is None:
                 _kill_group(proc)  # while still listed, so that close() waits for it too
                 self._report(proc, name, DaemonState.STOPPED)
+            elif not ended:  # it exited just as its agent left (or the agent's connection broke)
+                self._ended(proc, name)
             with self._lock:
                 self._daemons.discard(proc)
 
-    def _pump(self, chan: channel.Channel, proc: subprocess.Popen, name: str) -> None:
+    def _pump(self, chan: channel.Channel, proc: subprocess.Popen, name: str, ended: list[int]) -> None:
         """Relay output until the daemon exits, then report how it ended; return at once if the agent leaves.
 
         The daemon's end is watched by pidfd, not by its pipes closing: ranks it
         leaves behind may hold the pipes open long after it died.
         """
         sel = selectors.DefaultSelector()
-        pidfd = os.pidfd_open(proc.pid)
+        pidfd = _exit_fd(proc)
         sel.register(proc.stdout, selectors.EVENT_READ, 1)
         sel.register(proc.stderr, selectors.EVENT_READ, 2)
         sel.register(chan.sock, selectors.EVENT_READ, _AGENT)
@@ -251,7 +254,9 @@ class WorkerServer:
                     if key.data == _EXITED:
                         sel.unregister(chan.sock)
                         sel.unregister(pidfd)
-                        self._exited(chan, proc, name, sel)
+                        ended.append(self._ended(proc, name))
+                        self._drain(chan, sel)
+                        chan.send({"t": "exit", "code": ended[0]})
                         return
                     if not self._relay(chan, key):
                         sel.unregister(key.fileobj)
@@ -259,7 +264,8 @@ class WorkerServer:
             sel.close()
             os.close(pidfd)
 
-    def _exited(self, chan: channel.Channel, proc: subprocess.Popen, name: str, pipes: selectors.BaseSelector) -> None:
+    def _ended(self, proc: subprocess.Popen, name: str) -> int:
+        """Reap the daemon, log and report how it ended; its exit code."""
         name = _daemon_name(proc.pid, name)
         status = proc.wait()
         code = supervisor.exit_code_of(status)
@@ -272,6 +278,10 @@ class WorkerServer:
         self._report(proc, name, DaemonState.EXITED, code, signum)
         if status != 0:
             _kill_leftovers(proc.pid)  # its ranks have no daemon left to serve them
+        return code
+
+    def _drain(self, chan: channel.Channel, pipes: selectors.BaseSelector) -> None:
+        """Relay what the daemon wrote last, without waiting on pipes its leftovers may hold."""
         deadline = time.monotonic() + DRAIN_S
         while pipes.get_map() and time.monotonic() < deadline:
             ready = pipes.select(0.05)
@@ -280,7 +290,6 @@ class WorkerServer:
             for key, _ in ready:
                 if not self._relay(chan, key):
                     pipes.unregister(key.fileobj)
-        chan.send({"t": "exit", "code": code})
 
     @staticmethod
     def _relay(chan: channel.Channel, key: selectors.SelectorKey) -> bool:
@@ -308,6 +317,24 @@ class WorkerServer:
 
 _AGENT, _EXITED = 0, -1  # selector tags beside the pipes' fds 1 and 2
 DRAIN_S = 1.0  # after a daemon exits, how long its last output may take to be relayed
+
+
+def _exit_fd(proc: subprocess.Popen) -> int:
+    """A descriptor that becomes readable when `proc` exits (it is not reaped)."""
+    try:
+        return os.pidfd_open(proc.pid)
+    except OSError:  # before Linux 5.3, or a sandbox without pidfd_open: a thread and a pipe
+        r, w = os.pipe()
+
+        def wait():
+            try:
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+            os.close(w)
+
+        threading.Thread(target=wait, daemon=True, name=f"mpi-daemon-{proc.pid}").start()
+        return r
 
 
 def _daemon_name(pid: int, started_as: str) -> str:

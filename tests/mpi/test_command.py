@@ -339,3 +339,18 @@ def test_every_worker_is_expected_to_run_a_daemon_only_when_the_launcher_placed_
     assert expected_daemon_hosts(hosts, Options(program=["p"])) == hosts
     assert expected_daemon_hosts(hosts, Options(program=["p"], mpirun_args=["-n", "1"])) == []
     assert expected_daemon_hosts(hosts, Options(program=["p"], transport="ssh")) == []  # sshd starts them
+
+
+def test_a_daemons_end_is_seen_without_pidfd_too(worker, tmp_path, monkeypatch):
+    """Kernels before 5.3 and some sandboxes have no pidfd_open: a waiting thread stands in."""
+    def no_pidfd(pid):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    watch = _watching(worker)
+    agent, pid = _exec(worker, _daemon_script(tmp_path, "sleep 60 &\nexec sleep 30"))  # a "rank" holds the pipes
+    assert watch.recv(5)["state"] == "started"
+    os.kill(pid, signal.SIGKILL)
+    assert watch.recv(5) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "exited",
+                             "code": 137, "signal": 9}
+    assert agent.recv(5) == {"t": "exit", "code": 137}
