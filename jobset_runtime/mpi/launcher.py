@@ -150,7 +150,8 @@ def unclean_ends(reports: list[tuple[str, dict]], expected: list[str]) -> list[s
     have), and each worker in `expected` (those the launcher placed ranks on)
     started at least one.
     """
-    problems = [describe_daemon(m, host) for host, m in reports if m["state"] != DaemonState.EXITED or daemon_failed(m)]
+    problems = [describe_daemon(m, host) for host, m in reports
+                if m["state"] != DaemonState.EXITED or daemon_failed(m)]
     started = {host for host, _ in reports}
     missing = [h for h in expected if h not in started]
     if missing:
@@ -473,14 +474,15 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         raise missing(argv[0]) from None
     stopped_for = None
     while child.proc.poll() is None:
-        watch.wait_for_loss(0.1)
         troubles = watch.troubles()
-        if troubles and stopped_for is None:
-            first = min(troubles.values())
-            if time.monotonic() - first >= GRACE_S:
-                stopped_for = sorted(troubles, key=troubles.get)
-                log.error("mpirun did not notice the failure on %s; stopping it", first_few(stopped_for))
-                child.stop(grace=1.0)
+        if not troubles:
+            watch.wait_for_loss(0.1)
+            continue
+        if stopped_for is None and time.monotonic() - min(troubles.values()) >= GRACE_S:
+            stopped_for = sorted(troubles, key=troubles.get)
+            log.error("mpirun did not notice the failure on %s; stopping it", first_few(stopped_for))
+            child.stop(grace=1.0)
+        time.sleep(0.05)  # the loss is known: wait for mpirun, or for the grace to pass
     code = supervisor.exit_code_of(child.proc.wait())
     if code and not watch.troubles():
         # Hydra sees a killed worker's proxy go within milliseconds and exits at once,
