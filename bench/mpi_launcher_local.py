@@ -98,7 +98,10 @@ def main() -> None:
     stub = tmp / "mpirun"
     stub.write_text(STUB.format(python=sys.executable, names=names, out=str(out)))
     stub.chmod(0o755)
-    docs = manifests.mpi(name="m", image="unused", command=["true"], workers=a.workers, slots_per_worker=1)
+    # The stub starts no MPI daemon; an explicit -n tells the launcher not to expect one on every
+    # worker (with -n of its own choosing it would fail the run: ranks placed, no daemon started).
+    docs = manifests.mpi(name="m", image="unused", command=["-n", "1", "--", "true"], workers=a.workers,
+                         slots_per_worker=1)
     for rj in docs[-1]["spec"]["replicatedJobs"]:
         if rj["name"] == "launcher":
             cmd = rj["template"]["spec"]["template"]["spec"]["containers"][0]["command"]

@@ -82,7 +82,9 @@ def main():
             server = WorkerServer(key, pod="many", address="0.0.0.0", port=0).start()
             os.environ[contract.MPI_PORT_ENV] = str(server.port)
             marks = {}
-            opts = launcher.Options(program=["/bin/true"], mpi="openmpi", mpirun=str(mpirun), slots=8, timeout=120)
+            # The stub starts no MPI daemon: an explicit -n, so the launcher does not expect one on every worker.
+            opts = launcher.Options(program=["/bin/true"], mpirun_args=["-n", "1"], mpi="openmpi",
+                                    mpirun=str(mpirun), slots=8, timeout=120)
             code = launcher.run(opts, identity, marks=marks)
             assert code == 0, code
             exec_at = float(stamp.read_text())

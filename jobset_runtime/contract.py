@@ -210,6 +210,8 @@ MPI_FS_GROUP = 1000
 EXIT_OK = 0
 EXIT_CONFIG = 2          # bad configuration: restarting cannot fix it -> fail the JobSet
 EXIT_PEERS_TIMEOUT = 69  # sysexits EX_UNAVAILABLE: peers never appeared before the deadline
+EXIT_RUN_FAILED = 70     # sysexits EX_SOFTWARE: the MPI run failed though every pod lived on (a daemon
+                         # died inside a worker pod): counts as this pod's failure, unlike 75
 EXIT_PEER_FAILED = 75    # sysexits EX_TEMPFAIL: stopped because another pod failed first
 EXIT_SIGNAL_BASE = 128   # child killed by signal N -> 128 + N, as shells report it
 EXIT_NOT_EXECUTABLE = 126  # the command exists but cannot run, as shells report it

@@ -104,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead of a command: measure the network between the workers (latency and bandwidth "
                         "per message size; docs/mpi.md)")
     p.add_argument("--bench-max-size", type=int, metavar="BYTES", help="largest message of --bench (default 4 MiB)")
+    p.add_argument("--np", type=int, help="ranks to start (default: workers x slots); fewer leaves free slots, "
+                                          "which MPI_Comm_spawn needs")
+    p.add_argument("--yield-when-idle", action=argparse.BooleanOptionalAction, default=None,
+                   help="Open MPI: ranks yield the CPU while they wait (default: on when --cpu is below "
+                        "--slots-per-worker)")
 
     p = sub.add_parser("jax", parents=[common], help="multi-host JAX on GPU or CPU")
     p.add_argument("--replicas", type=int, default=1)
@@ -129,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 _KIND_OPTIONS = {
     "tpu-multislice": ("slices", "tpu_type", "hosts_per_slice", "accelerator", "topology", "chips_per_host",
                        "exclusive_topology", "host_network"),
-    "mpi": ("workers", "slots_per_worker", "mpi", "bench", "bench_max_size"),
+    "mpi": ("workers", "slots_per_worker", "mpi", "bench", "bench_max_size", "np", "yield_when_idle"),
     "jax": ("replicas", "hosts", "gpus_per_host"),
     "torch": ("nodes", "nproc_per_node", "gpus_per_node"),
 }

@@ -75,6 +75,38 @@ def ssh_secret(name: str, namespace: str, private_key: bytes, public_key: bytes)
     }
 
 
+# Open MPI's ranks busy-poll while they wait; with this they yield the CPU between polls, which
+# pods whose CPUs are fewer than their slots need (docs/mpi.md, "CPU sharing").
+YIELD_WHEN_IDLE_ENV = "OMPI_MCA_mpi_yield_when_idle"
+
+
+def cpu_cores(quantity: str | None) -> float | None:
+    """A Kubernetes CPU quantity (`2`, `1.5`, `500m`) in cores; None when absent or in another form."""
+    if not quantity:
+        return None
+    text = str(quantity).strip()
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return None
+
+
+def with_ranks(command: list, np: int, slots: int) -> list:
+    """The launcher's command with `-n NP` among mpirun's options: fewer ranks than slots
+    leaves free slots, which MPI_Comm_spawn needs (every slot in use: spawn fails)."""
+    from ..mpi.launcher import has_np, split_command
+
+    common.positive(np, "--np")
+    if np > slots:
+        raise common.ConfigError(f"--np {np}: more ranks than the {slots} slots (--workers x --slots-per-worker); "
+                                 "raise --slots-per-worker, or oversubscribe with mpirun options "
+                                 "`-- --map-by slot:OVERSUBSCRIBE -- PROGRAM`")
+    options, program = split_command(["--", *command])
+    if has_np(options):
+        raise common.ConfigError("--np and -n/-np among mpirun's options: give the number of ranks once")
+    return ["-n", str(np), *options, "--", *program]
+
+
 def bench_command(kind: str, max_size: int | None = None) -> list:
     """The ranks' command that measures the network between the workers (jobset_runtime.mpi.bench);
     `python -m mpi4py` so that a rank that raises aborts the job instead of hanging it."""
@@ -88,10 +120,14 @@ def bench_command(kind: str, max_size: int | None = None) -> list:
 
 
 def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_private_key: bytes | None = None,
-        bench: str | None = None, bench_max_size: int | None = None, **common_options) -> list:
+        np: int | None = None, yield_when_idle: bool | None = None, bench: str | None = None,
+        bench_max_size: int | None = None, **common_options) -> list:
     """The documents for an MPI job: the ssh Secret, then the JobSet.
 
-    `bench` ("pingpong" or "allreduce") runs the network benchmark instead of a command."""
+    np: ranks to start (default: every slot); yield_when_idle: Open MPI's
+    mpi_yield_when_idle for the ranks (default: on when --cpu is below the slots per worker);
+    bench ("pingpong" or "allreduce") runs the network benchmark instead of a command.
+    """
     if bench:
         if common_options.get("command"):
             raise common.ConfigError(f"--bench {bench} runs the benchmark as the command: drop the command "
@@ -111,6 +147,23 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
     common.positive(slots_per_worker, "--slots-per-worker")
     if mpi not in MPI_CHOICES:
         raise common.ConfigError(f"--mpi {mpi}: choose one of {', '.join(MPI_CHOICES)}")
+    # The command goes after the launcher's own `--`: refuse now what the launcher would refuse
+    # at run time (a doubled `--`, options where the program should be).
+    from ..mpi.launcher import split_command
+
+    split_command(["--", *c.command], form="manifest mpi [options] -- PROGRAM ARGS, or "
+                                          "manifest mpi [options] -- MPIRUN-OPTIONS -- PROGRAM ARGS")
+    if np is not None:
+        c = dataclasses.replace(c, command=with_ranks(c.command, np, workers * slots_per_worker))
+    cores = cpu_cores(c.cpu)
+    if yield_when_idle is None:
+        yield_when_idle = mpi == "openmpi" and cores is not None and cores < slots_per_worker
+    elif yield_when_idle and mpi != "openmpi":
+        raise common.ConfigError(f"--yield-when-idle sets Open MPI's mpi_yield_when_idle; --mpi {mpi} has no such "
+                                 "setting")
+    if yield_when_idle and YIELD_WHEN_IDLE_ENV not in c.env:
+        # Both pods: the workers' daemons hand their env to the ranks they start.
+        c = dataclasses.replace(c, env={**c.env, YIELD_WHEN_IDLE_ENV: "1"})
     private, public = ssh_key_pair(ssh_private_key, comment=f"{c.name}@jobset-runtime")
     secret = ssh_secret(secret_name(c.name), c.namespace, private, public)
 

@@ -45,7 +45,7 @@ def _worker(argv: list[str]) -> int:
     from .. import supervisor
     from .agent import port_from_env
     from .tokens import load_key
-    from .worker import WorkerServer
+    from .worker import WorkerServer, own_pod_name
 
     p = argparse.ArgumentParser(prog="python -m jobset_runtime.mpi worker")
     p.add_argument("--transport", choices=("exec", "ssh"), default="exec")
@@ -53,7 +53,7 @@ def _worker(argv: list[str]) -> int:
                    help="seconds to wait for the launcher to connect")
     ns = p.parse_args(argv)
     server = WorkerServer(load_key(), pod=socket.gethostname(), port=port_from_env(),
-                          allow_exec=ns.transport == "exec").start()
+                          allow_exec=ns.transport == "exec", pod_name=own_pod_name()).start()
     sshd = None
     if ns.transport == "ssh":
         from .sshd import start_sshd

@@ -14,6 +14,8 @@ The worker listens; the launcher (role `watch`) and the remote-start agent
     watch: launcher -> worker  hb {}                   every HEARTBEAT_S
                                finish {code, cause}    the launcher is done
            worker -> launcher  stopping {cause}        the worker is being stopped (SIGTERM)
+                               daemon {pod, name, pid, state, code, signal}
+                                                       a daemon it started: started | exited | stopped
     exec:  agent -> worker     exec {argv, env}        start an MPI daemon (no shell)
            worker -> agent     started {pid} | refused {cause}
                                out {fd, data}...       the daemon's stdout/stderr
@@ -44,6 +46,8 @@ _SEALED = {
     "hb": {},
     "finish": {"code": int, "cause": str},
     "stopping": {"cause": str},  # worker -> launcher: the worker got SIGTERM and is leaving
+    # worker -> launcher: one MPI daemon's start or end (worker.DaemonState), while the run is live
+    "daemon": {"pod": str, "name": str, "pid": int, "state": str, "code": int, "signal": int},
     "exec": {"argv": list, "env": list},
     "started": {"pid": int},
     "refused": {"cause": str},

@@ -37,10 +37,12 @@ from . import channel, hostfile
 from .agent import port_from_env, script_text
 from .detect import detect, missing
 from .tokens import load_key
+from .worker import DaemonState
 
 log = logging.getLogger("jobset_runtime.mpi.launcher")
 
-GRACE_S = 2.0  # after a worker is lost, mpirun gets this long to fail by itself
+GRACE_S = 2.0  # after a worker is lost (or a daemon there failed), mpirun gets this long to fail by itself
+DAEMONS_SETTLE_S = 10.0  # after mpirun exited 0, how long every started daemon may take to report its end
 LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
 TRANSPORTS = ("exec", "ssh")
 _PYTHON = re.compile(r"python[0-9.]*\Z")
@@ -62,18 +64,31 @@ class Options:
 
 # --- pure pieces -------------------------------------------------------------------
 
-def split_command(rest: list[str]) -> tuple[list[str], list[str]]:
+LAUNCHER_FORM = "launcher [options] -- PROGRAM ARGS, or launcher [options] -- MPIRUN-OPTIONS -- PROGRAM ARGS"
+
+
+def split_command(rest: list[str], form: str = LAUNCHER_FORM) -> tuple[list[str], list[str]]:
     """`[-- mpirun options --] PROGRAM ARGS` -> (mpirun options, program).
 
     mpirun options always start with a dash, so `-- python t.py -- x` keeps
-    its second `--` for the program.
+    its second `--` for the program.  A second `--` right after the first, or a
+    program that starts with a dash (mpirun options without the `--` that ends
+    them) is a ConfigError: it would run the options as the program, and a
+    Python program no longer under `-m mpi4py`.
     """
     if rest[:1] == ["--"]:
         rest = rest[1:]
+        if rest[:1] == ["--"]:
+            raise ConfigError(f"`-- --`: a doubled separator before {first_few(rest[1:4], 3) or 'nothing'}; "
+                              f"write {form} (one `--` on each side of mpirun's options)")
+    options, program = [], rest
     if rest and rest[0].startswith("-") and "--" in rest:
         i = rest.index("--")
-        return rest[:i], rest[i + 1:]
-    return [], rest
+        options, program = rest[:i], rest[i + 1:]
+    if program and program[0].startswith("-"):
+        where = "after mpirun's options" if options else "where the program should be"
+        raise ConfigError(f"{program[0]!r} {where} is an option, not a program; write {form}")
+    return options, program
 
 
 def program_argv(program: list[str], python: str = sys.executable) -> list[str]:
@@ -91,7 +106,7 @@ def program_argv(program: list[str], python: str = sys.executable) -> list[str]:
     return list(program)
 
 
-def _has_np(args: list[str]) -> bool:
+def has_np(args: list[str]) -> bool:
     return any(a in ("-n", "-np", "--np", "-c") or a.startswith(("-n=", "--np=", "-np=")) for a in args)
 
 
@@ -99,9 +114,56 @@ def mpirun_argv(impl: hostfile.Implementation, opts: Options, *, uid: int, total
                 launcher_address: str | None, launcher_interface: str | None = None) -> list[str]:
     argv = [opts.mpirun, *hostfile.root_flags(impl, uid), *hostfile.attach_flags(impl),
             *hostfile.launcher_host_flags(impl, launcher_address, launcher_interface)]
-    if not _has_np(opts.mpirun_args):
+    if not has_np(opts.mpirun_args):
         argv += ["-n", str(total)]
     return argv + list(opts.mpirun_args) + program_argv(opts.program)
+
+
+def daemon_failed(report: dict) -> bool:
+    """A daemon that ended by itself, but not cleanly: killed by a signal, or a non-zero exit."""
+    return report["state"] == DaemonState.EXITED and bool(report["code"] or report["signal"])
+
+
+def describe_daemon(report: dict, host: str) -> str:
+    """`MPI daemon prted (pid 12) in worker pod pi-worker-0-1-x7k2p was killed by SIGKILL`."""
+    what = f"MPI daemon {report['name']} (pid {report['pid']}) in worker pod {report['pod'][:100]}"
+    if report["pod"] != host:
+        what += f" ({host})"
+    if report["state"] == DaemonState.STARTED:
+        return f"{what} never reported its end"
+    if report["state"] == DaemonState.STOPPED:
+        return f"{what} was still running when mpirun's agent for it ended, and was stopped"
+    if report["signal"]:
+        try:
+            name = signal.Signals(report["signal"]).name
+        except ValueError:
+            name = f"signal {report['signal']}"
+        return f"{what} was killed by {name}"
+    return f"{what} exited with code {report['code']}"
+
+
+def unclean_ends(reports: list[tuple[str, dict]], expected: list[str]) -> list[str]:
+    """Why a run whose mpirun exited 0 is still not a success; [] when it is one.
+
+    The program ended cleanly on every rank only if every daemon a worker started
+    for it exited by itself with code 0 (a daemon leaves cleanly only when its ranks
+    have), and each worker in `expected` (those the launcher placed ranks on)
+    started at least one.
+    """
+    problems = [describe_daemon(m, host) for host, m in reports
+                if m["state"] != DaemonState.EXITED or daemon_failed(m)]
+    started = {host for host, _ in reports}
+    missing = [h for h in expected if h not in started]
+    if missing:
+        problems.append(f"no MPI daemon was started on worker {first_few(missing)}, where ranks were placed")
+    return problems
+
+
+def expected_daemon_hosts(hosts: list[str], opts: Options) -> list[str]:
+    """The workers that must run a daemon: every one when the launcher alone chose -n and
+    the mapping (-n = workers x slots fills each); none when mpirun options of the user's
+    may place ranks elsewhere (then only the daemons that did start are judged)."""
+    return [] if opts.mpirun_args or opts.transport != "exec" else list(hosts)
 
 
 def worker_hosts(identity, workers_job: str) -> list[str]:
@@ -127,6 +189,9 @@ class Watch:
         self._pending: list[str] = []  # added, not yet watched for reads
         self.lost: dict[str, float] = {}  # host -> monotonic time it went away or was stopped
         self.stopped: dict[str, str] = {}  # host -> why, for workers that said they were stopped
+        self.daemons: dict[tuple[str, int], dict] = {}  # (host, pid) -> the latest `daemon` report
+        self.daemon_failed: dict[str, float] = {}  # host -> monotonic time a daemon there ended abnormally
+        self._reported = threading.Event()  # a daemon report arrived (wait_for_daemons)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._changed = threading.Event()
@@ -155,6 +220,42 @@ class Watch:
                     self.stopped[host] = cause
                 log.error("worker %s %s", host, f"was stopped ({cause})" if cause else "went away")
                 self._changed.set()
+
+    def _daemon(self, host: str, msg: dict) -> None:
+        """Record a worker's report on one of its daemons; an abnormal end fails the run like a lost worker."""
+        if self._stop.is_set():
+            return
+        with self._lock:
+            self.daemons[(host, msg["pid"])] = {**msg, "at": time.monotonic()}
+            if daemon_failed(msg) and host not in self.daemon_failed:
+                self.daemon_failed[host] = time.monotonic()
+                log.error("%s", describe_daemon(msg, host))
+                self._changed.set()
+        self._reported.set()
+
+    def troubles(self) -> dict[str, float]:
+        """Workers lost or with a daemon ended abnormally -> when it was first seen."""
+        with self._lock:
+            merged = dict(self.daemon_failed)
+            for host, at in self.lost.items():
+                merged[host] = min(at, merged.get(host, at))
+        return merged
+
+    def reports(self) -> list[tuple[str, dict]]:
+        with self._lock:
+            return [(host, msg) for (host, _), msg in self.daemons.items()]
+
+    def wait_for_daemons(self, timeout: float) -> None:
+        """Until every daemon reported started has reported its end, or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._reported.clear()
+            if all(m["state"] != DaemonState.STARTED for _, m in self.reports()):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._reported.wait(min(left, 0.2))
 
     def _send_all(self, msg: dict) -> list[str]:
         """Send `msg` to every worker not lost; returns those it could not reach."""
@@ -186,16 +287,21 @@ class Watch:
             for host in pending:
                 sel.register(self.channels[host].sock, selectors.EVENT_READ, host)
             for key, _ in sel.select(0.2):
-                # A worker sends on its watch channel only to say it is being stopped
-                # (SIGTERM); anything else readable means it closed or broke.
-                sel.unregister(key.fileobj)
+                # A worker sends on its watch channel to report its daemons, and to say
+                # it is being stopped (SIGTERM); a close or anything else is a loss.
                 cause = None
                 try:
-                    msg = self.channels[key.data].recv(timeout=1.0)
+                    chan = self.channels[key.data]
+                    msg = chan.recv(timeout=1.0)  # a whole frame is on its way: bounded, not forever
+                    chan.sock.settimeout(None)  # heartbeats are sent on this socket too
+                    if msg is not None and msg["t"] == "daemon":
+                        self._daemon(key.data, msg)
+                        continue
                     if msg is not None and msg["t"] == "stopping":
                         cause = msg["cause"][:200]
                 except (OSError, ProtocolError):
                     pass
+                sel.unregister(key.fileobj)
                 self._lose(key.data, cause)
         sel.close()
 
@@ -343,7 +449,7 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
         log.info("running %s", " ".join(argv))
         marks["exec"] = time.monotonic()
         previous = {sig: signal.getsignal(sig) for sig in supervisor.FORWARDED}
-        code, cause = _supervise(argv, env, watch)
+        code, cause = _supervise(argv, env, watch, expected_daemon_hosts(hosts, opts))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     # A stop request now (the JobSet failing because of the very worker we lost) must not
@@ -362,50 +468,75 @@ def _stop_noted(signum, _frame) -> None:
     supervisor.stop_requested.set()
 
 
-def _supervise(argv: list[str], env: dict, watch: Watch) -> tuple[int, str]:
+def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) -> tuple[int, str]:
     try:
         child = supervisor.launch(argv, env)
     except FileNotFoundError:
         raise missing(argv[0]) from None
     stopped_for = None
     while child.proc.poll() is None:
-        watch.wait_for_loss(0.1)
-        if watch.lost and stopped_for is None:
-            first = min(watch.lost.values())
-            if time.monotonic() - first >= GRACE_S:
-                stopped_for = sorted(watch.lost, key=watch.lost.get)
-                log.error("mpirun did not notice that %s went away; stopping it", first_few(stopped_for))
-                child.stop(grace=1.0)
+        troubles = watch.troubles()
+        if not troubles:
+            watch.wait_for_loss(0.1)
+            continue
+        if stopped_for is None and time.monotonic() - min(troubles.values()) >= GRACE_S:
+            stopped_for = sorted(troubles, key=troubles.get)
+            log.error("mpirun did not notice the failure on %s; stopping it", first_few(stopped_for))
+            child.stop(grace=1.0)
+        time.sleep(0.05)  # the loss is known: wait for mpirun, or for the grace to pass
     code = supervisor.exit_code_of(child.proc.wait())
-    if code and not watch.lost:
+    if code and not watch.troubles():
         # Hydra sees a killed worker's proxy go within milliseconds and exits at once,
         # maybe before that worker's watch channel is read: give the loss a moment to
         # arrive, so that the message names the worker rather than only mpirun.
         watch.wait_for_loss(LOSS_SETTLE_S)
+    unclean: list[str] = []
+    if code == 0 and not watch.troubles():
+        # mpirun's 0 is not enough (PRRTE 5.0.11 exits 0 after losing a daemon): every
+        # daemon must have ended cleanly, and each worker given ranks must have run one.
+        watch.wait_for_daemons(DAEMONS_SETTLE_S)
+        unclean = unclean_ends(watch.reports(), expected)
     if child.group_alive():
         child.stop(grace=1.0)
     for sig in supervisor.FORWARDED:  # mpirun is gone: note a stop request, finish the account first
         signal.signal(sig, _stop_noted)
-    lost = sorted(watch.lost, key=watch.lost.get)
-    if code == 0 and not lost:
+    troubles = watch.troubles()
+    if code == 0 and not troubles and not unclean:
         return 0, "mpirun succeeded"
-    if lost:
-        # Workers leave only when told to, so a lost one is a failure even when mpirun
-        # says 0: PRRTE 5.0.11 exits 0 after "lost communication with a remote daemon".
+    if unclean and not troubles:
+        # No pod failed: the launcher's own exit code must carry the failure (a worker told
+        # by `finish` exits 75, which the manifest's podFailurePolicy ignores).
+        return contract.EXIT_RUN_FAILED, (f"mpirun exited 0, but the program did not end cleanly on every rank: "
+                                          f"{first_few(unclean, 3)}; the run is not a success")
+    if troubles:
+        # Workers leave only when told to, and their daemons only when mpirun is done, so
+        # either is a failure even when mpirun says 0: PRRTE 5.0.11 exits 0 after "lost
+        # communication with a remote daemon".
         how = "mpirun was stopped" if stopped_for else supervisor.describe_exit("mpirun", code)
-        if stopped_for or code == 0:
-            code = contract.EXIT_PEER_FAILED
-        # The cause is a worker that vanished (killed, OOM) rather than one stopped by
-        # SIGTERM: once the JobSet fails, the controller stops all the others.
+        lost = sorted(watch.lost, key=watch.lost.get)
+        # The cause is a worker that vanished (killed, OOM) or whose daemon died, rather
+        # than one stopped by SIGTERM: once the JobSet fails, the controller stops all the others.
+        failed = [describe_daemon(m, host) for host, m in sorted(watch.reports(), key=lambda r: r[1]["at"])
+                  if daemon_failed(m)]
+        first_failed = min((m["at"] for _, m in watch.reports() if daemon_failed(m)), default=None)
         vanished = [h for h in lost if h not in watch.stopped]
         stopped = [h for h in lost if h in watch.stopped]
+        if stopped_for or code in (0, contract.EXIT_PEER_FAILED):
+            # A lost pod fails by itself, so 75 (stopped because of another) is right here; a
+            # daemon that died inside a pod that lives on fails nothing unless the launcher does.
+            code = contract.EXIT_RUN_FAILED if failed else contract.EXIT_PEER_FAILED
         parts = []
+        if failed:
+            then = f" (then {first_few(failed[1:], 3)})" if failed[1:] else ""
+            parts.append(f"{failed[0]} while the run was live{then}")
         if vanished:
-            parts.append(f"MPI worker {first_few(vanished)} went away without being stopped "
-                         "(pod killed, OOM or evicted?)")
+            went = (f"MPI worker {first_few(vanished)} went away without being stopped "
+                    "(pod killed, OOM or evicted?)")
+            # First what happened first: a lost pod's neighbours' daemons may fail because of it.
+            parts.insert(0 if first_failed is None or watch.lost[vanished[0]] <= first_failed else 1, went)
         if stopped:
             parts.append(f"worker {first_few(stopped)} {'was' if len(stopped) == 1 else 'were'} stopped "
                          f"({watch.stopped[stopped[0]]})")
-        culprit = "that worker's pod" if vanished else "why the pods were stopped"
+        culprit = "that worker's pod" if failed or vanished else "why the pods were stopped"
         return code, f"{'; '.join(parts)}; {how}; look at {culprit} first"
     return code, supervisor.describe_exit("mpirun", code)

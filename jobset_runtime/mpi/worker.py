@@ -9,6 +9,11 @@ The worker listens on contract.MPI_PORT for authenticated connections only:
 * `exec` (the remote-start agent, ssh-free transport): start one MPI daemon
   from an argv list (never a shell), stream its output back, report its exit
   code, and kill it if the agent goes away.
+While the launcher's run is live (a watch channel open, no `finish` yet), every
+daemon's start and end is also reported on the watch channel (`daemon`): mpirun
+does not always fail when a remote daemon dies (PRRTE 5.0.11 exits 0 after
+"lost communication with a remote daemon"), so the launcher judges the run by
+these reports too.
 With `--transport ssh` the worker also runs sshd (sshd.py) and refuses `exec`.
 """
 
@@ -23,6 +28,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
 
 from .. import contract, supervisor
 from ..group.wire import ProtocolError
@@ -53,12 +59,29 @@ class Outcome:
     cause: str
 
 
+class DaemonState(str, Enum):
+    """What a `daemon` report on the watch channel says.
+
+    started -> exited    the daemon ended by itself: `code` (0 when clean), `signal` when killed
+    started -> stopped   the worker stopped it because its agent left (mpirun ended the agent)
+    """
+    STARTED = "started"
+    EXITED = "exited"
+    STOPPED = "stopped"
+
+
+def own_pod_name(environ=os.environ) -> str:
+    """This pod's name as jobset-run exports it; the hostname where it does not."""
+    return environ.get(contract.IDENTITY_ENV["pod_name"]) or socket.gethostname()
+
+
 class WorkerServer:
     """The listening side; `wait()` returns the Outcome that ends the worker."""
 
     def __init__(self, key: bytes, *, pod: str, address: str = "0.0.0.0", port: int = contract.MPI_PORT,
-                 allow_exec: bool = True, vanish_s: float = VANISH_S):
+                 allow_exec: bool = True, vanish_s: float = VANISH_S, pod_name: str | None = None):
         self.key, self.pod, self.allow_exec, self.vanish_s = key, pod, allow_exec, vanish_s
+        self.pod_name = pod_name or pod  # named in daemon reports (the pod, not only its hostname)
         self._listener = socket.create_server((address, port), reuse_port=False, backlog=1024)
         self._done = threading.Event()
         self._outcome: Outcome | None = None
@@ -66,6 +89,7 @@ class WorkerServer:
         self._daemons: set[subprocess.Popen] = set()
         self.watchers = 0  # launchers connected so far (benchmarks and tests read it)
         self._watch_channels: list[channel.Channel] = []
+        self._watch_send = threading.Lock()  # frames are sequence-numbered: one sender at a time
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
 
     @property
@@ -143,11 +167,7 @@ class WorkerServer:
         """Tell the launcher this worker is being stopped (not lost), then end with EXIT_SIGNAL_BASE+15."""
         with self._lock:
             chans = list(self._watch_channels)
-        for chan in chans:
-            try:
-                chan.send({"t": "stopping", "cause": cause})
-            except OSError:
-                pass
+        self._send_watch(chans, {"t": "stopping", "cause": cause})
         self._finish(Outcome(contract.EXIT_SIGNAL_BASE + signal.SIGTERM, f"the worker was stopped ({cause})"))
 
     def _watch(self, chan: channel.Channel) -> None:
@@ -195,42 +215,144 @@ class WorkerServer:
             log.warning("refused to start %s for %s: %s", (msg.get("argv") or ["?"])[0], chan.peer, e)
             chan.send({"t": "refused", "cause": str(e)[:500]})
             return
+        name = os.path.basename(cmd.argv[0])
         with self._lock:
             self._daemons.add(proc)
-        log.info("started %s (pid %d) for %s", os.path.basename(cmd.argv[0]), proc.pid, chan.peer)
+        log.info("started %s (pid %d) for %s", name, proc.pid, chan.peer)
+        self._report(proc, name, DaemonState.STARTED)
+        ended: list[int] = []  # holds its exit code once the daemon's end is reported
         try:
             chan.send({"t": "started", "pid": proc.pid})
-            self._pump(chan, proc)
+            self._pump(chan, proc, name, ended)
         finally:
+            if proc.poll() is None:
+                _kill_group(proc)  # while still listed, so that close() waits for it too
+                self._report(proc, name, DaemonState.STOPPED)
+            elif not ended:  # it exited just as its agent left (or the agent's connection broke)
+                self._ended(proc, name)
             with self._lock:
                 self._daemons.discard(proc)
-            if proc.poll() is None:
-                _kill_group(proc)
 
-    def _pump(self, chan: channel.Channel, proc: subprocess.Popen) -> None:
-        """Relay output until the daemon exits; if the agent goes away first, stop the daemon."""
+    def _pump(self, chan: channel.Channel, proc: subprocess.Popen, name: str, ended: list[int]) -> None:
+        """Relay output until the daemon exits, then report how it ended; return at once if the agent leaves.
+
+        The daemon's end is watched by pidfd, not by its pipes closing: ranks it
+        leaves behind may hold the pipes open long after it died.
+        """
         sel = selectors.DefaultSelector()
+        pidfd = _exit_fd(proc)
         sel.register(proc.stdout, selectors.EVENT_READ, 1)
         sel.register(proc.stderr, selectors.EVENT_READ, 2)
-        sel.register(chan.sock, selectors.EVENT_READ, 0)
-        open_pipes = 2
+        sel.register(chan.sock, selectors.EVENT_READ, _AGENT)
+        sel.register(pidfd, selectors.EVENT_READ, _EXITED)
         try:
-            while open_pipes:
+            while True:
                 for key, _ in sel.select():
-                    if key.data == 0:  # the agent sends nothing after exec: readable means it left
+                    if key.data == _AGENT:  # the agent sends nothing after exec: readable means it left
                         log.info("agent %s left; stopping daemon pid %d", chan.peer, proc.pid)
-                        _kill_group(proc)
+                        return  # _exec stops the daemon and reports it
+                    if key.data == _EXITED:
+                        sel.unregister(chan.sock)
+                        sel.unregister(pidfd)
+                        ended.append(self._ended(proc, name))
+                        self._drain(chan, sel)
+                        chan.send({"t": "exit", "code": ended[0]})
                         return
-                    data = os.read(key.fileobj.fileno(), channel.OUT_CHUNK)
-                    if not data:
+                    if not self._relay(chan, key):
                         sel.unregister(key.fileobj)
-                        open_pipes -= 1
-                        continue
-                    chan.send({"t": "out", "fd": key.data, "data": data.decode("utf-8", "replace")})
-            code = proc.wait()
-            chan.send({"t": "exit", "code": supervisor.exit_code_of(code)})
         finally:
             sel.close()
+            os.close(pidfd)
+
+    def _ended(self, proc: subprocess.Popen, name: str) -> int:
+        """Reap the daemon, log and report how it ended; its exit code."""
+        name = _daemon_name(proc.pid, name)
+        status = proc.wait()
+        code = supervisor.exit_code_of(status)
+        signum = -status if status < 0 else 0
+        if status == 0:
+            log.info("%s (pid %d) exited cleanly", name, proc.pid)
+        else:
+            log.error("%s", supervisor.describe_exit(f"{name} (pid {proc.pid})", code, with_code=not signum))
+        # The launcher hears it before the agent does (and so before mpirun can end on it).
+        self._report(proc, name, DaemonState.EXITED, code, signum)
+        if status != 0:
+            _kill_leftovers(proc.pid)  # its ranks have no daemon left to serve them
+        return code
+
+    def _drain(self, chan: channel.Channel, pipes: selectors.BaseSelector) -> None:
+        """Relay what the daemon wrote last, without waiting on pipes its leftovers may hold."""
+        deadline = time.monotonic() + DRAIN_S
+        while pipes.get_map() and time.monotonic() < deadline:
+            ready = pipes.select(0.05)
+            if not ready:
+                break
+            for key, _ in ready:
+                if not self._relay(chan, key):
+                    pipes.unregister(key.fileobj)
+
+    @staticmethod
+    def _relay(chan: channel.Channel, key: selectors.SelectorKey) -> bool:
+        """Send what one of the daemon's pipes holds; False at its end."""
+        data = os.read(key.fileobj.fileno(), channel.OUT_CHUNK)
+        if data:
+            chan.send({"t": "out", "fd": key.data, "data": data.decode("utf-8", "replace")})
+        return bool(data)
+
+    def _send_watch(self, chans: list[channel.Channel], msg: dict) -> None:
+        for chan in chans:
+            try:
+                with self._watch_send:
+                    chan.send(msg)
+            except OSError:
+                pass  # that launcher is gone; its own channel's end says so
+
+    def _report(self, proc: subprocess.Popen, name: str, state: DaemonState, code: int = 0, signum: int = 0) -> None:
+        """Tell the launcher how one daemon stands, while its run is live (after `finish`, nobody asks)."""
+        with self._lock:
+            chans = list(self._watch_channels) if self._outcome is None else []
+        self._send_watch(chans, {"t": "daemon", "pod": self.pod_name, "name": name, "pid": proc.pid,
+                                 "state": state.value, "code": code, "signal": signum})
+
+
+_AGENT, _EXITED = 0, -1  # selector tags beside the pipes' fds 1 and 2
+DRAIN_S = 1.0  # after a daemon exits, how long its last output may take to be relayed
+
+
+def _exit_fd(proc: subprocess.Popen) -> int:
+    """A descriptor that becomes readable when `proc` exits (it is not reaped)."""
+    try:
+        return os.pidfd_open(proc.pid)
+    except OSError:  # before Linux 5.3, or a sandbox without pidfd_open: a thread and a pipe
+        r, w = os.pipe()
+
+        def wait():
+            try:
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+            os.close(w)
+
+        threading.Thread(target=wait, daemon=True, name=f"mpi-daemon-{proc.pid}").start()
+        return r
+
+
+def _daemon_name(pid: int, started_as: str) -> str:
+    """What the daemon is now: Intel's hydra_bstrap_proxy execs hydra_pmi_proxy in its place.
+    Read before the zombie is reaped, while /proc still holds it."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        return started_as
+    return comm if comm in command.DAEMONS and comm != started_as else started_as
+
+
+def _kill_leftovers(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:

@@ -158,6 +158,55 @@ def test_mpi_shape_and_key_pair():
         assert pod["securityContext"] == {"fsGroup": contract.MPI_FS_GROUP}
 
 
+def _launcher_and_env(docs):
+    _, doc = docs
+    worker, launcher = doc["spec"]["replicatedJobs"]
+    lcmd = launcher["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    envs = [{e["name"]: e.get("value") for e in rj["template"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+            for rj in (worker, launcher)]
+    return lcmd[lcmd.index("launcher"):], envs
+
+
+def test_mpi_np_leaves_spare_slots_among_mpiruns_options():
+    cmd, _ = _launcher_and_env(manifests.mpi(name="pi", image="i", command=["python", "s.py"], workers=3,
+                                             slots_per_worker=2, np=4))
+    assert cmd[cmd.index("--"):] == ["--", "-n", "4", "--", "python", "s.py"]
+    cmd, _ = _launcher_and_env(manifests.mpi(name="pi", image="i", command=["-x", "A", "--", "python", "s.py"],
+                                             workers=3, slots_per_worker=2, np=6))
+    assert cmd[cmd.index("--"):] == ["--", "-n", "6", "-x", "A", "--", "python", "s.py"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"np": 7}, "--np 7: more ranks than the 6 slots"),
+    ({"np": 0}, "--np 0"),
+    ({"np": 4, "command": ["-np", "2", "--", "x"]}, "give the number of ranks once"),
+    ({"command": ["--", "-x", "A", "--", "x"]}, "doubled separator"),  # `manifest mpi ... -- -- OPTS -- PROG`
+    ({"command": ["-x", "A", "x"]}, "'-x' where the program should be"),
+    ({"mpi": "mpich", "yield_when_idle": True}, "--mpi mpich has no such setting"),
+])
+def test_mpi_refuses_what_the_launcher_would_refuse(options, message):
+    args = {"name": "pi", "image": "i", "command": ["x"], "workers": 3, "slots_per_worker": 2, **options}
+    with pytest.raises(ConfigError) as e:
+        manifests.mpi(**args)
+    assert message in str(e.value)
+
+
+def test_mpi_yield_when_idle_when_pods_have_fewer_cpus_than_slots():
+    def yields(**options):
+        _, envs = _launcher_and_env(manifests.mpi(name="pi", image="i", command=["x"], workers=2,
+                                                  slots_per_worker=4, **options))
+        return [env.get("OMPI_MCA_mpi_yield_when_idle") for env in envs]
+
+    assert yields(cpu="2") == ["1", "1"]          # 2 CPUs for 4 ranks: they must share
+    assert yields(cpu="3500m") == ["1", "1"]
+    assert yields(cpu="4") == [None, None]        # a CPU per rank: busy-polling is fastest
+    assert yields() == [None, None]               # unknown
+    assert yields(yield_when_idle=True) == ["1", "1"]
+    assert yields(cpu="1", yield_when_idle=False) == [None, None]
+    assert yields(cpu="1", mpi="mpich") == [None, None]  # an Open MPI setting
+    assert yields(cpu="1", env={"OMPI_MCA_mpi_yield_when_idle": "0"}) == ["0", "0"]  # the user's own wins
+
+
 def test_mpi_rejects_a_non_ed25519_or_garbage_key():
     with pytest.raises(ConfigError, match="OpenSSH"):
         manifests.mpi(name="pi", image="i", command=["x"], workers=1, ssh_private_key=b"not a key")
@@ -173,6 +222,8 @@ def test_mpi_rejects_a_non_ed25519_or_garbage_key():
       "--accelerator", "a", "--topology", "2x2", "--toleration", "k:Sometimes", "--", "x"], "effect"),
     (["jax", "--name", "x" * 50, "--image", "i", "--hosts", "100", "--", "x"], "stays within 57 characters"),
     (["nope", "--", "x"], "invalid choice"),
+    (["mpi", "--name", "m", "--image", "i", "--workers", "2", "--", "--", "-x", "A", "--", "python", "t.py"],
+     "manifest mpi [options] -- MPIRUN-OPTIONS -- PROGRAM ARGS"),
 ])
 def test_cli_bad_input_exits_2_without_traceback(argv, message):
     code, out, err = mc.run_cli(argv, env={contract.JOBSET_CRD_ENV: ""})

@@ -45,3 +45,12 @@ def test_unknown_role():
     r = subprocess.run([sys.executable, "-m", "jobset_runtime.mpi", "nope"], env={**os.environ, "PYTHONPATH": str(c.ROOT)},
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "launcher|worker|agent" in r.stderr
+
+
+def test_launcher_refuses_a_doubled_separator_before_running_anything(tmp_path):
+    # `manifest mpi ... -- -- OPTS -- PROG` used to run `-x` as the program, silently.
+    r = _run(["launcher", "--mpi", "openmpi", "--", "--", "-x", "A", "--", "python", "t.py"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "doubled separator" in r.stderr
+    assert "launcher [options] -- MPIRUN-OPTIONS -- PROGRAM ARGS" in r.stderr
+    assert "doubled separator" in (tmp_path / "termination").read_text()

@@ -1,6 +1,7 @@
 """The daemon command read without a shell, and the authenticated channel that carries it."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from jobset_runtime.group import wire
 from jobset_runtime.mpi import channel, command
 from jobset_runtime.mpi.command import CommandError
+from jobset_runtime.errors import ConfigError
 from jobset_runtime.mpi.launcher import program_argv, split_command
 from jobset_runtime.mpi.worker import WorkerServer
 
@@ -103,6 +105,28 @@ def test_split_command_and_program():
     assert program_argv(["python", "-m", "mpi4py", "t.py"]) == ["python", "-m", "mpi4py", "t.py"]
     assert program_argv(["t.py", "a"], python="/py") == ["/py", "-m", "mpi4py", "t.py", "a"]
     assert program_argv(["./a.out"]) == ["./a.out"]
+
+
+@pytest.mark.parametrize("rest, says", [
+    (["--", "--", "-x", "FOO", "--", "python", "t.py"], "doubled separator"),  # `manifest mpi ... -- -- OPTS -- PROG`
+    (["--", "--", "python", "t.py"], "doubled separator"),
+    (["--", "-np", "4", "python", "t.py"], "'-np' where the program should be"),  # options with no closing `--`
+    (["--", "-x", "FOO", "--", "--", "python", "t.py"], "'--' after mpirun's options"),
+    (["--", "-x", "FOO", "--", "-n", "2", "python"], "'-n' after mpirun's options"),
+])
+def test_a_second_separator_or_options_for_a_program_are_refused(rest, says):
+    with pytest.raises(ConfigError) as e:
+        split_command(rest)
+    assert says in str(e.value)
+    assert "launcher [options] -- MPIRUN-OPTIONS -- PROGRAM ARGS" in str(e.value)  # the expected form
+    assert e.value.exit_code == 2
+
+
+def test_the_separator_rule_leaves_valid_commands_alone():
+    assert split_command(["--", "-x", "FOO", "--", "python", "-m", "mpi4py", "t.py"]) == (
+        ["-x", "FOO"], ["python", "-m", "mpi4py", "t.py"])
+    assert split_command(["--", "./a.out", "--", "--"]) == ([], ["./a.out", "--", "--"])  # the program's own
+    assert split_command([]) == ([], [])
 
 
 # --- the channel -----------------------------------------------------------------------
@@ -199,3 +223,134 @@ def test_daemons_do_not_inherit_the_pods_numbering():
     env = daemon_base_env({"PATH": "/bin", "RANK": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "x",
                            "JOBSET_RUNTIME_RANK": "3", "JOBSET_RUNTIME_HOSTNAME": "js-worker-0-2"})
     assert env == {"PATH": "/bin", "JOBSET_RUNTIME_HOSTNAME": "js-worker-0-2"}
+
+
+# --- daemon reports on the watch channel ------------------------------------------------
+
+def _daemon_script(tmp_path, body: str):
+    """A fake "prted" (the allow-list checks the program name only) running `body` under sh."""
+    prog = tmp_path / "prted"
+    prog.write_text(f"#!/bin/sh\n{body}\n")
+    prog.chmod(0o755)
+    return prog
+
+
+def _watching(worker):
+    chan = channel.connect("127.0.0.1", worker.port, KEY, role="watch", pod="launcher")
+    chan.send({"t": "hb"})
+    deadline = time.monotonic() + 5
+    while worker.watchers == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return chan
+
+
+def _exec(worker, prog):
+    chan = channel.connect("127.0.0.1", worker.port, KEY, role="exec", pod="launcher")
+    chan.send({"t": "exec", "argv": [str(prog)], "env": []})
+    started = chan.recv(5)
+    assert started["t"] == "started", started
+    return chan, started["pid"]
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_a_daemon_killed_while_the_run_is_live_is_reported_and_its_ranks_are_killed(worker, tmp_path):
+    # The "rank" keeps the daemon's stdout open: its end must be seen all the same.
+    rank_pid = tmp_path / "rank.pid"
+    prog = _daemon_script(tmp_path, f"sleep 60 & echo $! > {rank_pid}\nexec sleep 30")
+    watch = _watching(worker)
+    agent, pid = _exec(worker, prog)
+    assert watch.recv(5) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "started",
+                             "code": 0, "signal": 0}
+    deadline = time.monotonic() + 5
+    while not rank_pid.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rank = int(rank_pid.read_text())
+    os.kill(pid, signal.SIGKILL)
+    assert watch.recv(5) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "exited",
+                             "code": 137, "signal": 9}
+    assert agent.recv(5) == {"t": "exit", "code": 137}  # as ssh would: the daemon's status
+    deadline = time.monotonic() + 5
+    while _state(rank) not in ("Z", "gone") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _state(rank) in ("Z", "gone")  # a rank left without its daemon is killed
+
+
+@pytest.mark.parametrize("body, code", [("exit 0", 0), ("exit 3", 3)])
+def test_a_daemon_that_exits_by_itself_is_reported_with_its_code(worker, tmp_path, body, code):
+    watch = _watching(worker)
+    agent, pid = _exec(worker, _daemon_script(tmp_path, body))
+    assert watch.recv(5)["state"] == "started"
+    assert watch.recv(5) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "exited",
+                             "code": code, "signal": 0}
+    assert agent.recv(5) == {"t": "exit", "code": code}
+
+
+def test_a_daemon_stopped_because_its_agent_left_is_reported_as_stopped(worker, tmp_path):
+    watch = _watching(worker)
+    agent, pid = _exec(worker, _daemon_script(tmp_path, "exec sleep 30"))
+    assert watch.recv(5)["state"] == "started"
+    agent.close()  # mpirun ended the agent
+    assert watch.recv(10) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "stopped",
+                              "code": 0, "signal": 0}
+    assert _state(pid) in ("Z", "gone")
+
+
+def test_daemons_are_not_reported_after_the_launcher_finished(worker, tmp_path):
+    watch = _watching(worker)
+    watch.send({"t": "finish", "code": 0, "cause": "ok"})
+    assert worker.wait(5).code == 0
+    assert watch.recv(5) is None  # the worker closed the channel, with nothing more to say
+
+
+# --- the launcher's verdict on daemon reports -------------------------------------------
+
+def _report(state, code=0, sig=0, pod="pi-worker-0-1-abcde", name="prted", pid=12):
+    return {"t": "daemon", "pod": pod, "name": name, "pid": pid, "state": state, "code": code, "signal": sig}
+
+
+def test_a_run_is_clean_only_if_every_daemon_exited_0_on_every_expected_worker():
+    from jobset_runtime.mpi.launcher import unclean_ends
+
+    hosts = ["pi-worker-0-0", "pi-worker-0-1"]
+    clean = [(h, _report("exited", pid=i)) for i, h in enumerate(hosts)]
+    assert unclean_ends(clean, hosts) == []
+    assert unclean_ends([(hosts[0], _report("exited", pid=1)), (hosts[0], _report("exited", pid=2))],
+                        []) == []  # e.g. MPICH's spawn: a proxy per job
+    killed = [clean[0], (hosts[1], _report("exited", 137, 9))]
+    assert unclean_ends(killed, hosts) == [
+        "MPI daemon prted (pid 12) in worker pod pi-worker-0-1-abcde (pi-worker-0-1) was killed by SIGKILL"]
+    assert unclean_ends([clean[0], (hosts[1], _report("exited", 7))], hosts)[0].endswith("exited with code 7")
+    assert unclean_ends([clean[0], (hosts[1], _report("started"))], hosts)[0].endswith("never reported its end")
+    assert "was stopped" in unclean_ends([clean[0], (hosts[1], _report("stopped"))], hosts)[0]
+    assert unclean_ends(clean[:1], hosts) == [
+        "no MPI daemon was started on worker pi-worker-0-1, where ranks were placed"]
+
+
+def test_every_worker_is_expected_to_run_a_daemon_only_when_the_launcher_placed_the_ranks():
+    from jobset_runtime.mpi.launcher import Options, expected_daemon_hosts
+
+    hosts = ["w-0", "w-1"]
+    assert expected_daemon_hosts(hosts, Options(program=["p"])) == hosts
+    assert expected_daemon_hosts(hosts, Options(program=["p"], mpirun_args=["-n", "1"])) == []
+    assert expected_daemon_hosts(hosts, Options(program=["p"], transport="ssh")) == []  # sshd starts them
+
+
+def test_a_daemons_end_is_seen_without_pidfd_too(worker, tmp_path, monkeypatch):
+    """Kernels before 5.3 and some sandboxes have no pidfd_open: a waiting thread stands in."""
+    def no_pidfd(pid):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    watch = _watching(worker)
+    agent, pid = _exec(worker, _daemon_script(tmp_path, "sleep 60 &\nexec sleep 30"))  # a "rank" holds the pipes
+    assert watch.recv(5)["state"] == "started"
+    os.kill(pid, signal.SIGKILL)
+    assert watch.recv(5) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "exited",
+                             "code": 137, "signal": 9}
+    assert agent.recv(5) == {"t": "exit", "code": 137}

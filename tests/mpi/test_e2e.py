@@ -86,6 +86,23 @@ def test_killed_worker_fails_the_launcher_fast_and_is_named(cluster, which):
                                     for h, ps in left.items()}
 
 
+def test_mpirun_exiting_0_without_running_anything_on_the_workers_is_a_failure(cluster, tmp_path):
+    """An mpirun that says 0 but started no daemon on the workers (what happens when it
+    ignores the hostfile and runs every rank on the launcher): not a success."""
+    stub = tmp_path / "mpirun"
+    stub.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'mpirun (Open MPI) 5.0.11'\nexit 0\n")
+    stub.chmod(0o755)
+    cl = cluster(2)
+    cl.start_workers()
+    proc = cl.start_launcher(["--mpirun", str(stub), "--timeout", "30", "--", sys.executable, c.PROG])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 70, err  # EXIT_RUN_FAILED: no pod failed, so the launcher's own code must
+    message = cl.termination(cl.launcher)
+    assert "mpirun exited 0, but the program did not end cleanly on every rank" in message, message
+    assert f"no MPI daemon was started on worker {cl.workers[0]}, {cl.workers[1]}" in message, message
+    assert cl.wait_workers() == {h: 75 for h in cl.workers}
+
+
 def test_launcher_waits_for_late_dns_records(cluster):
     mpi = c.need("mpich")
     cl = cluster(3, dns_delay=10.0)

@@ -7,6 +7,7 @@ namespaces with real DNS; the Secret mounted where the manifest says; real mpiru
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,52 @@ def test_launcher_started_10s_before_the_workers_dns_records_succeeds(tmp_path, 
     assert collections.Counter(result["hosts"]) == {f"pi-worker-0-{i}": 2 for i in range(3)}
     status = out.split("NAME")[-1]
     assert "Completed" in status.splitlines()[1], status
+
+
+@pytest.mark.parametrize("which", ["openmpi", "openmpi4", "mpich", "intel"])
+def test_daemon_killed_inside_a_live_worker_pod_fails_the_jobset_naming_the_pod(tmp_path, which):
+    """Only the MPI daemon of one worker is SIGKILLed 1 s into the run (its pod and worker live
+    on): Open MPI 5 then prints that it lost a remote daemon and exits 0, yet the JobSet must
+    fail, and the launcher name the pod and the signal."""
+    mpi = c.need(which)
+    r = run_manifest(tmp_path, mpi, ["python", c.PROG, "--kill-daemon", VICTIM, "1.0"], max_restarts=0)
+    out = r.stdout
+    assert r.returncode != 0, out[-3000:]
+    status = out.split("NAME")[-1]
+    assert "Failed" in status.splitlines()[1], status
+    assert "RESULT " not in out  # the program never finished
+    # The worker pod itself was not lost: only its daemon (the rank's parent; Intel's
+    # hydra_bstrap_proxy runs on as hydra_pmi_proxy).
+    assert f"MPI worker {VICTIM} went away" not in out, out[-3000:]
+    msg = next(l for l in out.splitlines() if "pod pi-launcher-0-0" in l and "termination message" in l)
+    daemon = {"openmpi": "prted", "openmpi4": "orted"}.get(which, "hydra_pmi_proxy")
+    assert re.search(rf"MPI daemon {daemon} \(pid \d+\) in worker pod {VICTIM}-[a-z0-9]+ \({VICTIM}\) "
+                     r"was killed by SIGKILL while the run was live", msg), msg
+
+
+SPAWN_PROG = str(Path(__file__).with_name("spawn_prog.py"))
+
+
+def test_spare_slots_from_the_generator_let_mpi_comm_spawn_run(tmp_path):
+    """`--np 4` on 3 workers x 2 slots leaves 2 free slots, where MPI_Comm_spawn puts its
+    2 children (MPICH: one more hydra_pmi_proxy per spawn, each reported and ending cleanly)."""
+    mpi = c.need("mpich")
+    r = run_manifest(tmp_path, mpi, ["python", SPAWN_PROG], np=4)
+    out = r.stdout
+    assert r.returncode == 0, out[-4000:] + r.stderr[-2000:]
+    line = next(l for l in out.splitlines() if "SPAWNED " in l)
+    result = json.loads(line.split("SPAWNED ", 1)[1])
+    assert result["parents"] == 4
+    assert len(result["hosts"]) == 2 and all(h.startswith("pi-worker-0-") for h in result["hosts"]), result
+    assert "Completed" in out.split("NAME")[-1].splitlines()[1], out[-3000:]
+
+
+def test_yield_when_idle_reaches_every_open_mpi_rank(tmp_path):
+    """Pods given fewer CPUs than slots (--cpu 1, 2 slots): the generator sets Open MPI's
+    mpi_yield_when_idle, and every rank, started by a worker's daemon, has it."""
+    mpi = c.need("openmpi")
+    r = run_manifest(tmp_path, mpi, ["python", c.PROG], cpu="1")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    line = next(l for l in r.stdout.splitlines() if "RESULT " in l)
+    result = json.loads(line.split("RESULT ", 1)[1])
+    assert result["size"] == 6 and result["yield"] == ["1"] * 6, result
