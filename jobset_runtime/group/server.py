@@ -16,6 +16,9 @@ import time
 
 from .. import contract
 from ..errors import ConfigError
+from .. import admission
+from ..admission import KnownPods
+from ..log import one_line
 from . import wire
 from .state import ALL, UP, Failure, GroupState, MemberId, Phase
 from .wire import check_auth
@@ -50,15 +53,21 @@ class GroupServer:
 
     def __init__(self, *, bind: tuple[str, int] | str, world: list[MemberId], token: bytes | None,
                  insecure: bool = False, attempt: int, heartbeat: float = 0.5, deadline: float = 3.0,
-                 handshake_timeout: float = 5.0, on_up=None, leaders: bool = False):
+                 handshake_timeout: float = 5.0, on_up=None, leaders: bool = False,
+                 slices: list[list[MemberId]] | None = None, known: KnownPods | None = None):
         self._key = check_auth(token, insecure)
         if isinstance(bind, str):
             bind = (bind, contract.GROUP_PORT)
         self._bind = bind
         # on_up(msg): relay mode (relay.py) -- collective steps go to the leaders' group.
         self._on_up = on_up
-        # leaders=True: the leaders' group of the tree, whose members relay their slices' failures.
-        self._leaders = leaders
+        # leaders=True: the leaders' group of the tree, whose members relay their slices' failures;
+        # slices: each leader's slice (its first member is the leader), what a relayed failure may name.
+        self._leaders = leaders or slices is not None
+        self._slices = {s[0].rank: frozenset(s) for s in slices} if slices else None
+        # known: the world's pods resolved from DNS -- admitted first, and a rank is bound to
+        # its pod's address (docs/fail-fast.md, Threat model).  None: no binding (tests, bench).
+        self.known = known
         self.state = GroupState(list(world), attempt, relay=on_up is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
@@ -67,9 +76,10 @@ class GroupServer:
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
         self.address: tuple[str, int] | None = None
-        self.rejected = 0  # connections closed for breaking the protocol or failing auth
-        self._handshaking = 0
-        self.max_handshaking = max(64, 2 * len(world))
+        self.rejected = 0  # connections refused at accept, or closed for breaking the protocol or failing auth
+        self.gate = admission.Gate(admission.Limits.for_members(len(world), handshake_timeout),
+                                   known=known or (lambda addr: False))
+        self.refusals = admission.RefusalLog(f"group: {bind[0]}:{bind[1]}", logger=log)
 
     # --- thread-side API ------------------------------------------------------------
     def start(self) -> tuple[str, int]:
@@ -131,7 +141,11 @@ class GroupServer:
     # --- event loop -------------------------------------------------------------------
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_error)
         self._stopped = asyncio.Event()
+        admission.raise_nofile_limit()
+        if self.known is not None:
+            self.known.start()
         host, port = self._bind
         server = await asyncio.start_server(self._serve, host, port, reuse_address=True, backlog=1024)
         self.address = server.sockets[0].getsockname()[:2]
@@ -144,6 +158,8 @@ class GroupServer:
         finally:
             ticker.cancel()
             server.close()
+            if self.known is not None:
+                self.known.stop()
             for conn in list(self._conns.values()):
                 conn.writer.close()
             tasks = list(self._tasks)
@@ -177,6 +193,7 @@ class GroupServer:
             await asyncio.sleep(self.heartbeat)
             now = self._loop.time()
             hb = self.state.heartbeat()
+            self.refusals.flush_due()
             for conn in list(self._conns.values()):
                 if now - conn.last > self.deadline:
                     log.error("group: %s silent for %.1f s; counting it as vanished",
@@ -185,6 +202,31 @@ class GroupServer:
                     conn.writer.close()
                 else:
                     conn.send(hb)
+
+    def _loop_error(self, loop, context) -> None:
+        # Out of descriptors at accept(): asyncio stops accepting for a second and says so
+        # here; counted with the refusals, not logged once per try.
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and admission.out_of_resources(exc):
+            self.rejected += 1
+            self.refusals.note("?", f"accept() failed: {exc.strerror}")
+            return
+        loop.default_exception_handler(context)
+
+    def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
+        """A rank is bound to its pod: the claim must come from the address the pod's DNS name
+        resolves to.  Not yet resolved, or another address (DNS may still hold the old IP of a
+        recreated pod): refused for now, the name resolved again, the member retries."""
+        if self.known is None:
+            return None
+        pod = hello["pod"]
+        want = self.known.address_of(pod)
+        if want == addr:
+            return None
+        self.known.refresh(pod)
+        if want is None:
+            return f"pod {one_line(pod, 64)} has no DNS record yet to check its address against", True
+        return f"pod {one_line(pod, 64)} has address {want}, not {addr}", True
 
     def _drop(self, conn: _Conn, cause: str) -> None:
         if self._conns.get(conn.rank) is conn:
@@ -213,38 +255,40 @@ class GroupServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._tasks.add(asyncio.current_task())
         peer = writer.get_extra_info("peername")
+        addr = peer[0] if peer else "?"
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = None
         try:
-            # Unauthenticated connections cost a task each: cap them, so a flood of idle ones
-            # cannot crowd out the members (each one is also dropped at the handshake deadline).
-            if self._handshaking >= self.max_handshaking:
+            # Unauthenticated connections cost a task each (admission.py): capped per source,
+            # dropped early when the slots run short, known pods first, one deadline each.
+            refusal = self.gate.admit(addr)
+            if refusal is not None:
                 self.rejected += 1
-                log.warning("group: rejected a connection from %s: %d handshakes already under way",
-                            peer, self._handshaking)
+                self.refusals.note(addr, refusal)
                 return
-            self._handshaking += 1
             try:
                 session, hello = await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
             except (wire.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
                 self.rejected += 1
-                log.warning("group: rejected a connection from %s: %s", peer, _why(e))
+                self.refusals.note(addr, _why(e) if isinstance(e, asyncio.TimeoutError) else "handshake failed")
+                log.debug("group: rejected a connection from %s: %s", peer, _why(e))
                 return
             finally:
-                self._handshaking -= 1
-            refusal = self.state.admit(hello)
+                self.gate.release(addr)
+            self.gate.learn(addr)
+            refusal = self.state.admit(hello) or self._bound(hello, addr)
             rank = hello["rank"]
             if refusal is None and rank in self._conns:
-                old = self._conns[rank]
-                # Before the start a second connection is the same member reconnecting.
-                log.warning("group: %s reconnected; closing its old connection", self.state.world[rank])
-                self._drop(old, "reconnected")
-                old.writer.close()
+                # A rank that joined is not taken over: the one holding it keeps it until its
+                # connection is lost (closed, or silent past the deadline); a member that really
+                # reconnects is told to retry until then.
+                refusal = (f"rank {rank} is already connected from {self._conns[rank].peer[0]}", True)
             if refusal is not None:
                 reason, retry = refusal
-                log.warning("group: refused rank %d (pod %s) from %s: %s", rank, hello["pod"][:64], peer, reason)
+                log.warning("group: refused rank %d (pod %s) from %s: %s", rank, one_line(hello["pod"], 64),
+                            peer, reason)
                 writer.write(session.seal({"t": "refused", "attempt": self.state.attempt,
                                            "epoch": self.state.epoch, "reason": reason, "retry": retry}))
                 await writer.drain()
@@ -283,8 +327,9 @@ class GroupServer:
                 if not (wire.typed(msg["origin_rank"], int) and wire.typed(msg.get("origin_pod"), str)):
                     raise wire.ProtocolError("fail message with a malformed origin")
                 origin = MemberId(msg["origin_rank"], msg["origin_pod"][:253])
-                if not self._in_slice_of(conn.rank, origin.rank):
-                    raise wire.ProtocolError(f"rank {conn.rank} may not report a failure of rank {origin.rank}")
+                if not self._in_slice_of(conn.rank, origin):
+                    raise wire.ProtocolError(f"rank {conn.rank} may not report a failure of rank {origin.rank} "
+                                             f"(pod {one_line(origin.pod, 64)}): not a pod of its own slice")
             self._apply(self.state.fail(conn.rank, msg["code"], msg["cause"], msg["epoch"], origin))
         elif kind == "done":
             self._apply(self.state.finish(conn.rank, msg["epoch"]))
@@ -294,13 +339,16 @@ class GroupServer:
             raise wire.ProtocolError(f"a member may not send {kind}")
 
 
-    def _in_slice_of(self, leader: int, rank: int) -> bool:
-        """A leader speaks for its own slice only: ranks from its own up to the next leader's
-        (each Job's ranks are contiguous and its leader is its first pod)."""
+    def _in_slice_of(self, leader: int, origin: MemberId) -> bool:
+        """A leader speaks for its own slice only: a rank and pod of that slice, when the slices
+        are known; else a rank from its own up to the next leader's (each Job's ranks are
+        contiguous and its leader is its first pod)."""
+        if self._slices is not None:
+            return origin in self._slices.get(leader, ())
         if not self._leaders:
             return False
         later = [r for r in self.state.world if r > leader]
-        return leader <= rank < (min(later) if later else float("inf"))
+        return leader <= origin.rank < (min(later) if later else float("inf"))
 
 
 def _why(e: BaseException) -> str:

@@ -54,6 +54,8 @@ class RemoteCommand:
             isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in env
         ):
             raise CommandError("env is not a list of [name, value] pairs")
+        if any("\0" in s for s in [*argv, *(s for p in env for s in p)]):
+            raise CommandError("a NUL byte in the command or its environment")
         return cls(tuple((n, v) for n, v in env), tuple(argv))
 
 
