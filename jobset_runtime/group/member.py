@@ -155,9 +155,9 @@ class GroupMember:
         """Tell the group this member's child failed; the abort comes back to every member.
 
         origin: a slice leader relays the failure of one of its slice's members."""
+        cause = one_line(cause, wire.MAX_CAUSE)
         log.error("group: reporting failure of %s: exit code %s: %s", origin or self.me, exit_code, cause)
-        msg = {"t": "fail", "attempt": self.attempt, "epoch": self.epoch,
-               "code": exit_code, "cause": one_line(cause, wire.MAX_CAUSE)}
+        msg = {"t": "fail", "attempt": self.attempt, "epoch": self.epoch, "code": exit_code, "cause": cause}
         if origin is not None:
             msg.update(origin_rank=origin.rank, origin_pod=origin.pod)
         self._send(msg)
