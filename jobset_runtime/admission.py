@@ -122,18 +122,21 @@ class RefusalLog:
         self._reasons: Counter = Counter()
         self.total = 0  # every refusal so far (tests and benchmarks read it)
 
-    def note(self, addr: str, reason: str) -> None:
+    def note(self, addr: str | None, reason: str) -> None:
+        """One refusal; addr None when there is no peer to name (accept() itself failed)."""
         with self._lock:
             self.total += 1
-            self._sources.add(addr)
+            if addr:
+                self._sources.add(addr)
             self._reasons[reason] += 1
         self.flush_due()
 
-    def flush_due(self) -> str | None:
-        """Log (and return) the summary once `every` seconds have passed since the last one."""
+    def flush_due(self, force: bool = False) -> str | None:
+        """Log (and return) the summary once `every` seconds have passed since the last one
+        (force: now, as the listener closes)."""
         with self._lock:
             now = self._clock()
-            if not self._reasons or now - self._since < self.every:
+            if not self._reasons or (now - self._since < self.every and not force):
                 if not self._reasons:
                     self._since = now
                 return None

@@ -89,13 +89,13 @@ def test_accept_backoff_doubles_up_to_its_cap():
 
 def test_retrying_retries_what_it_is_told_until_the_deadline_then_raises_the_last_error():
     calls = []
-    deadline = time.monotonic() + 1.0
-    with pytest.raises(ConnectionResetError, match="try 3|try [4-9]"):
+    deadline = time.monotonic() + 3.0
+    with pytest.raises(ConnectionResetError, match=r"try \d+"):
         for attempt in admission.retrying(deadline, (ConnectionError,)):
             with attempt:
                 calls.append(time.monotonic())
                 raise ConnectionResetError(f"try {len(calls)}")
-    assert len(calls) >= 3 and calls[-1] <= deadline + 0.5
+    assert len(calls) >= 3 and calls[-1] <= deadline + 1.0
     gaps = [b - a for a, b in zip(calls, calls[1:])]
     assert all(g > 0.02 for g in gaps)  # never again at once
     # Anything else is raised at the first try.

@@ -160,6 +160,7 @@ class GroupServer:
             server.close()
             if self.known is not None:
                 self.known.stop()
+            self.refusals.flush_due(force=True)
             for conn in list(self._conns.values()):
                 conn.writer.close()
             tasks = list(self._tasks)
@@ -209,7 +210,7 @@ class GroupServer:
         exc = context.get("exception")
         if isinstance(exc, OSError) and admission.out_of_resources(exc):
             self.rejected += 1
-            self.refusals.note("?", f"accept() failed: {exc.strerror}")
+            self.refusals.note(None, f"accept() failed: {exc.strerror}")
             return
         loop.default_exception_handler(context)
 

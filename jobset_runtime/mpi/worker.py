@@ -56,7 +56,8 @@ class WorkerServer:
     """The listening side; `wait()` returns the Outcome that ends the worker."""
 
     def __init__(self, key: bytes, *, pod: str, address: str = "0.0.0.0", port: int = contract.MPI_PORT,
-                 allow_exec: bool = True, vanish_s: float = VANISH_S, known=None):
+                 allow_exec: bool = True, vanish_s: float = VANISH_S, known=None,
+                 limits: admission.Limits = admission.Limits()):
         self.key, self.pod, self.allow_exec, self.vanish_s = key, pod, allow_exec, vanish_s
         self._listener = socket.create_server((address, port), reuse_port=False, backlog=1024)
         self._done = threading.Event()
@@ -67,7 +68,7 @@ class WorkerServer:
         self._watch_channels: list[channel.Channel] = []
         # Unauthenticated connections cost a thread each until the handshake ends (admission.py):
         # one deadline each, capped per source, dropped early when slots run short, known pods first.
-        self.gate = admission.Gate(admission.Limits(), known=known or (lambda addr: False))
+        self.gate = admission.Gate(limits, known=known or (lambda addr: False))
         self.refusals = admission.RefusalLog("mpi worker", logger=log)
 
     @property
@@ -85,6 +86,7 @@ class WorkerServer:
 
     def close(self) -> None:
         self._finish(Outcome(contract.EXIT_PEER_FAILED, "the worker was stopped"))
+        self.refusals.flush_due(force=True)
         try:
             self._listener.close()
         except OSError:
@@ -118,7 +120,7 @@ class WorkerServer:
                 if not admission.out_of_resources(e) or self._done.is_set():
                     return
                 # Out of descriptors: pause accepting (the backlog waits), never spin.
-                self.refusals.note("?", f"accept() failed: {e.strerror}")
+                self.refusals.note(None, f"accept() failed: {e.strerror}")
                 pause = admission.accept_backoff(pause)
                 time.sleep(pause)
                 continue
