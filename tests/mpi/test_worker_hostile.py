@@ -192,3 +192,35 @@ def test_out_of_descriptors_the_worker_pauses_accepting_and_recovers(tmp_path):
     # Reported in the aggregated warning (here at the latest as the worker ends).
     assert "refused" in text and "accept() failed: Too many open files" in text, text[-3000:]
     assert len(text.splitlines()) < 20, text[-3000:]
+
+
+def test_64_slow_reconnecting_clients_per_worker_do_not_stop_a_real_mpi_job(cluster):
+    """Black box: real workers and launcher in namespace pods, real mpirun over the ssh-free
+    transport, while 64 clients per worker trickle bytes into handshakes from the host's side of
+    the bridge and reconnect the moment they are dropped.  Before admission control they held
+    every handshake slot, the launcher's channel was closed at accept, and the launcher exited 2."""
+    import mpifixtures as c
+    from jobset_runtime import contract
+
+    mpi = c.need("mpich")
+    cl = cluster(2)
+    floods = [SlowClients((cl.net.pods[host][1], contract.MPI_PORT), n=64, source=None, every=1.0, limit=90)
+              for host in cl.workers]
+    for flood in floods:
+        flood.__enter__()
+    try:
+        cl.start_workers(env=mpi.env)
+        time.sleep(3)  # the flood is at the workers before the launcher arrives
+        proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--timeout", "60", "--", sys.executable, c.PROG],
+                                 env=mpi.env)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        assert "RESULT " in out
+        assert cl.wait_workers(30) == {h: 0 for h in cl.workers}, {h: cl.log(h)[-2000:] for h in cl.workers}
+        assert all(flood.connections > 64 for flood in floods)
+    finally:
+        for flood in floods:
+            flood.__exit__(None, None, None)
+    for host in cl.workers:  # the flood was reported, in a few aggregated lines
+        lines = [line for line in cl.log(host).splitlines() if "unauthenticated connection" in line]
+        assert 1 <= len(lines) <= 10, cl.log(host)[-3000:]
