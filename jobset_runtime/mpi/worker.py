@@ -213,6 +213,7 @@ class WorkerServer:
                 raise command.CommandError("this worker runs sshd; start daemons over ssh")
             cmd = command.RemoteCommand.from_wire(msg)
             command.check_allowed(cmd)
+            cmd = command.confine(cmd, daemon_base_env(os.environ))
             env = command.environment(cmd, daemon_base_env(os.environ))
             proc = subprocess.Popen(list(cmd.argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True)
