@@ -63,30 +63,36 @@ def pods(tmp_path):
             d.rmdir()
 
 
-def test_64_slow_reconnecting_clients_do_not_stop_a_real_gang_start(pods, tmp_path):
+def start_pod(pods, tmp_path, token, i: int, group_timeout: float) -> subprocess.Popen:
+    """`jobset-run` for pod i, its command printing that it started."""
     net, dns, ips = pods
+    host = HOSTS[i]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
+    env.update({
+        "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+        "JOBSET_RUNTIME_JOBSET_NAME": "fl", "JOBSET_RUNTIME_REPLICATED_JOB": "worker",
+        "JOBSET_RUNTIME_JOB_INDEX": "0", "JOBSET_RUNTIME_POD_INDEX": str(i),
+        "JOBSET_RUNTIME_NAMESPACE": "default", "JOBSET_RUNTIME_TOPOLOGY": "worker:1x2",
+        "JOBSET_RUNTIME_NAMESERVERS": dns.nameserver, "JOBSET_RUNTIME_POD_IP": ips[host],
+        "JOBSET_RUNTIME_GROUP_TOKEN_FILE": str(token),
+        "JOBSET_RUNTIME_TERMINATION_LOG": str(tmp_path / f"termination-{host}"),
+    })
+    argv = [sys.executable, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())",
+            "--timeout", "60", "--group-timeout", str(group_timeout), "--",
+            sys.executable, "-c", "import os; print('STARTED rank', os.environ['JOBSET_RUNTIME_RANK'])"]
+    return subprocess.Popen(net.argv(host, argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_64_slow_reconnecting_clients_do_not_stop_a_real_gang_start(pods, tmp_path):
+    _, _, ips = pods
     token = tmp_path / "token"
     token.write_bytes(os.urandom(32).hex().encode())
     procs = {}
     with SlowClients((ips[HOSTS[0]], contract.GROUP_PORT), n=64, source=None, every=1.0, limit=90) as flood:
         for i, host in enumerate(HOSTS):
-            env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
-            env.update({
-                "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-                "JOBSET_RUNTIME_JOBSET_NAME": "fl", "JOBSET_RUNTIME_REPLICATED_JOB": "worker",
-                "JOBSET_RUNTIME_JOB_INDEX": "0", "JOBSET_RUNTIME_POD_INDEX": str(i),
-                "JOBSET_RUNTIME_NAMESPACE": "default", "JOBSET_RUNTIME_TOPOLOGY": "worker:1x2",
-                "JOBSET_RUNTIME_NAMESERVERS": dns.nameserver, "JOBSET_RUNTIME_POD_IP": ips[host],
-                "JOBSET_RUNTIME_GROUP_TOKEN_FILE": str(token),
-                "JOBSET_RUNTIME_TERMINATION_LOG": str(tmp_path / f"termination-{host}"),
-            })
             if i == 1:
                 time.sleep(3)  # the flood is at the coordinator before the member arrives
-            argv = [sys.executable, "-c", "import sys; from jobset_runtime.cli import run_main; sys.exit(run_main())",
-                    "--timeout", "60", "--group-timeout", "60", "--",
-                    sys.executable, "-c", "import os; print('STARTED rank', os.environ['JOBSET_RUNTIME_RANK'])"]
-            procs[host] = subprocess.Popen(net.argv(host, argv), env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, text=True)
+            procs[host] = start_pod(pods, tmp_path, token, i, group_timeout=60)
         outs = {host: p.communicate(timeout=120)[0] for host, p in procs.items()}
         connections = flood.connections
     for i, host in enumerate(HOSTS):
@@ -96,3 +102,21 @@ def test_64_slow_reconnecting_clients_do_not_stop_a_real_gang_start(pods, tmp_pa
     # The coordinator said so, in a few aggregated lines rather than one per connection.
     summaries = [line for line in outs[HOSTS[0]].splitlines() if "unauthenticated connection" in line]
     assert 1 <= len(summaries) <= 10, outs[HOSTS[0]][-3000:]
+
+
+def test_under_the_flood_a_coordinator_whose_peer_never_comes_still_ends_at_its_deadline(pods, tmp_path):
+    """Its own deadline holds: exit 69 naming the missing pod (it was still running 60 s after
+    its 25 s deadline under a flood of 200 such clients before)."""
+    _, _, ips = pods
+    token = tmp_path / "token"
+    token.write_bytes(os.urandom(32).hex().encode())
+    with SlowClients((ips[HOSTS[0]], contract.GROUP_PORT), n=64, source=None, every=1.0, limit=90):
+        proc = start_pod(pods, tmp_path, token, 0, group_timeout=8)
+        try:
+            out = proc.communicate(timeout=60)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == contract.EXIT_PEERS_TIMEOUT, out[-3000:]
+    assert "1 of 2 group members had not joined" in out and "fl-worker-0-1" in out, out[-3000:]
+    assert "STARTED" not in out
