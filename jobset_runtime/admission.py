@@ -32,7 +32,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
+
+# At import, not when first needed: a client may first need it while its process is out of
+# descriptors (every user of this module retries with it).
+import tenacity
 
 log = logging.getLogger("jobset_runtime.admission")
 
@@ -237,8 +242,6 @@ def out_of_resources(e: OSError) -> bool:
 def client_backoff():
     """How long a client waits before trying again after it was turned away or closed before
     the server proved itself: exponential with jitter, 0.1 s up to 2 s."""
-    import tenacity
-
     try:
         return tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.3)
     except TypeError:  # tenacity < 9 calls the multiplier `initial`
@@ -252,8 +255,6 @@ class Backoff:
         self._wait, self.tries = client_backoff(), 0
 
     def sleep(self, deadline: float) -> None:
-        from types import SimpleNamespace
-
         self.tries += 1
         time.sleep(max(0.0, min(self._wait(SimpleNamespace(attempt_number=self.tries)), deadline - time.monotonic())))
 
@@ -261,8 +262,6 @@ class Backoff:
 def retrying(deadline: float, retry_on: tuple[type[BaseException], ...]):
     """tenacity.Retrying for a connection attempt: again on `retry_on` with client_backoff()
     until time.monotonic() reaches `deadline`, then the last error is raised as it was."""
-    import tenacity
-
     backoff = client_backoff()
 
     def wait(state):  # never sleep past the deadline

@@ -115,6 +115,9 @@ class GroupMember:
             if self.phase is not MemberPhase.NEW:
                 raise RuntimeError(f"join() on a member in phase {self.phase.value}")
             self.phase = MemberPhase.CONNECTING
+        # Made here, not on the member's thread: what it imports (tenacity) must not have to be
+        # opened while the process is out of descriptors.
+        self._backoff = admission.Backoff()
         self._thread = threading.Thread(target=self._run, args=(deadline,), daemon=True,
                                         name=f"group-member-{self.me.rank}")
         self._thread.start()
@@ -269,7 +272,7 @@ class GroupMember:
     def _run(self, join_deadline: float) -> None:
         # Turned away (slots full, not yet verifiable) or lost before the start: try again
         # after a growing pause, never at once (two clients claiming one rank would swap).
-        backoff = admission.Backoff()
+        backoff = self._backoff
         try:
             while not self._closing:
                 try:

@@ -141,23 +141,26 @@ class GroupServer:
     # --- event loop -------------------------------------------------------------------
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.set_exception_handler(self._loop_error)
         self._stopped = asyncio.Event()
         admission.raise_nofile_limit()
+        host, port = self._bind
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.create_server((host, port), family=family, backlog=1024)
+        listener.setblocking(False)
+        self.address = listener.getsockname()[:2]
         if self.known is not None:
             self.known.start()
-        host, port = self._bind
-        server = await asyncio.start_server(self._serve, host, port, reuse_address=True, backlog=1024)
-        self.address = server.sockets[0].getsockname()[:2]
         log.info("group: coordinator listening on %s:%d for %d members (attempt %d)",
                  self.address[0], self.address[1], len(self.state.world), self.state.attempt)
         ready.set()
         ticker = asyncio.create_task(self._tick())
+        acceptor = asyncio.create_task(self._accept(listener))
         try:
             await self._stopped.wait()
         finally:
             ticker.cancel()
-            server.close()
+            acceptor.cancel()
+            listener.close()
             if self.known is not None:
                 self.known.stop()
             self.refusals.flush_due(force=True)
@@ -166,8 +169,41 @@ class GroupServer:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await server.wait_closed()
+            await asyncio.gather(acceptor, *tasks, return_exceptions=True)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """One connection at a time: admission (admission.py) before anything is built for it,
+        and a growing pause, not a loop, while the process is out of descriptors."""
+        pause = 0.0
+        while True:
+            try:
+                sock, peer = await self._loop.sock_accept(listener)
+            except OSError as e:
+                if listener.fileno() == -1:
+                    return
+                if admission.out_of_resources(e):
+                    self.rejected += 1
+                    self.refusals.note(None, f"accept() failed: {e.strerror}")
+                    pause = admission.accept_backoff(pause)
+                    await asyncio.sleep(pause)
+                else:  # the client gave up before accept (ECONNABORTED, ...)
+                    log.debug("group: accept() failed: %s", e)
+                continue
+            pause = 0.0
+            addr = peer[0]
+            refusal = self.gate.admit(addr)
+            if refusal is not None:
+                self.rejected += 1
+                self.refusals.note(addr, refusal)
+                sock.close()
+                continue
+            try:
+                reader, writer = await asyncio.open_connection(sock=sock)
+            except OSError:
+                self.gate.release(addr)
+                sock.close()
+                continue
+            self._tasks.add(self._loop.create_task(self._serve(reader, writer, addr)))
 
     def upstream(self, event: str, failure: Failure | None = None) -> None:
         """Relay mode, from any thread: the leaders' group's answer (start, abort, complete, restart)."""
@@ -203,16 +239,6 @@ class GroupServer:
                     conn.writer.close()
                 else:
                     conn.send(hb)
-
-    def _loop_error(self, loop, context) -> None:
-        # Out of descriptors at accept(): asyncio stops accepting for a second and says so
-        # here; counted with the refusals, not logged once per try.
-        exc = context.get("exception")
-        if isinstance(exc, OSError) and admission.out_of_resources(exc):
-            self.rejected += 1
-            self.refusals.note(None, f"accept() failed: {exc.strerror}")
-            return
-        loop.default_exception_handler(context)
 
     def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
         """A rank is bound to its pod: the claim must come from the address the pod's DNS name
@@ -253,22 +279,15 @@ class GroupServer:
             raise wire.ProtocolError(f"wrong token (claimed rank {hello['rank']}, pod {hello['pod'][:64]!r})")
         return wire.server_session(wire.session_key(self._key, hello_b, challenge_b)), hello
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._tasks.add(asyncio.current_task())
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
+        """A connection admitted by _accept: the handshake within its deadline (its slot is given
+        back however it ends), then the member's messages."""
         peer = writer.get_extra_info("peername")
-        addr = peer[0] if peer else "?"
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = None
         try:
-            # Unauthenticated connections cost a task each (admission.py): capped per source,
-            # dropped early when the slots run short, known pods first, one deadline each.
-            refusal = self.gate.admit(addr)
-            if refusal is not None:
-                self.rejected += 1
-                self.refusals.note(addr, refusal)
-                return
             try:
                 session, hello = await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
             except (wire.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:

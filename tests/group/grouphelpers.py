@@ -19,10 +19,11 @@ WAIT = 20.0  # upper bound for any one awaited event; never a timing assertion
 class Proc:
     """tests/group/groupproc.py in its own process, driven over stdin, events read from stdout."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, **popen):
+        """popen: more for subprocess.Popen (stderr, preexec_fn)."""
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.p = subprocess.Popen([sys.executable, str(HERE / "groupproc.py"), *map(str, args)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, **popen)
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 

@@ -70,6 +70,8 @@ def main():
         except (JobSetRuntimeError, RuntimeError) as e:
             say(event="error", kind=type(e).__name__, message=str(e))
     member.close()
+    if a.serve:
+        server.stop()
 
 
 if __name__ == "__main__":

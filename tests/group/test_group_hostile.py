@@ -8,6 +8,7 @@ import time
 import pytest
 from grouphelpers import (
     WAIT,
+    Proc,
     RecordingProxy,
     SlowClients,
     closed_by_peer,
@@ -360,3 +361,46 @@ def test_a_cause_of_any_bytes_reaches_every_member_as_one_line_of_utf8(group, tm
         assert write_termination_message(f"stopped because a peer failed: {m.abort_cause.describe()}", str(path))
         written = read_termination_message(str(path))
         assert "\n" not in written and "forged line" in written
+
+
+def test_out_of_descriptors_the_coordinator_pauses_accepting_and_recovers(token, token_file):
+    """A coordinator limited to 48 descriptors, 120 connections from as many addresses: accept()
+    fails with EMFILE.  It pauses (no line per try), and the missing member still joins."""
+    import resource
+    import subprocess
+
+    def low_nofile():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    coord = Proc("--serve", "--rank", 0, "--world", 2, "--token-file", token_file, "--join-timeout", 60,
+                 preexec_fn=low_nofile, stderr=subprocess.PIPE)
+    socks = []
+    try:
+        port = coord.expect("listening")["port"]
+        for n in range(120):  # each from an address of its own: no per-source cap applies
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT,
+                                                      source_address=(f"127.0.1.{n + 1}", 0)))
+            except OSError:
+                break
+        time.sleep(3)  # the coordinator is out of descriptors meanwhile
+        for s in socks:
+            s.close()
+        world = make_world(2)
+        m = GroupMember(server=("127.0.0.1", port), me=world[1], world=world, token=token, attempt=0, **FAST)
+        try:
+            m.join(WAIT)
+        except PeersTimeout:
+            coord.stop()
+            raise AssertionError(coord.p.stderr.read()[-3000:]) from None
+        coord.expect("joined")
+        m.close()
+        coord.send("close")
+        err = coord.p.stderr.read()
+        coord.p.wait(WAIT)
+    finally:
+        for s in socks:
+            s.close()
+        coord.stop()
+    assert "accept() failed: Too many open files" in err, err[-3000:]
+    assert len(err.splitlines()) < 20, err[-3000:]
