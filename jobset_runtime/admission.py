@@ -119,8 +119,8 @@ class RefusalLog:
     "refused 4,812 unauthenticated connections from 3 addresses in the last 10 s (...)"."""
 
     def __init__(self, what: str, every: float = WARN_EVERY, clock: Callable[[], float] = time.monotonic,
-                 logger: logging.Logger = log):
-        self.what, self.every, self._clock, self._log = what, every, clock, logger
+                 logger: logging.Logger = log, noun: str = "unauthenticated connection"):
+        self.what, self.every, self._clock, self._log, self.noun = what, every, clock, logger, noun
         self._lock = threading.Lock()
         self._since = clock()
         self._sources: set[str] = set()
@@ -149,7 +149,7 @@ class RefusalLog:
             span = now - self._since
             self._since, self._sources, self._reasons = now, set(), Counter()
         why = "; ".join(f"{reason}: {count:,}" for reason, count in reasons)
-        line = (f"{self.what}: refused {n:,} unauthenticated connection{'s' if n != 1 else ''} from "
+        line = (f"{self.what}: refused {n:,} {self.noun}{'s' if n != 1 else ''} from "
                 f"{sources:,} address{'es' if sources != 1 else ''} in the last {span:.0f} s ({why})")
         self._log.warning("%s", line)
         return line

@@ -80,6 +80,9 @@ class GroupServer:
         self.gate = admission.Gate(admission.Limits.for_members(len(world), handshake_timeout),
                                    known=known or (lambda addr: False))
         self.refusals = admission.RefusalLog(f"group: {bind[0]}:{bind[1]}", logger=log)
+        # Authenticated joins refused for now (a pod's DNS record not there yet, a rank already
+        # connected): every member retries them, so they are summed up too.
+        self.claims = admission.RefusalLog(f"group: {bind[0]}:{bind[1]}", logger=log, noun="join")
 
     # --- thread-side API ------------------------------------------------------------
     def start(self) -> tuple[str, int]:
@@ -164,6 +167,7 @@ class GroupServer:
             if self.known is not None:
                 self.known.stop()
             self.refusals.flush_due(force=True)
+            self.claims.flush_due(force=True)
             for conn in list(self._conns.values()):
                 conn.writer.close()
             tasks = list(self._tasks)
@@ -231,6 +235,7 @@ class GroupServer:
             now = self._loop.time()
             hb = self.state.heartbeat()
             self.refusals.flush_due()
+            self.claims.flush_due()
             for conn in list(self._conns.values()):
                 if now - conn.last > self.deadline:
                     log.error("group: %s silent for %.1f s; counting it as vanished",
@@ -307,8 +312,13 @@ class GroupServer:
                 refusal = (f"rank {rank} is already connected from {self._conns[rank].peer[0]}", True)
             if refusal is not None:
                 reason, retry = refusal
-                log.warning("group: refused rank %d (pod %s) from %s: %s", rank, one_line(hello["pod"], 64),
-                            peer, reason)
+                if retry:
+                    self.claims.note(addr, reason)
+                    log.debug("group: refused rank %d (pod %s) from %s for now: %s", rank,
+                              one_line(hello["pod"], 64), peer, reason)
+                else:
+                    log.warning("group: refused rank %d (pod %s) from %s: %s", rank, one_line(hello["pod"], 64),
+                                peer, reason)
                 writer.write(session.seal({"t": "refused", "attempt": self.state.attempt,
                                            "epoch": self.state.epoch, "reason": reason, "retry": retry}))
                 await writer.drain()
