@@ -117,13 +117,14 @@ class WorkerServer:
             except socket.timeout:
                 continue
             except OSError as e:
-                if not admission.out_of_resources(e) or self._done.is_set():
+                if self._done.is_set() or self._listener.fileno() == -1:
                     return
-                # Out of descriptors: pause accepting (the backlog waits), never spin.
-                self.refusals.note(None, f"accept() failed: {e.strerror}")
-                pause = admission.accept_backoff(pause)
-                time.sleep(pause)
-                continue
+                if admission.out_of_resources(e):
+                    # Out of descriptors: pause accepting (the backlog waits), never spin.
+                    self.refusals.note(None, f"accept() failed: {e.strerror}")
+                    pause = admission.accept_backoff(pause)
+                    time.sleep(pause)
+                continue  # else the client gave up before accept (ECONNABORTED, ...)
             pause = 0.0
             refusal = self.gate.admit(addr[0])
             if refusal is not None:
