@@ -35,10 +35,6 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
 
-# At import, not when first needed: a client may first need it while its process is out of
-# descriptors (every user of this module retries with it).
-import tenacity
-
 log = logging.getLogger("jobset_runtime.admission")
 
 WARN_EVERY = 10.0  # seconds between two aggregated refusal warnings
@@ -242,6 +238,8 @@ def out_of_resources(e: OSError) -> bool:
 def client_backoff():
     """How long a client waits before trying again after it was turned away or closed before
     the server proved itself: exponential with jitter, 0.1 s up to 2 s."""
+    import tenacity  # only where a client retries (the wrapper's fast start)
+
     try:
         return tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.3)
     except TypeError:  # tenacity < 9 calls the multiplier `initial`
@@ -249,7 +247,9 @@ def client_backoff():
 
 
 class Backoff:
-    """client_backoff() for a loop of its own: the delay before each next try, never past a deadline."""
+    """client_backoff() for a loop of its own: the delay before each next try, never past a deadline.
+    Make it before it is needed (it imports tenacity): a client may first need it while its
+    process is out of descriptors."""
 
     def __init__(self):
         self._wait, self.tries = client_backoff(), 0
@@ -262,6 +262,8 @@ class Backoff:
 def retrying(deadline: float, retry_on: tuple[type[BaseException], ...]):
     """tenacity.Retrying for a connection attempt: again on `retry_on` with client_backoff()
     until time.monotonic() reaches `deadline`, then the last error is raised as it was."""
+    import tenacity
+
     backoff = client_backoff()
 
     def wait(state):  # never sleep past the deadline

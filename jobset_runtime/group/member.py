@@ -80,6 +80,9 @@ class GroupMember:
         # The pod's own address as the source, so the coordinator sees the address its DNS name
         # has (a pod with several addresses, or loopback pods, would otherwise send from another).
         self.source = source
+        # Made now, not when first turned away: what it imports (tenacity) must not have to be
+        # opened while the process is out of descriptors.
+        self._backoff = admission.Backoff()
         self.epoch = 0
         self.phase = MemberPhase.NEW
         self.aborted = threading.Event()
@@ -115,9 +118,6 @@ class GroupMember:
             if self.phase is not MemberPhase.NEW:
                 raise RuntimeError(f"join() on a member in phase {self.phase.value}")
             self.phase = MemberPhase.CONNECTING
-        # Made here, not on the member's thread: what it imports (tenacity) must not have to be
-        # opened while the process is out of descriptors.
-        self._backoff = admission.Backoff()
         self._thread = threading.Thread(target=self._run, args=(deadline,), daemon=True,
                                         name=f"group-member-{self.me.rank}")
         self._thread.start()

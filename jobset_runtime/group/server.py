@@ -151,6 +151,7 @@ class GroupServer:
         listener = socket.create_server((host, port), family=family, backlog=1024)
         listener.setblocking(False)
         self.address = listener.getsockname()[:2]
+        self.refusals.what = self.claims.what = f"group: {self.address[0]}:{self.address[1]}"
         if self.known is not None:
             self.known.start()
         log.info("group: coordinator listening on %s:%d for %d members (attempt %d)",

@@ -17,7 +17,7 @@ from grouphelpers import (
     raw_connect,
 )
 
-from jobset_runtime.admission import KnownPods
+from jobset_runtime.admission import WARN_EVERY, KnownPods
 from jobset_runtime.errors import ConfigError, PeersTimeout
 from jobset_runtime.group import (
     GroupAborted,
@@ -239,6 +239,7 @@ def test_slow_reconnecting_clients_cannot_lock_out_the_gang_start(token, caplog)
     """64 clients trickling a byte at a time and reconnecting the moment they are dropped (each
     read short of the handshake deadline) hold no slot for long and get few: the members join."""
     world = make_world(3)
+    started = time.monotonic()
     with (
         GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, handshake_timeout=1.0,
                     **FAST) as srv,
@@ -253,9 +254,11 @@ def test_slow_reconnecting_clients_cannot_lock_out_the_gang_start(token, caplog)
         assert srv.gate.under_way <= srv.gate.limits.per_source + len(world)
         for m in members:
             m.close()
-    # Thousands of refusals, a handful of lines: one aggregated warning per window at most.
+    # Thousands of refusals, a handful of lines: one aggregated warning per window (and one as
+    # the server stops), however long this took on a loaded machine.
+    windows = (time.monotonic() - started) / WARN_EVERY
     refusals = [r.getMessage() for r in caplog.records if "unauthenticated connection" in r.getMessage()]
-    assert len(refusals) <= 2 and srv.rejected > len(refusals), (srv.rejected, refusals)
+    assert 1 <= len(refusals) <= windows + 2 and srv.rejected > 10 * len(refusals), (srv.rejected, refusals)
 
 
 def test_a_joined_rank_cannot_be_taken_over(token):
