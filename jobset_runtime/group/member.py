@@ -334,7 +334,9 @@ class GroupMember:
             sock = socket.create_connection(self.server, timeout=left)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(max(self.deadline, left))
+            # As long as the server may take (its handshake deadline, admission.Limits): a member
+            # that gave up on a welcome already sent would be counted joined and then lost.
+            sock.settimeout(max(self.deadline, left, admission.Limits.deadline))
             hello_b = wire.encode({"t": "hello", "v": wire.VERSION, "attempt": self.attempt, "epoch": self.epoch,
                                    "rank": self.me.rank, "pod": self.me.pod, "nonce": wire.nonce()})
             sock.sendall(wire.frame(hello_b))

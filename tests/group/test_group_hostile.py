@@ -32,6 +32,9 @@ from jobset_runtime.local.dns import DnsServer
 from jobset_runtime.supervisor import read_termination_message, write_termination_message
 
 FAST = {"heartbeat": 0.1, "deadline": 2.0}
+# For the floods run from this process: their threads share the interpreter with the servers and
+# members, so liveness gets a generous deadline; what those tests test is admission, not heartbeats.
+LIVE = {"heartbeat": 0.2, "deadline": 10.0}
 
 
 def wait_until(cond, what):
@@ -242,12 +245,12 @@ def test_slow_reconnecting_clients_cannot_lock_out_the_gang_start(token, caplog)
     started = time.monotonic()
     with (
         GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, handshake_timeout=1.0,
-                    **FAST) as srv,
+                    **LIVE) as srv,
         caplog.at_level("WARNING", logger="jobset_runtime.group"),
         SlowClients(srv.address, n=64, source="127.0.0.2", every=0.3, limit=60) as flood,
     ):
         wait_until(lambda: srv.rejected >= 64, "the flood to be turned away")
-        members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0, **FAST)
+        members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0, **LIVE)
                    for m in world]
         join_all(members)
         assert srv.phase is Phase.RUNNING and flood.connections > 64
@@ -407,3 +410,36 @@ def test_out_of_descriptors_the_coordinator_pauses_accepting_and_recovers(token,
         coord.stop()
     assert "accept() failed: Too many open files" in err, err[-3000:]
     assert len(err.splitlines()) < 20, err[-3000:]
+
+
+def test_slow_reconnecting_clients_cannot_lock_out_the_tree_gang_start(token):
+    """The same flood at each slice leader and at the leaders' server: every slice still starts."""
+    from jobset_runtime.group.relay import SliceLeader
+
+    world = make_world(6)
+    slices = [world[:3], world[3:]]
+    leaders = [s[0] for s in slices]
+    with GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, slices=slices,
+                     handshake_timeout=1.0, **LIVE) as top:
+        sls = [SliceLeader(bind=("127.0.0.1", 0), slice_world=s, upstream=top.address, me=s[0], leaders=leaders,
+                           token=token, attempt=0, join_timeout=WAIT, barrier_timeout=WAIT, **LIVE) for s in slices]
+        for sl in sls:
+            sl.start()
+        floods = [SlowClients(address, n=32, source="127.0.0.2", every=0.3, limit=60)
+                  for address in [top.address, *(sl.address for sl in sls)]]
+        try:
+            for flood in floods:
+                flood.__enter__()
+            wait_until(lambda: all(s.rejected >= 24 for s in [top, *(sl.server for sl in sls)]),
+                       "the flood to be turned away everywhere")
+            members = [GroupMember(server=sls[m.rank // 3].address, me=m, world=slices[m.rank // 3], token=token,
+                                   attempt=0, **LIVE) for m in world]
+            join_all(members)
+            assert top.phase is Phase.RUNNING and all(m.phase is MemberPhase.RUNNING for m in members)
+            for m in members:
+                m.close()
+        finally:
+            for flood in floods:
+                flood.__exit__(None, None, None)
+            for sl in sls:
+                sl.stop()
