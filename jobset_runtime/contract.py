@@ -181,6 +181,7 @@ GROUP_PORT = 7470   # the fail-fast group channel
 GROUP_LEADERS_PORT = GROUP_PORT + 1  # the leaders' group of the two-level tree (always the group port + 1)
 SSH_PORT = 2222     # sshd in MPI workers, as mpi-operator runs it
 MPI_PORT = 7472     # the MPI worker's authenticated channel (launcher watch, ssh-free daemon start)
+MPI_AGENT_CONNECT_S = 60.0  # how long the remote-start agent keeps asking a worker that turns it away
 
 # --- MPI ssh transport -----------------------------------------------------------
 # The manifest generator makes a key pair per JobSet and ships it in a Secret of

@@ -5,12 +5,42 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 
 from . import contract
 
 FORMATS = ("text", "json")
+MAX_LINE = 16 * 1024  # characters of one logged message
+
+# Line breaks and other control characters (C0, DEL, C1, and Unicode's own line and paragraph
+# separators): what could end a line early or forge one in a log or termination message.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text, limit: int | None = None) -> str:
+    """Any text or bytes in, one line of valid UTF-8 out: bytes that are not UTF-8 (and the
+    surrogates Python decodes them to in argv and paths) become \\xNN, control characters
+    \\n, \\r, \\t or \\xNN / \\uNNNN; longer than `limit` characters, cut with a trailing "...".
+    For causes and messages that came from elsewhere (a peer, a child, a command line)."""
+    if isinstance(text, str):
+        try:
+            text = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # surrogates that do not stand for bytes
+            text = text.encode("utf-8", "backslashreplace")
+    elif not isinstance(text, (bytes, bytearray)):
+        text = str(text).encode("utf-8", "backslashreplace")
+    out = _CONTROL.sub(_escape, bytes(text).decode("utf-8", "backslashreplace"))
+    if limit is not None and len(out) > limit:
+        out = out[: max(0, limit - 3)] + "..."
+    return out
+
+
+def _escape(m: re.Match) -> str:
+    c = m.group()
+    return _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
 class _Formatter(logging.Formatter):
@@ -19,7 +49,8 @@ class _Formatter(logging.Formatter):
         self.fmt, self.program, self.pod, self.rank = fmt, program, None, None
 
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
+        # One event, one line, whatever the message carries (a peer's cause, a path).
+        msg = one_line(record.getMessage(), MAX_LINE)
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         if self.fmt == "json":

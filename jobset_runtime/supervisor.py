@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from . import contract
 from .errors import JobSetRuntimeError
+from .log import one_line
 
 log = logging.getLogger("jobset_runtime.supervisor")
 
@@ -34,6 +35,7 @@ def exit_code_of(status: int) -> int:
 
 def describe_exit(program: str, code: int, with_code: bool = True) -> str:
     """`python was killed by SIGKILL (exit code 137)`, `python exited with code 3`."""
+    program = one_line(program, 256)  # a path from the command line: any bytes
     if code > contract.EXIT_SIGNAL_BASE:
         try:
             name = signal.Signals(code - contract.EXIT_SIGNAL_BASE).name
@@ -176,11 +178,14 @@ def read_termination_message(path: str | None) -> str:
 
 
 def write_termination_message(message: str, path: str | None = None) -> bool:
-    """Write the cause where the kubelet reads it (at most 4 KiB); False when the path is not writable."""
+    """Write the cause where the kubelet reads it: one line of valid UTF-8, at most 4 KiB
+    (whatever bytes the cause held); False when the path is not writable."""
     path = termination_log_path(path)
     if path is None:
         return False
-    data = message.encode("utf-8")[: contract.TERMINATION_MESSAGE_MAX]
+    data = one_line(message).encode("utf-8")
+    if len(data) > contract.TERMINATION_MESSAGE_MAX:
+        data = data[: contract.TERMINATION_MESSAGE_MAX - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
     try:
         with open(path, "wb") as f:
             f.write(data)

@@ -1,6 +1,7 @@
 """jobset-run with real child processes: exit codes, signals, termination message, bad input."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -132,6 +133,23 @@ def test_a_cause_written_by_the_command_is_kept(cli_env, tmp_path):
                    "raise SystemExit(75)")
     assert r.returncode == 75
     assert log.read_text() == "pod demo-worker-1-0 (rank 2): lost worker w-3"
+
+
+def test_a_command_path_that_is_not_utf8_keeps_its_exit_code_and_a_one_line_message(cli_env, tmp_path):
+    """A path with a byte that is not UTF-8 (Python holds it as a surrogate) once turned exit 3
+    into 1 with a traceback when the cause was written."""
+    script = os.fsencode(tmp_path) + b"/fail-\xff\xfe-\nforged"
+    with open(script, "wb") as f:
+        f.write(b"#!/bin/sh\nexit 3\n")
+    os.chmod(script, 0o755)
+    log = tmp_path / "termination-log"
+    r = jobset_run(cli_env, "--wait", "none", "--termination-log", str(log), "--", os.fsdecode(script))
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    msg = log.read_bytes().decode("utf-8")  # valid UTF-8, or this raises
+    assert "\n" not in msg and "fail-\\xff\\xfe-\\nforged exited with code 3" in msg, msg
+    # Every log line of the wrapper is one line too: the path's newline did not start a new one.
+    assert not any(line.startswith("forged") for line in r.stderr.splitlines()), r.stderr
 
 
 def test_jax_env_on_request(cli_env, tmp_path):

@@ -20,15 +20,16 @@ Member phases:
 from __future__ import annotations
 
 import enum
+import errno
 import logging
-import random
 import select
 import socket
 import threading
 import time
 
-from .. import contract
+from .. import admission, contract
 from ..errors import ConfigError, JobSetRuntimeError, PeersTimeout, first_few
+from ..log import one_line
 from . import wire
 from .state import Failure, MemberId
 from .wire import check_auth
@@ -67,7 +68,8 @@ class _Refused(Exception):
 class GroupMember:
     def __init__(self, *, server: tuple[str, int] | str, me: MemberId, world: list[MemberId],
                  token: bytes | None, insecure: bool = False, attempt: int,
-                 heartbeat: float = 0.5, deadline: float = 3.0, connect_timeout: float = 2.0):
+                 heartbeat: float = 0.5, deadline: float = 3.0, connect_timeout: float = 2.0,
+                 source: str | None = None):
         self._key = check_auth(token, insecure)
         self.server = (server, contract.GROUP_PORT) if isinstance(server, str) else tuple(server)
         ranks = {m.rank: m for m in world}
@@ -75,6 +77,12 @@ class GroupMember:
             raise ConfigError(f"group member {me} is not in the group's world ({first_few(sorted(world))})")
         self.me, self.world, self.attempt = me, sorted(world), attempt
         self.heartbeat, self.deadline, self.connect_timeout = heartbeat, deadline, connect_timeout
+        # The pod's own address as the source, so the coordinator sees the address its DNS name
+        # has (a pod with several addresses, or loopback pods, would otherwise send from another).
+        self.source = source
+        # Made now, not when first turned away: what it imports (tenacity) must not have to be
+        # opened while the process is out of descriptors.
+        self._backoff = admission.Backoff()
         self.epoch = 0
         self.phase = MemberPhase.NEW
         self.aborted = threading.Event()
@@ -150,9 +158,9 @@ class GroupMember:
         """Tell the group this member's child failed; the abort comes back to every member.
 
         origin: a slice leader relays the failure of one of its slice's members."""
+        cause = one_line(cause, wire.MAX_CAUSE)
         log.error("group: reporting failure of %s: exit code %s: %s", origin or self.me, exit_code, cause)
-        msg = {"t": "fail", "attempt": self.attempt, "epoch": self.epoch,
-               "code": exit_code, "cause": cause[: wire.MAX_CAUSE]}
+        msg = {"t": "fail", "attempt": self.attempt, "epoch": self.epoch, "code": exit_code, "cause": cause}
         if origin is not None:
             msg.update(origin_rank=origin.rank, origin_pod=origin.pod)
         self._send(msg)
@@ -262,7 +270,9 @@ class GroupMember:
                 log.exception("group: abort callback failed")
 
     def _run(self, join_deadline: float) -> None:
-        backoff = 0.05
+        # Turned away (slots full, not yet verifiable) or lost before the start: try again
+        # after a growing pause, never at once (two clients claiming one rank would swap).
+        backoff = self._backoff
         try:
             while not self._closing:
                 try:
@@ -274,11 +284,9 @@ class GroupMember:
                             self._refused = str(e)
                             self._cond.notify_all()
                         return
-                    left = join_deadline - time.monotonic()
-                    if left <= 0:
+                    if time.monotonic() >= join_deadline:
                         return
-                    time.sleep(min(left, backoff * (1 + random.random())))
-                    backoff = min(backoff * 2, 1.0)
+                    backoff.sleep(join_deadline)
                     continue
                 lost = self._serve()
                 self._session = None
@@ -290,6 +298,7 @@ class GroupMember:
                         self.phase = MemberPhase.CONNECTING
                 if waiting and time.monotonic() < join_deadline:
                     log.warning("group: lost the coordinator before the start (%s); reconnecting", lost)
+                    backoff.sleep(join_deadline)
                     continue
                 host, port = self.server
                 self._abort(Failure(None, f"{host}:{port}", None, f"lost the group coordinator: {lost}"))
@@ -313,10 +322,21 @@ class GroupMember:
 
     def _connect(self, join_deadline: float) -> None:
         left = max(0.05, min(self.connect_timeout, join_deadline - time.monotonic()))
-        sock = socket.create_connection(self.server, timeout=left)
+        try:
+            sock = socket.create_connection(self.server, timeout=left,
+                                            source_address=(self.source, 0) if self.source else None)
+        except OSError as e:
+            if not (self.source and e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL)):
+                raise
+            log.warning("group: cannot connect from this pod's address %s (%s); letting the system choose",
+                        self.source, e.strerror)
+            self.source = None
+            sock = socket.create_connection(self.server, timeout=left)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(max(self.deadline, left))
+            # As long as the server may take (its handshake deadline, admission.Limits): a member
+            # that gave up on a welcome already sent would be counted joined and then lost.
+            sock.settimeout(max(self.deadline, left, admission.Limits.deadline))
             hello_b = wire.encode({"t": "hello", "v": wire.VERSION, "attempt": self.attempt, "epoch": self.epoch,
                                    "rank": self.me.rank, "pod": self.me.pod, "nonce": wire.nonce()})
             sock.sendall(wire.frame(hello_b))

@@ -33,12 +33,14 @@ class SliceLeader:
                  upstream: tuple[str, int] | str, me: MemberId, leaders: list[MemberId],
                  token: bytes | None, insecure: bool = False, attempt: int,
                  heartbeat: float = 0.5, deadline: float = 3.0,
-                 join_timeout: float = 600.0, barrier_timeout: float = 600.0):
+                 join_timeout: float = 600.0, barrier_timeout: float = 600.0, known=None,
+                 source: str | None = None):
         self.join_timeout, self.barrier_timeout = join_timeout, barrier_timeout
         self.up = GroupMember(server=upstream, me=me, world=leaders, token=token, insecure=insecure,
-                              attempt=attempt, heartbeat=heartbeat, deadline=deadline)
+                              attempt=attempt, heartbeat=heartbeat, deadline=deadline, source=source)
         self.server = GroupServer(bind=bind, world=slice_world, token=token, insecure=insecure,
-                                  attempt=attempt, heartbeat=heartbeat, deadline=deadline, on_up=self._on_up)
+                                  attempt=attempt, heartbeat=heartbeat, deadline=deadline, on_up=self._on_up,
+                                  known=known)
         self.up.on_abort(lambda failure: self.server.upstream("abort", failure))
 
     @property

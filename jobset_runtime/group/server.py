@@ -17,6 +17,9 @@ import time
 from .. import contract
 from ..addresses import join_host_port
 from ..errors import ConfigError
+from .. import admission
+from ..admission import KnownPods
+from ..log import one_line
 from . import wire
 from .state import ALL, UP, Failure, GroupState, MemberId, Phase
 from .wire import check_auth
@@ -51,15 +54,21 @@ class GroupServer:
 
     def __init__(self, *, bind: tuple[str, int] | str, world: list[MemberId], token: bytes | None,
                  insecure: bool = False, attempt: int, heartbeat: float = 0.5, deadline: float = 3.0,
-                 handshake_timeout: float = 5.0, on_up=None, leaders: bool = False):
+                 handshake_timeout: float = 5.0, on_up=None, leaders: bool = False,
+                 slices: list[list[MemberId]] | None = None, known: KnownPods | None = None):
         self._key = check_auth(token, insecure)
         if isinstance(bind, str):
             bind = (bind, contract.GROUP_PORT)
         self._bind = bind
         # on_up(msg): relay mode (relay.py) -- collective steps go to the leaders' group.
         self._on_up = on_up
-        # leaders=True: the leaders' group of the tree, whose members relay their slices' failures.
-        self._leaders = leaders
+        # leaders=True: the leaders' group of the tree, whose members relay their slices' failures;
+        # slices: each leader's slice (its first member is the leader), what a relayed failure may name.
+        self._leaders = leaders or slices is not None
+        self._slices = {s[0].rank: frozenset(s) for s in slices} if slices else None
+        # known: the world's pods resolved from DNS -- admitted first, and a rank is bound to
+        # its pod's address (docs/fail-fast.md, Threat model).  None: no binding (tests, bench).
+        self.known = known
         self.state = GroupState(list(world), attempt, relay=on_up is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
@@ -68,9 +77,13 @@ class GroupServer:
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
         self.address: tuple[str, int] | None = None
-        self.rejected = 0  # connections closed for breaking the protocol or failing auth
-        self._handshaking = 0
-        self.max_handshaking = max(64, 2 * len(world))
+        self.rejected = 0  # connections refused at accept, or closed for breaking the protocol or failing auth
+        self.gate = admission.Gate(admission.Limits.for_members(len(world), handshake_timeout),
+                                   known=known or (lambda addr: False))
+        self.refusals = admission.RefusalLog(f"group: {bind[0]}:{bind[1]}", logger=log)
+        # Authenticated joins refused for now (a pod's DNS record not there yet, a rank already
+        # connected): every member retries them, so they are summed up too.
+        self.claims = admission.RefusalLog(f"group: {bind[0]}:{bind[1]}", logger=log, noun="join")
 
     # --- thread-side API ------------------------------------------------------------
     def start(self) -> tuple[str, int]:
@@ -132,25 +145,70 @@ class GroupServer:
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        admission.raise_nofile_limit()
         host, port = self._bind
-        server = await asyncio.start_server(self._serve, host, port, reuse_address=True, backlog=1024)
-        self.address = server.sockets[0].getsockname()[:2]
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.create_server((host, port), family=family, backlog=1024)
+        listener.setblocking(False)
+        self.address = listener.getsockname()[:2]
+        self.refusals.what = self.claims.what = f"group: {join_host_port(*self.address)}"
+        if self.known is not None:
+            self.known.start()
         log.info("group: coordinator listening on %s for %d members (attempt %d)",
                  join_host_port(*self.address), len(self.state.world), self.state.attempt)
         ready.set()
         ticker = asyncio.create_task(self._tick())
+        acceptor = asyncio.create_task(self._accept(listener))
         try:
             await self._stopped.wait()
         finally:
             ticker.cancel()
-            server.close()
+            acceptor.cancel()
+            listener.close()
+            if self.known is not None:
+                self.known.stop()
+            self.refusals.flush_due(force=True)
+            self.claims.flush_due(force=True)
             for conn in list(self._conns.values()):
                 conn.writer.close()
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await server.wait_closed()
+            await asyncio.gather(acceptor, *tasks, return_exceptions=True)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """One connection at a time: admission (admission.py) before anything is built for it,
+        and a growing pause, not a loop, while the process is out of descriptors."""
+        pause = 0.0
+        while True:
+            try:
+                sock, peer = await self._loop.sock_accept(listener)
+            except OSError as e:
+                if listener.fileno() == -1:
+                    return
+                if admission.out_of_resources(e):
+                    self.rejected += 1
+                    self.refusals.note(None, f"accept() failed: {e.strerror}")
+                    pause = admission.accept_backoff(pause)
+                    await asyncio.sleep(pause)
+                else:  # the client gave up before accept (ECONNABORTED, ...)
+                    log.debug("group: accept() failed: %s", e)
+                continue
+            pause = 0.0
+            addr = peer[0]
+            refusal = self.gate.admit(addr)
+            if refusal is not None:
+                self.rejected += 1
+                self.refusals.note(addr, refusal)
+                sock.close()
+                continue
+            try:
+                reader, writer = await asyncio.open_connection(sock=sock)
+            except OSError:
+                self.gate.release(addr)
+                sock.close()
+                continue
+            self._tasks.add(self._loop.create_task(self._serve(reader, writer, addr)))
 
     def upstream(self, event: str, failure: Failure | None = None) -> None:
         """Relay mode, from any thread: the leaders' group's answer (start, abort, complete, restart)."""
@@ -177,6 +235,8 @@ class GroupServer:
             await asyncio.sleep(self.heartbeat)
             now = self._loop.time()
             hb = self.state.heartbeat()
+            self.refusals.flush_due()
+            self.claims.flush_due()
             for conn in list(self._conns.values()):
                 if now - conn.last > self.deadline:
                     log.error("group: %s silent for %.1f s; counting it as vanished",
@@ -185,6 +245,21 @@ class GroupServer:
                     conn.writer.close()
                 else:
                     conn.send(hb)
+
+    def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
+        """A rank is bound to its pod: the claim must come from the address the pod's DNS name
+        resolves to.  Not yet resolved, or another address (DNS may still hold the old IP of a
+        recreated pod): refused for now, the name resolved again, the member retries."""
+        if self.known is None:
+            return None
+        pod = hello["pod"]
+        want = self.known.address_of(pod)
+        if want == addr:
+            return None
+        self.known.refresh(pod)
+        if want is None:
+            return f"pod {one_line(pod, 64)} has no DNS record yet to check its address against", True
+        return f"pod {one_line(pod, 64)} has address {want}, not {addr}", True
 
     def _drop(self, conn: _Conn, cause: str) -> None:
         if self._conns.get(conn.rank) is conn:
@@ -210,41 +285,41 @@ class GroupServer:
             raise wire.ProtocolError(f"wrong token (claimed rank {hello['rank']}, pod {hello['pod'][:64]!r})")
         return wire.server_session(wire.session_key(self._key, hello_b, challenge_b)), hello
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._tasks.add(asyncio.current_task())
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
+        """A connection admitted by _accept: the handshake within its deadline (its slot is given
+        back however it ends), then the member's messages."""
         peer = writer.get_extra_info("peername")
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = None
         try:
-            # Unauthenticated connections cost a task each: cap them, so a flood of idle ones
-            # cannot crowd out the members (each one is also dropped at the handshake deadline).
-            if self._handshaking >= self.max_handshaking:
-                self.rejected += 1
-                log.warning("group: rejected a connection from %s: %d handshakes already under way",
-                            peer, self._handshaking)
-                return
-            self._handshaking += 1
             try:
                 session, hello = await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
             except (wire.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
                 self.rejected += 1
-                log.warning("group: rejected a connection from %s: %s", peer, _why(e))
+                self.refusals.note(addr, _why(e) if isinstance(e, asyncio.TimeoutError) else "handshake failed")
+                log.debug("group: rejected a connection from %s: %s", peer, _why(e))
                 return
             finally:
-                self._handshaking -= 1
-            refusal = self.state.admit(hello)
+                self.gate.release(addr)
+            self.gate.learn(addr)
+            refusal = self.state.admit(hello) or self._bound(hello, addr)
             rank = hello["rank"]
             if refusal is None and rank in self._conns:
-                old = self._conns[rank]
-                # Before the start a second connection is the same member reconnecting.
-                log.warning("group: %s reconnected; closing its old connection", self.state.world[rank])
-                self._drop(old, "reconnected")
-                old.writer.close()
+                # A rank that joined is not taken over: the one holding it keeps it until its
+                # connection is lost (closed, or silent past the deadline); a member that really
+                # reconnects is told to retry until then.
+                refusal = (f"rank {rank} is already connected from {self._conns[rank].peer[0]}", True)
             if refusal is not None:
                 reason, retry = refusal
-                log.warning("group: refused rank %d (pod %s) from %s: %s", rank, hello["pod"][:64], peer, reason)
+                if retry:
+                    self.claims.note(addr, reason)
+                    log.debug("group: refused rank %d (pod %s) from %s for now: %s", rank,
+                              one_line(hello["pod"], 64), peer, reason)
+                else:
+                    log.warning("group: refused rank %d (pod %s) from %s: %s", rank, one_line(hello["pod"], 64),
+                                peer, reason)
                 writer.write(session.seal({"t": "refused", "attempt": self.state.attempt,
                                            "epoch": self.state.epoch, "reason": reason, "retry": retry}))
                 await writer.drain()
@@ -283,8 +358,9 @@ class GroupServer:
                 if not (wire.typed(msg["origin_rank"], int) and wire.typed(msg.get("origin_pod"), str)):
                     raise wire.ProtocolError("fail message with a malformed origin")
                 origin = MemberId(msg["origin_rank"], msg["origin_pod"][:253])
-                if not self._in_slice_of(conn.rank, origin.rank):
-                    raise wire.ProtocolError(f"rank {conn.rank} may not report a failure of rank {origin.rank}")
+                if not self._in_slice_of(conn.rank, origin):
+                    raise wire.ProtocolError(f"rank {conn.rank} may not report a failure of rank {origin.rank} "
+                                             f"(pod {one_line(origin.pod, 64)}): not a pod of its own slice")
             self._apply(self.state.fail(conn.rank, msg["code"], msg["cause"], msg["epoch"], origin))
         elif kind == "done":
             self._apply(self.state.finish(conn.rank, msg["epoch"]))
@@ -294,13 +370,16 @@ class GroupServer:
             raise wire.ProtocolError(f"a member may not send {kind}")
 
 
-    def _in_slice_of(self, leader: int, rank: int) -> bool:
-        """A leader speaks for its own slice only: ranks from its own up to the next leader's
-        (each Job's ranks are contiguous and its leader is its first pod)."""
+    def _in_slice_of(self, leader: int, origin: MemberId) -> bool:
+        """A leader speaks for its own slice only: a rank and pod of that slice, when the slices
+        are known; else a rank from its own up to the next leader's (each Job's ranks are
+        contiguous and its leader is its first pod)."""
+        if self._slices is not None:
+            return origin in self._slices.get(leader, ())
         if not self._leaders:
             return False
         later = [r for r in self.state.world if r > leader]
-        return leader <= rank < (min(later) if later else float("inf"))
+        return leader <= origin.rank < (min(later) if later else float("inf"))
 
 
 def _why(e: BaseException) -> str:

@@ -85,6 +85,14 @@ def _address(ident: Identity, fqdn: str, opts: GroupOptions) -> str:
     return wait_for_hosts([fqdn], timeout=opts.join_timeout, family=family_of(ident.pod_ip))[fqdn]
 
 
+def _known(ident: Identity, world: list[MemberId]):
+    """The members' pods by DNS name: admitted first, each rank bound to its pod's address."""
+    from ..addresses import family_of
+    from ..admission import KnownPods
+
+    return KnownPods({m.pod: ident.fqdn(m.pod) for m in world}, family=family_of(ident.pod_ip))
+
+
 def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
     """Join (and, on the coordinator pod, host) the group; returns once every member has joined."""
     if ident.topology is None:
@@ -109,8 +117,9 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
             from .server import GroupServer
 
             # Flat: every member's server.  Tree: the leaders' group.
-            top = GroupServer(bind=(address, opts.leaders_port if tree else opts.port),
-                              world=[g[0] for g in groups] if tree else world, leaders=tree, **common)
+            top_world = [g[0] for g in groups] if tree else world
+            top = GroupServer(bind=(address, opts.leaders_port if tree else opts.port), world=top_world,
+                              slices=groups if tree else None, known=_known(ident, top_world), **common)
             top.start()
             servers.append(top)
         if tree and hosts_server:
@@ -118,14 +127,15 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
 
             leader = SliceLeader(bind=(address, opts.port), slice_world=mine, me=me,
                                  upstream=(coordinator, opts.leaders_port), leaders=[g[0] for g in groups],
-                                 join_timeout=opts.join_timeout, barrier_timeout=opts.join_timeout, **common)
+                                 join_timeout=opts.join_timeout, barrier_timeout=opts.join_timeout,
+                                 known=_known(ident, mine), source=ident.pod_ip, **common)
             leader.start()
             servers.append(leader)
         if tree:
             target = (address if hosts_server else _address(ident, ident.fqdn(mine[0].pod), opts), opts.port)
         else:
             target = (coordinator, opts.port)
-        member = GroupMember(server=target, me=me, world=mine, **common)
+        member = GroupMember(server=target, me=me, world=mine, source=ident.pod_ip, **common)
         try:
             member.join(opts.join_timeout)
         except BaseException:

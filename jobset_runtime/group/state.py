@@ -27,6 +27,9 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from ..log import one_line
+from .wire import MAX_CAUSE
+
 log = logging.getLogger("jobset_runtime.group")
 
 ALL = "all"
@@ -71,7 +74,7 @@ class Failure:
 
     @classmethod
     def from_message(cls, msg: dict) -> Failure:
-        return cls(msg["rank"], msg["pod"], msg["code"], msg["cause"])
+        return cls(msg["rank"], one_line(msg["pod"], 253), msg["code"], one_line(msg["cause"], MAX_CAUSE))
 
 
 class GroupState:
@@ -143,7 +146,7 @@ class GroupState:
             return []
         self.phase = Phase.ABORTED
         who = origin or self.world[rank]
-        self.first = Failure(who.rank, who.pod, code, cause[:1024])
+        self.first = Failure(who.rank, who.pod, code, one_line(cause, MAX_CAUSE))
         self.at_barrier.clear()
         if self.relay:
             log.error("group: %s; telling the leaders' group", self.first.describe())

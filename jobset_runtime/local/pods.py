@@ -52,6 +52,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 
@@ -136,18 +137,39 @@ def reap_stale() -> list:
     files = [n for n in os.listdir(tmp) if (m := _OUR_FILES.match(n)) and not _alive(int(m.group(1)))]
     for n in files:
         shutil.rmtree(os.path.join(tmp, n), ignore_errors=True)
-    stale = []
+    stale = _our_namespaces(lambda m: not _alive(int(m.group(1))))
+    return files + _reap(stale)
+
+
+def reap_run(run_id: str) -> list:
+    """Everything one run left, whether or not its runner is still a process (a zombie is):
+    what the runner's watchdog does when the runner was killed outright."""
+    tmp = tempfile.gettempdir()
+    files = [n for n in os.listdir(tmp) if _OUR_FILES.match(n) and n.startswith(f"jsr-{run_id}-files-")]
+    for n in files:
+        shutil.rmtree(os.path.join(tmp, n), ignore_errors=True)
+    mine = re.compile(rf"^jsr-{re.escape(run_id)}(-\d+)?$")
+    return files + _reap(_our_namespaces(lambda m: mine.match(m.group(0))))
+
+
+def _our_namespaces(pick) -> list:
+    names = []
     for d in (NETNS_DIR, ETC_NETNS):
         try:
-            names = os.listdir(d)
+            found = os.listdir(d)
         except OSError:
             continue
-        for n in names:
+        for n in found:
             m = _OURS.match(n)
-            if m and not _alive(int(m.group(1))) and n not in stale:
-                stale.append(n)
+            if m and pick(m) and n not in names:
+                names.append(n)
+    return names
+
+
+def _reap(stale: list) -> list:
+    """Kill every process in these namespaces, delete them and their /etc/netns entries."""
     if not stale:
-        return files
+        return []
     net = Network.__new__(Network)
     net._made = []
     net.kill_all_in(stale)
@@ -155,7 +177,7 @@ def reap_stale() -> list:
         if os.path.exists(os.path.join(NETNS_DIR, n)):
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
         shutil.rmtree(os.path.join(ETC_NETNS, n), ignore_errors=True)
-    return files + stale
+    return stale
 
 
 def _offset(ip: str) -> int:
@@ -251,7 +273,23 @@ class Network:
     # --- setup ---------------------------------------------------------------
     def setup(self) -> None:
         reap_stale()
+        self._watch_runner()
         self._setup_cluster()
+
+    def _watch_runner(self) -> None:
+        """A watchdog in a session of its own that outlives a runner killed outright (SIGKILL):
+        it waits for the runner's end of a pipe to close, which happens however the runner ends,
+        then reaps this run (reap_run), so pods do not keep running until the next run.  After
+        a clean cleanup it finds nothing.  A pipe, not a pid: nothing to race with pid reuse."""
+        r, w = os.pipe()  # not inheritable: pods never hold the runner's end
+        try:
+            subprocess.Popen([sys.executable, "-c", "import os, sys\nos.read(0, 1)\n"
+                              "from jobset_runtime.local.pods import reap_run\nreap_run(sys.argv[1])",
+                              self.run_id], stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        finally:
+            os.close(r)
+        self._watchdog = w
 
     def _setup_cluster(self) -> None:
         self._add_netns([self.cluster_ns])
@@ -458,6 +496,12 @@ class Network:
             shutil.rmtree(os.path.join(self.etc_dir, n), ignore_errors=True)
 
     def cleanup(self) -> None:
+        self._cleanup()
+        w, self._watchdog = getattr(self, "_watchdog", None), None
+        if w is not None:
+            os.close(w)  # all clean: the watchdog wakes, finds nothing and exits
+
+    def _cleanup(self) -> None:
         names = list(self._made) + ([self.cluster_ns] if self._cluster_made else [])
         if names:
             # Twice: a process may fork between the scan and the kill.

@@ -73,6 +73,9 @@ def _common_parser() -> argparse.ArgumentParser:
                    help="no group channel between the pods (and no token Secret)")
     g.add_argument("--in-place-restarts", type=int, default=0, metavar="N",
                    help="restart the whole group in place up to N times before JobSet restarts it (jobset-run --restarts)")
+    g.add_argument("--network-policy", action="store_true",
+                   help="also emit a NetworkPolicy: the pods accept connections only from pods of the same "
+                        "JobSet (closes the group and MPI ports to the rest of the cluster)")
     g.add_argument("--crd", help="also validate against this JobSet CRD (default: $JOBSET_CRD if set)")
     return p
 
@@ -177,7 +180,7 @@ def generate(args, command: list) -> list:
         priority_class=args.priority_class, cpu=args.cpu, memory=args.memory,
         node_selector=dict(args.node_selector), tolerations=list(args.toleration), env=dict(args.env),
         wait=args.wait, peer_timeout=args.peer_timeout, image_pull_policy=args.image_pull_policy,
-        fail_fast=args.fail_fast, in_place_restarts=args.in_place_restarts,
+        fail_fast=args.fail_fast, in_place_restarts=args.in_place_restarts, network_policy=args.network_policy,
         **options,
     )
 

@@ -44,6 +44,7 @@ class Common:
     fail_fast: bool = True            # the group channel between the pods' wrappers
     in_place_restarts: int = 0        # jobset-run --restarts
     group_token: str | None = None    # None: a fresh random token
+    network_policy: bool = False      # a NetworkPolicy: ingress to the pods only from the JobSet's own pods
 
     def check(self):
         if not self.command:
@@ -268,11 +269,30 @@ def jobset(c: Common, rjobs: list, *, coordinator: tuple | None = None, success_
     return {"apiVersion": contract.JOBSET_API_VERSION, "kind": contract.JOBSET_KIND, "metadata": meta, "spec": spec}
 
 
-def finish(docs: list) -> list:
-    """Run the webhook rules on what was built; raise ConfigError naming each problem."""
+def network_policies(c: Common) -> list:
+    """With --network-policy: ingress to the JobSet's pods only from pods of the same JobSet (and
+    not from elsewhere in the cluster), on every port.  Who cannot reach the group, leaders' and
+    MPI ports cannot flood them (docs/fail-fast.md, Threat model).  Egress is left alone; a
+    cluster without a NetworkPolicy implementation accepts the object and enforces nothing."""
+    if not c.network_policy:
+        return []
+    own = {"matchLabels": {contract.JOBSET_NAME_KEY: c.name}}
+    return [{
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{c.name}-pods", "namespace": c.namespace},
+        "spec": {"podSelector": own, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": own}]}]},
+    }]
+
+
+def finish(docs: list, c: Common | None = None) -> list:
+    """Run the webhook rules on what was built; raise ConfigError naming each problem.
+    With the common options `c`, the documents every kind may add come last (network_policies)."""
     import copy
 
     from .validate import check
+    if c is not None:
+        docs = [*docs, *network_policies(c)]
     check(docs)
     # Callers get documents that share no sub-objects, so editing one pod spec
     # cannot silently change another.

@@ -28,4 +28,4 @@ def jax(*, replicas: int = 1, hosts: int, gpus_per_host: int = 0, **common_optio
     main = common.container(c, command, topo, limits=limits,
                             ports=[{"name": "jax", "containerPort": contract.JAX_PORT}])
     rjob = common.replicated_job(RJOB, replicas, hosts, common.pod_spec(c, [main]))
-    return common.finish([*common.group_secrets(c), common.jobset(c, [rjob], coordinator=(RJOB, 0, 0))])
+    return common.finish([*common.group_secrets(c), common.jobset(c, [rjob], coordinator=(RJOB, 0, 0))], c)

@@ -206,4 +206,4 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
         common.replicated_job(LAUNCHER, 1, 1, specs[1], depends_on=[{"name": WORKER, "status": "Ready"}]),
     ]
     doc = common.jobset(c, rjobs, coordinator=(LAUNCHER, 0, 0), success_targets=[LAUNCHER])
-    return common.finish([secret, doc])
+    return common.finish([secret, doc], c)

@@ -30,4 +30,4 @@ def torch(*, nodes: int, nproc_per_node: int = 1, gpus_per_node: int = 0, **comm
                             env={contract.TORCHRUN_NPROC_PER_NODE: nproc_per_node},
                             ports=[{"name": "c10d", "containerPort": contract.TORCH_PORT}])
     rjob = common.replicated_job(RJOB, 1, nodes, common.pod_spec(c, [main]))
-    return common.finish([*common.group_secrets(c), common.jobset(c, [rjob], coordinator=(RJOB, 0, 0))])
+    return common.finish([*common.group_secrets(c), common.jobset(c, [rjob], coordinator=(RJOB, 0, 0))], c)

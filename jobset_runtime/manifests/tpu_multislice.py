@@ -65,4 +65,4 @@ def tpu_multislice(*, slices: int, tpu_type: str | None = None, hosts_per_slice:
     rjob = common.replicated_job(RJOB, slices, hosts_per_slice, spec)
     doc = common.jobset(c, [rjob], coordinator=(RJOB, 0, 0),
                         annotations={contract.EXCLUSIVE_TOPOLOGY_KEY: exclusive_topology})
-    return common.finish([*common.group_secrets(c), doc])
+    return common.finish([*common.group_secrets(c), doc], c)

@@ -39,6 +39,21 @@ def _launcher(argv: list[str]) -> int:
     return launcher.run(opts, current_identity())
 
 
+def _known_pods():
+    """The JobSet's pods by DNS name, admitted first by the worker (admission.py); None when
+    this pod cannot tell them (no topology)."""
+    from ..addresses import family_of
+    from ..admission import KnownPods
+    from ..podinfo import current_identity
+
+    try:
+        ident = current_identity()
+        return KnownPods({h: ident.fqdn(h) for h in ident.all_hosts()}, family=family_of(ident.pod_ip)).start()
+    except JobSetRuntimeError as e:
+        log.info("admitting no pod first: %s", e)
+        return None
+
+
 def _worker(argv: list[str]) -> int:
     import socket
 
@@ -53,7 +68,7 @@ def _worker(argv: list[str]) -> int:
                    help="seconds to wait for the launcher to connect")
     ns = p.parse_args(argv)
     server = WorkerServer(load_key(), pod=socket.gethostname(), port=port_from_env(),
-                          allow_exec=ns.transport == "exec", pod_name=own_pod_name()).start()
+                          allow_exec=ns.transport == "exec", pod_name=own_pod_name(), known=_known_pods()).start()
     sshd = None
     if ns.transport == "ssh":
         from .sshd import start_sshd

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 from .. import contract
 from ..group.wire import ProtocolError
@@ -34,7 +35,9 @@ def main(args: list[str]) -> int:
         return 255
     try:
         key = load_key()
-        chan = channel.connect(host, port_from_env(), key, role="exec", pod=socket.gethostname())
+        # A worker that turns the connection away (admission.py) is asked again, with backoff.
+        chan = channel.connect_until(host, port_from_env(), key, role="exec", pod=socket.gethostname(),
+                                     deadline=time.monotonic() + contract.MPI_AGENT_CONNECT_S)
         chan.send({"t": "exec", **cmd.to_wire()})
         while True:
             msg = chan.recv()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
+import time
 
 from ..group import wire
 from ..group.wire import ProtocolError
@@ -60,8 +61,17 @@ def derive_key(token: bytes) -> bytes:
     return hmac.new(token, _KEY_LABEL, hashlib.sha256).digest()
 
 
-class Probe(ProtocolError):
+class Closed(ProtocolError):
+    """The peer closed the connection in the middle of a frame."""
+
+
+class Probe(Closed):
     """The peer closed before saying anything: a port check or readiness probe, not an error."""
+
+
+class NotAdmitted(ProtocolError):
+    """The worker closed the connection before proving it holds the token: it turned us away
+    (its handshake slots were taken, admission.py) or is restarting.  Retry; not a wrong token."""
 
 
 class Channel:
@@ -89,23 +99,29 @@ class Channel:
             pass
 
 
-def _recv_exact(sock: socket.socket, n: int, eof_ok: bool = False) -> bytes | None:
+def _recv_exact(sock: socket.socket, n: int, eof_ok: bool = False, deadline: float | None = None) -> bytes | None:
+    """n bytes; with `deadline` (time.monotonic()), all of them by then, however slowly they trickle in."""
     data = bytearray()
     while len(data) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("handshake deadline passed")
+            sock.settimeout(left)
         chunk = sock.recv(n - len(data))
         if not chunk:
             if eof_ok and not data:
                 return None
-            raise ProtocolError("connection closed mid-frame")
+            raise Closed("connection closed mid-frame")
         data += chunk
     return bytes(data)
 
 
-def _handshake_frame(sock: socket.socket, kind: str, first: bool = False) -> tuple[bytes, dict]:
-    header = _recv_exact(sock, wire.HEADER.size, eof_ok=first)
+def _handshake_frame(sock: socket.socket, kind: str, deadline: float, first: bool = False) -> tuple[bytes, dict]:
+    header = _recv_exact(sock, wire.HEADER.size, eof_ok=first, deadline=deadline)
     if header is None:
         raise Probe("closed before the handshake")
-    body = _recv_exact(sock, wire.body_length(header, wire.MAX_HANDSHAKE_FRAME))
+    body = _recv_exact(sock, wire.body_length(header, wire.MAX_HANDSHAKE_FRAME), deadline=deadline)
     msg = wire.decode(body, _HANDSHAKE)
     if msg["t"] != kind:
         raise ProtocolError(f"expected {kind}, got {msg['t']}")
@@ -114,14 +130,19 @@ def _handshake_frame(sock: socket.socket, kind: str, first: bool = False) -> tup
 
 def connect(host: str, port: int, key: bytes, *, role: str, pod: str, timeout: float = 10.0) -> Channel:
     """Connect and prove the token (client side); ProtocolError/OSError on failure."""
+    deadline = time.monotonic() + timeout
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         hello = wire.encode({"t": "hello", "v": VERSION, "role": role, "pod": pod, "nonce": wire.nonce()})
         sock.sendall(wire.frame(hello))
-        challenge, cmsg = _handshake_frame(sock, "challenge")
-        wire.check_nonce(cmsg["nonce"])
-        _, proof = _handshake_frame(sock, "proof")
+        try:
+            challenge, cmsg = _handshake_frame(sock, "challenge", deadline, first=True)
+            wire.check_nonce(cmsg["nonce"])
+            _, proof = _handshake_frame(sock, "proof", deadline)
+        except (ConnectionError, Closed) as e:
+            raise NotAdmitted(f"{host}:{port} closed the connection before proving it holds the MPI token "
+                              f"({e})") from None
         if not wire.proof_ok(proof["proof"], wire.server_proof(key, hello, challenge)):
             raise ProtocolError(f"{host}:{port} could not prove it holds the MPI token (a different JobSet's "
                                 "worker, or a different Secret)")
@@ -135,21 +156,35 @@ def connect(host: str, port: int, key: bytes, *, role: str, pod: str, timeout: f
         raise
 
 
+def connect_until(host: str, port: int, key: bytes, *, role: str, pod: str, deadline: float) -> Channel:
+    """connect(), and again with backoff (admission.retrying) while the worker turns the
+    connection away or cannot be reached, until `deadline` (time.monotonic()); then the last
+    error.  A worker that answers but cannot prove the token is not retried."""
+    from .. import admission
+
+    for attempt in admission.retrying(deadline, (NotAdmitted, OSError)):
+        with attempt:
+            return connect(host, port, key, role=role, pod=pod,
+                           timeout=max(0.5, min(10.0, deadline - time.monotonic())))
+    raise AssertionError("unreachable")
+
+
 def accept(sock: socket.socket, key: bytes, *, pod: str, timeout: float = 10.0) -> tuple[Channel, dict]:
     """Server side of the handshake on an accepted socket; returns (channel, hello).
 
     Nothing the peer sends is acted on until it has proved the token.
     """
+    deadline = time.monotonic() + timeout
     sock.settimeout(timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    hello, hmsg = _handshake_frame(sock, "hello", first=True)
+    hello, hmsg = _handshake_frame(sock, "hello", deadline, first=True)
     wire.check_nonce(hmsg["nonce"])
     if hmsg["v"] != VERSION or hmsg["role"] not in ROLES:
         raise ProtocolError(f"unsupported hello (v={hmsg['v']}, role={hmsg['role'][:20]!r})")
     challenge = wire.encode({"t": "challenge", "v": VERSION, "pod": pod, "nonce": wire.nonce()})
     sock.sendall(wire.frame(challenge))
     sock.sendall(wire.frame(wire.encode({"t": "proof", "proof": wire.server_proof(key, hello, challenge)})))
-    _, proof = _handshake_frame(sock, "proof")
+    _, proof = _handshake_frame(sock, "proof", deadline)
     if not wire.proof_ok(proof["proof"], wire.member_proof(key, hello, challenge)):
         raise ProtocolError("the peer could not prove it holds the MPI token")
     session = wire.Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_MEMBER, recv_dir=wire.TO_SERVER,

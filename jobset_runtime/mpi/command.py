@@ -54,6 +54,8 @@ class RemoteCommand:
             isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in env
         ):
             raise CommandError("env is not a list of [name, value] pairs")
+        if any("\0" in s for s in [*argv, *(s for p in env for s in p)]):
+            raise CommandError("a NUL byte in the command or its environment")
         return cls(tuple((n, v) for n, v in env), tuple(argv))
 
 
@@ -109,6 +111,49 @@ def check_allowed(cmd: RemoteCommand) -> None:
             raise CommandError(f"setting {name} is not allowed")
         if "$(" in value or "`" in value:
             raise CommandError("command substitution is not supported")
+
+
+_PATH_LISTS = frozenset({"PATH", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"})
+
+
+def _inside(path: str, prefix: str) -> bool:
+    real = os.path.realpath(path)
+    return real == prefix or real.startswith(prefix.rstrip("/") + "/")
+
+
+def confine(cmd: RemoteCommand, base: dict[str, str]) -> RemoteCommand:
+    """The daemon resolved in this worker's own file system, and its env kept to its installation.
+
+    The program must be an executable file here whose real name is an MPI daemon (a bare name is
+    looked up on the worker's own PATH, never on one the request sets); its installation is the
+    directory above its bin/.  Every directory the request puts in PATH, LD_LIBRARY_PATH or
+    DYLD_LIBRARY_PATH must lie inside that installation or already be in the worker's own value,
+    and every *_PREFIX inside the installation.  This does not make the transport safe against a
+    token holder (a daemon starts whatever programs it is asked to, docs/mpi.md): it keeps a
+    request from pointing a real daemon at libraries or programs of its own choosing."""
+    import shutil
+
+    prog = cmd.argv[0]
+    if "/" not in prog:
+        prog = shutil.which(prog, path=base.get("PATH", os.defpath)) or ""
+    real = os.path.realpath(prog) if prog else ""
+    if not (real and os.path.isfile(real) and os.access(real, os.X_OK)):
+        raise CommandError(f"{cmd.argv[0][:200]!r} is not an executable file on this worker")
+    if os.path.basename(real) not in DAEMONS:
+        raise CommandError(f"{cmd.argv[0][:200]!r} is {real[:200]!r}, not an MPI daemon")
+    prefix = os.path.dirname(os.path.dirname(real))
+    env = environment(cmd, base)
+    for name, _ in cmd.assignments:
+        value = env[name]
+        if name in _PATH_LISTS:
+            own = set(base.get(name, "").split(":"))
+            bad = [d for d in value.split(":") if d and d not in own and not _inside(d, prefix)]
+            if bad:
+                raise CommandError(f"{name} may add only directories of the MPI installation {prefix} "
+                                   f"(not {bad[0][:200]!r})")
+        elif value and not _inside(value, prefix):
+            raise CommandError(f"{name}={value[:200]!r} is outside the MPI installation {prefix}")
+    return RemoteCommand(cmd.assignments, (prog, *cmd.argv[1:]))
 
 
 def expand(value: str, env: dict[str, str]) -> str:

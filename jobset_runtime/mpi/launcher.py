@@ -321,19 +321,19 @@ class Watch:
 def connect_all(addresses: dict[str, str], port: int, key: bytes, me: str, timeout: float,
                 watch: "Watch") -> None:
     """One authenticated watch channel per worker, opened concurrently, each handed to `watch` at once."""
+    deadline = time.monotonic() + timeout
+
     def one(item):
         host, ip = item
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                watch.add(host, channel.connect(ip, port, key, role="watch", pod=me, timeout=min(10.0, timeout)))
-                return
-            except ProtocolError as e:
-                raise ConfigError(f"worker {host} ({ip}:{port}) rejected the launcher: {e}") from None
-            except OSError as e:
-                if time.monotonic() > deadline:
-                    raise PeersTimeout(f"cannot open the MPI channel to worker {host} ({ip}:{port}): {e}") from None
-                time.sleep(0.2)
+        try:
+            # Turned away before the worker proved the token (its handshake slots taken by a
+            # flood, a restart): again with backoff until the deadline, never a configuration error.
+            watch.add(host, channel.connect_until(ip, port, key, role="watch", pod=me, deadline=deadline))
+        except (channel.NotAdmitted, OSError) as e:
+            raise PeersTimeout(f"cannot open the MPI channel to worker {host} ({ip}:{port}) within "
+                               f"{timeout:g} s: {e}") from None
+        except ProtocolError as e:  # it answered, and could not prove the token
+            raise ConfigError(f"worker {host} ({ip}:{port}) rejected the launcher: {e}") from None
 
     with ThreadPoolExecutor(max_workers=min(64, max(1, len(addresses)))) as pool:
         list(pool.map(one, addresses.items()))

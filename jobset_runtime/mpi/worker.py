@@ -30,14 +30,13 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
-from .. import contract, supervisor
+from .. import admission, contract, supervisor
 from ..group.wire import ProtocolError
 from . import channel, command
 
 log = logging.getLogger("jobset_runtime.mpi.worker")
 
 VANISH_S = 5 * channel.HEARTBEAT_S
-MAX_HANDSHAKES = 64  # unauthenticated connections served at once; more are closed at once
 
 # jobset-run exports the *pod's* rank and world size (and torchrun's settings); MPI
 # ranks started here get their own from MPI, so these would only mislead them.
@@ -79,7 +78,8 @@ class WorkerServer:
     """The listening side; `wait()` returns the Outcome that ends the worker."""
 
     def __init__(self, key: bytes, *, pod: str, address: str = "0.0.0.0", port: int = contract.MPI_PORT,
-                 allow_exec: bool = True, vanish_s: float = VANISH_S, pod_name: str | None = None):
+                 allow_exec: bool = True, vanish_s: float = VANISH_S, pod_name: str | None = None, known=None,
+                 limits: admission.Limits = admission.Limits()):
         self.key, self.pod, self.allow_exec, self.vanish_s = key, pod, allow_exec, vanish_s
         self.pod_name = pod_name or pod  # named in daemon reports (the pod, not only its hostname)
         self._listener = socket.create_server((address, port), reuse_port=False, backlog=1024)
@@ -90,13 +90,17 @@ class WorkerServer:
         self.watchers = 0  # launchers connected so far (benchmarks and tests read it)
         self._watch_channels: list[channel.Channel] = []
         self._watch_send = threading.Lock()  # frames are sequence-numbered: one sender at a time
-        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        # Unauthenticated connections cost a thread each until the handshake ends (admission.py):
+        # one deadline each, capped per source, dropped early when slots run short, known pods first.
+        self.gate = admission.Gate(limits, known=known or (lambda addr: False))
+        self.refusals = admission.RefusalLog("mpi worker", logger=log)
 
     @property
     def port(self) -> int:
         return self._listener.getsockname()[1]
 
     def start(self) -> "WorkerServer":
+        admission.raise_nofile_limit()
         threading.Thread(target=self._accept_loop, name="mpi-worker-accept", daemon=True).start()
         return self
 
@@ -106,6 +110,7 @@ class WorkerServer:
 
     def close(self) -> None:
         self._finish(Outcome(contract.EXIT_PEER_FAILED, "the worker was stopped"))
+        self.refusals.flush_due(force=True)
         try:
             self._listener.close()
         except OSError:
@@ -127,30 +132,51 @@ class WorkerServer:
         self._done.set()
 
     def _accept_loop(self) -> None:
+        pause = 0.0
+        self._listener.settimeout(1.0)  # wake up to report refusals
         while not self._done.is_set():
+            self.refusals.flush_due()
             try:
                 sock, addr = self._listener.accept()
-            except OSError:
-                return
-            # Unauthenticated connections cost a thread each until the handshake ends: cap them.
-            if not self._handshakes.acquire(blocking=False):
+            except socket.timeout:
+                continue
+            except OSError as e:
+                if self._done.is_set() or self._listener.fileno() == -1:
+                    return
+                if admission.out_of_resources(e):
+                    # Out of descriptors: pause accepting (the backlog waits), never spin.
+                    self.refusals.note(None, f"accept() failed: {e.strerror}")
+                    pause = admission.accept_backoff(pause)
+                    time.sleep(pause)
+                continue  # else the client gave up before accept (ECONNABORTED, ...)
+            pause = 0.0
+            refusal = self.gate.admit(addr[0])
+            if refusal is not None:
+                self.refusals.note(addr[0], refusal)
                 sock.close()
                 continue
-            threading.Thread(target=self._serve, args=(sock, addr), daemon=True).start()
+            try:
+                threading.Thread(target=self._serve, args=(sock, addr), daemon=True).start()
+            except RuntimeError:  # no thread to be had: as full
+                self.gate.release(addr[0])
+                self.refusals.note(addr[0], "cannot start a thread")
+                sock.close()
 
     def _serve(self, sock: socket.socket, addr) -> None:
         try:
             try:
-                chan, hello = channel.accept(sock, self.key, pod=self.pod)
+                chan, hello = channel.accept(sock, self.key, pod=self.pod, timeout=self.gate.limits.deadline)
             finally:
-                self._handshakes.release()
+                self.gate.release(addr[0])
         except (channel.Probe, ConnectionResetError):
             sock.close()  # a port check (the launcher's wait, a readiness probe)
             return
         except (OSError, ProtocolError) as e:
-            log.warning("refused a connection from %s: %s", addr[0], e)
+            self.refusals.note(addr[0], "handshake timed out" if isinstance(e, socket.timeout) else "handshake failed")
+            log.debug("refused a connection from %s: %s", addr[0], e)
             sock.close()
             return
+        self.gate.learn(addr[0])
         try:
             if hello["role"] == "watch":
                 self._watch(chan)
@@ -208,6 +234,7 @@ class WorkerServer:
                 raise command.CommandError("this worker runs sshd; start daemons over ssh")
             cmd = command.RemoteCommand.from_wire(msg)
             command.check_allowed(cmd)
+            cmd = command.confine(cmd, daemon_base_env(os.environ))
             env = command.environment(cmd, daemon_base_env(os.environ))
             proc = subprocess.Popen(list(cmd.argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -18,10 +19,11 @@ WAIT = 20.0  # upper bound for any one awaited event; never a timing assertion
 class Proc:
     """tests/group/groupproc.py in its own process, driven over stdin, events read from stdout."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, **popen):
+        """popen: more for subprocess.Popen (stderr, preexec_fn)."""
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.p = subprocess.Popen([sys.executable, str(HERE / "groupproc.py"), *map(str, args)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, **popen)
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -128,3 +130,56 @@ def join_all(members, timeout=WAIT):
         t.join()
     if errors:
         raise errors[0]
+
+
+class SlowClients:
+    """`n` unauthenticated clients, each announcing a full-size handshake frame and then sending
+    one byte of it every `every` seconds, reconnecting at once whenever the server drops it (the
+    lockout attack on a handshake deadline that is per read).  From `source` (another loopback
+    address, or the host's side of a pod bridge); stops by itself after `limit` seconds."""
+
+    def __init__(self, address, n: int = 64, source: str | None = "127.0.0.2", every: float = 0.5,
+                 limit: float = 60.0):
+        self.address, self.n, self.source, self.every = tuple(address), n, source, every
+        self.connections = 0  # accepted by the kernel (some closed at once by the server)
+        self._stop = threading.Event()
+        self._end = time.monotonic() + limit
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def _run(self):
+        from jobset_runtime.group import wire
+
+        while not self._stop.is_set() and time.monotonic() < self._end:
+            try:
+                s = socket.create_connection(self.address, timeout=2,
+                                             source_address=(self.source, 0) if self.source else None)
+            except OSError:
+                self._stop.wait(0.01)
+                continue
+            self.connections += 1
+            try:
+                s.settimeout(self.every)
+                trickle = wire.HEADER.pack(wire.MAX_HANDSHAKE_FRAME) + b"{" * wire.MAX_HANDSHAKE_FRAME
+                for i in range(len(trickle)):
+                    if self._stop.is_set() or time.monotonic() > self._end:
+                        break
+                    s.sendall(trickle[i:i + 1])
+                    try:
+                        if s.recv(1) == b"":
+                            break  # dropped: reconnect at once
+                    except socket.timeout:
+                        pass
+            except OSError:
+                pass
+            finally:
+                s.close()

@@ -42,12 +42,13 @@ def main():
     world = [MemberId(r, f"pod-{r}") for r in range(a.first, a.first + a.world)]
     common = {"token": token, "insecure": token is None, "attempt": a.attempt, "heartbeat": a.heartbeat,
               "deadline": a.deadline}
-    port = a.port
+    # Made before the server listens (as a wrapper's member is ready before a flood can reach it);
+    # with --serve its port is the server's once it listens.
+    member = GroupMember(server=("127.0.0.1", a.port), me=world[a.rank - a.first], world=world, **common)
     if a.serve:
         server = GroupServer(bind=("127.0.0.1", a.port), world=world, **common)
-        port = server.start()[1]
-        say(event="listening", port=port)
-    member = GroupMember(server=("127.0.0.1", port), me=world[a.rank - a.first], world=world, **common)
+        member.server = ("127.0.0.1", server.start()[1])
+        say(event="listening", port=member.server[1])
     member.on_abort(lambda f: say(event="aborted", rank=f.rank, pod=f.pod, code=f.code, cause=f.cause,
                                   epoch=member.epoch))
     try:
@@ -70,6 +71,8 @@ def main():
         except (JobSetRuntimeError, RuntimeError) as e:
             say(event="error", kind=type(e).__name__, message=str(e))
     member.close()
+    if a.serve:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -8,24 +8,33 @@ import time
 import pytest
 from grouphelpers import (
     WAIT,
+    Proc,
     RecordingProxy,
+    SlowClients,
     closed_by_peer,
     join_all,
     make_world,
     raw_connect,
 )
 
+from jobset_runtime.admission import WARN_EVERY, KnownPods
 from jobset_runtime.errors import ConfigError, PeersTimeout
 from jobset_runtime.group import (
     GroupAborted,
     GroupMember,
     GroupServer,
+    MemberId,
     MemberPhase,
     Phase,
     wire,
 )
+from jobset_runtime.local.dns import DnsServer
+from jobset_runtime.supervisor import read_termination_message, write_termination_message
 
 FAST = {"heartbeat": 0.1, "deadline": 2.0}
+# For the floods run from this process: their threads share the interpreter with the servers and
+# members, so liveness gets a generous deadline; what those tests test is admission, not heartbeats.
+LIVE = {"heartbeat": 0.2, "deadline": 10.0}
 
 
 def wait_until(cond, what):
@@ -225,3 +234,212 @@ def test_gang_start_timeout_when_the_coordinator_never_answers(token):
     m = GroupMember(server=address, me=world[1], world=world, token=token, attempt=0)
     with pytest.raises(PeersTimeout, match=f"could not join the group coordinator at 127.0.0.1:{address[1]}"):
         m.join(0.5)
+
+
+# --- abuse: floods, lockouts, stolen identities, hostile causes (issue: hold under attack) ---
+
+def test_slow_reconnecting_clients_cannot_lock_out_the_gang_start(token, caplog):
+    """64 clients trickling a byte at a time and reconnecting the moment they are dropped (each
+    read short of the handshake deadline) hold no slot for long and get few: the members join."""
+    world = make_world(3)
+    started = time.monotonic()
+    with (
+        GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, handshake_timeout=1.0,
+                    **LIVE) as srv,
+        caplog.at_level("WARNING", logger="jobset_runtime.group"),
+        SlowClients(srv.address, n=64, source="127.0.0.2", every=0.3, limit=60) as flood,
+    ):
+        wait_until(lambda: srv.rejected >= 64, "the flood to be turned away")
+        members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0, **LIVE)
+                   for m in world]
+        join_all(members)
+        assert srv.phase is Phase.RUNNING and flood.connections > 64
+        assert srv.gate.under_way <= srv.gate.limits.per_source + len(world)
+        for m in members:
+            m.close()
+    # Thousands of refusals, a handful of lines: one aggregated warning per window (and one as
+    # the server stops), however long this took on a loaded machine.
+    windows = (time.monotonic() - started) / WARN_EVERY
+    refusals = [r.getMessage() for r in caplog.records if "unauthenticated connection" in r.getMessage()]
+    assert 1 <= len(refusals) <= windows + 2 and srv.rejected > 10 * len(refusals), (srv.rejected, refusals)
+
+
+def test_a_joined_rank_cannot_be_taken_over(token):
+    world = make_world(2)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, **FAST) as srv:
+        real = GroupMember(server=srv.address, me=world[1], world=world, token=token, attempt=0, **FAST)
+        joining = threading.Thread(target=lambda: real.join(WAIT))
+        joining.start()
+        wait_until(lambda: 1 in srv.state.joined, "rank 1 to join")
+        held = srv._conns[1]
+        # Another token holder claiming rank 1: refused for as long as the real one is connected.
+        thief = GroupMember(server=srv.address, me=world[1], world=world, token=token, attempt=0, **FAST)
+        with pytest.raises(PeersTimeout, match="rank 1 is already connected from 127.0.0.1"):
+            thief.join(1.5)
+        assert srv._conns[1] is held and real.phase is MemberPhase.WAITING
+        first = GroupMember(server=srv.address, me=world[0], world=world, token=token, attempt=0, **FAST)
+        first.join(WAIT)
+        joining.join()
+        assert real.phase is MemberPhase.RUNNING and srv.phase is Phase.RUNNING
+        for m in (first, real):
+            m.close()
+
+
+@pytest.fixture
+def pod_dns():
+    """A real DNS server on loopback holding the pods' names (pod-N.js.default.svc.cluster.local)."""
+    dns = DnsServer(zones=["svc.cluster.local"]).start()
+    yield dns
+    dns.stop()
+
+
+def fqdn(pod):
+    return f"{pod}.js.default.svc.cluster.local"
+
+
+def test_a_rank_is_bound_to_the_address_of_its_pods_dns_name(token, pod_dns):
+    world = make_world(3)
+    pod_dns.set(fqdn("pod-0"), "127.0.0.1")
+    pod_dns.set(fqdn("pod-1"), "127.0.0.3")
+    known = KnownPods({m.pod: fqdn(m.pod) for m in world}, nameservers=[pod_dns.nameserver], retry_s=0.2)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, known=known, **FAST) as srv:
+        wait_until(lambda: known.address_of("pod-1") == "127.0.0.3", "the names to resolve")
+        # A token holder on pod-0's address claiming pod-1's rank before pod-1 came: refused.
+        thief = GroupMember(server=srv.address, me=world[1], world=world, token=token, attempt=0, **FAST)
+        with pytest.raises(PeersTimeout, match="pod pod-1 has address 127.0.0.3, not 127.0.0.1"):
+            thief.join(1.5)
+        # pod-2 has no record yet: refused for now, and admitted once its name resolves.
+        members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0,
+                               source=f"127.0.0.{3 if m.rank == 1 else 4 if m.rank == 2 else 1}", **FAST)
+                   for m in world]
+        threading.Timer(1.0, pod_dns.set, (fqdn("pod-2"), "127.0.0.4")).start()
+        join_all(members)
+        assert srv.phase is Phase.RUNNING
+        assert {c.peer[0] for c in srv._conns.values()} == {"127.0.0.1", "127.0.0.3", "127.0.0.4"}
+        for m in members:
+            m.close()
+
+
+def leaders_group(token, origin):
+    """The leaders' group of two slices (ranks 0-1 and 2-3); the last leader relays a failure of `origin`."""
+    pods = make_world(4)
+    leaders = [pods[0], pods[2]]
+    with GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0,
+                     slices=[pods[:2], pods[2:]], **FAST) as top:
+        members = [GroupMember(server=top.address, me=m, world=leaders, token=token, attempt=0, **FAST)
+                   for m in leaders]
+        join_all(members)
+        members[1].report_failure(3, "relayed", origin=origin)
+        assert members[0].aborted.wait(WAIT)
+        cause = members[0].abort_cause
+        for m in members:
+            m.close()
+        return cause
+
+
+@pytest.mark.parametrize("origin", [MemberId(1, "pod-1"),  # another slice's pod
+                                    MemberId(3, "pod-1"),  # its own slice's rank, another pod's name
+                                    MemberId(9, "pod-9")])  # past the last slice
+def test_a_leader_cannot_relay_a_failure_of_a_pod_outside_its_slice(token, origin):
+    cause = leaders_group(token, origin)
+    # The forged report cost the forger its connection; the abort names the leader, not `origin`.
+    assert (cause.rank, cause.pod) == (2, "pod-2") and cause.code is None, cause
+
+
+def test_a_leader_relays_a_failure_of_its_own_slice(token):
+    cause = leaders_group(token, MemberId(3, "pod-3"))
+    assert (cause.rank, cause.pod, cause.code, cause.cause) == (3, "pod-3", 3, "relayed")
+
+
+def test_a_cause_of_any_bytes_reaches_every_member_as_one_line_of_utf8(group, tmp_path):
+    srv, members, _ = group
+    # A cause with line breaks (forged log lines), a NUL, and a path of bytes that are not all
+    # UTF-8 (as Python decodes them from argv: surrogates); longer than the wire keeps.
+    hostile = "boom\n[pod-0] jobset-run[pod-0 rank 0] forged line\r\x00\u2028/opt/caf\udcc3\udca9/\udcff" + "x" * 2000
+    members[1].report_failure(3, hostile)
+    for m in members:
+        assert m.aborted.wait(WAIT)
+        cause = m.abort_cause.cause
+        assert "\n" not in cause and "\r" not in cause and "\x00" not in cause and "\u2028" not in cause
+        assert cause.encode("utf-8").decode("utf-8") == cause and len(cause) <= wire.MAX_CAUSE
+        assert cause.startswith("boom\\n[pod-0] jobset-run") and "/opt/café/\\xffxx" in cause, cause
+        path = tmp_path / f"termination-{m.me.rank}"
+        assert write_termination_message(f"stopped because a peer failed: {m.abort_cause.describe()}", str(path))
+        written = read_termination_message(str(path))
+        assert "\n" not in written and "forged line" in written
+
+
+def test_out_of_descriptors_the_coordinator_pauses_accepting_and_recovers(token, token_file):
+    """A coordinator limited to 48 descriptors, 120 connections from as many addresses: accept()
+    fails with EMFILE.  It pauses (no line per try), and the missing member still joins."""
+    import resource
+    import subprocess
+
+    def low_nofile():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    coord = Proc("--serve", "--rank", 0, "--world", 2, "--token-file", token_file, "--join-timeout", 60,
+                 preexec_fn=low_nofile, stderr=subprocess.PIPE)
+    socks = []
+    try:
+        port = coord.expect("listening")["port"]
+        for n in range(120):  # each from an address of its own: no per-source cap applies
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT,
+                                                      source_address=(f"127.0.1.{n + 1}", 0)))
+            except OSError:
+                break
+        time.sleep(3)  # the coordinator is out of descriptors meanwhile
+        for s in socks:
+            s.close()
+        world = make_world(2)
+        m = GroupMember(server=("127.0.0.1", port), me=world[1], world=world, token=token, attempt=0, **FAST)
+        try:
+            m.join(WAIT)
+        except PeersTimeout:
+            coord.stop()
+            raise AssertionError(coord.p.stderr.read()[-3000:]) from None
+        coord.expect("joined")
+        m.close()
+        coord.send("close")
+        err = coord.p.stderr.read()
+        coord.p.wait(WAIT)
+    finally:
+        for s in socks:
+            s.close()
+        coord.stop()
+    assert "accept() failed: Too many open files" in err, err[-3000:]
+    assert len(err.splitlines()) < 20, err[-3000:]
+
+
+def test_slow_reconnecting_clients_cannot_lock_out_the_tree_gang_start(token):
+    """The same flood at each slice leader and at the leaders' server: every slice still starts."""
+    from jobset_runtime.group.relay import SliceLeader
+
+    world = make_world(6)
+    slices = [world[:3], world[3:]]
+    leaders = [s[0] for s in slices]
+    with GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, slices=slices,
+                     handshake_timeout=1.0, **LIVE) as top:
+        sls = [SliceLeader(bind=("127.0.0.1", 0), slice_world=s, upstream=top.address, me=s[0], leaders=leaders,
+                           token=token, attempt=0, join_timeout=WAIT, barrier_timeout=WAIT, **LIVE) for s in slices]
+        for sl in sls:
+            sl.start()
+        floods = [SlowClients(address, n=32, source="127.0.0.2", every=0.3, limit=60)
+                  for address in [top.address, *(sl.address for sl in sls)]]
+        try:
+            for flood in floods:
+                flood.__enter__()
+            wait_until(lambda: all(s.rejected >= 24 for s in [top, *(sl.server for sl in sls)]),
+                       "the flood to be turned away everywhere")
+            members = [GroupMember(server=sls[m.rank // 3].address, me=m, world=slices[m.rank // 3], token=token,
+                                   attempt=0, **LIVE) for m in world]
+            join_all(members)
+            assert top.phase is Phase.RUNNING and all(m.phase is MemberPhase.RUNNING for m in members)
+            for m in members:
+                m.close()
+        finally:
+            for flood in floods:
+                flood.__exit__(None, None, None)
+            for sl in sls:
+                sl.stop()

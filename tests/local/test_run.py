@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import uuid
 
 import localfixtures as lf
@@ -261,6 +262,23 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     p.send_signal(signal.SIGINT)
     rest, _ = p.communicate(timeout=30)
     assert p.returncode == 130, "".join(seen) + rest
+    _nothing_left(token, "".join(seen))
+
+
+def test_a_runner_killed_outright_leaves_nothing_running(tmp_path):
+    """kill -9 of the runner: its watchdog reaps the pods (and a daemon that left their
+    process groups) and the namespaces at once, not at the next run."""
+    token = "tok-" + uuid.uuid4().hex
+    p = subprocess.Popen(lf.local_argv(tmp_path, _stubborn_jobset(token), args=["--timeout", "60"]),
+                         env=lf.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = lf.wait_stubborn_up(p, token)
+    p.kill()
+    p.wait(timeout=30)
+    prefix = re.search(r"namespaces (jsr-[0-9a-f-]+)", "".join(seen)).group(1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (lf.processes_with(token) or any(
+            n == prefix or n.startswith(prefix + "-") for n in lf.netns_names() | lf.etc_netns())):
+        time.sleep(0.1)
     _nothing_left(token, "".join(seen))
 
 

@@ -320,3 +320,23 @@ def test_without_fail_fast_there_is_no_group_secret():
     assert "--group" not in doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
     with pytest.raises(ConfigError, match="in-place-restarts"):
         manifests.torch(name="tr", image="i", command=["x"], nodes=2, fail_fast=False, in_place_restarts=1)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_network_policy_admits_only_the_jobsets_own_pods(kind):
+    argv = list(mc.GOLDEN_ARGV[kind])
+    code, out, err = mc.run_cli(argv, env={contract.JOBSET_CRD_ENV: ""})
+    assert code == 0, err
+    assert not [d for d in yaml.safe_load_all(out) if d and d["kind"] == "NetworkPolicy"]  # only on request
+    cut = argv.index("--")
+    code, out, err = mc.run_cli(argv[:cut] + ["--network-policy"] + argv[cut:], env={contract.JOBSET_CRD_ENV: ""})
+    assert code == 0, err
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    jobset = next(d for d in docs if d["kind"] == contract.JOBSET_KIND)
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["metadata"]["namespace"] == jobset["metadata"]["namespace"]
+    own = {"matchLabels": {contract.JOBSET_NAME_KEY: jobset["metadata"]["name"]}}
+    # The pods it selects and the only pods it admits: this JobSet's (JobSet labels every pod with
+    # its name, REFERENCE.md); the policy restricts ingress only.
+    assert policy["spec"] == {"podSelector": own, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": own}]}]}

@@ -160,8 +160,9 @@ def test_unauthenticated_exec_frame_is_ignored(worker, tmp_path):
 
 
 def test_exec_relays_output_and_exit_code(worker, tmp_path):
-    # A fake "prted" (the allow-list checks the program name only): prints and exits 3.
-    prog = tmp_path / "prted"
+    # A fake "prted" in an installation of its own (PRTE_PREFIX must point inside it): prints and exits 3.
+    (tmp_path / "p" / "bin").mkdir(parents=True)
+    prog = tmp_path / "p" / "bin" / "prted"
     prog.write_text(f"#!{sys.executable}\nimport os,sys\nprint('hello', os.environ['PRTE_PREFIX'])\n"
                     "print('oops', file=sys.stderr)\nsys.exit(3)\n")
     prog.chmod(0o755)
@@ -171,10 +172,10 @@ def test_exec_relays_output_and_exit_code(worker, tmp_path):
     env["JOBSET_RUNTIME_MPI_TOKEN_FILE"] = str(token)
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-m", "jobset_runtime.mpi", "agent", "127.0.0.1",
-                          f"PRTE_PREFIX=/p;export PRTE_PREFIX;{prog}"], env=env, capture_output=True, text=True,
-                         timeout=30)
+                          f"PRTE_PREFIX={tmp_path}/p;export PRTE_PREFIX;{prog}"], env=env, capture_output=True,
+                         text=True, timeout=30)
     assert out.returncode == 3, out.stderr
-    assert out.stdout == "hello /p\n" and "oops" in out.stderr
+    assert out.stdout == f"hello {tmp_path}/p\n" and "oops" in out.stderr
 
 
 def test_exec_refuses_a_non_daemon_even_when_authenticated(worker, tmp_path):
@@ -354,3 +355,45 @@ def test_a_daemons_end_is_seen_without_pidfd_too(worker, tmp_path, monkeypatch):
     assert watch.recv(5) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "exited",
                              "code": 137, "signal": 9}
     assert agent.recv(5) == {"t": "exit", "code": 137}
+
+
+def _installation(tmp_path, name="prted"):
+    """An MPI-like installation: PREFIX/bin/DAEMON, executable."""
+    prefix = tmp_path / "mpi"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "lib").mkdir()
+    daemon = prefix / "bin" / name
+    daemon.write_text("#!/bin/sh\nexit 0\n")
+    daemon.chmod(0o755)
+    return prefix, daemon
+
+
+def test_confine_keeps_a_daemon_to_its_installation(tmp_path):
+    prefix, daemon = _installation(tmp_path)
+    base = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/usr/lib/x"}
+    ok = command.parse([f"PRTE_PREFIX={prefix};export PRTE_PREFIX;LD_LIBRARY_PATH={prefix}/lib:$LD_LIBRARY_PATH;"
+                        f"PATH={prefix}/bin:$PATH;{daemon}", "--tree-spawn"])
+    assert command.confine(ok, base).argv == (str(daemon), "--tree-spawn")
+    for words, why in [
+        (f"LD_LIBRARY_PATH=/tmp/evil:$LD_LIBRARY_PATH;{daemon}", "may add only directories of the MPI installation"),
+        (f"PATH=/tmp/evil:$PATH;{daemon}", "may add only directories"),
+        (f"LD_LIBRARY_PATH={prefix}/../../evil;{daemon}", "may add only directories"),
+        (f"OPAL_PREFIX=/;{daemon}", "is outside the MPI installation"),
+        ("/no/such/bin/prted", "is not an executable file on this worker"),
+    ]:
+        with pytest.raises(CommandError, match=why):
+            command.confine(command.parse([words]), base)
+
+
+def test_confine_resolves_a_bare_daemon_on_the_workers_own_path_and_sees_through_links(tmp_path):
+    prefix, daemon = _installation(tmp_path)
+    # A bare name is looked up on the worker's PATH, not on the one the request sets.
+    cmd = command.parse([f"PATH={prefix}/bin:$PATH;prted"])
+    with pytest.raises(CommandError, match="not an executable file"):
+        command.confine(cmd, {"PATH": "/usr/bin:/bin"})
+    assert command.confine(cmd, {"PATH": f"{prefix}/bin"}).argv == (str(daemon),)
+    # A link named like a daemon that leads elsewhere (a shell) is what it leads to.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "prted").symlink_to("/bin/sh")
+    with pytest.raises(CommandError, match="not an MPI daemon"):
+        command.confine(command.parse([str(tmp_path / "bin" / "prted"), "-c", "id"]), {"PATH": "/bin"})
