@@ -229,3 +229,4 @@ CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager",
                           "kube-scheduler", "kubectl", "jobset-manager")
 JOBSET_CRD_FILE = "jobset.x-k8s.io_jobsets.yaml"  # beside the binaries
 CONTROL_PLANE_BUILD_COMMAND = "./dev control-plane"
+JOBSET_WEBHOOKS_FILE = "jobset-webhooks.yaml"     # config/components/webhook/manifests.yaml, beside them

@@ -62,8 +62,21 @@ class Runner:
                  interrupt_grace: float = 5.0, state_dir: str | None = None):
         self.js = js
         self.objects = objects
-        self.run_dir = run_dir
         self.dns_delay = dns_delay
+        self._init_runtime(run_dir=run_dir, mode=mode, out=out, interrupt_grace=interrupt_grace, state_dir=state_dir)
+        self.namespace = js["metadata"].get("namespace", "default")
+        self.subdomain = subdomain_of(js)
+        kw = {}
+        if crash_backoff is not None:
+            kw["crash_backoff"] = crash_backoff
+        if pod_backoff is not None:
+            kw["pod_backoff"] = pod_backoff
+        self.ctl = Controller(js, self, skew=skew, **kw)
+
+    def _init_runtime(self, *, run_dir: str, mode: str, out, interrupt_grace: float, state_dir: str | None) -> None:
+        """The pod machinery alone (processes, namespaces, probes, the loop), without a
+        controller: the cluster's node agent (controlplane/node.py) brings its own."""
+        self.run_dir = run_dir
         self.out = out or sys.stdout
         self.interrupt_grace = interrupt_grace
         self.run_id = run_id()
@@ -74,15 +87,7 @@ class Runner:
             self.net = RootlessNetwork(self.run_id, state_dir)
         else:
             self.net = Loopback(self.run_id)
-        self.namespace = js["metadata"].get("namespace", "default")
-        self.subdomain = subdomain_of(js)
         self.domain = contract.DEFAULT_CLUSTER_DOMAIN
-        kw = {}
-        if crash_backoff is not None:
-            kw["crash_backoff"] = crash_backoff
-        if pod_backoff is not None:
-            kw["pod_backoff"] = pod_backoff
-        self.ctl = Controller(js, self, skew=skew, **kw)
         self.sel = selectors.DefaultSelector()
         self._results: list = []
         import socket
@@ -325,7 +330,8 @@ class Runner:
         env = kubelet.container_env(facts, spec, extra={contract.HOSTNAME_ENV: pod.hostname})
         # pkg/controller/job/indexed_job_utils.go addCompletionIndexEnvVariable: the Job
         # controller adds JOB_COMPLETION_INDEX from the annotation to every container.
-        env.setdefault(contract.JOB_COMPLETION_INDEX_ENV, str(pod.index))
+        if pod.index is not None:
+            env.setdefault(contract.JOB_COMPLETION_INDEX_ENV, str(pod.index))
         argv = kubelet.container_argv(spec, env)
         creds = kubelet.credentials(pod.spec, spec, _primary_gid)
         if creds.set and self._can_set_ids():
@@ -722,7 +728,8 @@ class Runner:
                     except OSError:
                         pass
                     while self._results:
-                        self._probe_result(*self._results.pop(0))
+                        item = self._results.pop(0)
+                        item() if callable(item) else self._probe_result(*item)
 
     # --- status and cleanup ------------------------------------------------------------
     def _print_status(self, outcome) -> None:

@@ -11,8 +11,8 @@ repository), with the machine's Go and the Go module proxy:
   throwaway module replaces each one with its published release instead.
 - etcd from go.etcd.io/etcd/server/v3: a three-line main calling etcdmain.Main,
   which is all the root module's main.go does.
-- the JobSet manager: sigs.k8s.io/jobset's root package; its CRD file is copied
-  from the module's config/components/crd/bases/.
+- the JobSet manager: sigs.k8s.io/jobset's root package; its CRD file and its
+  webhook configurations are copied from the module's config/components/.
 
 The result is built in a temporary directory and renamed into place, so a
 directory under the cache is either complete or absent; a present one is kept.
@@ -39,6 +39,7 @@ KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-schedu
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 JOBSET_MODULE = "sigs.k8s.io/jobset"
 JOBSET_CRD_DIR = "config/components/crd/bases"
+JOBSET_WEBHOOKS = "config/components/webhook/manifests.yaml"
 GO_VERSION_LINE = "go 1.26.0"  # what k8s.io/kubernetes v1.36 and sigs.k8s.io/jobset v0.12 declare
 STAMP = "versions.json"
 
@@ -69,9 +70,12 @@ def cached_dir(root: Path | None = None) -> Path:
     return (root or cache_root()) / contract.CONTROL_PLANE_VERSIONS
 
 
+def is_built(d: Path) -> bool:
+    return (d / STAMP).is_file() and all((d / b).is_file() for b in contract.CONTROL_PLANE_BINARIES)
+
+
 def is_complete(d: Path) -> bool:
-    return (d / STAMP).is_file() and all((d / b).is_file() for b in contract.CONTROL_PLANE_BINARIES) \
-        and (d / contract.JOBSET_CRD_FILE).is_file()
+    return is_built(d) and all((d / f).is_file() for f in (contract.JOBSET_CRD_FILE, contract.JOBSET_WEBHOOKS_FILE))
 
 
 def staging_modules(kubernetes_go_mod: str) -> list[str]:
@@ -141,16 +145,24 @@ def build(out: Path, work: Path, log) -> None:
 
     js = _module(work, "jobset", f"module jobset-runtime.local/control-plane/jobset\n\n{GO_VERSION_LINE}\n\n"
                                  f"require {JOBSET_MODULE} {contract.JOBSET_VERSION}\n")
-    info = _download(js, JOBSET_MODULE, contract.JOBSET_VERSION, log)
     _go(["build", "-trimpath", "-ldflags=-s -w", "-o", str(out / "jobset-manager"), JOBSET_MODULE], js, log)
-    crd = Path(info["Dir"]) / JOBSET_CRD_DIR / contract.JOBSET_CRD_FILE
-    shutil.copyfile(crd, out / contract.JOBSET_CRD_FILE)
+    copy_jobset_files(out, js, log)
 
     (out / STAMP).write_text(json.dumps({
         "kubernetes": contract.KUBERNETES_VERSION, "staging": contract.KUBERNETES_STAGING_VERSION,
         "etcd": contract.ETCD_VERSION, "jobset": contract.JOBSET_VERSION,
         "go": subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True).stdout.strip(),
     }, indent=1) + "\n")
+
+
+def copy_jobset_files(out: Path, mod_dir: Path, log) -> None:
+    """The JobSet CRD and webhook configurations, from the module's own files."""
+    info = _download(mod_dir, JOBSET_MODULE, contract.JOBSET_VERSION, log)
+    src = Path(info["Dir"])
+    for rel, name in ((f"{JOBSET_CRD_DIR}/{contract.JOBSET_CRD_FILE}", contract.JOBSET_CRD_FILE),
+                      (JOBSET_WEBHOOKS, contract.JOBSET_WEBHOOKS_FILE)):
+        shutil.copyfile(src / rel, out / (name + ".tmp"))
+        os.replace(out / (name + ".tmp"), out / name)
 
 
 def ensure(root: Path | None = None, log=sys.stderr) -> Path:
@@ -166,6 +178,11 @@ def ensure(root: Path | None = None, log=sys.stderr) -> Path:
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second build waits for the first, then finds it done
         if is_complete(final):
+            return final
+        if is_built(final):  # built by an older layout without every data file: add them
+            with tempfile.TemporaryDirectory(dir=root) as t:
+                copy_jobset_files(final, _module(Path(t), "jobset", f"module jobset-runtime.local/files\n\n"
+                                                 f"{GO_VERSION_LINE}\n"), log)
             return final
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
