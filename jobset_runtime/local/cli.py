@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("--node-labels", action="append", default=[], metavar="K=V[,K=V]",
                            help="labels for the nodes; repeat to give node i the i-th value (cycled), e.g. "
                            "--node-labels cloud.google.com/gke-nodepool=a --node-labels cloud.google.com/gke-nodepool=b")
+            a.add_argument("--node-capacity", action="append", default=[], metavar="RESOURCE=QUANTITY",
+                           help="an extended resource every node offers, e.g. google.com/tpu=4 (besides this "
+                           "machine's cpu and memory)")
             a.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the cluster")
             a.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up starting after S seconds")
             a.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto",
@@ -76,7 +79,8 @@ def cluster(args) -> int:
         if not 0 < args.port < 65536:
             raise ConfigError(f"--port {args.port}: not a TCP port")
         return cl.up(state, args.port, args.nodes, args.node_labels, args.foreground, args.timeout,
-                     agent_args=[f"--mode={args.mode}"])
+                     agent_args=[f"--mode={args.mode}", f"--workdir={os.getcwd()}",
+                                 *[f"--node-capacity={c}" for c in args.node_capacity]])
     return {"down": cl.down, "status": cl.status, "env": cl.env}[args.action](state)
 
 

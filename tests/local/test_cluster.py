@@ -1,0 +1,286 @@
+"""The real control plane (kube-apiserver, etcd, kube-controller-manager, kube-scheduler,
+the JobSet v0.12 manager and its webhooks) with the node agent as its nodes.
+
+Skipped, with the reason, where the binaries are not built (`./dev control-plane`,
+or JOBSET_RUNTIME_CONTROL_PLANE) or network namespaces are unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobset_runtime import contract
+from jobset_runtime.local.controlplane import binaries
+from localfixtures import ROOT, netns_unavailable
+
+_ok, _where = binaries.available()
+pytestmark = [
+    pytest.mark.skipif(not _ok, reason=f"control plane not built: {_where}"),
+    pytest.mark.skipif(bool(netns_unavailable()), reason=f"network namespaces unavailable: {netns_unavailable()}"),
+]
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(contract.ENV_PREFIX) or k == contract.CONTROL_PLANE_ENV}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the pods run jobset-run and python from here
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def cli(*args, timeout=400, check=None) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "jobset_runtime", "local", *args], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=timeout)
+    if check is not None:
+        assert r.returncode == check, r.stdout[-4000:] + r.stderr[-4000:]
+    return r
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, state: Path):
+        self.state = state
+        self.kubeconfig = state / "kubeconfig"
+
+    def kubectl(self, *args, check=True, input=None, timeout=60) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(Path(_where) / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args], input=input,
+                           capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    def json(self, *args) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def wait_terminal(self, name: str, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            js = self.json("jobset", name)
+            if (js.get("status") or {}).get("terminalState"):
+                return js
+            time.sleep(0.5)
+        log = (self.state / "logs" / "node-agent.log").read_text()[-5000:]
+        pytest.fail(f"jobset {name} not terminal within {timeout} s: {json.dumps(js.get('status'))}\n{log}")
+
+    def agent_log(self) -> str:
+        return (self.state / "logs" / "node-agent.log").read_text(errors="replace")
+
+
+def _leftovers(state: Path) -> list[str]:
+    """Processes of this cluster still alive, and pod namespaces of its node agent."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(state) in cmd:
+                out.append(f"pid {pid}: {cmd[:120]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """4 nodes in 2 node pools, TPU-labelled as the demo's nodeSelector asks."""
+    state = tmp_path_factory.mktemp("cluster") / "state"
+    r = cli("cluster", "up", "--state-dir", str(state), "--port", str(free_port()), "--nodes", "4",
+            "--node-labels", "cloud.google.com/gke-nodepool=pool-a,cloud.google.com/gke-tpu-accelerator=tpu-v5p-slice,"
+            "cloud.google.com/gke-tpu-topology=2x2x1",
+            "--node-labels", "cloud.google.com/gke-nodepool=pool-b,cloud.google.com/gke-tpu-accelerator=tpu-v5p-slice,"
+            "cloud.google.com/gke-tpu-topology=2x2x1",
+            "--node-capacity", "google.com/tpu=4")
+    if r.returncode != 0:
+        log = state / "logs" / "supervisor.log"
+        pytest.fail(f"cluster up failed ({r.returncode}): {r.stderr}\n{log.read_text() if log.exists() else ''}")
+    assert r.stdout.strip() == f"export KUBECONFIG={state / 'kubeconfig'}"
+    c = Cluster(state)
+    yield c
+    cli("cluster", "down", "--state-dir", str(state), check=0)
+    assert not state.exists()
+    assert _leftovers(state) == []
+
+
+def test_status_env_and_nodes(cluster):
+    r = cli("cluster", "status", "--state-dir", str(cluster.state), check=0)
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "jobset-manager", "node-agent"):
+        assert f"{name}" in r.stdout and "EXITED" not in r.stdout
+    assert cli("cluster", "env", "--state-dir", str(cluster.state), check=0).stdout.strip() == \
+        f"export KUBECONFIG={cluster.kubeconfig}"
+    nodes = cluster.json("nodes")["items"]
+    assert len(nodes) == 4
+    pools = sorted(n["metadata"]["labels"]["cloud.google.com/gke-nodepool"] for n in nodes)
+    assert pools == ["pool-a", "pool-a", "pool-b", "pool-b"]
+    for n in nodes:
+        ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"][0]
+        assert ready["status"] == "True"
+        assert n["status"]["allocatable"]["google.com/tpu"] == "4"
+    leases = cluster.json("leases", "-n", "kube-node-lease")["items"]
+    assert sorted(x["spec"]["holderIdentity"] for x in leases) == sorted(n["metadata"]["name"] for n in nodes)
+    version = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    assert version["serverVersion"]["gitVersion"] == contract.KUBERNETES_VERSION
+
+
+def test_demo_completes_with_exclusive_placement(cluster):
+    """examples/demo.yaml applied with kubectl: 2 slices x 2 hosts, each slice in its own node pool."""
+    cluster.kubectl("apply", "-f", str(ROOT / "examples" / "demo.yaml"))
+    js = cluster.wait_terminal("demo")
+    assert js["status"]["terminalState"] == "Completed", json.dumps(js["status"])
+    log = cluster.agent_log()
+    assert log.count("sum of ranks 6 (expected 6)") == 4, log[-4000:]
+    pods = cluster.json("pods", "-l", f"{contract.JOBSET_NAME_KEY}=demo")["items"]
+    assert len(pods) == 4
+    nodes = {n["metadata"]["name"]: n["metadata"]["labels"]["cloud.google.com/gke-nodepool"]
+             for n in cluster.json("nodes")["items"]}
+    pool_of_job = {}
+    for p in pods:
+        job = p["metadata"]["labels"][contract.JOB_INDEX_KEY]
+        pool_of_job.setdefault(job, set()).add(nodes[p["spec"]["nodeName"]])
+        st = p["status"]
+        assert st["phase"] == "Succeeded" and st["podIP"].startswith("198.18.")
+        term = st["containerStatuses"][0]["state"]["terminated"]
+        assert term["exitCode"] == 0 and term["reason"] == "Completed"
+        assert {c["type"] for c in st["conditions"]} >= {"PodScheduled", "Initialized", "Ready", "ContainersReady"}
+        assert st["startTime"]
+    assert all(len(v) == 1 for v in pool_of_job.values()), pool_of_job
+    assert pool_of_job["0"] != pool_of_job["1"], pool_of_job
+    cluster.kubectl("delete", "jobset", "demo", "--wait=true", timeout=120)
+
+
+def test_exit_2_fails_the_jobset_with_the_termination_message(cluster):
+    doc = {"apiVersion": contract.JOBSET_API_VERSION, "kind": "JobSet", "metadata": {"name": "bad"},
+           "spec": {"failurePolicy": {"maxRestarts": 3, "rules": [
+               {"name": "config", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}]},
+               "replicatedJobs": [{"name": "w", "replicas": 1, "template": {"spec": {
+                   "parallelism": 1, "completions": 1, "backoffLimit": 0,
+                   "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In",
+                                                                                      "values": [2]}}]},
+                   "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                       "name": "main", "image": "ignored", "terminationMessagePolicy": "FallbackToLogsOnError",
+                       "command": ["/bin/sh", "-c", "echo bad config: no such file >&2; exit 2"]}]}}}}}]}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    js = cluster.wait_terminal("bad")
+    assert js["status"]["terminalState"] == "Failed"
+    assert js["status"].get("restarts", 0) == 0
+    pods = cluster.json("pods", "-l", f"{contract.JOBSET_NAME_KEY}=bad")["items"]
+    assert len(pods) == 1
+    term = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 2 and term["reason"] == "Error"
+    assert "bad config: no such file" in term["message"]
+    cluster.kubectl("delete", "jobset", "bad", "--wait=true", timeout=120)
+
+
+def test_secret_env_configmap_volume_and_downward_api_from_the_api(cluster):
+    docs = [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1"}, "stringData": {"pw": "hunter2"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1"}, "data": {"greeting": "hello"}},
+        {"apiVersion": contract.JOBSET_API_VERSION, "kind": "JobSet", "metadata": {"name": "refs"},
+         "spec": {"replicatedJobs": [{"name": "w", "replicas": 1, "template": {"spec": {
+             "parallelism": 1, "completions": 1, "backoffLimit": 0,
+             "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                 "name": "main", "image": "ignored",
+                 "command": ["/bin/sh", "-c", 'test "$PW" = hunter2 && test "$(cat /etc/c1/greeting)" = hello && '
+                             'grep -q "jobset.sigs.k8s.io/jobset-name=\\"refs\\"" /etc/pi/labels && '
+                             'test "$NODE" = "$(cat /etc/pi/node 2>/dev/null || echo $NODE)" && '
+                             'echo "refs ok on $NODE as $POD_NAME"'],
+                 "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s1", "key": "pw"}}},
+                         {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                 "volumeMounts": [{"name": "c1", "mountPath": "/etc/c1"}, {"name": "pi", "mountPath": "/etc/pi"}]}],
+                 "volumes": [{"name": "c1", "configMap": {"name": "c1"}},
+                             {"name": "pi", "downwardAPI": {"items": [
+                                 {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}]}}}}}]}},
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    js = cluster.wait_terminal("refs")
+    assert js["status"]["terminalState"] == "Completed", cluster.agent_log()[-3000:]
+    pod = cluster.json("pods", "-l", f"{contract.JOBSET_NAME_KEY}=refs")["items"][0]
+    assert f"refs ok on {pod['spec']['nodeName']} as {pod['metadata']['name']}" in cluster.agent_log()
+    cluster.kubectl("delete", "jobset", "refs", "--wait=true", timeout=120)
+
+
+def test_deleting_a_running_pod_sends_sigterm_then_the_object_goes(cluster):
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"},
+           "spec": {"terminationGracePeriodSeconds": 20, "containers": [{
+               "name": "main", "image": "ignored",
+               "command": ["/bin/sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo sleeping; "
+                           "while :; do sleep 0.1; done"]}]}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = cluster.json("pod", "sleeper").get("status") or {}
+        if st.get("phase") == "Running" and "[sleeper] sleeping" in cluster.agent_log():
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"pod never ran: {st}")
+    t0 = time.monotonic()
+    cluster.kubectl("delete", "pod", "sleeper", "--wait=true", timeout=60)
+    assert time.monotonic() - t0 < 20  # ended on SIGTERM, well before the 20 s grace's SIGKILL
+    assert "[sleeper] got TERM" in cluster.agent_log()
+    assert cluster.kubectl("get", "pod", "sleeper", check=False).returncode != 0
+
+
+def test_a_busy_port_and_a_running_state_dir_are_clear_errors(cluster, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("cluster", "up", "--state-dir", str(tmp_path / "st"), "--port", str(port), check=2)
+        assert f"port {port}" in r.stderr and "--port" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "st").exists()
+    r = cli("cluster", "up", "--state-dir", str(cluster.state), "--port", str(free_port()), check=0)
+    assert "already running" in r.stderr
+
+
+def test_a_state_dir_of_another_version_is_refused(tmp_path):
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "cluster.json").write_text(json.dumps({"versions": "kubernetes-v1.30.0_etcd-v3.5.0_jobset-v0.5.0"}))
+    for args in (("up", "--port", str(free_port())), ("down",)):
+        r = cli("cluster", *args, "--state-dir", str(st), check=2)
+        assert "other versions" in r.stderr and "Traceback" not in r.stderr
+    assert (st / "cluster.json").exists()  # not ours to remove
+
+
+def test_sigkilled_supervisor_leaves_nothing_after_down(tmp_path):
+    import signal
+
+    st = tmp_path / "st"
+    cli("cluster", "up", "--state-dir", str(st), "--port", str(free_port()), "--nodes", "1", check=0)
+    info = json.loads((st / "cluster.json").read_text())
+    os.kill(info["supervisor"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _leftovers(st) and time.monotonic() < deadline:  # PR_SET_PDEATHSIG takes the components
+        time.sleep(0.2)
+    assert _leftovers(st) == []
+    cli("cluster", "down", "--state-dir", str(st), check=0)
+    assert not st.exists()
+    agent = info["processes"]["node-agent"]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"jsr-{agent}-" not in netns
+
+
+def test_run_backend_cluster_prints_the_table_and_exit_codes(tmp_path):
+    r = cli("run", "--backend", "cluster", str(ROOT / "examples" / "demo.yaml"), "--run-dir", str(tmp_path / "run"),
+            "--timeout", "240", timeout=500)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+    assert r.stdout.count("sum of ranks 6 (expected 6)") == 4, r.stdout[-4000:]
+    table = r.stdout[r.stdout.index("NAME   TERMINALSTATE"):]
+    assert table.splitlines()[1].split()[:5] == ["demo", "Completed", "0", "True", "false"]
+    assert "slice" in table.splitlines()[3]
+    assert _leftovers(tmp_path / "run") == []
