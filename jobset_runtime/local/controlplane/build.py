@@ -148,11 +148,6 @@ def build(out: Path, work: Path, log) -> None:
     _go(["build", "-trimpath", "-ldflags=-s -w", "-o", str(out / "jobset-manager"), JOBSET_MODULE], js, log)
     copy_jobset_files(out, js, log)
 
-    (out / STAMP).write_text(json.dumps({
-        "kubernetes": contract.KUBERNETES_VERSION, "staging": contract.KUBERNETES_STAGING_VERSION,
-        "etcd": contract.ETCD_VERSION, "jobset": contract.JOBSET_VERSION,
-        "go": subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True).stdout.strip(),
-    }, indent=1) + "\n")
 
 
 def copy_jobset_files(out: Path, mod_dir: Path, log) -> None:
@@ -191,7 +186,13 @@ def ensure(root: Path | None = None, log=sys.stderr) -> Path:
             (tmp / "work").mkdir()
             started = time.monotonic()
             build(out, tmp / "work", log)
-            print(f"built in {time.monotonic() - started:.0f} s", file=log, flush=True)
+            seconds = time.monotonic() - started
+            print(f"built in {seconds:.0f} s", file=log, flush=True)
+            (out / STAMP).write_text(json.dumps({
+                "kubernetes": contract.KUBERNETES_VERSION, "staging": contract.KUBERNETES_STAGING_VERSION,
+                "etcd": contract.ETCD_VERSION, "jobset": contract.JOBSET_VERSION, "build_seconds": round(seconds),
+                "go": subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True).stdout.strip(),
+            }, indent=1) + "\n")
             if final.exists():  # an incomplete leftover from an older layout
                 shutil.rmtree(final)
             out.rename(final)
