@@ -284,3 +284,104 @@ def test_run_backend_cluster_prints_the_table_and_exit_codes(tmp_path):
     assert table.splitlines()[1].split()[:5] == ["demo", "Completed", "0", "True", "false"]
     assert "slice" in table.splitlines()[3]
     assert _leftovers(tmp_path / "run") == []
+
+
+def _validate_corpus():
+    """The manifest tests' corpus: every generated example (valid) and each broken case of
+    tests/manifests/test_validate.py applied to its valid base."""
+    sys.path.insert(0, str(ROOT / "tests" / "manifests"))
+    import test_validate as tv
+
+    from jobset_runtime.local import spec
+
+    corpus = {}
+    for kind in ("tpu-multislice", "mpi", "jax", "torch"):
+        js, _ = spec.split_documents(spec.load_documents((ROOT / "examples" / f"{kind}.yaml").read_text()))
+        corpus[f"example {kind}"] = js
+    corpus["valid base"] = tv.base()
+    for case, (mutate, _, _) in tv.BROKEN.items():
+        doc = tv.base()
+        mutate(doc)
+        corpus[case] = doc
+    return corpus
+
+
+# Rules `manifest validate` checks that the API server cannot at JobSet admission: each is
+# enforced later, when the JobSet controller creates the Job (the Job API's validation),
+# so the real cluster accepts the JobSet and then fails it.
+CHECKED_LATER_BY_THE_JOB_API = {
+    "completions differ from parallelism", "podFailurePolicy without restartPolicy Never",
+}
+
+
+def test_manifest_validate_agrees_with_the_api_server_and_webhook(cluster):
+    from jobset_runtime.local.controlplane import binaries as b
+    from jobset_runtime.manifests import validate
+
+    crd = validate.load_crd(str(Path(b.locate()) / contract.JOBSET_CRD_FILE))
+    ours, real = {}, {}
+    for case, doc in _validate_corpus().items():
+        issues, _ = validate.document_issues([doc], crd)
+        ours[case] = not issues
+        r = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False)
+        real[case] = r.returncode == 0
+        assert r.returncode == 0 or "Traceback" not in r.stderr
+    disagree = {c for c in ours if ours[c] != real[c]}
+    detail = {c: f"ours {'accepts' if ours[c] else 'rejects'}, API server {'accepts' if real[c] else 'rejects'}"
+              for c in sorted(disagree)}
+    assert all(real[c] and not ours[c] for c in disagree & CHECKED_LATER_BY_THE_JOB_API), detail
+    assert disagree - CHECKED_LATER_BY_THE_JOB_API == set(), detail
+    assert all(ours[c] for c in ours if c.startswith("example")) and ours["valid base"]
+
+
+def _rj(name, pods, script, job=None, pod=None, **extra):
+    c = {"name": "main", "image": "ignored", "command": ["/bin/sh", "-c", script],
+         "env": [{"name": "RA", "valueFrom": {"fieldRef": {
+             "fieldPath": f"metadata.annotations['{contract.RESTART_ATTEMPT_KEY}']"}}}]}
+    return {"name": name, "replicas": 1, **extra, "template": {"spec": {
+        "parallelism": pods, "completions": pods, "backoffLimit": 0, **(job or {}),
+        "template": {"spec": {"restartPolicy": "Never", "containers": [c], **(pod or {})}}}}}
+
+
+_FAIL_ON_2 = {"podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}]}}
+SCENARIOS = {
+    "success": {"replicatedJobs": [_rj("a", 2, "exit 0"), _rj("b", 1, "exit 0")]},
+    "exit 2 fails without restart": {
+        "failurePolicy": {"maxRestarts": 3, "rules": [{"name": "config", "action": "FailJobSet",
+                                                       "onJobFailureReasons": ["PodFailurePolicy"]}]},
+        "replicatedJobs": [_rj("a", 2, "exit 2", job=_FAIL_ON_2)]},
+    "maxRestarts with the restart attempt rising": {
+        "failurePolicy": {"maxRestarts": 3},
+        "replicatedJobs": [_rj("a", 2, '[ "$RA" -ge 2 ] || exit 1')]},
+    "restarts exhausted": {
+        "failurePolicy": {"maxRestarts": 1},
+        "replicatedJobs": [_rj("a", 1, "exit 1")]},
+    "dependsOn Complete": {
+        "replicatedJobs": [_rj("a", 1, "exit 0"),
+                           _rj("b", 1, "exit 0", dependsOn=[{"name": "a", "status": "Complete"}])]},
+    "successPolicy on one replicatedJob": {
+        "successPolicy": {"operator": "All", "targetReplicatedJobs": ["leader"]},
+        "replicatedJobs": [_rj("leader", 1, "exit 0"), _rj("worker", 2, "sleep 300")]},
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_same_result_on_both_backends(cluster, scenario, tmp_path):
+    name = "diff-" + str(sorted(SCENARIOS).index(scenario))
+    doc = {"apiVersion": contract.JOBSET_API_VERSION, "kind": "JobSet", "metadata": {"name": name},
+           "spec": SCENARIOS[scenario]}
+    f = tmp_path / "js.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    emb = cli("run", str(f), "--run-dir", str(tmp_path / "e"), "--timeout", "200", "--pod-backoff", "0.5")
+    real = cli("run", "--backend", "cluster", "--kubeconfig", str(cluster.kubeconfig), str(f),
+               "--run-dir", str(tmp_path / "c"), "--timeout", "200")
+
+    def row(r):
+        lines = r.stdout.splitlines()
+        i = next(i for i, x in enumerate(lines) if x.startswith("NAME "))
+        return lines[i + 1].split()[1:3]  # TERMINALSTATE, RESTARTS
+
+    assert emb.returncode in (0, 1), emb.stdout[-3000:] + emb.stderr[-2000:]
+    assert real.returncode == emb.returncode, (real.stdout[-3000:] + real.stderr[-2000:] + cluster.agent_log()[-3000:])
+    assert row(real) == row(emb), (row(real), row(emb))
+    cluster.kubectl("delete", "jobset", name, "--wait=true", timeout=120)
