@@ -195,7 +195,6 @@ def test_secret_env_configmap_volume_and_downward_api_from_the_api(cluster):
                  "name": "main", "image": "ignored",
                  "command": ["/bin/sh", "-c", 'test "$PW" = hunter2 && test "$(cat /etc/c1/greeting)" = hello && '
                              'grep -q "jobset.sigs.k8s.io/jobset-name=\\"refs\\"" /etc/pi/labels && '
-                             'test "$NODE" = "$(cat /etc/pi/node 2>/dev/null || echo $NODE)" && '
                              'echo "refs ok on $NODE as $POD_NAME"'],
                  "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s1", "key": "pw"}}},
                          {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
