@@ -34,6 +34,7 @@ def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(contract.ENV_PREFIX) or k == contract.CONTROL_PLANE_ENV}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the pods run jobset-run and python from here
     env["PYTHONPATH"] = str(ROOT)
+    env["JAX_PLATFORMS"] = "cpu"  # the jax kind's pods, on this machine's CPUs
     return env
 
 
@@ -103,7 +104,7 @@ def cluster(tmp_path_factory):
             "cloud.google.com/gke-tpu-topology=2x2x1",
             "--node-labels", "cloud.google.com/gke-nodepool=pool-b,cloud.google.com/gke-tpu-accelerator=tpu-v5p-slice,"
             "cloud.google.com/gke-tpu-topology=2x2x1",
-            "--node-capacity", "google.com/tpu=4")
+            "--node-capacity", "google.com/tpu=4", "--node-capacity", "nvidia.com/gpu=8")
     if r.returncode != 0:
         log = state / "logs" / "supervisor.log"
         pytest.fail(f"cluster up failed ({r.returncode}): {r.stderr}\n{log.read_text() if log.exists() else ''}")
@@ -412,3 +413,55 @@ def test_same_result_on_both_backends(cluster, scenario, tmp_path):
     assert real.returncode == emb.returncode, (real.stdout[-3000:] + real.stderr[-2000:] + cluster.agent_log()[-3000:])
     assert row(real) == row(emb), (row(real), row(emb))
     cluster.kubectl("delete", "jobset", name, "--wait=true", timeout=120)
+
+
+def _apply_generated(cluster, docs, name, timeout=240) -> dict:
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs, sort_keys=False))
+    js = cluster.wait_terminal(name, timeout=timeout)
+    logs = {p.name: p.read_text(errors="replace") for p in (cluster.state / "pods").glob(f"{name}-*.log")}
+    assert js["status"]["terminalState"] == "Completed", json.dumps(js["status"]) + cluster.agent_log()[-4000:]
+    return logs
+
+
+def test_generated_mpi_runs_allreduce_with_open_mpi_5(cluster):
+    from jobset_runtime import manifests
+
+    prog = ROOT / "tests" / "mpi" / "allreduce_prog.py"
+    if not (BIN / "mpirun").exists():
+        pytest.skip("Open MPI 5 is not installed in this environment (the `mpi` extra; ./dev test installs it)")
+    docs = manifests.mpi(name="mpik", image="unused", command=["python", str(prog)], workers=2, slots_per_worker=2)
+    logs = _apply_generated(cluster, docs, "mpik")
+    line = next(x for t in logs.values() for x in t.splitlines() if "RESULT " in x)
+    result = json.loads(line.split("RESULT ", 1)[1])
+    assert result["size"] == 4 and result["sum"] == 10
+    assert result["library"].startswith("Open MPI v5")
+    cluster.kubectl("delete", "jobset", "mpik", "--wait=true", timeout=120)
+
+
+def test_generated_jax_runs_psum_on_every_process(cluster):
+    pytest.importorskip("jax", reason="jax is a test dependency (pip install jax)")
+    from jobset_runtime.manifests import jax as jax_manifest
+
+    docs = jax_manifest(name="jaxk", image="ignored", replicas=2, hosts=2,
+                        command=[sys.executable, str(ROOT / "examples" / "jax_cpu_demo.py"), "--devices", "2",
+                                 "--initialization-timeout", "90", "--timeout", "80"])
+    logs = _apply_generated(cluster, docs, "jaxk")
+    reports = [json.JSONDecoder().raw_decode(x[x.find('{"process_id"'):])[0]
+               for t in logs.values() for x in t.splitlines() if '{"process_id"' in x]
+    assert sorted(r["process_id"] for r in reports) == [0, 1, 2, 3]
+    assert all(r["ok"] and r["psum"] == r["expected_psum"] for r in reports)
+    cluster.kubectl("delete", "jobset", "jaxk", "--wait=true", timeout=120)
+
+
+def test_generated_torch_gives_each_node_its_rank(cluster):
+    from jobset_runtime import manifests
+
+    code = ("import os; print('TORCH', os.environ['NODE_RANK'], os.environ['WORLD_SIZE'], "
+            "os.environ['MASTER_ADDR'], os.environ['MASTER_PORT'], os.environ['PET_NNODES'])")
+    docs = manifests.torch(name="torchk", image="ignored", nodes=2, nproc_per_node=2, gpus_per_node=2,
+                           command=["python", "-c", code])
+    logs = _apply_generated(cluster, docs, "torchk")
+    lines = sorted(x.split("TORCH ", 1)[1].split() for t in logs.values() for x in t.splitlines() if "TORCH " in x)
+    assert [x[0] for x in lines] == ["0", "1"]
+    assert all(x[2].startswith("torchk-") and x[4] == "2" for x in lines), lines
+    cluster.kubectl("delete", "jobset", "torchk", "--wait=true", timeout=120)
