@@ -8,6 +8,7 @@ or JOBSET_RUNTIME_CONTROL_PLANE) or network namespaces are unavailable.
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -465,3 +466,86 @@ def test_generated_torch_gives_each_node_its_rank(cluster):
     assert [x[0] for x in lines] == ["0", "1"]
     assert all(x[2].startswith("torchk-") and x[4] == "2" for x in lines), lines
     cluster.kubectl("delete", "jobset", "torchk", "--wait=true", timeout=120)
+
+
+def _logs_by_hostname(d: Path, name: str) -> dict:
+    """{hostname: [log text of each of its pods, oldest first]}: a pod's name is its hostname
+    and a 5-character suffix; both backends write DIR/<pod>.log."""
+    out = {}
+    for p in sorted(d.glob(f"{name}-*.log"), key=lambda p: p.stat().st_mtime):
+        out.setdefault(p.stem.rsplit("-", 1)[0], []).append(p.read_text(errors="replace"))
+    return out
+
+
+def _both_backends(cluster, tmp_path, docs, name):
+    from jobset_runtime.manifests.cli import dump_yaml
+
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(dump_yaml(docs))
+    emb = cli("run", str(f), "--run-dir", str(tmp_path / "e"), "--timeout", "200")
+    real = cli("run", "--backend", "cluster", "--kubeconfig", str(cluster.kubeconfig), str(f),
+               "--run-dir", str(tmp_path / "c"), "--timeout", "200")
+    cluster.kubectl("delete", "jobset", name, "--wait=true", timeout=120)
+    return (emb, _logs_by_hostname(tmp_path / "e", name)), (real, _logs_by_hostname(cluster.state / "pods", name))
+
+
+def _row(r) -> list:
+    lines = r.stdout.splitlines()
+    i = next(i for i, x in enumerate(lines) if x.startswith("NAME "))
+    return lines[i + 1].split()[1:3]
+
+
+GROUP_TOKEN = "a-test-token-of-at-least-16-bytes"
+
+
+def test_every_pods_identity_is_the_same_on_both_backends(cluster, tmp_path):
+    """`jobset-runtime env --format json` in every pod of a generated 2 x 2 jax JobSet."""
+    from jobset_runtime import manifests
+
+    docs = manifests.jax(name="envk", image="ignored", hosts=2, replicas=2, group_token=GROUP_TOKEN,
+                         command=["jobset-runtime", "env", "--format", "json"])
+    (emb, elogs), (real, rlogs) = _both_backends(cluster, tmp_path, docs, "envk")
+    assert emb.returncode == real.returncode == 0, real.stdout[-3000:] + real.stderr[-2000:]
+    assert _row(emb) == _row(real) == ["Completed", "0"]
+
+    def identities(logs):
+        out = {}
+        for host, texts in logs.items():
+            text = texts[-1]
+            ident = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
+            ident = json.loads(json.dumps(ident).replace(ident.get("pod_ip") or "\0", "IP"))
+            # Made fresh by each backend: the JobSet's UID and each pod name's random suffix.
+            assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", ident.pop("jobset_uid"))
+            assert re.fullmatch(re.escape(host) + r"-[a-z0-9]{5}", ident.pop("pod_name"))
+            out[host] = ident
+        return out
+
+    e, r = identities(elogs), identities(rlogs)
+    assert sorted(e) == ["envk-worker-0-0", "envk-worker-0-1", "envk-worker-1-0", "envk-worker-1-1"]
+    for host in e:
+        diff = {k: (e[host].get(k), r[host].get(k)) for k in set(e[host]) | set(r[host]) if e[host].get(k) != r[host].get(k)}
+        assert not diff, (host, diff)
+
+
+def test_a_killed_rank_fails_fast_the_same_on_both_backends(cluster, tmp_path):
+    """The generated fail-fast group: rank 2 SIGKILLed; every other wrapper exits 75 (podFailurePolicy
+    Ignore), the root cause's exit fails its Job, the JobSet fails without restart."""
+    from jobset_runtime import manifests
+
+    program = ("import os, signal, time\n"
+               "if os.environ['JOBSET_RUNTIME_RANK'] == '2':\n"
+               "    time.sleep(1); os.kill(os.getpid(), signal.SIGKILL)\n"
+               "time.sleep(120)\n")
+    docs = manifests.jax(name="ffk", image="ignored", hosts=2, replicas=2, max_restarts=0, group_token=GROUP_TOKEN,
+                         command=[sys.executable, "-c", program])
+    (emb, elogs), (real, rlogs) = _both_backends(cluster, tmp_path, docs, "ffk")
+    assert emb.returncode == real.returncode == 1, real.stdout[-3000:]
+    assert _row(emb) == _row(real) == ["Failed", "0"]
+
+    def wrapper_codes(logs):
+        return {h: [int(c) for t in texts for c in re.findall(r"jobset-run\[.*; exit code (\d+)$", t, flags=re.M)]
+                for h, texts in logs.items()}
+
+    e, r = wrapper_codes(elogs), wrapper_codes(rlogs)
+    assert e == r == {"ffk-worker-0-0": [75], "ffk-worker-0-1": [75], "ffk-worker-1-0": [137],
+                      "ffk-worker-1-1": [75]}, (e, r)
