@@ -364,7 +364,7 @@ def test_what_admission_accepts_the_job_api_refuses_later(cluster, case):
 
 
 def _rj(name, pods, script, job=None, pod=None, **extra):
-    c = {"name": "main", "image": "ignored", "command": ["/bin/sh", "-c", script],
+    c = {"name": "main", "image": "ignored", "command": ["/bin/sh", "-c", f'echo "attempt=$RA"; {script}'],
          "env": [{"name": "RA", "valueFrom": {"fieldRef": {
              "fieldPath": f"metadata.annotations['{contract.RESTART_ATTEMPT_KEY}']"}}}]}
     return {"name": name, "replicas": 1, **extra, "template": {"spec": {
@@ -373,21 +373,27 @@ def _rj(name, pods, script, job=None, pod=None, **extra):
 
 
 _FAIL_ON_2 = {"podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}]}}
-SCENARIOS = {
-    "success": {"replicatedJobs": [_rj("a", 2, "exit 0"), _rj("b", 1, "exit 0")]},
+SCENARIOS = {  # "_every_pod_runs_last": in the final attempt every pod runs (a test key, not sent)
+    "success": {"_every_pod_runs_last": True, "replicatedJobs": [_rj("a", 2, "exit 0"), _rj("b", 1, "exit 0")]},
     "exit 2 fails without restart": {
         "failurePolicy": {"maxRestarts": 3, "rules": [{"name": "config", "action": "FailJobSet",
                                                        "onJobFailureReasons": ["PodFailurePolicy"]}]},
         "replicatedJobs": [_rj("a", 2, "exit 2", job=_FAIL_ON_2)]},
     "maxRestarts with the restart attempt rising": {
-        "failurePolicy": {"maxRestarts": 3},
+        "_every_pod_runs_last": True, "failurePolicy": {"maxRestarts": 3},
         "replicatedJobs": [_rj("a", 2, '[ "$RA" -ge 2 ] || exit 1')]},
     "restarts exhausted": {
         "failurePolicy": {"maxRestarts": 1},
         "replicatedJobs": [_rj("a", 1, "exit 1")]},
     "dependsOn Complete": {
-        "replicatedJobs": [_rj("a", 1, "exit 0"),
+        "_every_pod_runs_last": True, "replicatedJobs": [_rj("a", 1, "exit 0"),
                            _rj("b", 1, "exit 0", dependsOn=[{"name": "a", "status": "Complete"}])]},
+    "dependsOn Ready": {
+        "_every_pod_runs_last": True, "replicatedJobs": [_rj("a", 2, "sleep 2"),
+                                                       _rj("b", 1, "exit 0", dependsOn=[{"name": "a", "status": "Ready"}])]},
+    "startupPolicy InOrder": {
+        "_every_pod_runs_last": True, "startupPolicy": {"startupPolicyOrder": "InOrder"},
+        "replicatedJobs": [_rj("a", 1, "sleep 1"), _rj("b", 2, "exit 0")]},
     "successPolicy on one replicatedJob": {
         "successPolicy": {"operator": "All", "targetReplicatedJobs": ["leader"]},
         "replicatedJobs": [_rj("leader", 1, "exit 0"), _rj("worker", 2, "sleep 300")]},
@@ -398,7 +404,7 @@ SCENARIOS = {
 def test_same_result_on_both_backends(cluster, scenario, tmp_path):
     name = "diff-" + str(sorted(SCENARIOS).index(scenario))
     doc = {"apiVersion": contract.JOBSET_API_VERSION, "kind": "JobSet", "metadata": {"name": name},
-           "spec": SCENARIOS[scenario]}
+           "spec": {k: v for k, v in SCENARIOS[scenario].items() if not k.startswith("_")}}
     f = tmp_path / "js.yaml"
     f.write_text(yaml.safe_dump(doc))
     emb = cli("run", str(f), "--run-dir", str(tmp_path / "e"), "--timeout", "200", "--pod-backoff", "0.5")
@@ -414,6 +420,19 @@ def test_same_result_on_both_backends(cluster, scenario, tmp_path):
     assert real.returncode == emb.returncode, (real.stdout[-3000:] + real.stderr[-2000:] + cluster.agent_log()[-3000:])
     assert row(real) == row(emb), (row(real), row(emb))
     cluster.kubectl("delete", "jobset", name, "--wait=true", timeout=120)
+
+    def last_attempts(logs):
+        """{hostname: the restart-attempt its newest pod saw}: JobSet's annotation, rising on every pod."""
+        return {h: max(int(a) for t in texts for a in re.findall(r"^attempt=(\d+)$", t, flags=re.M))
+                for h, texts in logs.items() if any("attempt=" in t for t in texts)}
+
+    e = last_attempts(_logs_by_hostname(tmp_path / "e", name))
+    r = last_attempts(_logs_by_hostname(cluster.state / "pods", name))
+    restarts = int(row(real)[1])
+    assert set(e.values()) == set(r.values()) == {restarts}, (e, r)
+    if SCENARIOS[scenario].get("_every_pod_runs_last"):
+        # Every pod ran in the last attempt (elsewhere a pod may be stopped before it starts).
+        assert e == r, (e, r)
 
 
 def _apply_generated(cluster, docs, name, timeout=240) -> dict:
@@ -496,6 +515,27 @@ def _row(r) -> list:
 
 
 GROUP_TOKEN = "a-test-token-of-at-least-16-bytes"
+
+
+def test_in_place_restart_the_same_on_both_backends(cluster, tmp_path):
+    """Rank 1 fails its first two epochs; the group restarts in place: the JobSet completes with
+    no JobSet restart and no pod recreated, on both backends."""
+    from jobset_runtime import manifests
+
+    program = ("import os\n"
+               "print('epoch', os.environ['JOBSET_RUNTIME_RESTART'], 'rank', os.environ['JOBSET_RUNTIME_RANK'])\n"
+               "if os.environ['JOBSET_RUNTIME_RANK'] == '1' and int(os.environ['JOBSET_RUNTIME_RESTART']) < 2:\n"
+               "    raise SystemExit(3)\n")
+    docs = manifests.jax(name="ipk", image="ignored", hosts=2, replicas=2, max_restarts=0, group_token=GROUP_TOKEN,
+                         in_place_restarts=2, command=[sys.executable, "-c", program])
+    (emb, elogs), (real, rlogs) = _both_backends(cluster, tmp_path, docs, "ipk")
+    assert emb.returncode == real.returncode == 0, real.stdout[-3000:]
+    assert _row(emb) == _row(real) == ["Completed", "0"]
+    for logs in (elogs, rlogs):
+        assert sorted(logs) == ["ipk-worker-0-0", "ipk-worker-0-1", "ipk-worker-1-0", "ipk-worker-1-1"]
+        assert all(len(texts) == 1 for texts in logs.values()), {h: len(t) for h, t in logs.items()}
+        epochs = re.findall(r"^epoch (\d) rank 1$", logs["ipk-worker-0-1"][0], flags=re.M)
+        assert epochs == ["0", "1", "2"], logs["ipk-worker-0-1"][0][-2000:]
 
 
 def test_every_pods_identity_is_the_same_on_both_backends(cluster, tmp_path):
