@@ -83,7 +83,10 @@ def main() -> int:
                        capture_output=True)
         accepted = time.monotonic() - t0
         local("cluster", "down", "--state-dir", str(state))
-        base_s, _ = local("run", str(f), "--run-dir", str(tmp / "e0"))
+        base_s, rb = local("run", str(f), "--run-dir", str(tmp / "e0"))
+        if rb.returncode != 0:
+            print(f"embedded baseline failed: {rb.stdout[-2000:]}")
+            return 1
         print(f"cluster up -> Ready node: {up_s:.1f} s; + JobSet accepted: {accepted:.1f} s "
               f"(embedded backend, the same JobSet run to Completed: {base_s:.1f} s)")
         # 2. the demo, and N trivial pods, end to end on both backends.
