@@ -126,6 +126,13 @@ def _crd(path: str | None):
     from .validate import load_crd
 
     path = path or os.environ.get(contract.JOBSET_CRD_ENV)
+    if path is None:
+        # Unset (not set empty): the CRD the control-plane build took from sigs.k8s.io/jobset,
+        # when it is there (`./dev control-plane`); never a build from here.
+        from ..local.controlplane import build
+
+        cached = build.cached_dir() / contract.JOBSET_CRD_FILE
+        path = str(cached) if build.is_complete(build.cached_dir()) else None
     return load_crd(path) if path else None
 
 
