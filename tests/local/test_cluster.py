@@ -589,3 +589,36 @@ def test_a_killed_rank_fails_fast_the_same_on_both_backends(cluster, tmp_path):
     e, r = wrapper_codes(elogs), wrapper_codes(rlogs)
     assert e == r == {"ffk-worker-0-0": [75], "ffk-worker-0-1": [75], "ffk-worker-1-0": [137],
                       "ffk-worker-1-1": [75]}, (e, r)
+
+
+def test_readiness_probe_drives_ready_and_dns_without_publish_not_ready(cluster):
+    """publishNotReadyAddresses false: a pod is in DNS only once its readinessProbe passes,
+    through its Ready condition, the endpointslice controller and cluster DNS."""
+    doc = {"apiVersion": contract.JOBSET_API_VERSION, "kind": "JobSet", "metadata": {"name": "rdy"},
+           "spec": {"network": {"publishNotReadyAddresses": False}, "replicatedJobs": [
+               {"name": "srv", "replicas": 1, "template": {"spec": {"parallelism": 1, "completions": 1, "template": {
+                   "spec": {"restartPolicy": "Never", "containers": [{
+                       "name": "main", "image": "ignored", "command": ["/bin/sh", "-c", "sleep 8"],
+                       "readinessProbe": {"exec": {"command": ["true"]}, "initialDelaySeconds": 3,
+                                          "periodSeconds": 1}}]}}}}},
+               {"name": "cli", "replicas": 1, "template": {"spec": {"parallelism": 1, "completions": 1, "template": {
+                   "spec": {"restartPolicy": "Never", "containers": [{
+                       "name": "main", "image": "ignored", "command": ["/bin/sh", "-c",
+                       "for i in $(seq 100); do getent hosts rdy-srv-0-0.rdy && exit 0; sleep 0.2; done; exit 1"]}]}}}}}]}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pods = cluster.json("pods", "-l", f"{contract.REPLICATED_JOB_NAME_KEY}=srv")["items"]
+        conds = {c["type"]: c["status"] for c in (pods[0].get("status") or {}).get("conditions") or []} if pods else {}
+        if conds.get("Ready") and (not seen or seen[-1] != conds["Ready"]):
+            seen.append(conds["Ready"])
+        if seen[-2:] == ["False", "True"]:
+            break
+        time.sleep(0.2)
+    assert seen[-2:] == ["False", "True"], seen
+    js = cluster.wait_terminal("rdy")
+    assert js["status"]["terminalState"] == "Completed", cluster.agent_log()[-3000:]
+    cli_log = next((cluster.state / "pods").glob("rdy-cli-0-0-*.log")).read_text()
+    assert "rdy-srv-0-0.rdy.default.svc.cluster.local" in cli_log
+    cluster.kubectl("delete", "jobset", "rdy", "--wait=true", timeout=120)
