@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("--node-capacity", action="append", default=[], metavar="RESOURCE=QUANTITY",
                            help="an extended resource every node offers, e.g. google.com/tpu=4 (besides this "
                            "machine's cpu and memory)")
+            a.add_argument("--dns-delay", type=float, default=0.0, metavar="S",
+                           help="new cluster DNS names become visible S seconds late (as `local run --dns-delay`)")
             a.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the cluster")
             a.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up starting after S seconds")
             a.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto",
@@ -79,7 +81,7 @@ def cluster(args) -> int:
         if not 0 < args.port < 65536:
             raise ConfigError(f"--port {args.port}: not a TCP port")
         return cl.up(state, args.port, args.nodes, args.node_labels, args.foreground, args.timeout,
-                     agent_args=[f"--mode={args.mode}", f"--workdir={os.getcwd()}",
+                     agent_args=[f"--mode={args.mode}", f"--workdir={os.getcwd()}", f"--dns-delay={args.dns_delay}",
                                  *[f"--node-capacity={c}" for c in args.node_capacity]])
     return {"down": cl.down, "status": cl.status, "env": cl.env}[args.action](state)
 

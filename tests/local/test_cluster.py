@@ -622,3 +622,33 @@ def test_readiness_probe_drives_ready_and_dns_without_publish_not_ready(cluster)
     cli_log = next((cluster.state / "pods").glob("rdy-cli-0-0-*.log")).read_text()
     assert "rdy-srv-0-0.rdy.default.svc.cluster.local" in cli_log
     cluster.kubectl("delete", "jobset", "rdy", "--wait=true", timeout=120)
+
+
+def test_a_late_dns_record_the_same_on_both_backends(tmp_path):
+    """--dns-delay 3 on both backends (cluster: a cluster of the run's own, its DNS made late):
+    every generated pod waits for the coordinator's name, and the JobSet completes, no restart."""
+    from jobset_runtime import manifests
+    from jobset_runtime.manifests.cli import dump_yaml
+
+    docs = manifests.jax(name="late", image="ignored", hosts=2, replicas=2, group_token=GROUP_TOKEN,
+                         command=["python", "-c", "import os; print('up as rank', os.environ['JOBSET_RUNTIME_RANK'])"])
+    f = tmp_path / "late.yaml"
+    f.write_text(dump_yaml(docs))
+    emb = cli("run", str(f), "--run-dir", str(tmp_path / "e"), "--timeout", "200", "--dns-delay", "3")
+    real = cli("run", "--backend", "cluster", str(f), "--run-dir", str(tmp_path / "c"), "--timeout", "200",
+               "--dns-delay", "3", timeout=500)
+    assert emb.returncode == real.returncode == 0, real.stdout[-3000:] + real.stderr[-2000:]
+    assert _row(emb) == _row(real) == ["Completed", "0"]
+    for r in (emb, real):
+        assert sorted(re.findall(r"up as rank (\d)", r.stdout)) == ["0", "1", "2", "3"], r.stdout[-3000:]
+    assert _leftovers(tmp_path / "c") == []
+
+
+def test_dns_delay_on_a_running_cluster_is_refused(cluster, tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text(yaml.safe_dump({"apiVersion": contract.JOBSET_API_VERSION, "kind": "JobSet", "metadata": {"name": "x"},
+                                 "spec": {"replicatedJobs": SCENARIOS["success"]["replicatedJobs"]}}))
+    r = cli("run", "--backend", "cluster", "--kubeconfig", str(cluster.kubeconfig), str(f), "--dns-delay", "2",
+            check=2)
+    assert "--dns-delay" in r.stderr and "--backend embedded" in r.stderr
+    assert cluster.kubectl("get", "jobset", "x", check=False).returncode != 0  # nothing applied

@@ -55,8 +55,8 @@ def records(services: dict, slices: dict, domain: str) -> dict[str, list[str]]:
 class ClusterDns:
     """Two watches (Services, EndpointSlices) keep `server`'s records equal to records()."""
 
-    def __init__(self, api, server, domain: str):
-        self.api, self.server, self.domain = api, server, domain
+    def __init__(self, api, server, domain: str, delay: float = 0.0):
+        self.api, self.server, self.domain, self.delay = api, server, domain, delay
         self.services: dict = {}
         self.slices: dict = {}
         self._lock = threading.Lock()
@@ -102,5 +102,6 @@ class ClusterDns:
             self.server.remove(name)
         for name, ips in want.items():
             if self._current.get(name) != ips:
-                self.server.set(name, ips)
+                # --dns-delay: a new name becomes visible late, as cluster DNS often is.
+                self.server.set(name, ips, visible_after=0.0 if name in self._current else self.delay)
         self._current = want

@@ -379,10 +379,10 @@ class NodeKubelet:
 
 class NodeRuntime(Runner):
     def __init__(self, api: "NodeApi", *, run_dir: str, mode: str, out=None, crash_backoff: float = CRASH_BACKOFF,
-                 domain: str = contract.DEFAULT_CLUSTER_DOMAIN):
+                 domain: str = contract.DEFAULT_CLUSTER_DOMAIN, dns_delay: float = 0.0):
         self.js = None
         self.objects = {}
-        self.dns_delay = 0.0
+        self.dns_delay = dns_delay
         self._init_runtime(run_dir=run_dir, mode=mode, out=out, interrupt_grace=5.0, state_dir=None)
         self.domain = domain
         self.api = api
@@ -451,7 +451,7 @@ class NodeRuntime(Runner):
         super()._start_dns()
         from .clusterdns import ClusterDns
 
-        self.cluster_dns = ClusterDns(self.api, self.dns, self.domain)
+        self.cluster_dns = ClusterDns(self.api, self.dns, self.domain, delay=self.dns_delay)
         self.cluster_dns.start()
 
     def serve(self, on_ready) -> int:
@@ -730,6 +730,7 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto")
     p.add_argument("--workdir", default=None, help="containers without workingDir start here")
     p.add_argument("--crash-backoff", type=float, default=CRASH_BACKOFF)
+    p.add_argument("--dns-delay", type=float, default=0.0, metavar="S", help="new DNS names become visible S s late")
     a = p.parse_args(argv)
     try:
         from ..cli import choose_mode
@@ -745,7 +746,7 @@ def main(argv=None) -> int:
     if a.workdir:
         os.chdir(a.workdir)
     rt = NodeRuntime(api, run_dir=os.path.join(os.path.abspath(a.state_dir), "pods"), mode=mode,
-                     crash_backoff=a.crash_backoff)
+                     crash_backoff=a.crash_backoff, dns_delay=a.dns_delay)
     def post_pod(kind, obj, node, objects):
         rt._post(lambda: rt.ctl.pod_event(kind, obj, node, objects))
 

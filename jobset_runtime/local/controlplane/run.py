@@ -102,6 +102,8 @@ class ClusterRun:
                  *[f"--node-capacity={c}" for c in capacity]]
         if self.args.crash_backoff is not None:
             agent.append(f"--crash-backoff={self.args.crash_backoff}")
+        if self.args.dns_delay:
+            agent.append(f"--dns-delay={self.args.dns_delay}")
         rc = cluster.up(self.state, port, nodes, labels, foreground=False, timeout=300.0,
                         out=open(os.devnull, "w"), agent_args=agent)
         if rc != 0:
@@ -205,7 +207,10 @@ def run_on_cluster(args) -> int:
     except OSError as e:
         raise ConfigError(f"cannot read {args.file}: {e.strerror}")
     js, _ = spec.split_documents(spec.load_documents(text, args.file), args.file)
-    for flag, value in (("--dns-delay", args.dns_delay), ("--skew", args.skew), ("--pod-backoff", args.pod_backoff)):
+    refused = [("--skew", args.skew), ("--pod-backoff", args.pod_backoff)]
+    if args.kubeconfig:
+        refused.append(("--dns-delay", args.dns_delay))  # the DNS of a running cluster is not ours to slow
+    for flag, value in refused:
         if value:
             raise ConfigError(f"{flag} is not available with --backend cluster: the real controllers and DNS "
                               "decide those timings; drop it or use --backend embedded")
