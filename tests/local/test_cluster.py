@@ -133,6 +133,17 @@ def test_status_env_and_nodes(cluster):
         assert n["status"]["allocatable"]["google.com/tpu"] == "4"
     leases = cluster.json("leases", "-n", "kube-node-lease")["items"]
     assert sorted(x["spec"]["holderIdentity"] for x in leases) == sorted(n["metadata"]["name"] for n in nodes)
+    # etcd answers only holders of a client certificate of the cluster's CA.
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    port = json.loads((cluster.state / "cluster.json").read_text())["ports"]["etcd_client"]
+    ctx = ssl.create_default_context(cafile=str(cluster.state / "pki" / "ca.crt"))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/health", context=ctx, timeout=5).read()
+    ctx.load_cert_chain(str(cluster.state / "pki" / "etcd-client.crt"), str(cluster.state / "pki" / "etcd-client.key"))
+    assert json.loads(urllib.request.urlopen(f"https://127.0.0.1:{port}/health", context=ctx, timeout=5).read())["health"] == "true"
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == contract.KUBERNETES_VERSION
 

@@ -167,6 +167,8 @@ class Supervisor:
         dns, ips = certs.apiserver_names(components.SERVICE_IP, self.domain)
         api = certs.issue(ca, "kube-apiserver", dns=dns, ips=ips, server=True)
         admin = certs.issue(ca, "jobset-runtime-admin", org="system:masters", client=True)
+        etcd = certs.issue(ca, "etcd", dns=("localhost",), ips=("127.0.0.1",), server=True, client=True)
+        etcd_client = certs.issue(ca, "kube-apiserver-etcd-client", client=True)
         sa_key, sa_pub = certs.service_account_keys()
         wca = certs.make_ca("jobset-runtime-webhook-ca")
         wh = certs.issue(wca, "jobset-webhook", dns=("localhost",), ips=("127.0.0.1",), server=True)
@@ -174,6 +176,10 @@ class Supervisor:
         w(lay.pem("ca.key"), ca.key_pem, private=True)
         w(lay.pem("apiserver.crt"), api.cert_pem)
         w(lay.pem("apiserver.key"), api.key_pem, private=True)
+        w(lay.pem("etcd.crt"), etcd.cert_pem)
+        w(lay.pem("etcd.key"), etcd.key_pem, private=True)
+        w(lay.pem("etcd-client.crt"), etcd_client.cert_pem)
+        w(lay.pem("etcd-client.key"), etcd_client.key_pem, private=True)
         w(lay.pem("sa.key"), sa_key, private=True)
         w(lay.pem("sa.pub"), sa_pub)
         w(lay.pem("webhook-ca.crt"), wca.cert_pem)
@@ -228,17 +234,23 @@ class Supervisor:
             raise StartError(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
         return r
 
-    def _https_ok(self, url: str) -> bool:
-        ctx = ssl.create_default_context(cafile=self.lay.pem("ca.crt"))
-        with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+    def _https_ok(self, url: str, client_cert: str = "") -> bool:
+        with urllib.request.urlopen(url, context=self._tls(client_cert), timeout=2) as r:
             return r.status == 200
+
+    def _tls(self, client_cert: str = "") -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.lay.pem("ca.crt"))
+        if client_cert:
+            ctx.load_cert_chain(self.lay.pem(f"{client_cert}.crt"), self.lay.pem(f"{client_cert}.key"))
+        return ctx
 
     def start(self) -> None:
         lay, b, p = self.lay, self.bin_dir, self.ports
         self.say(f"state {lay.root}, binaries {b}")
         self._spawn("etcd", components.etcd(b, lay, p))
         self._wait("etcd", lambda: json.loads(urllib.request.urlopen(
-            f"http://127.0.0.1:{p.etcd_client}/health", timeout=2).read()).get("health") == "true")
+            f"https://127.0.0.1:{p.etcd_client}/health", context=self._tls("etcd-client"),
+            timeout=2).read()).get("health") == "true")
         self.say(f"etcd ready on 127.0.0.1:{p.etcd_client}")
         self._spawn("kube-apiserver", components.apiserver(b, lay, p, self.domain))
         self._wait("kube-apiserver", lambda: self._https_ok(f"{self.server}/readyz"))

@@ -72,8 +72,14 @@ class Ports:
 
 
 def etcd(bin_dir: Path, lay: Layout, p: Ports) -> list[str]:
-    client, peer = f"http://127.0.0.1:{p.etcd_client}", f"http://127.0.0.1:{p.etcd_peer}"
-    return [str(bin_dir / "etcd"), "--name=default", f"--data-dir={lay.etcd_data}",
+    """TLS with client certificates on both listeners: another user of this machine
+    cannot read or write the cluster's state through loopback."""
+    client, peer = f"https://127.0.0.1:{p.etcd_client}", f"https://127.0.0.1:{p.etcd_peer}"
+    tls = [f"--cert-file={lay.pem('etcd.crt')}", f"--key-file={lay.pem('etcd.key')}",
+           f"--trusted-ca-file={lay.pem('ca.crt')}", "--client-cert-auth",
+           f"--peer-cert-file={lay.pem('etcd.crt')}", f"--peer-key-file={lay.pem('etcd.key')}",
+           f"--peer-trusted-ca-file={lay.pem('ca.crt')}", "--peer-client-cert-auth"]
+    return [str(bin_dir / "etcd"), "--name=default", f"--data-dir={lay.etcd_data}", *tls,
             f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=default={peer}", "--initial-cluster-state=new",
@@ -83,7 +89,8 @@ def etcd(bin_dir: Path, lay: Layout, p: Ports) -> list[str]:
 
 def apiserver(bin_dir: Path, lay: Layout, p: Ports, domain: str) -> list[str]:
     return [str(bin_dir / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{p.etcd_client}",
+            f"--etcd-servers=https://127.0.0.1:{p.etcd_client}", f"--etcd-cafile={lay.pem('ca.crt')}",
+            f"--etcd-certfile={lay.pem('etcd-client.crt')}", f"--etcd-keyfile={lay.pem('etcd-client.key')}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p.apiserver}",
             f"--tls-cert-file={lay.pem('apiserver.crt')}", f"--tls-private-key-file={lay.pem('apiserver.key')}",
             f"--client-ca-file={lay.pem('ca.crt')}",
