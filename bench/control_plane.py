@@ -24,8 +24,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobset_runtime import contract  # noqa: E402
-from jobset_runtime.local.controlplane import binaries  # noqa: E402
+from jobset_runtime import contract
+from jobset_runtime.local.controlplane import binaries
 
 
 def env() -> dict:

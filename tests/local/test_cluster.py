@@ -8,8 +8,8 @@ or JOBSET_RUNTIME_CONTROL_PLANE) or network namespaces are unavailable.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from localfixtures import ROOT, netns_unavailable
 
 from jobset_runtime import contract
 from jobset_runtime.local.controlplane import binaries
-from localfixtures import ROOT, netns_unavailable
 
 _ok, _where = binaries.available()
 pytestmark = [
@@ -434,7 +434,7 @@ def test_same_result_on_both_backends(cluster, scenario, tmp_path):
 
     def last_attempts(logs):
         """{hostname: the restart-attempt its newest pod saw}: JobSet's annotation, rising on every pod."""
-        return {h: max(int(a) for t in texts for a in re.findall(r"^attempt=(\d+)$", t, flags=re.M))
+        return {h: max(int(a) for t in texts for a in re.findall(r"^attempt=(\d+)$", t, flags=re.MULTILINE))
                 for h, texts in logs.items() if any("attempt=" in t for t in texts)}
 
     e = last_attempts(_logs_by_hostname(tmp_path / "e", name))
@@ -545,7 +545,7 @@ def test_in_place_restart_the_same_on_both_backends(cluster, tmp_path):
     for logs in (elogs, rlogs):
         assert sorted(logs) == ["ipk-worker-0-0", "ipk-worker-0-1", "ipk-worker-1-0", "ipk-worker-1-1"]
         assert all(len(texts) == 1 for texts in logs.values()), {h: len(t) for h, t in logs.items()}
-        epochs = re.findall(r"^epoch (\d) rank 1$", logs["ipk-worker-0-1"][0], flags=re.M)
+        epochs = re.findall(r"^epoch (\d) rank 1$", logs["ipk-worker-0-1"][0], flags=re.MULTILINE)
         assert epochs == ["0", "1", "2"], logs["ipk-worker-0-1"][0][-2000:]
 
 
@@ -594,7 +594,7 @@ def test_a_killed_rank_fails_fast_the_same_on_both_backends(cluster, tmp_path):
     assert _row(emb) == _row(real) == ["Failed", "0"]
 
     def wrapper_codes(logs):
-        return {h: [int(c) for t in texts for c in re.findall(r"jobset-run\[.*; exit code (\d+)$", t, flags=re.M)]
+        return {h: [int(c) for t in texts for c in re.findall(r"jobset-run\[.*; exit code (\d+)$", t, flags=re.MULTILINE)]
                 for h, texts in logs.items()}
 
     e, r = wrapper_codes(elogs), wrapper_codes(rlogs)

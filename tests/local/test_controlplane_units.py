@@ -11,12 +11,12 @@ import sys
 
 import pytest
 import yaml
+from localfixtures import ROOT
 
 from jobset_runtime import contract
 from jobset_runtime.local.controlplane import build, certs, clusterdns, components, podstatus
 from jobset_runtime.local.controlplane.node import NodePod, parse_capacity, parse_labels, referenced_objects
 from jobset_runtime.local.controlplane.run import placement
-from localfixtures import ROOT
 
 K8S_GO_MOD = """module k8s.io/kubernetes
 

@@ -44,7 +44,7 @@ GO_VERSION_LINE = "go 1.26.0"  # what k8s.io/kubernetes v1.36 and sigs.k8s.io/jo
 STAMP = "versions.json"
 
 # `k8s.io/api => ./staging/src/k8s.io/api` in k8s.io/kubernetes's go.mod.
-_STAGING_REPLACE = re.compile(r"^\s*(?:replace\s+)?(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/\1\s*$", re.M)
+_STAGING_REPLACE = re.compile(r"^\s*(?:replace\s+)?(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/\1\s*$", re.MULTILINE)
 
 ETCD_MAIN = """package main
 

@@ -10,7 +10,7 @@ CONTEXT = "jobset-runtime"
 
 
 def render(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> str:
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    b64 = lambda b: base64.b64encode(b).decode()
     return yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "preferences": {},
         "clusters": [{"name": CONTEXT, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],

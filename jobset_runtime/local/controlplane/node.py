@@ -129,7 +129,7 @@ class NodeKubelet:
     terminal_state = None
     restarts = 0
 
-    def __init__(self, rt: "NodeRuntime", api: "NodeApi", crash_backoff: float = CRASH_BACKOFF):
+    def __init__(self, rt: NodeRuntime, api: NodeApi, crash_backoff: float = CRASH_BACKOFF):
         self.rt, self.api, self.crash_backoff = rt, api, crash_backoff
         self.pods: dict = {}       # (namespace, name) -> NodePod
         self.halted = False
@@ -378,7 +378,7 @@ class NodeKubelet:
 # --- the runtime: Runner's machinery with pods from the API ---------------------------------
 
 class NodeRuntime(Runner):
-    def __init__(self, api: "NodeApi", *, run_dir: str, mode: str, out=None, crash_backoff: float = CRASH_BACKOFF,
+    def __init__(self, api: NodeApi, *, run_dir: str, mode: str, out=None, crash_backoff: float = CRASH_BACKOFF,
                  domain: str = contract.DEFAULT_CLUSTER_DOMAIN, dns_delay: float = 0.0):
         self.js = None
         self.objects = {}
@@ -518,7 +518,7 @@ class NodeApi:
     # --- nodes and leases -----------------------------------------------------------------
     def _node_status(self) -> dict:
         now = podstatus.now_rfc3339()
-        cond = lambda t, s, r, m: {"type": t, "status": s, "reason": r, "message": m,  # noqa: E731
+        cond = lambda t, s, r, m: {"type": t, "status": s, "reason": r, "message": m,
                                    "lastHeartbeatTime": now, "lastTransitionTime": now}
         return {
             "capacity": self.capacity, "allocatable": self.capacity,

@@ -183,7 +183,7 @@ class ClusterRun:
         suspended = str(bool((js.get("spec") or {}).get("suspend", False))).lower()
         rows = [("NAME", "TERMINALSTATE", "RESTARTS", "COMPLETED", "SUSPENDED", "AGE"),
                 (self.name, state, str(st.get("restarts", 0)), completed, suspended, f"{age:.1f}s")]
-        print("", file=self.out)
+        print(file=self.out)
         print(_table(rows), file=self.out)
         rows = [("REPLICATEDJOB", "READY", "SUCCEEDED", "FAILED", "ACTIVE")]
         by_name = {r["name"]: r for r in st.get("replicatedJobsStatus") or []}
