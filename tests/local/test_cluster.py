@@ -663,3 +663,27 @@ def test_dns_delay_on_a_running_cluster_is_refused(cluster, tmp_path):
             check=2)
     assert "--dns-delay" in r.stderr and "--backend embedded" in r.stderr
     assert cluster.kubectl("get", "jobset", "x", check=False).returncode != 0  # nothing applied
+
+
+def test_run_backend_cluster_interrupted_exits_130_and_leaves_nothing(tmp_path):
+    import signal
+
+    doc = {"apiVersion": contract.JOBSET_API_VERSION, "kind": "JobSet", "metadata": {"name": "long"},
+           "spec": {"replicatedJobs": [_rj("a", 2, "echo started; sleep 300")]}}
+    f = tmp_path / "long.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    p = subprocess.Popen([sys.executable, "-m", "jobset_runtime", "local", "run", "--backend", "cluster", str(f),
+                          "--run-dir", str(tmp_path / "run")], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if "] started" in line:
+            break
+    p.send_signal(signal.SIGTERM)
+    out += p.stdout.readlines()
+    assert p.wait(timeout=120) == 130, "".join(out)[-3000:]
+    table = "".join(out)["".join(out).index("NAME "):]
+    assert table.splitlines()[1].split()[:2] == ["long", "Interrupted"]
+    assert _leftovers(tmp_path / "run") == []
+    assert not list((tmp_path / "run").glob("cluster-*"))  # the state directory went with the cluster

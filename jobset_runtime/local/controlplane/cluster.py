@@ -268,6 +268,9 @@ class Supervisor:
                                                   Path(lay.pem("webhook-ca.crt")).read_bytes())
         lay.webhooks.write_text("---\n".join(json.dumps(h) + "\n" for h in hooks))
         self.kubectl("apply", "-f", str(lay.webhooks))
+        # The manager reports ready once its webhook server listens, but registers the
+        # handlers a moment later (main.go setupControllers): until then a call is a 404.
+        self._wait("jobset-manager", self._webhooks_answer)
         self.say(f"jobset-manager ready, webhooks on 127.0.0.1:{p.webhook}")
         for name in ("kube-controller-manager", "kube-scheduler"):
             self._wait(name, lambda: True)  # still running
@@ -280,6 +283,15 @@ class Supervisor:
             self.say(f"{self.nodes} node(s) Ready")
         self._record(ready=True)
         lay.ready.write_text(str(os.getpid()))
+
+    def _webhooks_answer(self) -> bool:
+        """A server-side dry run of a small JobSet goes through both JobSet webhooks."""
+        probe = {"apiVersion": contract.JOBSET_API_VERSION, "kind": contract.JOBSET_KIND,
+                 "metadata": {"name": "webhook-probe", "namespace": "default"},
+                 "spec": {"replicatedJobs": [{"name": "w", "replicas": 1, "template": {"spec": {"template": {
+                     "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "probe"}]}}}}}]}}
+        return self.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(probe),
+                            check=False).returncode == 0
 
     def _nodes_ready(self) -> bool:
         r = self.kubectl("get", "nodes", "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")]"

@@ -136,8 +136,26 @@ class ClusterRun:
         r = self.kubectl("get", "jobset", self.name, "-n", self.namespace, "-o", "json", check=False)
         return json.loads(r.stdout) if r.returncode == 0 else {}
 
+    def _report_changes(self, js: dict, seen: dict) -> None:
+        """The JobSet's own events, from its status: conditions that turn True, restarts."""
+        st = js.get("status") or {}
+        if st.get("restarts", 0) != seen.get("restarts", 0):
+            seen["restarts"] = st.get("restarts", 0)
+            self._event(f"jobset {self.name} restarting (restarts {seen['restarts']})")
+        for c in st.get("conditions") or []:
+            key = (c["type"], c.get("reason"))
+            if c.get("status") == "True" and key not in seen:
+                seen[key] = True
+                self._event(f"jobset {self.name} {c['type']}: {c.get('reason', '')}: {c.get('message', '')}")
+
     def run(self) -> int:
-        outcome, js = None, {}
+        outcome, js, seen = None, {}, {}
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupt)
         try:
             if not self.kubeconfig:
                 self.start_cluster()
@@ -146,6 +164,7 @@ class ClusterRun:
             deadline = time.monotonic() + self.args.timeout if self.args.timeout else None
             while True:
                 js = self.status()
+                self._report_changes(js, seen)
                 state = (js.get("status") or {}).get("terminalState")
                 if state:
                     outcome = state
@@ -163,7 +182,8 @@ class ClusterRun:
             js = js or {}
             self._print_status(js, outcome)
             if self.state is not None:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the teardown runs to its end
+                    signal.signal(sig, signal.SIG_IGN)
                 cluster.down(self.state)
         if outcome == "interrupted":
             return EXIT_INTERRUPTED
