@@ -687,3 +687,19 @@ def test_run_backend_cluster_interrupted_exits_130_and_leaves_nothing(tmp_path):
     assert table.splitlines()[1].split()[:2] == ["long", "Interrupted"]
     assert _leftovers(tmp_path / "run") == []
     assert not list((tmp_path / "run").glob("cluster-*"))  # the state directory went with the cluster
+
+
+def test_prebuilt_binaries_from_the_env_var_run_a_cluster(tmp_path, monkeypatch):
+    """JOBSET_RUNTIME_CONTROL_PLANE=DIR: a directory of someone else's binaries (here links to ours)."""
+    d = tmp_path / "assets"
+    d.mkdir()
+    for f in Path(_where).iterdir():
+        (d / f.name).symlink_to(f)
+    monkeypatch.setenv(contract.CONTROL_PLANE_ENV, str(d))
+    st = tmp_path / "st"
+    cli("cluster", "up", "--state-dir", str(st), "--port", str(free_port()), check=0)
+    try:
+        assert json.loads((st / "cluster.json").read_text())["binaries"] == str(d)
+    finally:
+        cli("cluster", "down", "--state-dir", str(st), check=0)
+    assert _leftovers(st) == []
