@@ -80,6 +80,10 @@ def cluster(args) -> int:
             raise ConfigError(f"--nodes {args.nodes}: at least 1")
         if not 0 < args.port < 65536:
             raise ConfigError(f"--port {args.port}: not a TCP port")
+        if os.geteuid() != 0 and args.mode != "loopback":
+            raise ConfigError("the node agent runs pods in network namespaces of their own, which needs root: "
+                              "run `local cluster up` as root, or with --mode loopback (pods share this "
+                              "machine's network)")
         return cl.up(state, args.port, args.nodes, args.node_labels, args.foreground, args.timeout,
                      agent_args=[f"--mode={args.mode}", f"--workdir={os.getcwd()}", f"--dns-delay={args.dns_delay}",
                                  *[f"--node-capacity={c}" for c in args.node_capacity]])

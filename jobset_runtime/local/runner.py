@@ -406,6 +406,17 @@ class Runner:
                          exec_prefix=prefix, env=proc.env,
                          post=lambda ok: self._post((proc, kind, ok)))
 
+    def post(self, fn) -> None:
+        """Run `fn()` on the loop, from any thread (the node agent's API watches)."""
+        self._post(fn)
+
+    def cancel_start(self, pod) -> bool:
+        """Forget a pod still waiting for its namespaces; False if it is past that."""
+        if pod in self._pending:
+            self._pending.remove(pod)
+            return True
+        return False
+
     def _post(self, item) -> None:
         # From a probe thread: queue the result and wake the loop.
         self._results.append(item)

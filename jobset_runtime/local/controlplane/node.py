@@ -13,7 +13,7 @@ SIGKILL; once its processes are gone the agent removes the object (grace 0),
 as the kubelet does.  Cluster DNS for the pods is served here too (clusterdns.py).
 
 The API side runs in threads (watches, heartbeats, status writes); everything
-that touches pods runs on the runner's one loop, reached through Runner._post.
+that touches pods runs on the runner's one loop, reached through Runner.post.
 """
 
 from __future__ import annotations
@@ -189,8 +189,8 @@ class NodeKubelet:
         if pod.gone or (pod.ended and not self.rt.pod_has_processes(pod)):
             self._forget(pod)
             return
-        if not pod.prepared and pod in self.rt._pending:
-            self.rt._pending.remove(pod)
+        if not pod.prepared:
+            self.rt.cancel_start(pod)
         self.rt.stop_pod(pod, grace)
 
     def _forget(self, pod: NodePod) -> None:
@@ -229,7 +229,7 @@ class NodeKubelet:
                 self.push(pod)
 
         self.rt.call_later(CONFIG_RETRY_SECONDS, lambda: self.api.fetch_objects_async(
-            pod.namespace, pod.spec, lambda objs: self.rt._post(lambda: again(objs))))
+            pod.namespace, pod.spec, lambda objs: self.rt.post(lambda: again(objs))))
 
     def _spawn(self, pod: NodePod, c: Container) -> bool:
         try:
@@ -748,7 +748,7 @@ def main(argv=None) -> int:
     rt = NodeRuntime(api, run_dir=os.path.join(os.path.abspath(a.state_dir), "pods"), mode=mode,
                      crash_backoff=a.crash_backoff, dns_delay=a.dns_delay)
     def post_pod(kind, obj, node, objects):
-        rt._post(lambda: rt.ctl.pod_event(kind, obj, node, objects))
+        rt.post(lambda: rt.ctl.pod_event(kind, obj, node, objects))
 
     def ready():
         api.register()
