@@ -64,9 +64,15 @@ def _parser() -> argparse.ArgumentParser:
                            help="new cluster DNS names become visible S seconds late (as `local run --dns-delay`)")
             a.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the cluster")
             a.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up starting after S seconds")
-            a.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto",
-                           help="how the node agent runs pods (as `local run --mode`)")
+            a.add_argument("--mode", choices=("auto", "netns"), default="auto",
+                           help="how the node agent runs pods: in network namespaces of their own (root); "
+                           "loopback is not available, the API server refuses 127.x pod IPs in EndpointSlices")
     return p
+
+
+NEEDS_ROOT = ("the cluster's node agent runs pods in network namespaces of their own, which needs root "
+              "(loopback mode cannot serve it: the API server refuses 127.x pod IPs in EndpointSlices, so "
+              "cluster DNS would never name the pods); run it as root, or use `local run --backend embedded`")
 
 
 def cluster(args) -> int:
@@ -80,10 +86,8 @@ def cluster(args) -> int:
             raise ConfigError(f"--nodes {args.nodes}: at least 1")
         if not 0 < args.port < 65536:
             raise ConfigError(f"--port {args.port}: not a TCP port")
-        if os.geteuid() != 0 and args.mode != "loopback":
-            raise ConfigError("the node agent runs pods in network namespaces of their own, which needs root: "
-                              "run `local cluster up` as root, or with --mode loopback (pods share this "
-                              "machine's network)")
+        if os.geteuid() != 0:
+            raise ConfigError(NEEDS_ROOT)
         return cl.up(state, args.port, args.nodes, args.node_labels, args.foreground, args.timeout,
                      agent_args=[f"--mode={args.mode}", f"--workdir={os.getcwd()}", f"--dns-delay={args.dns_delay}",
                                  *[f"--node-capacity={c}" for c in args.node_capacity]])

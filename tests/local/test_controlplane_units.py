@@ -268,3 +268,12 @@ def test_state_dir_of_other_versions_is_refused(tmp_path):
     (tmp_path / "data.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a cluster directory"):
         cluster.check_state_dir(lay)
+
+
+def test_cluster_backend_refuses_loopback_mode_saying_why(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "jobset_runtime", "local", "run", "--backend", "cluster", "--mode",
+                        "loopback", str(ROOT / "examples" / "demo.yaml")], env=env, capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2, r.stderr
+    assert "loopback" in r.stderr and "EndpointSlices" in r.stderr and "Traceback" not in r.stderr

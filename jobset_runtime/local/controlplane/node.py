@@ -727,7 +727,7 @@ def main(argv=None) -> int:
     p.add_argument("--node-name-prefix", default="jobset-runtime-")
     p.add_argument("--node-labels", action="append", default=[], metavar="K=V[,K=V]")
     p.add_argument("--node-capacity", action="append", default=[], metavar="RESOURCE=QUANTITY")
-    p.add_argument("--mode", choices=("auto", "netns", "loopback"), default="auto")
+    p.add_argument("--mode", choices=("auto", "netns"), default="auto")
     p.add_argument("--workdir", default=None, help="containers without workingDir start here")
     p.add_argument("--crash-backoff", type=float, default=CRASH_BACKOFF)
     p.add_argument("--dns-delay", type=float, default=0.0, metavar="S", help="new DNS names become visible S s late")
@@ -735,9 +735,11 @@ def main(argv=None) -> int:
     try:
         from ..cli import choose_mode
 
+        from ..cli import NEEDS_ROOT
+
         mode = choose_mode(a.mode)
-        if mode == "rootless":
-            raise ConfigError("the node agent needs root for pod network namespaces (or --mode loopback)")
+        if mode != "netns":
+            raise ConfigError(NEEDS_ROOT)
         names = [f"{a.node_name_prefix}{i}" for i in range(a.nodes)]
         api = NodeApi(a.kubeconfig, names, parse_labels(a.node_labels, a.nodes), parse_capacity(a.node_capacity))
     except ConfigError as e:

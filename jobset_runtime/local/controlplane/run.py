@@ -98,7 +98,7 @@ class ClusterRun:
         self.state.rmdir()  # up makes it
         print(f"run directory: {base}", file=self.out, flush=True)
         port = cluster.free_port()
-        agent = [f"--mode={self.args.mode if self.args.mode != 'rootless' else 'auto'}", f"--workdir={os.getcwd()}",
+        agent = [f"--mode={self.args.mode}", f"--workdir={os.getcwd()}",
                  *[f"--node-capacity={c}" for c in capacity]]
         if self.args.crash_backoff is not None:
             agent.append(f"--crash-backoff={self.args.crash_backoff}")
@@ -227,6 +227,10 @@ def run_on_cluster(args) -> int:
     except OSError as e:
         raise ConfigError(f"cannot read {args.file}: {e.strerror}")
     js, _ = spec.split_documents(spec.load_documents(text, args.file), args.file)
+    from ..cli import NEEDS_ROOT
+
+    if not args.kubeconfig and (os.geteuid() != 0 or args.mode in ("loopback", "rootless")):
+        raise ConfigError(f"--backend cluster{' --mode ' + args.mode if args.mode != 'auto' else ''}: {NEEDS_ROOT}")
     refused = [("--skew", args.skew), ("--pod-backoff", args.pod_backoff)]
     if args.kubeconfig:
         refused.append(("--dns-delay", args.dns_delay))  # the DNS of a running cluster is not ours to slow
