@@ -15,7 +15,8 @@ from localfixtures import ROOT
 
 from jobset_runtime import contract
 from jobset_runtime.local.controlplane import build, certs, clusterdns, components, podstatus
-from jobset_runtime.local.controlplane.node import NodePod, parse_capacity, parse_labels, referenced_objects
+from jobset_runtime.local.controlplane.node import parse_capacity, parse_labels
+from jobset_runtime.local.controlplane.podworkers import NodePod, referenced_objects
 from jobset_runtime.local.controlplane.run import placement
 
 K8S_GO_MOD = """module k8s.io/kubernetes
