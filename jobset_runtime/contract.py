@@ -229,4 +229,5 @@ CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager",
                           "kube-scheduler", "kubectl", "jobset-manager")
 JOBSET_CRD_FILE = "jobset.x-k8s.io_jobsets.yaml"  # beside the binaries
 CONTROL_PLANE_BUILD_COMMAND = "./dev control-plane"
+CLUSTER_API_PORT = 6443  # kube-apiserver's port on 127.0.0.1 unless --port says otherwise
 JOBSET_WEBHOOKS_FILE = "jobset-webhooks.yaml"     # config/components/webhook/manifests.yaml, beside them

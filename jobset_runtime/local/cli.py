@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument("--state-dir", default=None, metavar="DIR",
                        help="the cluster's directory (default ~/.local/state/jobset-runtime/cluster)")
         if name == "up":
-            a.add_argument("--port", type=int, default=6443, help="kube-apiserver's port on 127.0.0.1 (default 6443)")
+            a.add_argument("--port", type=int, default=contract.CLUSTER_API_PORT,
+                           help=f"kube-apiserver's port on 127.0.0.1 (default {contract.CLUSTER_API_PORT})")
             a.add_argument("--nodes", type=int, default=1, metavar="N", help="Nodes the agent registers (default 1)")
             a.add_argument("--node-labels", action="append", default=[], metavar="K=V[,K=V]",
                            help="labels for the nodes; repeat to give node i the i-th value (cycled), e.g. "
