@@ -82,8 +82,8 @@ class Cluster:
         return (self.state / "logs" / "node-agent.log").read_text(errors="replace")
 
 
-def _leftovers(state: Path) -> list[str]:
-    """Processes of this cluster still alive, and pod namespaces of its node agent."""
+def _leftovers(state) -> list[str]:
+    """Processes still alive whose command line holds `state` (a cluster's directory, or any text)."""
     out = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -701,3 +701,20 @@ def test_prebuilt_binaries_from_the_env_var_run_a_cluster(tmp_path, monkeypatch)
     finally:
         cli("cluster", "down", "--state-dir", str(st), check=0)
     assert _leftovers(st) == []
+
+
+def test_a_pod_ignoring_sigterm_is_killed_after_its_grace_period(cluster):
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn"},
+           "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+               "name": "main", "image": "ignored",
+               "command": ["/bin/sh", "-c", "trap 'echo ignoring TERM' TERM; echo up; "
+                           "while :; do sleep 0.1; done"]}]}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    deadline = time.monotonic() + 60
+    while "[stubborn] up" not in cluster.agent_log() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    cluster.kubectl("delete", "pod", "stubborn", "--wait=true", timeout=60)
+    log = cluster.agent_log()
+    assert "[stubborn] ignoring TERM" in log  # SIGTERM first, which it ignored ...
+    assert cluster.kubectl("get", "pod", "stubborn", check=False).returncode != 0  # ... then SIGKILL, and gone
+    assert _leftovers("trap 'echo ignoring TERM' TERM") == []  # its process is gone
