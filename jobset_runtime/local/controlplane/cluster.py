@@ -89,12 +89,16 @@ def _clean_leftovers(lay: Layout) -> None:
     shutil.rmtree(lay.root, ignore_errors=True)
 
 
-def down(state_dir: Path, timeout: float = 90.0) -> int:
+def down(state_dir: Path, timeout: float = 90.0, keep_logs: Path | None = None) -> int:
+    """Stop the supervisor (which stops everything), then remove what is left; `keep_logs`:
+    copy the components' logs there first."""
     lay = Layout(state_dir.expanduser().resolve())
     if not lay.root.exists():
         print(f"no cluster in {lay.root}", file=sys.stderr)
         return 0
     check_state_dir(lay)
+    if keep_logs is not None and lay.logs.is_dir():  # before the supervisor removes them with the rest
+        shutil.copytree(lay.logs, keep_logs, dirs_exist_ok=True)
     info = running(lay)
     if info:
         pid = info["supervisor"]

@@ -181,6 +181,7 @@ def main(argv=None) -> int:
                                 description="Register Nodes and run the pods bound to them on this machine.")
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--state-dir", required=True, help="pod logs and volumes go to DIR/pods")
+    p.add_argument("--pods-dir", default=None, help="pod logs and volumes go here instead (`local run`'s run dir)")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--node-name-prefix", default="jobset-runtime-")
     p.add_argument("--node-labels", action="append", default=[], metavar="K=V[,K=V]")
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
         return e.exit_code
     if a.workdir:
         os.chdir(a.workdir)
-    rt = NodeRuntime(api, run_dir=os.path.join(os.path.abspath(a.state_dir), "pods"), mode=mode,
+    rt = NodeRuntime(api, run_dir=os.path.abspath(a.pods_dir or os.path.join(a.state_dir, "pods")), mode=mode,
                      crash_backoff=a.crash_backoff, dns_delay=a.dns_delay)
     def post_pod(kind, obj, node, objects):
         rt.post(lambda: rt.ctl.pod_event(kind, obj, node, objects))

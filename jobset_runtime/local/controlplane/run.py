@@ -26,6 +26,7 @@ from . import binaries, cluster
 
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
+CONTROL_PLANE_LOGS = "control-plane-logs"
 _STANDARD = {"cpu", "memory", "ephemeral-storage", "pods"}
 
 
@@ -94,11 +95,13 @@ class ClusterRun:
         base = Path(self.args.run_dir or os.path.join("runs", f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
         base = base.resolve()
         base.mkdir(parents=True, exist_ok=True)
+        self.run_dir = base
         self.state = Path(tempfile.mkdtemp(prefix="cluster-", dir=base))
         self.state.rmdir()  # up makes it
         print(f"run directory: {base}", file=self.out, flush=True)
         port = cluster.free_port()
-        agent = [f"--mode={self.args.mode}", f"--workdir={os.getcwd()}",
+        # Pod logs and volumes in the run directory, as the embedded backend keeps them there.
+        agent = [f"--mode={self.args.mode}", f"--workdir={os.getcwd()}", f"--pods-dir={base}",
                  *[f"--node-capacity={c}" for c in capacity]]
         if self.args.crash_backoff is not None:
             agent.append(f"--crash-backoff={self.args.crash_backoff}")
@@ -184,7 +187,8 @@ class ClusterRun:
             if self.state is not None:
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the teardown runs to its end
                     signal.signal(sig, signal.SIG_IGN)
-                cluster.down(self.state)
+                # The components' logs outlive the cluster, beside the pods' (down removes its directory).
+                cluster.down(self.state, keep_logs=self.run_dir / CONTROL_PLANE_LOGS)
         if outcome == "interrupted":
             return EXIT_INTERRUPTED
         if outcome == "timeout":
@@ -215,7 +219,8 @@ class ClusterRun:
         if term and term.get("message"):
             print(f"{term.get('reason', '')}: {term['message']}", file=self.out)
         if self.state is not None:
-            print(f"logs: {self.state.parent}", file=self.out, flush=True)
+            print(f"logs: {self.run_dir} (control plane: {self.run_dir / CONTROL_PLANE_LOGS})", file=self.out,
+                  flush=True)
 
 
 def run_on_cluster(args) -> int:
