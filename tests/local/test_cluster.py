@@ -294,6 +294,10 @@ def test_run_backend_cluster_prints_the_table_and_exit_codes(tmp_path):
     assert table.splitlines()[1].split()[:5] == ["demo", "Completed", "0", "True", "false"]
     assert "slice" in table.splitlines()[3]
     assert _leftovers(tmp_path / "run") == []
+    # As the embedded backend: each pod's log in the run directory; the components' beside them.
+    assert sum("sum of ranks 6" in p.read_text() for p in (tmp_path / "run").glob("demo-slice-*.log")) == 4
+    assert (tmp_path / "run" / "control-plane-logs" / "kube-apiserver.log").stat().st_size > 0
+    assert not list((tmp_path / "run").glob("cluster-*"))
 
 
 def _validate_corpus():
