@@ -278,3 +278,40 @@ def test_cluster_backend_refuses_loopback_mode_saying_why(tmp_path):
                        timeout=60, check=False)
     assert r.returncode == 2, r.stderr
     assert "loopback" in r.stderr and "EndpointSlices" in r.stderr and "Traceback" not in r.stderr
+
+
+def _fake_go(tmp_path, script: str) -> dict:
+    """PATH with a `go` of our own first: the build's behaviour around Go, without Go's hour."""
+    d = tmp_path / "fakebin"
+    d.mkdir()
+    (d / "go").write_text("#!/bin/sh\n" + script)
+    (d / "go").chmod(0o755)
+    return {"PATH": f"{d}:/usr/bin:/bin"}
+
+
+def test_build_skips_a_complete_cache_without_running_go(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    final = build.cached_dir(root)
+    final.mkdir(parents=True)
+    for name in (*contract.CONTROL_PLANE_BINARIES, contract.JOBSET_CRD_FILE, contract.JOBSET_WEBHOOKS_FILE,
+                 build.STAMP):
+        (final / name).write_text("x")
+    monkeypatch.setenv("PATH", _fake_go(tmp_path, "echo go must not run >&2; exit 99\n")["PATH"])
+    assert build.ensure(root) == final
+
+
+def test_a_failed_build_leaves_neither_a_directory_nor_its_work(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("PATH", _fake_go(tmp_path, "echo 'proxy.golang.org: 403' >&2; exit 1\n")["PATH"])
+    with open(tmp_path / "build.log", "w") as log, pytest.raises(build.BuildError, match="failed"):
+        build.ensure(root, log=log)
+    text = (tmp_path / "build.log").read_text()
+    assert "go mod download -json k8s.io/kubernetes@" in text and "proxy.golang.org: 403" in text
+    assert sorted(p.name for p in root.iterdir()) == [".lock"]  # no half-built directory, no work tree
+
+
+def test_build_without_go_names_the_alternative(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(build.BuildError) as e:
+        build.ensure(tmp_path / "cache")
+    assert "Go is not installed" in str(e.value) and contract.CONTROL_PLANE_ENV in str(e.value)
