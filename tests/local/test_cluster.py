@@ -722,3 +722,32 @@ def test_a_pod_ignoring_sigterm_is_killed_after_its_grace_period(cluster):
     assert "[stubborn] ignoring TERM" in log  # SIGTERM first, which it ignored ...
     assert cluster.kubectl("get", "pod", "stubborn", check=False).returncode != 0  # ... then SIGKILL, and gone
     assert _leftovers("trap 'echo ignoring TERM' TERM") == []  # its process is gone
+
+
+def test_kubectl_logs_through_the_api_server(cluster):
+    """The API server proxies `kubectl logs` to the node agent's kubelet endpoint over TLS
+    with its client certificate; without a certificate of the cluster CA nothing is served."""
+    import ssl
+    import urllib.request
+
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+           "spec": {"restartPolicy": "Never", "containers": [{
+               "name": "main", "image": "ignored",
+               "command": ["/bin/sh", "-c", "for i in 1 2 3 4; do echo line $i; sleep 0.3; done"]}]}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    deadline = time.monotonic() + 60
+    while cluster.json("pod", "talker")["status"].get("phase") not in ("Running", "Succeeded"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    followed = cluster.kubectl("logs", "-f", "talker", timeout=60).stdout  # ends with the container
+    assert followed == "".join(f"line {i}\n" for i in range(1, 5))
+    assert cluster.kubectl("logs", "talker", "--tail=2").stdout == "line 3\nline 4\n"
+    r = cluster.kubectl("logs", "talker", "-c", "nope", check=False)
+    assert r.returncode != 0 and "nope" in r.stderr
+    node = cluster.json("pod", "talker")["spec"]["nodeName"]
+    port = cluster.json("node", node)["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    ctx = ssl.create_default_context(cafile=str(cluster.state / "pki" / "ca.crt"))
+    with pytest.raises((OSError, ssl.SSLError)):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/containerLogs/default/talker/main", context=ctx,
+                               timeout=5).read()
+    cluster.kubectl("delete", "pod", "talker", "--wait=true", timeout=60)

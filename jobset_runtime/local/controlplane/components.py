@@ -98,6 +98,10 @@ def apiserver(bin_dir: Path, lay: Layout, p: Ports, domain: str) -> list[str]:
             f"--service-account-signing-key-file={lay.pem('sa.key')}",
             f"--service-account-issuer=https://kubernetes.default.svc.{domain}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # `kubectl logs`: to the node agent's kubelet endpoint (kubeletapi.py), both ways TLS.
+            f"--kubelet-client-certificate={lay.pem('apiserver-kubelet-client.crt')}",
+            f"--kubelet-client-key={lay.pem('apiserver-kubelet-client.key')}",
+            f"--kubelet-certificate-authority={lay.pem('ca.crt')}", "--kubelet-preferred-address-types=InternalIP",
             "--authorization-mode=RBAC",
             # No kubelet mounts a projected service-account token here: the node agent
             # runs host commands, which do not call the API (docs/control-plane.md).

@@ -102,6 +102,15 @@ class NodeRuntime(Runner):
         for p in pods:
             self.ctl.pod_gone(p)
 
+    def container_log(self, namespace: str, name: str, container: str):
+        """(log path, still running?) for kubeletapi.py, from the HTTP server's thread (reads only)."""
+        pod = self.ctl.pods.get((namespace, name))
+        if pod is None or container not in {c.name for c in pod.all_containers()}:
+            return None
+        multi = len(pod.containers) > 1  # as Runner._spawn names the files
+        path = os.path.join(self.run_dir, f"{pod.name}.{container}.log" if multi else f"{pod.name}.log")
+        return path, lambda: not pod.gone and pod.phase not in ("Succeeded", "Failed")
+
     def _start_dns(self) -> None:
         super()._start_dns()
         from .clusterdns import ClusterDns
@@ -199,6 +208,7 @@ def main(argv=None) -> int:
             raise ConfigError(NEEDS_ROOT)
         names = [f"{a.node_name_prefix}{i}" for i in range(a.nodes)]
         api = NodeApi(a.kubeconfig, names, parse_labels(a.node_labels, a.nodes), parse_capacity(a.node_capacity))
+        pki = os.path.join(a.state_dir, "pki")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -209,6 +219,14 @@ def main(argv=None) -> int:
     def post_pod(kind, obj, node, objects):
         rt.post(lambda: rt.ctl.pod_event(kind, obj, node, objects))
 
+    kubelet_api = None
+    if os.path.exists(os.path.join(pki, "kubelet.crt")):  # a cluster of ours: `kubectl logs` works
+        from .kubeletapi import KubeletServer
+
+        kubelet_api = KubeletServer(rt.container_log, os.path.join(pki, "kubelet.crt"),
+                                    os.path.join(pki, "kubelet.key"), os.path.join(pki, "ca.crt")).start()
+        api.kubelet_port = kubelet_api.port
+
     def ready():
         api.register()
         api.start_threads(post_pod)
@@ -217,6 +235,8 @@ def main(argv=None) -> int:
     try:
         return rt.serve(ready)
     finally:
+        if kubelet_api is not None:
+            kubelet_api.stop()
         api.stop()
         api.unregister()
 

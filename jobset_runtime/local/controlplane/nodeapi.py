@@ -19,13 +19,14 @@ HEARTBEAT_SECONDS = 10.0   # lease renewals and Ready heartbeats (kubelet: 10 s)
 
 
 class NodeApi:
-    def __init__(self, kubeconfig: str, nodes: list[str], labels: list[dict], capacity: dict):
+    def __init__(self, kubeconfig: str, nodes: list[str], labels: list[dict], capacity: dict, kubelet_port: int = 0):
         from lightkube import Client
         from lightkube.config.kubeconfig import KubeConfig
 
         self.config = KubeConfig.from_file(kubeconfig)
         self.client = Client(self.config, field_manager="jobset-runtime-node")
         self.nodes, self.labels, self.capacity = nodes, labels, capacity
+        self.kubelet_port = kubelet_port  # kubeletapi.py's, where the API server sends `kubectl logs`
         self.stopping = threading.Event()
         self._status: dict = {}
         self._status_cv = threading.Condition()
@@ -52,7 +53,7 @@ class NodeApi:
                          "operatingSystem": "linux", "architecture": os.uname().machine.replace("x86_64", "amd64"),
                          "containerRuntimeVersion": "jobset-runtime://local", "osImage": "", "kernelVersion":
                          os.uname().release, "machineID": "", "systemUUID": "", "bootID": ""},
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
         }
 
     def register(self) -> None:
