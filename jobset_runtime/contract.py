@@ -217,3 +217,24 @@ EXIT_PEER_FAILED = 75    # sysexits EX_TEMPFAIL: stopped because another pod fai
 EXIT_SIGNAL_BASE = 128   # child killed by signal N -> 128 + N, as shells report it
 EXIT_NOT_EXECUTABLE = 126  # the command exists but cannot run, as shells report it
 EXIT_NOT_FOUND = 127       # no such command, as shells report it
+
+# --- The real control plane (`jobset-runtime local cluster`) -------------------
+# Versions of the components built from their published Go modules
+# (jobset_runtime/local/controlplane/build.py) and cached under
+# ~/.cache/jobset-runtime/control-plane/<CONTROL_PLANE_VERSIONS>/.
+KUBERNETES_VERSION = "v1.36.3"          # k8s.io/kubernetes
+KUBERNETES_STAGING_VERSION = "v0.36.3"  # every k8s.io/* staging module it replaces
+ETCD_VERSION = "v3.6.16"                # go.etcd.io/etcd/server/v3
+JOBSET_VERSION = "v0.12.0"              # sigs.k8s.io/jobset
+CONTROL_PLANE_VERSIONS = (f"kubernetes-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}"
+                          f"_jobset-{JOBSET_VERSION}")
+# A directory of prebuilt binaries used instead of the cache (e.g. kubebuilder
+# envtest assets plus a JobSet manager and its CRD file).
+CONTROL_PLANE_ENV = "JOBSET_RUNTIME_CONTROL_PLANE"
+CONTROL_PLANE_CACHE = "~/.cache/jobset-runtime/control-plane"
+CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager",
+                          "kube-scheduler", "kubectl", "jobset-manager")
+JOBSET_CRD_FILE = "jobset.x-k8s.io_jobsets.yaml"  # beside the binaries
+CONTROL_PLANE_BUILD_COMMAND = "./dev control-plane"
+CLUSTER_API_PORT = 6443  # kube-apiserver's port on 127.0.0.1 unless --port says otherwise
+JOBSET_WEBHOOKS_FILE = "jobset-webhooks.yaml"     # config/components/webhook/manifests.yaml, beside them

@@ -39,9 +39,64 @@ def _parser() -> argparse.ArgumentParser:
                    help="first delay before a failed pod is re-created (default 10, as the Job controller)")
     r.add_argument("--mtu", type=int, default=None, metavar="BYTES",
                    help="MTU of every pod's interface (as a CNI with an overlay sets it; default 1500)")
+    r.add_argument("--backend", choices=("embedded", "cluster"), default="embedded",
+                   help="embedded: this project's own JobSet, Job and kubelet model (fast, no binaries); "
+                   "cluster: the real kube-apiserver, controllers, scheduler and JobSet manager "
+                   "(docs/control-plane.md)")
+    r.add_argument("--kubeconfig", default=None, metavar="FILE",
+                   help="--backend cluster: use this running cluster instead of starting one")
     # Set by run_rootless on the command it runs inside the user namespace it makes.
     r.add_argument("--userns-state", default=None, help=argparse.SUPPRESS)
+    c = sub.add_parser("cluster", help="the real Kubernetes control plane on this machine, this machine as its nodes")
+    csub = c.add_subparsers(dest="action", required=True)
+    for name, text in (("up", "start etcd, kube-apiserver, controllers, scheduler, JobSet and the node agent"),
+                       ("down", "stop everything and remove the state directory"),
+                       ("status", "is it running; its processes"), ("env", "print `export KUBECONFIG=...`")):
+        a = csub.add_parser(name, help=text)
+        a.add_argument("--state-dir", default=None, metavar="DIR",
+                       help="the cluster's directory (default ~/.local/state/jobset-runtime/cluster)")
+        if name == "up":
+            a.add_argument("--port", type=int, default=contract.CLUSTER_API_PORT,
+                           help=f"kube-apiserver's port on 127.0.0.1 (default {contract.CLUSTER_API_PORT})")
+            a.add_argument("--nodes", type=int, default=1, metavar="N", help="Nodes the agent registers (default 1)")
+            a.add_argument("--node-labels", action="append", default=[], metavar="K=V[,K=V]",
+                           help="labels for the nodes; repeat to give node i the i-th value (cycled), e.g. "
+                           "--node-labels cloud.google.com/gke-nodepool=a --node-labels cloud.google.com/gke-nodepool=b")
+            a.add_argument("--node-capacity", action="append", default=[], metavar="RESOURCE=QUANTITY",
+                           help="an extended resource every node offers, e.g. google.com/tpu=4 (besides this "
+                           "machine's cpu and memory)")
+            a.add_argument("--dns-delay", type=float, default=0.0, metavar="S",
+                           help="new cluster DNS names become visible S seconds late (as `local run --dns-delay`)")
+            a.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the cluster")
+            a.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up starting after S seconds")
+            a.add_argument("--mode", choices=("auto", "netns"), default="auto",
+                           help="how the node agent runs pods: in network namespaces of their own (root); "
+                           "loopback is not available, the API server refuses 127.x pod IPs in EndpointSlices")
     return p
+
+
+NEEDS_ROOT = ("the cluster's node agent runs pods in network namespaces of their own, which needs root "
+              "(loopback mode cannot serve it: the API server refuses 127.x pod IPs in EndpointSlices, so "
+              "cluster DNS would never name the pods); run it as root, or use `local run --backend embedded`")
+
+
+def cluster(args) -> int:
+    from pathlib import Path
+
+    from .controlplane import cluster as cl
+
+    state = Path(args.state_dir) if args.state_dir else cl.default_state_dir()
+    if args.action == "up":
+        if args.nodes < 1:
+            raise ConfigError(f"--nodes {args.nodes}: at least 1")
+        if not 0 < args.port < 65536:
+            raise ConfigError(f"--port {args.port}: not a TCP port")
+        if os.geteuid() != 0:
+            raise ConfigError(NEEDS_ROOT)
+        return cl.up(state, args.port, args.nodes, args.node_labels, args.foreground, args.timeout,
+                     agent_args=[f"--mode={args.mode}", f"--workdir={os.getcwd()}", f"--dns-delay={args.dns_delay}",
+                                 *[f"--node-capacity={c}" for c in args.node_capacity]])
+    return {"down": cl.down, "status": cl.status, "env": cl.env}[args.action](state)
 
 
 def _parse_skew(items) -> dict:
@@ -118,7 +173,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
+            if args.backend == "cluster":
+                from .controlplane.run import run_on_cluster
+                return run_on_cluster(args)
             return run(args)
+        if args.command == "cluster":
+            return cluster(args)
     except JobSetRuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -120,13 +120,19 @@ _OUR_FILES = re.compile(r"^jsr-(\d+)-[0-9a-f]{4}-files-\w+$")  # Runner._private
 
 
 def _alive(pid: int) -> bool:
+    """Running, not a zombie: a SIGKILLed runner whose parent has not reaped it yet
+    (an orphan under a PID 1 that is slow to reap) has left everything behind already."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def reap_stale() -> list:

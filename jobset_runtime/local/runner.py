@@ -63,8 +63,23 @@ class Runner:
                  mtu: int | None = None):
         self.js = js
         self.objects = objects
-        self.run_dir = run_dir
         self.dns_delay = dns_delay
+        self._init_runtime(run_dir=run_dir, mode=mode, out=out, interrupt_grace=interrupt_grace, state_dir=state_dir,
+                           ip_family=ip_family, mtu=mtu)
+        self.namespace = js["metadata"].get("namespace", "default")
+        self.subdomain = subdomain_of(js)
+        kw = {}
+        if crash_backoff is not None:
+            kw["crash_backoff"] = crash_backoff
+        if pod_backoff is not None:
+            kw["pod_backoff"] = pod_backoff
+        self.ctl = Controller(js, self, skew=skew, **kw)
+
+    def _init_runtime(self, *, run_dir: str, mode: str, out, interrupt_grace: float, state_dir: str | None,
+                      ip_family: str = "ipv4", mtu: int | None = None) -> None:
+        """The pod machinery alone (processes, namespaces, probes, the loop), without a
+        controller: the cluster's node agent (controlplane/node.py) brings its own."""
+        self.run_dir = run_dir
         self.out = out or sys.stdout
         self.interrupt_grace = interrupt_grace
         self.run_id = run_id()
@@ -76,15 +91,7 @@ class Runner:
         else:
             self.net = Loopback(self.run_id)
         self.net.mtu = mtu
-        self.namespace = js["metadata"].get("namespace", "default")
-        self.subdomain = subdomain_of(js)
         self.domain = contract.DEFAULT_CLUSTER_DOMAIN
-        kw = {}
-        if crash_backoff is not None:
-            kw["crash_backoff"] = crash_backoff
-        if pod_backoff is not None:
-            kw["pod_backoff"] = pod_backoff
-        self.ctl = Controller(js, self, skew=skew, **kw)
         self.sel = selectors.DefaultSelector()
         self._results: list = []
         import socket
@@ -328,7 +335,8 @@ class Runner:
         env = kubelet.container_env(facts, spec, extra={contract.HOSTNAME_ENV: pod.hostname})
         # pkg/controller/job/indexed_job_utils.go addCompletionIndexEnvVariable: the Job
         # controller adds JOB_COMPLETION_INDEX from the annotation to every container.
-        env.setdefault(contract.JOB_COMPLETION_INDEX_ENV, str(pod.index))
+        if pod.index is not None:
+            env.setdefault(contract.JOB_COMPLETION_INDEX_ENV, str(pod.index))
         argv = kubelet.container_argv(spec, env)
         creds = kubelet.credentials(pod.spec, spec, _primary_gid)
         if creds.set and self._can_set_ids():
@@ -402,6 +410,17 @@ class Runner:
         probes.run_async(probe, container=proc.container.spec, pod_ip=proc.pod.ip, netns_path=netns_path,
                          exec_prefix=prefix, env=proc.env,
                          post=lambda ok: self._post((proc, kind, ok)))
+
+    def post(self, fn) -> None:
+        """Run `fn()` on the loop, from any thread (the node agent's API watches)."""
+        self._post(fn)
+
+    def cancel_start(self, pod) -> bool:
+        """Forget a pod still waiting for its namespaces; False if it is past that."""
+        if pod in self._pending:
+            self._pending.remove(pod)
+            return True
+        return False
 
     def _post(self, item) -> None:
         # From a probe thread: queue the result and wake the loop.
@@ -725,7 +744,8 @@ class Runner:
                     except OSError:
                         pass
                     while self._results:
-                        self._probe_result(*self._results.pop(0))
+                        item = self._results.pop(0)
+                        item() if callable(item) else self._probe_result(*item)
 
     # --- status and cleanup ------------------------------------------------------------
     def _print_status(self, outcome) -> None:

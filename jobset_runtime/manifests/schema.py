@@ -369,10 +369,17 @@ def crd_issues(doc: dict, crd: Crd, path: str = "") -> list:
 
 
 def crd_path() -> str | None:
-    """Where the JobSet CRD is found when none is named: $JOBSET_CRD.  One lookup,
-    so pointing it at another source (the JobSet module's own CRD) is one change."""
+    """Where the JobSet CRD is found when none is named: $JOBSET_CRD; when it is unset (not
+    set empty), the CRD the control-plane build took from sigs.k8s.io/jobset, if that build
+    is there (`./dev control-plane`; never a build from here)."""
     import os
 
     from .. import contract
 
-    return os.environ.get(contract.JOBSET_CRD_ENV) or None
+    env = os.environ.get(contract.JOBSET_CRD_ENV)
+    if env is not None:
+        return env or None
+    from ..local.controlplane import build
+
+    cached = build.cached_dir() / contract.JOBSET_CRD_FILE
+    return str(cached) if build.is_complete(build.cached_dir()) else None

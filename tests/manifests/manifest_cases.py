@@ -105,8 +105,14 @@ def example_text(kind: str) -> str:
 
 
 def crd_path() -> Path | None:
-    """`<root>/../shared/jobset/jobset-crd.yaml`, else $JOBSET_CRD."""
+    """`<root>/../shared/jobset/jobset-crd.yaml`, else $JOBSET_CRD, else the CRD the
+    control-plane build took from sigs.k8s.io/jobset (`./dev control-plane`)."""
+    from jobset_runtime.local.controlplane import binaries
+
     candidates = [ROOT.parent / "shared" / "jobset" / "jobset-crd.yaml"]
     if os.environ.get(contract.JOBSET_CRD_ENV):
         candidates.append(Path(os.environ[contract.JOBSET_CRD_ENV]))
+    ok, where = binaries.available()
+    if ok:
+        candidates.append(Path(where) / contract.JOBSET_CRD_FILE)
     return next((p for p in candidates if p.is_file()), None)
