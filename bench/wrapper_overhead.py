@@ -1,13 +1,9 @@
 """What `jobset-run` adds in front of a command, in a pod set up as the generated manifests set it up.
 
-The pods come from `jobset_runtime.manifests.jax` (2 hosts): each container's env is built
-from the manifest the way the kubelet builds it (fieldRefs included), its downward-API and
-Secret volumes are written out as files, and its command is the manifest's own
-(`jobset-run --wait coordinator [--group on] -- true`).  The coordinator's name is answered
-by dnsmasq, the pod's nameserver in /etc/resolv.conf: the script runs itself in a network
-and mount namespace of its own (root), where dnsmasq listens on 127.0.0.1:53 and a
-resolv.conf as the kubelet writes it is mounted over /etc/resolv.conf, so that the wrapper
-and the group channel resolve names as in a pod.  Two lines, each against `true`, all runs
+The pods come from `jobset_runtime.manifests.jax` (2 hosts), set up as bench/pods.py says:
+downward-API files, env from the manifest, the manifest's own command
+(`jobset-run --wait coordinator [--group on] -- true`), DNS from dnsmasq through the pod's
+resolv.conf.  Two lines, each against `true`, all runs
 interleaved so machine noise hits both alike:
 
   default: the manifest without fail-fast: downward-API files, DNS wait for the coordinator;
@@ -23,7 +19,6 @@ Figure: added = median(wrapper) - median(`true`), with the wrapper's p90 (goal <
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -31,60 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "peers"), str(Path(__file__).resolve().parent)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import dnsfixtures  # noqa: E402
+import pods  # noqa: E402
 from results import Results, Stat  # noqa: E402
-
-from jobset_runtime import contract, jobset, manifests  # noqa: E402
-from jobset_runtime.local import kubelet  # noqa: E402
-
-TOKEN = "bench-group-token-0123456789abcdef"
-
-
-def pod_ip(index: int) -> str:
-    return f"127.0.0.{2 + index}"
-
-
-def pods(tmp: Path, fail_fast: bool) -> list[tuple[list[str], dict]]:
-    """(argv, env) of each pod's container, from the generated manifest."""
-    docs = manifests.jax(name="bench", image="unused", hosts=2, command=[shutil.which("true")],
-                         fail_fast=fail_fast, group_token=TOKEN)
-    js = docs[-1]
-    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs[:-1]}
-    rjob = js["spec"]["replicatedJobs"][0]
-    spec = rjob["template"]["spec"]["template"]["spec"]
-    container = spec["containers"][0]
-    out = []
-    for ref in jobset.all_pods(js):
-        labels, annotations = jobset.child_pod_metadata(js, ref.replicated_job, ref.job_index, ref.pod_index)
-        host = jobset.pod_hostname("bench", ref.replicated_job, ref.job_index, ref.pod_index)
-        facts = kubelet.PodFacts(
-            name=jobset.pod_name(js, ref.replicated_job, ref.job_index, ref.pod_index), namespace="default", uid="",
-            labels=labels, annotations=annotations, hostname=host, subdomain=jobset.subdomain(js),
-            pod_ip=pod_ip(ref.pod_index), host_ip="127.0.0.1", node_name="node", objects=objects)
-        env = kubelet.container_env(facts, container, extra={"HOSTNAME": host})
-        mounts = {}
-        for vol in spec.get("volumes") or []:
-            files = kubelet.volume_files(facts, vol) or {}
-            d = tmp / host / vol["name"]
-            d.mkdir(parents=True)
-            for rel, content in files.items():
-                (d / rel).write_text(content)
-            mounts[vol["name"]] = d
-        # The mount paths of the manifest, redirected into this pod's directory.
-        for m in container["volumeMounts"]:
-            if m["mountPath"] == contract.PODINFO_DIR:
-                env[contract.PODINFO_ENV] = str(mounts[m["name"]])
-            elif m["mountPath"] == contract.GROUP_TOKEN_DIR:
-                env[contract.GROUP_TOKEN_FILE_ENV] = str(mounts[m["name"]] / contract.GROUP_TOKEN_KEY)
-        env.update({contract.TERMINATION_LOG_ENV: str(tmp / host / "termlog"),
-                    "PATH": os.environ["PATH"]})
-        argv = kubelet.container_argv(container, env)
-        argv[0] = str(Path(sys.executable).parent / argv[0])
-        out.append((argv, env))
-    return out
 
 
 def timed(argv, env) -> float:
@@ -113,45 +58,24 @@ def record(res: Results, name: str, what: str, wrapped: list[float], bare: list[
             spread=[Stat.p90(wrapped, "s")])
 
 
-def enter_pod_namespaces(argv: list[str]) -> None:
-    """Re-run this script in a network and mount namespace of its own."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        sys.exit("needs root and unshare(1): the pods' resolv.conf is mounted in a namespace of their own")
-    os.execvp("unshare", ["unshare", "--net", "--mount", "--propagation", "private",
-                          sys.executable, __file__, "--in-namespace", *argv])
-
-
-def pod_network(tmp: Path) -> None:
-    """Loopback up; the kubelet's resolv.conf (nameserver 127.0.0.1) over /etc/resolv.conf."""
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    conf = tmp / "resolv.conf"
-    conf.write_text(kubelet.resolv_conf("default", "127.0.0.1"))
-    subprocess.run(["mount", "--bind", str(conf), contract.RESOLV_CONF], check=True)
-    # The port a resolv.conf nameserver is asked on; free in this fresh namespace.
-    dnsfixtures.free_port = lambda host="127.0.0.1": 53
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--group-runs", type=int, default=20)
     ap.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if dnsfixtures.find_dnsmasq() is None:
+    if not pods.have_dnsmasq():
         sys.exit("dnsmasq is not installed (Debian: apt-get install dnsmasq-base): the pods' DNS needs it")
     argv = [x for x in sys.argv[1:] if x != "--in-namespace"]
     if not a.in_namespace:
-        enter_pod_namespaces(argv)
+        pods.enter_pod_namespaces(__file__, argv)
     res = Results(__file__, argv)
     true = shutil.which("true")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pod_network(tmp)
-        dm = dnsfixtures.Dnsmasq(tmp, {}).start()
-        plain = pods(tmp / "plain", False)
-        grouped = pods(tmp / "group", True)
-        # Every pod's own name, from its hostname and the JobSet's subdomain.
-        dm.update({f"{e['HOSTNAME']}.bench.default.svc.cluster.local": pod_ip(i) for i, (_, e) in enumerate(plain)})
+        plain = pods.pods(tmp / "plain", False)
+        grouped = pods.pods(tmp / "group", True)
+        dm = pods.start_dns(tmp, pods.dns_names(plain))
         argv, env = plain[1]
         print(f"default: {' '.join(argv)}", flush=True)
         for _ in range(3):  # the page cache, dnsmasq's first answers
