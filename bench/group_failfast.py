@@ -340,7 +340,9 @@ def jax_detection(n: int, heartbeat: int) -> float | None:
 
 # JAX takes heartbeat_timeout_seconds as a whole number of seconds (jax/_src/distributed.py,
 # `heartbeat_timeout_seconds: int = 100`, handed to the coordination service as its
-# heartbeat timeout), so 1 is the most aggressive value it accepts; 100 is its default.
+# heartbeat timeout); 100 is its default.  0 is taken, but then a healthy job aborts by
+# itself (SIGABRT from the coordination service, no process killed), so 1 is the most
+# aggressive value a job can run with.
 JAX_DEFAULT_HEARTBEAT, JAX_MIN_HEARTBEAT = 100, 1
 
 

@@ -4,7 +4,8 @@ Each quoted figure sits in a generated region,
 
     <!-- bench:NAME -->...<!-- /bench -->          one figure, inline
     <!-- bench:table:PREFIX -->...<!-- /bench -->  a table of every figure whose name starts with PREFIX
-                                                   (`bench:table:` alone: all of them)
+                                                   (`bench:table:` alone: all of them), in the
+                                                   order the scripts recorded them
 
 and this script rewrites what is between the markers from the newest results file under
 bench/results/ that holds the figure, with its statistic, n, baseline, the command that
@@ -91,7 +92,7 @@ def table(prefix: str, figures: dict, doc: Path) -> str:
         raise KeyError(f"no figure named {prefix}* in bench/results/")
     lines = ["", "| figure | value | baseline, same run | goal | command |", "|---|---|---|---|---|"]
     runs: dict[Path, dict] = {}
-    for name in sorted(names, key=lambda n: (figures[n][0]["script"], list(figures).index(n))):
+    for name in names:
         fig, path, run = figures[name]
         runs[path] = run
         lines.append(f"| {fig['what']} | {_figure(fig)} | {_baseline(fig) or '—'} | {fig['goal'] or ''} | "

@@ -131,7 +131,7 @@ def _write(path: Path, run: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(run, f, indent=1, sort_keys=True)
+        json.dump(run, f, indent=1)  # figures in the order they were recorded
         f.write("\n")
     os.replace(tmp, path)
 
@@ -222,3 +222,29 @@ def format_stat(s: Stat | dict) -> str:
     if d["statistic"] == "single":
         return f"{value} (one run)"
     return f"{value} ({d['statistic']} of {d['n']})"
+
+
+def main(argv=None) -> int:
+    """For `./dev bench`: `--new` creates the run's file and prints its path; `--failed SCRIPT RC`
+    records a script that did not finish, so the file says which figures are missing and why."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--new", action="store_true")
+    ap.add_argument("--failed", nargs=2, metavar=("SCRIPT", "RC"))
+    a = ap.parse_args(argv)
+    if a.new:
+        print(start_shared_run())
+    if a.failed:
+        path = Path(os.environ[RESULTS_ENV])
+        run = load(path)
+        script, rc = Path(a.failed[0]).name, int(a.failed[1])
+        entry = run["scripts"].setdefault(script, {"command": f"python bench/{script}", "notes": []})
+        entry["notes"].append(f"did not finish (exit code {rc}): its figures are missing from this run")
+        run["machine"]["load_end"] = list(os.getloadavg())
+        _write(path, run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
