@@ -389,7 +389,7 @@ def main():
             jax[hb] = Stat.single(got, "s")
             res.add(f"failfast.jax.heartbeat{hb}",
                     f"JAX alone ({a.pods} processes, `jax.distributed`, heartbeat_timeout_seconds={hb}"
-                    f"{', its default' if hb == JAX_DEFAULT_HEARTBEAT else ', the smallest it accepts'}): "
+                    f"{', its default' if hb == JAX_DEFAULT_HEARTBEAT else ', the smallest a job can run with'}): "
                     "SIGKILL of one process -> every other process gone", jax[hb])
     what = (f"{a.pods} pods of the generated manifest, each a real `jobset-run --group on`: SIGKILL of one pod's "
             "child -> every other pod's jobset-run exited, its child stopped")
