@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     figures = newest_figures()
     stale = []
-    for doc in documents():
+    for doc in documents():  # every page rendered before any is written: all or nothing
         text = doc.read_text()
         try:
             new = render(text, figures, doc)
@@ -136,10 +136,10 @@ def main(argv=None) -> int:
             print(e.args[0], file=sys.stderr)
             return 1
         if new != text:
-            stale.append(doc)
-            if not a.check:
-                doc.write_text(new)
-    for doc in stale:
+            stale.append((doc, new))
+    for doc, new in stale:
+        if not a.check:
+            doc.write_text(new)
         print(f"{'differs' if a.check else 'rewrote'}: {doc.relative_to(ROOT)}")
     return 1 if a.check and stale else 0
 
