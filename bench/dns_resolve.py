@@ -11,7 +11,7 @@ With `--loss 0.05` it also measures the batch against the embedded DNS server
 (jobset_runtime.local.dns, in a child process) dropping that fraction of UDP
 queries: a server slower than dnsmasq, so that figure is bounded by the server.
 
-    PYTHONPATH=. python bench/dns_resolve.py [--runs 3] [--loss 0.05]
+    python bench/dns_resolve.py [--runs 5] [--loss 0.05]
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "peers"))
 
-import dnsfixtures
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jobset_runtime.peers import resolve_batch
+import dnsfixtures  # noqa: E402
+from results import Results, Stat  # noqa: E402
+
+from jobset_runtime.peers import resolve_batch  # noqa: E402
 
 SUB = "js.default.svc.cluster.local"
 
@@ -44,7 +47,7 @@ def batch(hosts, server):
     dt = time.perf_counter() - t
     wrong = {n for n, ip in hosts.items() if got.resolved.get(n) != ip}
     assert not wrong, f"{len(wrong)} names missing or wrong, e.g. {sorted(wrong)[:3]}: {got.failed}"
-    return len(hosts) / dt, got
+    return len(hosts) / dt, got, dt
 
 
 def sequential(hosts, server, budget=2.0):
@@ -94,9 +97,10 @@ def _embedded_server(hosts, loss, conn):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--loss", type=float, default=0.0, help="also measure with this UDP loss (embedded server)")
     args = ap.parse_args(argv)
+    res = Results(__file__, argv)
     hosts = jobset_names()
     print(f"{len(hosts)} names, {os.cpu_count()} CPUs")
     if dnsfixtures.find_dnsmasq() is None:
@@ -105,10 +109,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp, dnsfixtures.Dnsmasq(tmp, hosts) as dm:
         server = dm.address
         batch(hosts, server)  # warm-up: dnsmasq hashes its hosts file on first use
-        rates = []
+        rates, secs = [], []
         for i in range(args.runs):
-            rate, got = batch(hosts, server)
+            rate, got, dt = batch(hosts, server)
             rates.append(rate)
+            secs.append(dt)
             print(f"  batch run {i + 1}: {rate:,.0f} names/s ({got.queries - len(hosts)} retransmissions)")
         seq, seq_n = sequential(hosts, server)
         aio, aio_n = asyncio_resolver(hosts, server)
@@ -118,19 +123,30 @@ def main(argv=None):
     print(f"  dns.query.udp sequential     {seq:>10,.0f} names/s (sample of {seq_n}, extrapolated)")
     print(f"  dns.asyncresolver gather     {aio:>10,.0f} names/s (sample of {aio_n}, extrapolated)")
     print(f"  ratio: {median / seq:,.1f}x sequential, {median / aio:,.1f}x asyncio resolver")
+    what = f"`peers.resolve_batch`: all {len(hosts):,} pod names of a 199 x 64 JobSet against dnsmasq on loopback"
+    res.add("dns.batch", what, Stat.median(rates, "names/s"), spread=[Stat.min(rates, "names/s")],
+            baseline=Stat.single(seq, "names/s"), goal=">= 20,000 names/s",
+            baseline_what=f"dnspython `dns.query.udp` one name after another (a time-boxed sample of {seq_n}, extrapolated)")
+    res.add("dns.batch.vs_asyncio", what, Stat.median(rates, "names/s"), baseline=Stat.single(aio, "names/s"),
+            baseline_what=f"dnspython `dns.asyncresolver`, {aio_n} queries gathered at once (extrapolated)")
+    res.add("dns.batch.seconds", f"time to resolve all {len(hosts):,} names", Stat.median(secs, "s"),
+            spread=[Stat.max(secs, "s")])
     if args.loss:
         parent, child = multiprocessing.Pipe()
         proc = multiprocessing.Process(target=_embedded_server, args=(hosts, args.loss, child))
         proc.start()
         try:
             server = parent.recv()
-            rate, got = batch(hosts, server)
+            rate, got, _ = batch(hosts, server)
             parent.send("done")
             stats = parent.recv()
         finally:
             proc.join(10)
         print(f"embedded server dropping {args.loss:.0%} of UDP queries ({stats['dropped']} dropped): "
               f"{rate:,.0f} names/s, all {len(hosts)} resolved, {got.queries - len(hosts)} retransmissions")
+        res.add("dns.batch.loss", f"the same against the embedded DNS server dropping {args.loss:.0%} of UDP queries "
+                "(every name resolved through retransmission; bounded by that server)", Stat.single(rate, "names/s"))
+    res.write()
     return 0
 
 

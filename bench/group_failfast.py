@@ -1,19 +1,20 @@
-"""Fail-fast latency of the group channel: from a member's death to the last member's abort.
+"""Fail fast: from one pod's failure to every other pod's process gone.
 
-Set-up, all on loopback on this machine:
-  - the coordinator (GroupServer) runs in this process, in its own thread;
-  - the surviving members run as threads, spread over --workers worker processes
-    (one GroupMember = one thread, as in a wrapper);
-  - the victim is one member in a process of its own, killed with SIGKILL.
-Each run is a fresh group (a new restart-attempt).  The figure is the time from just
-before os.kill to the last surviving member's abort callback (CLOCK_MONOTONIC is
-shared by all processes of the machine).  Printed beside it, measured in the same run:
-  - the same group when the victim's node vanishes instead (SIGSTOP: no FIN/RST, only
-    silence), which the heartbeat deadline has to catch;
-  - the channel's part of an in-place restart: from a child's failure report to every
-    member past the restart barrier.
+1. What users run (the headline): --pods pods of the generated manifest, each a real
+   `jobset-run --group on` set up as bench/pods.py says (downward-API files, the group token
+   mounted, DNS through the pod's resolv.conf), whose child is a shell that execs `sleep`.
+   Per run, once every child runs (the gang start is done): SIGKILL of the last pod's child,
+   then the time until every other pod's jobset-run process has exited (exit 75, its child
+   stopped: checked).  Over --kills runs: p99 from 100 runs, else the max, named so.
+   Baseline in the same run and at the same size: JAX alone (`jax.distributed`, no group
+   channel), SIGKILL of one process until every other one is gone, with its heartbeat at
+   JAX's default and at the smallest value it accepts.
+2. The channel alone, at larger sizes (members as threads in --workers processes, the victim
+   in a process of its own, the coordinator in this process): kill -> last member's abort
+   callback; SIGSTOP (a vanished node: no FIN/RST, only the heartbeat deadline); the
+   restart barrier; the two-level tree; the coordinator's CPU with every member idle.
 
-    python bench/group_failfast.py [--sizes 16 64 256] [--runs 20]
+    sudo python bench/group_failfast.py [--pods 16] [--kills 100] [--sizes 16 64 256] [--runs 20] [--no-jax]
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import json
 import logging
 import os
 import signal
-import statistics
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -34,6 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pods  # noqa: E402
+from results import Results, Stat  # noqa: E402
+
+from jobset_runtime import contract  # noqa: E402
 from jobset_runtime.errors import JobSetRuntimeError
 from jobset_runtime.group import GroupMember, GroupServer, MemberId
 from jobset_runtime.group.relay import SliceLeader
@@ -220,6 +227,73 @@ def one_run(n, workers, attempt, mode, slice_size=0):
     return idle_load if mode == "idle" else max(times) - t0
 
 
+# --- real wrappers ---------------------------------------------------------------------
+
+# `$$$$`: the kubelet expands the manifest's command and turns `$$` into `$`.
+CHILD = 'echo $$$$ > "$0/$JOBSET_RUNTIME_RANK"; exec sleep 600'
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wrapper_kills(tmp: Path, n: int, runs: int) -> list[float]:
+    """n pods of the default manifest, each a real `jobset-run --group on` whose child is a shell
+    that execs `sleep`.  Per run: every pod started, every child running (the gang start is
+    done), SIGKILL of the last pod's child, then the time until every other pod's jobset-run
+    process has exited; each of their children must have exited too."""
+    marks = tmp / "marks"
+    marks.mkdir()
+    pod_list = pods.pods(tmp / "pods", True, hosts=n, command=["sh", "-c", CHILD, str(marks)])
+    times = []
+    for run in range(runs):
+        for f in marks.iterdir():
+            f.unlink()
+        procs = [subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for argv, env in pod_list]
+        try:
+            deadline = time.monotonic() + 120
+            while len(list(marks.iterdir())) < n:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"run {run}: the {n} pods did not all start their children")
+                time.sleep(0.01)
+            time.sleep(0.05)  # every pid file written out
+            children = {int(f.name): int(f.read_text()) for f in marks.iterdir()}
+            exited = {}
+
+            def watch(i, p):
+                p.wait()
+                exited[i] = time.monotonic()
+
+            threads = [threading.Thread(target=watch, args=(i, p)) for i, p in enumerate(procs[:-1])]
+            for t in threads:
+                t.start()
+            t0 = time.monotonic()
+            os.kill(children[n - 1], signal.SIGKILL)
+            for t in threads:
+                t.join(60)
+            if len(exited) != n - 1:
+                raise RuntimeError(f"run {run}: {n - 1 - len(exited)} pods' jobset-run did not exit")
+            codes = {p.returncode for p in procs[:-1]}
+            if codes != {contract.EXIT_PEER_FAILED}:
+                raise RuntimeError(f"run {run}: the other pods exited {codes}, not {contract.EXIT_PEER_FAILED}")
+            left = [r for r, pid in children.items() if r != n - 1 and not _gone(pid)]
+            if left:
+                raise RuntimeError(f"run {run}: the children of ranks {left} outlived their jobset-run")
+            times.append(max(exited.values()) - t0)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+    return times
+
+
 JAX_MEMBER = """
 import sys, time
 import jax
@@ -264,67 +338,100 @@ def jax_detection(n: int, heartbeat: int) -> float | None:
                 p.wait()
 
 
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))]
+# JAX takes heartbeat_timeout_seconds as a whole number of seconds (jax/_src/distributed.py,
+# `heartbeat_timeout_seconds: int = 100`, handed to the coordination service as its
+# heartbeat timeout); 100 is its default.  0 is taken, but then a healthy job aborts by
+# itself (SIGABRT from the coordination service, no process killed), so 1 is the most
+# aggressive value a job can run with.
+JAX_DEFAULT_HEARTBEAT, JAX_MIN_HEARTBEAT = 100, 1
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pods", type=int, default=16, help="pods of the real-wrapper line (and of the JAX baseline)")
+    ap.add_argument("--kills", type=int, default=100, help="runs of the real-wrapper line (100 or more: a p99)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--stop-runs", type=int, default=3, help="runs of the SIGSTOP baseline (each ~deadline)")
     ap.add_argument("--restart-size", type=int, default=64)
     ap.add_argument("--slice", type=int, default=16, help="slice size of the two-level tree line")
-    ap.add_argument("--jax-heartbeat", type=int, default=100,
-                    help="heartbeat_timeout_seconds of the JAX baseline (default: JAX's own default, 100)")
-    ap.add_argument("--no-jax", action="store_true", help="skip the JAX baseline (it takes about the heartbeat)")
+    ap.add_argument("--no-jax", action="store_true", help="skip the JAX baselines (the default one takes ~100 s)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         return worker()
+    argv = [x for x in sys.argv[1:] if x != "--in-namespace"]
+    if not a.in_namespace:
+        if not pods.have_dnsmasq():
+            sys.exit("dnsmasq is not installed (Debian: apt-get install dnsmasq-base): the pods' DNS needs it")
+        pods.enter_pod_namespaces(__file__, argv)
+    res = Results(__file__, argv)
     logging.getLogger("jobset_runtime.group").setLevel(logging.CRITICAL)
+
+    # 1. What users run: real wrappers, the kill of one pod's process, every other pod's process gone.
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        names = pods.dns_names(pods.pods(tmp / "names", True, hosts=a.pods))
+        dm = pods.start_dns(tmp, names)
+        try:
+            lat = wrapper_kills(tmp, a.pods, a.kills)
+        finally:
+            dm.stop()
+    jax = {}
+    if not a.no_jax:
+        for hb in (JAX_DEFAULT_HEARTBEAT, JAX_MIN_HEARTBEAT):
+            got = jax_detection(a.pods, hb)
+            if got is None:
+                res.note("jax is not installed: no JAX baseline")
+                break
+            jax[hb] = Stat.single(got, "s")
+            res.add(f"failfast.jax.heartbeat{hb}",
+                    f"JAX alone ({a.pods} processes, `jax.distributed`, heartbeat_timeout_seconds={hb}"
+                    f"{', its default' if hb == JAX_DEFAULT_HEARTBEAT else ', the smallest a job can run with'}): "
+                    "SIGKILL of one process -> every other process gone", jax[hb])
+    what = (f"{a.pods} pods of the generated manifest, each a real `jobset-run --group on`: SIGKILL of one pod's "
+            "child -> every other pod's jobset-run exited, its child stopped")
+    base = jax.get(JAX_MIN_HEARTBEAT)
+    res.add(f"failfast.pods{a.pods}", what, Stat.tail(lat, "s"), spread=[Stat.median(lat, "s")], goal="p99 < 1 s",
+            baseline=base, baseline_what=f"JAX alone, heartbeat_timeout_seconds={JAX_MIN_HEARTBEAT}" if base else "")
+
+    # 2. The channel alone, members as threads: its share, at larger sizes.
     workers = [Worker() for _ in range(a.workers)]
     attempt = 0
-    rows = []
     try:
-        plan = [("kill", "kill", n, a.runs, 0) for n in a.sizes]
-        plan += [("stop", "stop", min(a.sizes), a.stop_runs, 0), ("restart", "restart", a.restart_size, a.runs, 0)]
-        plan += [(f"tree/{a.slice}", "kill", max(a.sizes), a.runs, a.slice)]
         n = max(a.sizes)
         load = one_run(n, workers, attempt + 1, "idle")
         attempt += 1
         frames = 2 * n / HEARTBEAT  # heartbeats in and out per second
-        print(f"idle     {n:4} members  coordinator CPU {load * 100:5.1f}% of a core for {frames:.0f} frames/s "
-              f"= {load / frames * 1e6:.0f} us per heartbeat frame", flush=True)
-        for label, mode, n, runs, slice_size in plan:
+        res.add(f"failfast.idle{n}.cpu", f"coordinator CPU with {n} idle members ({frames:.0f} heartbeat frames/s)",
+                Stat.single(load * 100, "%"))
+        res.add(f"failfast.idle{n}.frame", "coordinator CPU per heartbeat frame", Stat.single(load / frames * 1e6, "us"))
+        plan = [(f"failfast.members.kill{n}", "kill", n, a.runs, 0,
+                 f"the channel alone, {n} members as threads: SIGKILL of one member's process -> last member's abort")
+                for n in a.sizes]
+        plan.append((f"failfast.members.stop{min(a.sizes)}", "stop", min(a.sizes), a.stop_runs, 0,
+                     f"the channel alone, {min(a.sizes)} members: SIGSTOP (a vanished node, no FIN/RST) -> last "
+                     f"member's abort (the {DEADLINE:g} s heartbeat deadline)"))
+        plan.append((f"failfast.members.restart{a.restart_size}", "restart", a.restart_size, a.runs, 0,
+                     f"the channel alone, {a.restart_size} members: a child's failure reported -> every member past "
+                     "the restart barrier"))
+        plan.append((f"failfast.members.tree{a.slice}", "kill", max(a.sizes), a.runs, a.slice,
+                     f"the channel alone, {max(a.sizes)} members through a two-level tree (slices of {a.slice}, "
+                     "all leaders in one process): kill -> last member's abort"))
+        for name, mode, n, runs, slice_size, what in plan:
             lat = []
             for _ in range(runs):
                 attempt += 1
                 lat.append(one_run(n, workers, attempt, mode, slice_size))
-            rows.append((mode, n, runs, statistics.median(lat), pct(lat, 99), max(lat)))
-            print(f"{label:8} {n:4} members  runs {runs:3}  p50 {rows[-1][3]*1e3:8.1f} ms  "
-                  f"p99 {rows[-1][4]*1e3:8.1f} ms  max {rows[-1][5]*1e3:8.1f} ms", flush=True)
+            res.add(name, what, Stat.median(lat, "s"), spread=[Stat.tail(lat, "s")])
     finally:
         for w in workers:
             w.close()
-    print(f"\nmachine: {os.cpu_count()} CPUs; heartbeat {HEARTBEAT} s, deadline {DEADLINE} s; "
-          f"{a.workers} worker processes + 1 victim process; coordinator in the driver process")
-    print("kill    : SIGKILL of one member's process -> last surviving member's abort (goal p99 < 1 s)")
-    print("stop    : SIGSTOP (vanished node, no RST) -> last abort; the deadline, give or take a heartbeat (baseline)")
-    print("restart : a member reports its child's failure -> every member past the restart barrier")
-    print("jax     : the same SIGKILL with no group channel, noticed by JAX's coordination service alone")
-    print(f"tree/{a.slice} : kill, through a two-level tree (slice leaders of {a.slice} members each, "
-          "all leaders in the driver process)")
-    if a.no_jax:
-        return
-    jax_s = jax_detection(4, a.jax_heartbeat)
-    if jax_s is None:
-        print("jax        JAX baseline skipped: jax is not installed")
-    else:
-        print(f"jax         4 processes  kill -> last survivor gone: {jax_s * 1e3:8.0f} ms "
-              f"(jax.distributed alone, heartbeat_timeout_seconds={a.jax_heartbeat}; one run)")
+    res.note(f"heartbeat {HEARTBEAT} s, deadline {DEADLINE} s; the channel-alone lines run {a.workers} worker "
+             "processes + 1 victim process, the coordinator in the driver")
+    res.write()
 
 
 if __name__ == "__main__":

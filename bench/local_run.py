@@ -5,7 +5,7 @@ spawning and reaping N plain `true` processes with subprocess.
     sudo python bench/local_run.py [--pods 64 256] [--mode netns|loopback] [--repeat 3]
 
 Prints one row per size: the runner's wall time (CLI process start to exit,
-best of --repeat), the baseline's, and their ratio.  Goal: 64 pods < 10 s on
+median of --repeat), the baseline's, and their ratio.  Goal: 64 pods < 10 s on
 2 cores.
 """
 
@@ -22,6 +22,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import Results, Stat  # noqa: E402
 
 
 def jobset(pods: int) -> dict:
@@ -65,13 +68,16 @@ def main() -> None:
     ap.add_argument("--mode", default="netns", choices=("netns", "loopback"))
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    print(f"cpus: {os.cpu_count()}, mode: {args.mode}, best of {args.repeat}")
-    print(f"{'pods':>5}  {'runner s':>9}  {'baseline s':>10}  {'ratio':>7}  {'per pod ms':>10}")
+    res = Results(__file__)
     with tempfile.TemporaryDirectory() as workdir:
         for n in args.pods:
-            runner = min(time_runner(n, args.mode, workdir) for _ in range(args.repeat))
-            base = min(time_baseline(n) for _ in range(args.repeat))
-            print(f"{n:>5}  {runner:>9.2f}  {base:>10.3f}  {runner / base:>6.0f}x  {1000 * runner / n:>10.1f}")
+            runner = [time_runner(n, args.mode, workdir) for _ in range(args.repeat)]
+            base = [time_baseline(n) for _ in range(args.repeat)]
+            res.add(f"local.run{n}", f"`jobset-runtime local run` ({args.mode} mode): a JobSet of {n} `true` pods, "
+                    "CLI start to Completed", Stat.median(runner, "s"), spread=[Stat.max(runner, "s")],
+                    baseline=Stat.median(base, "s"), baseline_what=f"{n} plain `true` processes spawned and reaped",
+                    goal="< 10 s" if n == 64 else "")
+    res.write()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import Results, Stat  # noqa: E402
+
 from jobset_runtime import contract  # noqa: E402
 from jobset_runtime import manifests  # noqa: E402
 from jobset_runtime.manifests import cli, validate  # noqa: E402
@@ -26,13 +30,13 @@ ARGS = dict(name="llm", image="us-docker.pkg.dev/p/train:1", command=["python", 
             hosts_per_slice=64, accelerator="tpu-v5p-slice", topology="4x8x8")
 
 
-def best(fn, repeat):
+def timed(fn, repeat):
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return Stat.median(times, "s")
 
 
 def main():
@@ -42,6 +46,7 @@ def main():
     parser.add_argument("--crd", default=default_crd)
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
+    res = Results(__file__)
     crd = validate.load_crd(args.crd) if Path(args.crd).is_file() else None
 
     docs = manifests.tpu_multislice(**ARGS)
@@ -55,21 +60,21 @@ def main():
         with redirect_stdout(io.StringIO()):
             assert cli.main(argv) == 0
 
-    rows = [
-        ("baseline: yaml.safe_dump of the JobSet", best(lambda: yaml.safe_dump_all(docs, sort_keys=False), args.repeat)),
-        ("generate + self-check (no CRD)", best(lambda: manifests.tpu_multislice(**ARGS), args.repeat)),
-    ]
+    base = timed(lambda: yaml.safe_dump_all(docs, sort_keys=False), args.repeat)
+    rows = [("manifest.generate", "generate + self-check (no CRD)", timed(lambda: manifests.tpu_multislice(**ARGS), args.repeat))]
     if crd is not None:
-        rows.append(("validate: defaults, CRD schema + CEL, webhook", best(lambda: validate.document_issues(docs, crd), args.repeat)))
-        rows.append(("loading the CRD file (10k lines of YAML)", best(lambda: validate.load_crd(args.crd), 3)))
-    rows.append(("YAML output (C dumper if present)", best(lambda: cli.dump_yaml(docs), args.repeat)))
-    rows.append((f"whole CLI in-process{' (CRD load included)' if crd else ''}", best(whole_cli, max(3, args.repeat // 4))))
-    base = rows[0][1]
-    print(f"199 x 64 = {199 * 64} pods, one ReplicatedJob; best of {args.repeat}")
-    for label, secs in rows:
-        print(f"  {label:<48} {secs * 1e3:8.2f} ms  {secs / base:6.2f}x baseline")
+        rows.append(("manifest.crd_validate", "validate: defaults, CRD schema + CEL, webhook", timed(lambda: validate.document_issues(docs, crd), args.repeat)))
+        rows.append(("manifest.crd_load", "loading the CRD file (10k lines of YAML)", timed(lambda: validate.load_crd(args.crd), 3)))
+    rows.append(("manifest.yaml_output", "YAML output (C dumper if present)", timed(lambda: cli.dump_yaml(docs), args.repeat)))
+    rows.append(("manifest.cli", f"whole CLI in-process{', CRD load included' if crd else ''}",
+                 timed(whole_cli, max(3, args.repeat // 4))))
+    print(f"199 x 64 = {199 * 64} pods, one ReplicatedJob")
+    for name, label, stat in rows:
+        res.add(name, f"the 199 x 64 multislice manifest: {label}", stat, baseline=base,
+                baseline_what="`yaml.safe_dump` of the same JobSet", goal="well under 1 s" if name == "manifest.cli" else "")
     if crd is None:
-        print(f"  (no CRD at {args.crd}: schema validation not measured)")
+        res.note(f"no CRD at {args.crd}: schema validation not measured")
+    res.write()
 
 
 if __name__ == "__main__":

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import Results, Stat  # noqa: E402
 
 from jobset_runtime.files import write_atomic  # noqa: E402
 from jobset_runtime.identity import Topology  # noqa: E402
@@ -30,7 +33,7 @@ def timed(fn, runs):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return Stat.median(times, "s")
 
 
 def main():
@@ -38,6 +41,7 @@ def main():
     ap.add_argument("--hosts", type=int, default=12736)
     ap.add_argument("--runs", type=int, default=20)
     a = ap.parse_args()
+    res = Results(__file__)
     topo = Topology.parse(f"worker:{a.hosts // 8}x8,launcher:1x1")
     names = [f"{h}.js.default.svc.cluster.local" for h in topo.hostnames("js") if "-worker-" in h][: a.hosts]
     with tempfile.TemporaryDirectory() as d:
@@ -48,15 +52,15 @@ def main():
                 f.write("\n".join(names) + "\n")
 
         base = timed(baseline, a.runs)
-        print(f"hosts: {len(names)}; median of {a.runs} runs")
-        print(f"  baseline (join + plain write):          {base:7.2f} ms")
+        print(f"hosts: {len(names)}")
         for family in (hf.OPENMPI, hf.MPICH):
             render = timed(lambda: hf.render(hf.entries(names, 8), family), a.runs)
             full = timed(lambda: write_atomic(path, hf.render(hf.entries(names, 8), family)), a.runs)
-            size = os.path.getsize(path)
-            print(f"  {family:8s} render:                     {render:7.2f} ms")
-            print(f"  {family:8s} render + atomic write:      {full:7.2f} ms  ({size / 1024:.0f} KiB, "
-                  f"{full / base:.1f}x baseline)")
+            res.add(f"hostfile.{family}.render", f"{family} hostfile of {len(names):,} hosts: render", render)
+            res.add(f"hostfile.{family}", f"{family} hostfile of {len(names):,} hosts: render + atomic write "
+                    "(temp file, fsync, rename)", full, baseline=base,
+                    baseline_what="join + plain write of the same names (no fsync, not atomic)")
+    res.write()
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ workers up once, one getaddrinfo() per name through the pod's resolv.conf, one
 after another (`for h in ...; do nslookup $h; done`); the launcher also waits for
 each worker's port and opens an authenticated channel to each.
 
-    sudo python bench/mpi_launcher_local.py [--workers 1024]
+    sudo python bench/mpi_launcher_local.py [--workers 256]   (--workers 1024: the full size)
 
-Needs root (network namespaces) and about 12 MB of memory per worker pod.
+Needs root (network namespaces) and about 12 MB of memory per worker pod.  The default is
+256 workers so that `./dev bench` fits on a small machine; 1,024 takes minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import Results, Stat  # noqa: E402
 
 from jobset_runtime import manifests  # noqa: E402
 from jobset_runtime.local.pods import netns_available  # noqa: E402
@@ -82,7 +87,7 @@ def mem_available_mb() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--workers", type=int, default=1024)
+    ap.add_argument("--workers", type=int, default=256)
     a = ap.parse_args()
     ok, why = netns_available()
     if not ok:
@@ -132,12 +137,19 @@ def main() -> None:
     res = json.loads(out.read_text())
     shutil.rmtree(tmp, ignore_errors=True)
     peak = base - low[0]
-    print(f"workers: {a.workers} pods on the local runner (network namespaces, embedded DNS), exec transport")
-    print(f"  launcher process start -> mpirun exec:        {res['launcher']:7.2f} s")
-    print(f"  launcher container start -> mpirun exec:      {res['container']:7.2f} s  (jobset-run --wait all first)")
-    print(f"  baseline, same pod: getaddrinfo per worker, one after another: {res['baseline']:7.2f} s")
-    print(f"  whole run, runner start -> Completed: {wall:.1f} s; peak memory {peak:,} MB "
-          f"({peak / (a.workers + 1):.1f} MB per pod)")
+    out = Results(__file__)
+    where = f"{a.workers} worker pods on the local runner (network namespaces, embedded DNS, exec transport)"
+    base = Stat.single(res["baseline"], "s")
+    base_what = "one `getaddrinfo` per worker, one after another, in the launcher pod"
+    out.add(f"mpi.launcher_local{a.workers}", f"MPI launcher, {where}: launcher process start -> mpirun exec",
+            Stat.single(res["launcher"], "s"), baseline=base, baseline_what=base_what)
+    out.add(f"mpi.launcher_local{a.workers}.container", f"MPI launcher, {where}: launcher container start "
+            "(`jobset-run --wait all` first) -> mpirun exec", Stat.single(res["container"], "s"),
+            baseline=base, baseline_what=base_what)
+    out.add(f"mpi.launcher_local{a.workers}.whole", f"the whole JobSet of {a.workers} workers: runner start -> "
+            "Completed", Stat.single(wall, "s"))
+    out.add(f"mpi.launcher_local{a.workers}.memory", "peak memory per pod", Stat.single(peak / (a.workers + 1), "MB"))
+    out.write()
 
 
 if __name__ == "__main__":

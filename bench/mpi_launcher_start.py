@@ -22,13 +22,16 @@ import argparse
 import logging
 import os
 import resource
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import Results, Stat  # noqa: E402
 
 from jobset_runtime import contract  # noqa: E402
 from jobset_runtime.identity import PodMetadata, derive  # noqa: E402
@@ -52,7 +55,10 @@ def main():
     token.write_bytes(os.urandom(16).hex().encode())
     mpirun = tmp / "mpirun"
     stamp = tmp / "exec"
-    mpirun.write_text(f"#!{sys.executable}\nimport time\nopen({str(stamp)!r}, 'w').write(repr(time.monotonic()))\n")
+    # It answers `--version` as Open MPI 5 does: the launcher checks which MPI it was given.
+    mpirun.write_text(f"#!{sys.executable}\nimport sys, time\n"
+                      "if sys.argv[1:] == ['--version']:\n    print('mpirun (Open MPI) 5.0.11')\n    sys.exit(0)\n"
+                      f"open({str(stamp)!r}, 'w').write(repr(time.monotonic()))\n")
     mpirun.chmod(0o755)
 
     js, ns, n = "js", "default", a.workers
@@ -93,14 +99,17 @@ def main():
                            marks["exec"] - marks["channels"], exec_at - marks["exec"]))
             assert server.watchers == n and server.wait(10).code == 0
             server.close()
-    med = statistics.median
-    print(f"workers: {n}; median of {a.runs} runs; embedded DNS + one WorkerServer on loopback")
-    print(f"  launcher start -> mpirun exec:         {med(totals) * 1e3:8.1f} ms")
-    print(f"    DNS + port wait:                     {med(p[0] for p in phases) * 1e3:8.1f} ms")
-    print(f"    {n} authenticated watch channels:   {med(p[1] for p in phases) * 1e3:8.1f} ms")
-    print(f"    hostfile, agent, env:                {med(p[2] for p in phases) * 1e3:8.1f} ms")
-    print(f"    process start to exec:               {med(p[3] for p in phases) * 1e3:8.1f} ms")
-    print(f"  baseline (wait_for_hosts alone):       {med(bases) * 1e3:8.1f} ms")
+    res = Results(__file__)
+    where = f"{n} workers, in one process on loopback (embedded DNS, one real WorkerServer)"
+    res.add(f"mpi.launcher_start{n}", f"MPI launcher, {where}: launcher start -> mpirun exec",
+            Stat.median(totals, "s"), spread=[Stat.max(totals, "s")], baseline=Stat.median(bases, "s"),
+            baseline_what="`peers.wait_for_hosts` alone for the same names and port")
+    for i, phase in enumerate(("DNS + port wait", f"{n} authenticated watch channels (the WorkerServer shares the "
+                               "launcher's interpreter: an upper bound)", "hostfile, agent, env",
+                               "process start to exec")):
+        res.add(f"mpi.launcher_start{n}.phase{i + 1}", f"MPI launcher, {where}, phase: {phase}",
+                Stat.median([p[i] for p in phases], "s"))
+    res.write()
 
 
 if __name__ == "__main__":

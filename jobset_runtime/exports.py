@@ -7,7 +7,7 @@ users set MASTER_PORT) and reports each value that disagrees with JobSet's view.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping  # not typing: a costly import on every start
 
 from . import contract
 from .errors import ConfigError

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from collections.abc import Mapping  # not typing: a costly import on every start
 
 from . import contract
 from .errors import ConfigError

@@ -18,7 +18,7 @@ flapping NXDOMAIN, old IPs after a restart: kubernetes/kubernetes#117819,
   under one deadline, then connects to `port` on every address the same way,
   re-resolving names whose connection fails (their pod may have a new IP).
 
-Only the standard library at module level; tenacity is imported when waiting.
+Only the standard library at module level; tenacity is imported when a round comes back short.
 """
 
 from __future__ import annotations
@@ -433,6 +433,22 @@ def _by_status(failed: dict) -> str:
     return "; ".join(f"{status}: {first_few(sorted(names), 3)}" for status, names in sorted(groups.items()))
 
 
+def _until_done(attempt, deadline: float, timeout: float, max_backoff: float):
+    """attempt() in rounds until it returns a falsy value or the deadline passes.
+
+    The first round runs before tenacity is imported: in a pod whose peers already resolve
+    (the common start) the retry machinery would cost more than the wait itself."""
+    first = attempt()
+    if not first:
+        return first
+    pending = [first]
+
+    def again():  # tenacity's first try is the round already made
+        return pending.pop() if pending else attempt()
+
+    return _retrying(deadline, timeout, max_backoff)(again)
+
+
 def _retrying(deadline: float, timeout: float, max_backoff: float):
     """Rounds until the attempt returns a falsy value or the deadline passes."""
     import tenacity
@@ -513,7 +529,7 @@ def wait_for_hosts(
             progress.maybe("resolved", len(names) - len(missing), missing)
         return missing
 
-    missing = _retrying(deadline, timeout, max_backoff)(dns_round) if names else []
+    missing = _until_done(dns_round, deadline, timeout, max_backoff) if names else []
     asked = ", ".join(map(format_nameserver, servers))
     if missing:
         if totals["replies"] == 0 and totals["queries"]:
@@ -645,7 +661,7 @@ def wait_for_ports(
         return missing
 
     remaining = max(0.0, deadline - time.monotonic())
-    missing = _retrying(deadline, remaining, max_backoff)(tcp_round) if current else []
+    missing = _until_done(tcp_round, deadline, remaining, max_backoff) if current else []
     if missing:
         raise PeersTimeout(
             f"timed out after {deadline - start:g}s waiting for {len(missing)} of {len(current)} hosts "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping  # not typing: a costly import on every start
 
 from . import contract
 from .errors import ConfigError
