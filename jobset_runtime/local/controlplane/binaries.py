@@ -31,7 +31,7 @@ def locate() -> Path:
     d = build.cached_dir()
     if not build.is_complete(d):
         raise ConfigError(f"the control plane's binaries are not built ({d} is missing or incomplete): run "
-                          f"`{contract.CONTROL_PLANE_BUILD_COMMAND}` (Go 1.26+, about 16 minutes the first time on 2 cores), "
+                          f"`{contract.CONTROL_PLANE_BUILD_COMMAND}` (Go 1.26+; a quarter of an hour the first time on 2 cores), "
                           f"or set {contract.CONTROL_PLANE_ENV}=DIR to a directory of prebuilt binaries")
     return d
 
