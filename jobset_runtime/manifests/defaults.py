@@ -122,6 +122,14 @@ def webhook_defaults(doc: dict) -> dict:
         pod = _child(pod_template, "spec") if pod_template is not None else None
         if pod is not None and not pod.get("restartPolicy"):
             pod["restartPolicy"] = "OnFailure"
+        if pod is not None:
+            # The webhook answers with the whole object re-encoded from Go types: a container
+            # without a name comes back with `name: ""` (k8s.io/api core/v1 Container.Name has
+            # no omitempty), so the schema's `required: [name]` holds; the Job API refuses it later.
+            for kind in ("initContainers", "containers"):
+                for c in pod.get(kind) or []:
+                    if isinstance(c, dict) and c.get("name") is None:
+                        c["name"] = ""
     net = _child(spec, "network")
     if net is not None:
         for key in ("enableDNSHostnames", "publishNotReadyAddresses"):
@@ -138,10 +146,22 @@ def webhook_defaults(doc: dict) -> dict:
     return doc
 
 
+def _whole_numbers(value):
+    """2.0 -> 2 everywhere: what the JobSet's integer fields hold once the webhook's round
+    trip through Go types has written them back (a whole float decodes into an int32)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
 def request_defaults(doc: dict) -> dict:
     """What the API server fills in on the request itself: the namespace (kubectl
-    sends its context's, `default` unless told otherwise)."""
-    doc = copy.deepcopy(doc)
+    sends its context's, `default` unless told otherwise); whole numbers as integers."""
+    doc = _whole_numbers(copy.deepcopy(doc))
     meta = doc.get("metadata")
     if isinstance(meta, dict) and not meta.get("namespace"):
         meta["namespace"] = "default"

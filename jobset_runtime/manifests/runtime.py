@@ -43,6 +43,11 @@ def job_issues(doc: dict, path: str = "") -> list:
         pod = _dict(_dict(job.get("template")).get("spec"))
         restart = pod.get("restartPolicy")
         indexed = job.get("completionMode") == "Indexed"
+        for kind in ("initContainers", "containers"):
+            for k, c in enumerate(pod.get(kind) or []):
+                if isinstance(c, dict) and not c.get("name"):
+                    out.append(Issue(f"{jpath}.template.spec.{kind}[{k}].name", "jobs: Required value: every "
+                                     "container of a Job's pods needs a name", "name the container"))
         if restart not in ("OnFailure", "Never"):
             out.append(Issue(f"{jpath}.template.spec.restartPolicy", f"jobs: Unsupported value {restart!r}: a Job's "
                              "pods restart OnFailure or Never", "set restartPolicy: Never (or OnFailure)"))

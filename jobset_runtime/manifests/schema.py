@@ -82,14 +82,22 @@ def load_crd(path: str) -> Crd:
 
 
 def _type_ok(value, schema: dict) -> bool:
+    got = type_name(value)
     if schema.get("x-kubernetes-int-or-string"):
-        return type_name(value) in ("integer", "string")
+        # A resource.Quantity (the int-or-string with the quantity pattern) takes any JSON
+        # number: the JobSet webhook's round trip through Go types (k8s.io/apimachinery
+        # pkg/api/resource, Quantity.UnmarshalJSON) hands the API server 1.5 as "1500m".
+        quantity = got == "number" and "pattern" in schema
+        return got in ("integer", "string") or quantity
     want = schema.get("type")
     if want is None:
         return True
-    got = type_name(value)
     if want == "number":
         return got in ("integer", "number")
+    if want == "integer" and got == "number":
+        # 2.0 is an integer to the API server (kube-openapi's validator takes a float64
+        # with no fractional part; the webhook's round trip writes it as 2).
+        return float(value).is_integer()
     return got == want
 
 
