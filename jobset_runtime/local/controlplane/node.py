@@ -52,29 +52,11 @@ class NodeRuntime(Runner):
             cluster_domain=self.domain, node_cpus=os.cpu_count() or 1,
             node_memory=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), objects=pod.objects)
 
-    def _launch_pending(self) -> None:
-        pods, self._pending = self._pending, []
-        pods = [p for p in pods if not p.stopping]
-        if not pods:
-            return
-        slots = []
-        for pod in pods:
-            ns, ip = self.net.new_slot()
-            pod.ip = ip
-            self._slots[pod.name] = ns
-            if ns:
-                slots.append((ns, ip))
-        self.net.create(slots)
-        for pod in pods:
-            self.prepare(pod)
-
     def prepare(self, pod: NodePod) -> None:
         """The kubelet's volume and /etc set-up from the live Pod, then its containers."""
         facts = self._facts(pod)
-        pod_dir = os.path.join(self.run_dir, "pods", pod.name)
-        os.makedirs(pod_dir, exist_ok=True)
         try:
-            self._write_volumes(pod, facts, pod_dir)
+            self._write_volumes(pod, facts)
         except ConfigError as e:
             self.ctl.config_error(pod, None, str(e))
             return
@@ -94,13 +76,6 @@ class NodeRuntime(Runner):
 
     def pod_ended(self, pod) -> None:
         self._ended.append(pod)
-
-    def _release_ended(self) -> None:
-        pods, self._ended = self._ended, []
-        names = [self._slots.pop(p.name, "") for p in pods]
-        self.net.release([n for n in names if n])
-        for p in pods:
-            self.ctl.pod_gone(p)
 
     def container_log(self, namespace: str, name: str, container: str):
         """(log path, still running?) for kubeletapi.py, from the HTTP server's thread (reads only)."""
