@@ -25,7 +25,8 @@ import time
 
 from .. import contract
 from . import kubelet, probes
-from .controller import Controller, Pod, Container, subdomain_of
+from .controller import Controller, Pod, subdomain_of
+from .podlifecycle import Container
 from .pods import LOOPBACK_LIMITS, Loopback, Network, RootlessNetwork, run_id
 
 EXIT_TIMEOUT = 124   # as timeout(1)

@@ -26,14 +26,14 @@ import sys
 from ... import contract
 from ...errors import ConfigError
 from .. import kubelet
-from ..controller import Container
+from ..podlifecycle import CRASH_BACKOFF_INITIAL, TERMINAL, Container
 from ..runner import Runner
 from .nodeapi import NodeApi
-from .podworkers import CRASH_BACKOFF, NodeKubelet, NodePod
+from .podworkers import NodeKubelet, NodePod
 
 
 class NodeRuntime(Runner):
-    def __init__(self, api: NodeApi, *, run_dir: str, mode: str, out=None, crash_backoff: float = CRASH_BACKOFF,
+    def __init__(self, api: NodeApi, *, run_dir: str, mode: str, out=None, crash_backoff: float = CRASH_BACKOFF_INITIAL,
                  domain: str = contract.DEFAULT_CLUSTER_DOMAIN, dns_delay: float = 0.0):
         self.js = None
         self.objects = {}
@@ -84,7 +84,7 @@ class NodeRuntime(Runner):
             return None
         multi = len(pod.containers) > 1  # as Runner._spawn names the files
         path = os.path.join(self.run_dir, f"{pod.name}.{container}.log" if multi else f"{pod.name}.log")
-        return path, lambda: not pod.gone and pod.phase not in ("Succeeded", "Failed")
+        return path, lambda: not pod.gone and pod.phase not in TERMINAL
 
     def _start_dns(self) -> None:
         super()._start_dns()
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--node-capacity", action="append", default=[], metavar="RESOURCE=QUANTITY")
     p.add_argument("--mode", choices=("auto", "netns"), default="auto")
     p.add_argument("--workdir", default=None, help="containers without workingDir start here")
-    p.add_argument("--crash-backoff", type=float, default=CRASH_BACKOFF)
+    p.add_argument("--crash-backoff", type=float, default=CRASH_BACKOFF_INITIAL)
     p.add_argument("--dns-delay", type=float, default=0.0, metavar="S", help="new DNS names become visible S s late")
     a = p.parse_args(argv)
     try:
