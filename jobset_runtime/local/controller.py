@@ -17,7 +17,9 @@ The controller decides; a runtime (runner.py) does.  It calls
   backoffLimit (pods for restartPolicy Never, container restarts for OnFailure),
   backoffLimitPerIndex, podFailurePolicy onExitCodes, activeDeadlineSeconds,
   pod re-creation back-off.
-- kubelet: in-place container restart for OnFailure with CrashLoopBackOff.
+- kubelet: container sequencing, in-place restarts with CrashLoopBackOff
+  (podlifecycle.py, shared with the node agent), here with the Job controller's
+  count of container restarts toward backoffLimit.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ import uuid
 from dataclasses import dataclass, field
 
 from .. import contract, jobset
+from .podlifecycle import (CRASH_BACKOFF_INITIAL, Container, ContainerKind, PodContainers, PodLifecycle, PodPhase,
+                           containers_of)
 
-# pkg/kubelet/kubelet.go: container restart back-off starts at 10 s, doubles, caps at 300 s.
-CRASH_BACKOFF_INITIAL = 10.0
-CRASH_BACKOFF_MAX = 300.0
 # pkg/controller/job/job_controller.go: DefaultJobPodFailureBackOff 10 s, MaxJobPodFailureBackOff 10 min.
 POD_BACKOFF_MAX = 600.0
 
@@ -63,23 +64,7 @@ def pod_metadata(js: dict, rjob_name: str, job_index: int, pod_index: int, resta
 # --- state -------------------------------------------------------------------------
 
 @dataclass
-class Container:
-    spec: dict
-    kind: str = "main"          # main, init, sidecar (an init container with restartPolicy Always)
-    handle: object = None       # the runtime's process handle while running
-    running: bool = False
-    exit_code: int | None = None
-    restarts: int = 0
-    started: bool = False       # startupProbe passed (or none)
-    ready: bool = False         # readinessProbe passed (or none) while running
-
-    @property
-    def name(self) -> str:
-        return self.spec.get("name", "")
-
-
-@dataclass
-class Pod:
+class Pod(PodContainers):
     job: "Job"
     index: int
     name: str
@@ -91,7 +76,7 @@ class Pod:
     init_containers: list = field(default_factory=list)
     ip: str = ""
     init_next: int = 0          # index of the next init container to run
-    phase: str = "Pending"      # Pending, Running, Succeeded, Failed
+    phase: PodPhase = PodPhase.PENDING
     stopping: bool = False      # being deleted: exits are not failures
     gone: bool = False          # every process has ended after a delete or a terminal phase
     started: bool = False
@@ -101,13 +86,6 @@ class Pod:
     @property
     def spec(self) -> dict:
         return self.job.pod_spec
-
-    def all_containers(self):
-        return self.init_containers + self.containers
-
-    @property
-    def sidecars(self):
-        return [c for c in self.init_containers if c.kind == "sidecar"]
 
 
 @dataclass
@@ -141,11 +119,12 @@ class Job:
         return [p for p in list(self.pods.values()) + self.old_pods if not p.gone]
 
     def ready_count(self) -> int:
-        return sum(1 for p in self.pods.values() if p.ready and p.phase == "Running")
+        return sum(1 for p in self.pods.values() if p.ready and p.phase == PodPhase.RUNNING)
 
 
-class Controller:
-    """One JobSet's controller plus the Job controllers and kubelets of its children."""
+class Controller(PodLifecycle):
+    """One JobSet's controller plus the Job controllers and kubelets of its children
+    (the kubelets' container sequencing is PodLifecycle's)."""
 
     def __init__(self, js: dict, runtime, *, skew: dict | None = None,
                  crash_backoff: float = CRASH_BACKOFF_INITIAL, pod_backoff: float = 10.0):
@@ -270,9 +249,7 @@ class Controller:
         hostname = f"{job.name}-{pod_index}"
         suffix = "".join(self._rng.choice(_SUFFIX_ALPHABET) for _ in range(5))
         labels, annotations = pod_metadata(self.js, job.rjob, job.index, pod_index, job.restart_attempt, job.uid)
-        containers = [Container(spec=c) for c in job.pod_spec["containers"]]
-        inits = [Container(spec=c, kind="sidecar" if c.get("restartPolicy") == "Always" else "init")
-                 for c in job.pod_spec.get("initContainers") or []]
+        containers, inits = containers_of(job.pod_spec)
         pod = Pod(job=job, index=pod_index, name=f"{hostname}-{suffix}", hostname=hostname,
                   uid=str(uuid.uuid4()), labels=labels, annotations=annotations, containers=containers,
                   init_containers=inits)
@@ -296,51 +273,25 @@ class Controller:
     def _launch(self, pod: Pod) -> None:
         if pod.stopping or pod.job.deleting or pod.job.state != "Active" or self.terminal_state or self.halted:
             pod.gone = True
-            pod.phase = "Failed" if pod.phase == "Pending" else pod.phase
+            pod.phase = PodPhase.FAILED if pod.phase == PodPhase.PENDING else pod.phase
             self._maybe_progress()
             return
         self.rt.start_pod(pod)
 
-    # --- events from the runtime --------------------------------------------------
-    def sandbox_ready(self, pod: Pod) -> None:
-        """The pod has its IP, namespaces and volumes: run its init containers, in order
-        (a sidecar, restartPolicy Always, is started and left running), then the
-        main containers together (kubelet kuberuntime SyncPod)."""
-        pod.phase = "Pending"
-        self._advance(pod)
+    # --- the kubelet's hooks (podlifecycle.py) ----------------------------------------
+    def _pod_running(self, pod: Pod) -> None:
+        self.rt.event(f"pod {pod.name} running")
 
-    def _advance(self, pod: Pod) -> None:
-        if pod.stopping or self.halted:
-            return
-        while pod.init_next < len(pod.init_containers):
-            c = pod.init_containers[pod.init_next]
-            if c.kind == "init" and c.exit_code == 0 and not c.running:
-                pod.init_next += 1
-                continue
-            if not c.running:
-                self.rt.spawn(pod, c)
-            if c.kind == "init" or not c.started:
-                return  # wait for it to exit (init) or to pass its startupProbe (sidecar)
-            pod.init_next += 1
-        if not pod.started:
-            for c in pod.containers:
-                self.rt.spawn(pod, c)
-            pod.started = True
-            pod.phase = "Running"
-            self.rt.event(f"pod {pod.name} running")
-        self.readiness_changed(pod)
+    def _container_down(self, pod: Pod, container: Container) -> None:
+        self.readiness_changed(pod)  # the endpoints drop it at once
 
-    def container_started(self, pod: Pod, container: Container) -> None:
-        """The startupProbe passed (at once when there is none)."""
-        container.started = True
-        if container.kind == "sidecar" and not pod.started:
-            self._advance(pod)
-        self.readiness_changed(pod)
+    def _may_restart(self, pod: Pod) -> bool:
+        return pod.job.state == "Active" and not pod.job.deleting and not self.terminal_state
 
     def readiness_changed(self, pod: Pod) -> None:
         """Ready = every main container and sidecar running, started and ready
         (pkg/kubelet/status generate.go GeneratePodReadyCondition)."""
-        ready = (pod.started and pod.phase == "Running" and not pod.stopping and
+        ready = (pod.started and pod.phase == PodPhase.RUNNING and not pod.stopping and
                  all(c.running and c.started and c.ready for c in pod.containers + pod.sidecars))
         if ready != pod.ready:
             pod.ready = ready
@@ -348,60 +299,30 @@ class Controller:
             if ready:
                 self._create_due_jobs()
 
-    def container_exited(self, pod: Pod, container: Container, code: int) -> None:
-        container.running = False
-        container.handle = None
-        container.exit_code = code
-        container.ready = False
-        container.started = False
-        job = pod.job
-        if pod.stopping or pod.phase in ("Succeeded", "Failed"):
-            self._maybe_gone(pod)
-            return
-        self.readiness_changed(pod)
-        policy = pod.spec.get("restartPolicy", "OnFailure")
-        if container.kind == "sidecar":
+    def _restart_later(self, pod: Pod, container: Container) -> None:
+        if container.kind == ContainerKind.SIDECAR:
             # Sidecars restart whatever their exit, while the main containers run.
-            container.restarts += 1
-            self.rt.event(f"pod {pod.name}: sidecar {container.name} exited with {code}, restarting")
+            self.rt.event(f"pod {pod.name}: sidecar {container.name} exited with {container.exit_code}, restarting")
             self._schedule_restart(pod, container)
             return
-        if code != 0 and policy in ("OnFailure", "Always"):
-            # The kubelet restarts the container in place (same pod, same IP); the
-            # Job controller counts container restarts toward backoffLimit
-            # (pkg/controller/job pastBackoffLimitOnFailure).
-            container.restarts += 1
-            restarts = sum(c.restarts for p in job.pods.values() for c in p.all_containers() if c.kind != "sidecar")
-            limit = int(job.spec["backoffLimit"])
-            self.rt.event(f"pod {pod.name}: container {container.name} exited with {code} (restart {container.restarts})")
-            if (limit == 0 and restarts > 0) or (limit > 0 and restarts >= limit):
-                self._fail_job(job, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
-                return
-            self._schedule_restart(pod, container)
+        # The Job controller counts container restarts toward backoffLimit
+        # (pkg/controller/job pastBackoffLimitOnFailure).
+        job = pod.job
+        restarts = sum(c.restarts for p in job.pods.values() for c in p.all_containers()
+                       if c.kind != ContainerKind.SIDECAR)
+        limit = int(job.spec["backoffLimit"])
+        self.rt.event(f"pod {pod.name}: container {container.name} exited with {container.exit_code} "
+                      f"(restart {container.restarts})")
+        if (limit == 0 and restarts > 0) or (limit > 0 and restarts >= limit):
+            self._fail_job(job, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
             return
-        if container.kind == "init":
-            if code == 0:
-                self._advance(pod)
-                return
-            self._pod_terminal(pod, "Failed")  # restartPolicy Never: the pod fails
-            return
-        if any(c.running for c in pod.containers):
-            return
-        self._pod_terminal(pod, "Succeeded" if all(c.exit_code == 0 for c in pod.containers) else "Failed")
+        self._schedule_restart(pod, container)
 
-    def _schedule_restart(self, pod: Pod, container: Container) -> None:
-        delay = min(self.crash_backoff * 2 ** (container.restarts - 1), CRASH_BACKOFF_MAX)
-        self.rt.call_later(delay, lambda: self._restart_container(pod, container))
-
-    def _pod_terminal(self, pod: Pod, phase: str) -> None:
+    def _pod_terminal(self, pod: Pod, phase: PodPhase) -> None:
         pod.phase = phase
         self.readiness_changed(pod)
-        # Main containers done: the kubelet stops the sidecars (KEP-753).
-        live_sidecars = [c for c in pod.sidecars if c.running]
-        if live_sidecars:
-            self.rt.stop_containers(pod, live_sidecars, float(pod.spec.get("terminationGracePeriodSeconds", 30)))
-        self._maybe_gone(pod)
-        if phase == "Succeeded":
+        self._stop_sidecars(pod)
+        if phase == PodPhase.SUCCEEDED:
             self._index_succeeded(pod.job, pod.index)
         else:
             self._pod_failed(pod.job, pod)
@@ -410,21 +331,6 @@ class Controller:
         """Every process of the pod has ended (a delete finished, or it ran to the end)."""
         pod.gone = True
         self._maybe_progress()
-
-    def _maybe_gone(self, pod: Pod) -> None:
-        if not any(c.running for c in pod.all_containers()) and not pod.ended:
-            pod.ended = True
-            self.rt.pod_ended(pod)
-
-    def _restart_container(self, pod: Pod, container: Container) -> None:
-        if pod.stopping or pod.job.state != "Active" or pod.job.deleting or self.terminal_state or self.halted:
-            return
-        if pod.phase in ("Succeeded", "Failed"):
-            return
-        self.rt.spawn(pod, container)
-        if container.kind == "init":
-            return
-        self.readiness_changed(pod)
 
     # --- Job controller -------------------------------------------------------------
     def _index_succeeded(self, job: Job, index: int) -> None:
@@ -444,12 +350,12 @@ class Controller:
         started = set(job.pods)
         for i in range(job.completions):
             if i not in started and i not in job.succeeded:
-                if sum(1 for p in job.pods.values() if p.phase in ("Pending", "Running")) < int(job.spec["parallelism"]):
+                if sum(1 for p in job.pods.values() if p.phase in (PodPhase.PENDING, PodPhase.RUNNING)) < int(job.spec["parallelism"]):
                     self._create_pod(job, i)
                     started.add(i)
 
     def _pod_failed(self, job: Job, pod: Pod) -> None:
-        codes = {c.name: c.exit_code for c in pod.all_containers() if c.exit_code is not None and c.kind != "sidecar"}
+        codes = {c.name: c.exit_code for c in pod.all_containers() if c.exit_code is not None and c.kind != ContainerKind.SIDECAR}
         self.rt.event(f"pod {pod.name} failed (exit codes {', '.join(f'{k}={v}' for k, v in codes.items())})")
         action = self._pod_failure_action(job, pod)
         if action == "FailJob":

@@ -25,7 +25,8 @@ import time
 
 from .. import contract
 from . import kubelet, probes
-from .controller import Controller, Pod, Container, subdomain_of
+from .controller import Controller, Pod, subdomain_of
+from .podlifecycle import Container
 from .pods import LOOPBACK_LIMITS, Loopback, Network, RootlessNetwork, run_id
 
 EXIT_TIMEOUT = 124   # as timeout(1)
@@ -208,19 +209,21 @@ class Runner:
                 slots.append((ns, ip))
         self.net.create(slots)
         for pod in pods:
-            facts = self._facts(pod)
-            pod_dir = os.path.join(self.run_dir, "pods", pod.name)
-            os.makedirs(pod_dir, exist_ok=True)
-            self._write_volumes(pod, facts, pod_dir)
-            if self.net.namespaced:
-                self.net.write_etc(self._slots[pod.name], kubelet.hosts_file(facts, pod.spec.get("hostAliases") or ()),
-                                   kubelet.resolv_conf(self.namespace, self.dns.address[0], self.domain,
-                                                       pod.spec.get("dnsPolicy"), pod.spec.get("dnsConfig")))
-            if self.js["spec"]["network"].get("publishNotReadyAddresses", True):
-                self._dns_add(pod)
-            pod._facts = facts
-            self.event(f"pod {pod.name} started, ip {pod.ip}")
-            self.ctl.sandbox_ready(pod)
+            self.prepare(pod)
+
+    def prepare(self, pod: Pod) -> None:
+        """The kubelet's volume and /etc set-up of a pod that has its namespaces, then its containers."""
+        facts = self._facts(pod)
+        self._write_volumes(pod, facts)
+        if self.net.namespaced:
+            self.net.write_etc(self._slots[pod.name], kubelet.hosts_file(facts, pod.spec.get("hostAliases") or ()),
+                               kubelet.resolv_conf(self.namespace, self.dns.address[0], self.domain,
+                                                   pod.spec.get("dnsPolicy"), pod.spec.get("dnsConfig")))
+        if self.js["spec"]["network"].get("publishNotReadyAddresses", True):
+            self._dns_add(pod)
+        pod._facts = facts
+        self.event(f"pod {pod.name} started, ip {pod.ip}")
+        self.ctl.sandbox_ready(pod)
 
     def _can_set_ids(self) -> bool:
         """Users and groups are set only by the host's root in netns mode: a rootless runner
@@ -228,9 +231,11 @@ class Runner:
         which another user may not be able to reach."""
         return os.geteuid() == 0 and self.net.mode == "netns"
 
-    def _write_volumes(self, pod: Pod, facts, pod_dir: str) -> None:
+    def _write_volumes(self, pod: Pod, facts) -> None:
         """The kubelet's volume set-up: files with their modes, then, with an fsGroup,
         group ownership and group permissions (pkg/volume/volume_linux.go SetVolumeOwnership)."""
+        pod_dir = os.path.join(self.run_dir, "pods", pod.name)
+        os.makedirs(pod_dir, exist_ok=True)
         pod._volume_dirs = {}
         fs_group = (pod.spec.get("securityContext") or {}).get("fsGroup")
         if not self._can_set_ids():

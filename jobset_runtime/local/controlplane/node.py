@@ -26,14 +26,14 @@ import sys
 from ... import contract
 from ...errors import ConfigError
 from .. import kubelet
-from ..controller import Container
+from ..podlifecycle import CRASH_BACKOFF_INITIAL, TERMINAL, Container
 from ..runner import Runner
 from .nodeapi import NodeApi
-from .podworkers import CRASH_BACKOFF, NodeKubelet, NodePod
+from .podworkers import NodeKubelet, NodePod
 
 
 class NodeRuntime(Runner):
-    def __init__(self, api: NodeApi, *, run_dir: str, mode: str, out=None, crash_backoff: float = CRASH_BACKOFF,
+    def __init__(self, api: NodeApi, *, run_dir: str, mode: str, out=None, crash_backoff: float = CRASH_BACKOFF_INITIAL,
                  domain: str = contract.DEFAULT_CLUSTER_DOMAIN, dns_delay: float = 0.0):
         self.js = None
         self.objects = {}
@@ -52,29 +52,11 @@ class NodeRuntime(Runner):
             cluster_domain=self.domain, node_cpus=os.cpu_count() or 1,
             node_memory=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), objects=pod.objects)
 
-    def _launch_pending(self) -> None:
-        pods, self._pending = self._pending, []
-        pods = [p for p in pods if not p.stopping]
-        if not pods:
-            return
-        slots = []
-        for pod in pods:
-            ns, ip = self.net.new_slot()
-            pod.ip = ip
-            self._slots[pod.name] = ns
-            if ns:
-                slots.append((ns, ip))
-        self.net.create(slots)
-        for pod in pods:
-            self.prepare(pod)
-
     def prepare(self, pod: NodePod) -> None:
         """The kubelet's volume and /etc set-up from the live Pod, then its containers."""
         facts = self._facts(pod)
-        pod_dir = os.path.join(self.run_dir, "pods", pod.name)
-        os.makedirs(pod_dir, exist_ok=True)
         try:
-            self._write_volumes(pod, facts, pod_dir)
+            self._write_volumes(pod, facts)
         except ConfigError as e:
             self.ctl.config_error(pod, None, str(e))
             return
@@ -95,13 +77,6 @@ class NodeRuntime(Runner):
     def pod_ended(self, pod) -> None:
         self._ended.append(pod)
 
-    def _release_ended(self) -> None:
-        pods, self._ended = self._ended, []
-        names = [self._slots.pop(p.name, "") for p in pods]
-        self.net.release([n for n in names if n])
-        for p in pods:
-            self.ctl.pod_gone(p)
-
     def container_log(self, namespace: str, name: str, container: str):
         """(log path, still running?) for kubeletapi.py, from the HTTP server's thread (reads only)."""
         pod = self.ctl.pods.get((namespace, name))
@@ -109,7 +84,7 @@ class NodeRuntime(Runner):
             return None
         multi = len(pod.containers) > 1  # as Runner._spawn names the files
         path = os.path.join(self.run_dir, f"{pod.name}.{container}.log" if multi else f"{pod.name}.log")
-        return path, lambda: not pod.gone and pod.phase not in ("Succeeded", "Failed")
+        return path, lambda: not pod.gone and pod.phase not in TERMINAL
 
     def _start_dns(self) -> None:
         super()._start_dns()
@@ -197,7 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--node-capacity", action="append", default=[], metavar="RESOURCE=QUANTITY")
     p.add_argument("--mode", choices=("auto", "netns"), default="auto")
     p.add_argument("--workdir", default=None, help="containers without workingDir start here")
-    p.add_argument("--crash-backoff", type=float, default=CRASH_BACKOFF)
+    p.add_argument("--crash-backoff", type=float, default=CRASH_BACKOFF_INITIAL)
     p.add_argument("--dns-delay", type=float, default=0.0, metavar="S", help="new DNS names become visible S s late")
     a = p.parse_args(argv)
     try:

@@ -1,10 +1,10 @@
 """The kubelet's pod workers, for the node agent (node.py): one NodePod per pod bound to
 our nodes, and NodeKubelet, which runner.Runner calls its controller.
 
-Container sequencing (init containers in order, sidecars left running, then the main
-containers), restarts with the kubelet's back-off, deletion with a grace period, and the
-status written back to the API (podstatus.py), as pkg/kubelet/kuberuntime SyncPod and the
-status manager do it.  Everything here runs on the runner's one loop.
+Container sequencing and restarts with the kubelet's back-off (podlifecycle.py, shared
+with the embedded controller), deletion with a grace period, and the status written back
+to the API (podstatus.py), as pkg/kubelet/kuberuntime SyncPod and the status manager do
+it.  Everything here runs on the runner's one loop.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ... import contract
 from ...errors import ConfigError
-from ..controller import Container
+from ..podlifecycle import CRASH_BACKOFF_INITIAL, Container, PodContainers, PodLifecycle, PodPhase, containers_of
 from . import podstatus
 from .podstatus import ContainerState, PodState
 
@@ -23,13 +23,11 @@ if TYPE_CHECKING:
     from .nodeapi import NodeApi
 
 CONFIG_RETRY_SECONDS = 2.0  # a missing Secret/ConfigMap is looked up again
-CRASH_BACKOFF = 10.0        # the kubelet's first restart delay, doubling to 300 s
-CRASH_BACKOFF_MAX = 300.0
 LOG_FALLBACK_LINES = 80     # FallbackToLogsOnError: the log's tail, as the kubelet takes it
 LOG_FALLBACK_BYTES = 2048
 
 
-class NodePod:
+class NodePod(PodContainers):
     """One pod bound to one of our nodes: the shape Runner's pod methods expect."""
 
     def __init__(self, obj: dict, node: str):
@@ -43,13 +41,11 @@ class NodePod:
         self.annotations = dict(md.get("annotations") or {})
         idx = self.annotations.get(contract.JOB_COMPLETION_INDEX_KEY)
         self.index = int(idx) if idx is not None and idx.isdigit() else None
-        self.containers = [Container(spec=c) for c in spec["containers"]]
-        self.init_containers = [Container(spec=c, kind="sidecar" if c.get("restartPolicy") == "Always" else "init")
-                                for c in spec.get("initContainers") or []]
+        self.containers, self.init_containers = containers_of(spec)
         self.objects: dict = {}
         self.ip = ""
         self.init_next = 0
-        self.phase = "Pending"
+        self.phase = PodPhase.PENDING
         self.stopping = False      # being deleted (or the agent is stopping)
         self.gone = False          # every process ended and the namespaces are released
         self.started = False       # main containers started
@@ -69,13 +65,6 @@ class NodePod:
     @property
     def spec(self) -> dict:
         return self.obj["spec"]
-
-    def all_containers(self):
-        return self.init_containers + self.containers
-
-    @property
-    def sidecars(self):
-        return [c for c in self.init_containers if c.kind == "sidecar"]
 
     def cstate(self, c: Container) -> ContainerState:
         if c in self.containers:
@@ -106,15 +95,15 @@ def referenced_objects(spec: dict) -> set[tuple[str, str]]:
     return refs
 
 
-class NodeKubelet:
-    """What runner.Runner calls its controller: container sequencing, restarts and
-    status, as pkg/kubelet/kuberuntime SyncPod and the status manager do it."""
+class NodeKubelet(PodLifecycle):
+    """What runner.Runner calls its controller: PodLifecycle's container sequencing and
+    restarts, with the status written as the kubelet's status manager does it."""
 
     finished = False
     terminal_state = None
     restarts = 0
 
-    def __init__(self, rt: NodeRuntime, api: NodeApi, crash_backoff: float = CRASH_BACKOFF):
+    def __init__(self, rt: NodeRuntime, api: NodeApi, crash_backoff: float = CRASH_BACKOFF_INITIAL):
         self.rt, self.api, self.crash_backoff = rt, api, crash_backoff
         self.pods: dict = {}       # (namespace, name) -> NodePod
         self.halted = False
@@ -191,7 +180,7 @@ class NodeKubelet:
         pod.state.sandbox = True
         pod.state.pod_ip = pod.ip
         pod.state.reason = pod.state.message = ""
-        self._advance(pod)
+        super().sandbox_ready(pod)
         self.push(pod)
 
     def config_error(self, pod: NodePod, c: Container | None, message: str) -> None:
@@ -231,75 +220,36 @@ class NodeKubelet:
             cs.started, cs.ready = c.started, c.ready and c.started
         return c.running
 
-    def _advance(self, pod: NodePod) -> None:
-        """Init containers in order (a sidecar is started and left running once its
-        startupProbe passes), then the main containers together."""
-        if pod.stopping or self.halted:
-            return
-        while pod.init_next < len(pod.init_containers):
-            c = pod.init_containers[pod.init_next]
-            if c.kind == "init" and c.exit_code == 0 and not c.running:
-                pod.init_next += 1
-                continue
-            if not c.running and not self._spawn(pod, c):
-                return
-            if c.kind == "init" or not c.started:
-                return
-            pod.init_next += 1
+    def _initialized(self, pod: NodePod) -> None:
         pod.state.initialized = True
-        if not pod.started:
-            for c in pod.containers:
-                if not c.running and not self._spawn(pod, c):
-                    return
-            pod.started = True
-            pod.phase = pod.state.phase = "Running"
-            self.rt.event(f"pod {pod.namespace}/{pod.name} running on {pod.node}, ip {pod.ip}")
-        self.readiness_changed(pod)
+
+    def _pod_running(self, pod: NodePod) -> None:
+        pod.state.phase = pod.phase
+        self.rt.event(f"pod {pod.namespace}/{pod.name} running on {pod.node}, ip {pod.ip}")
+
+    def _status_changed(self, pod: NodePod) -> None:
+        self.push(pod)
 
     def container_started(self, pod: NodePod, c: Container) -> None:
-        c.started = True
         pod.cstate(c).started = True
-        if c.kind == "sidecar" and not pod.started:
-            self._advance(pod)
-        self.readiness_changed(pod)
+        super().container_started(pod, c)
 
     def readiness_changed(self, pod: NodePod) -> None:
         """Ready = every main container and sidecar running, started and ready
         (pkg/kubelet/status/generate.go GeneratePodReadyCondition)."""
         for c in pod.all_containers():
             pod.cstate(c).ready = c.running and c.started and c.ready
-        ready = (pod.started and pod.phase == "Running" and not pod.stopping and
+        ready = (pod.started and pod.phase == PodPhase.RUNNING and not pod.stopping and
                  all(c.running and c.started and c.ready for c in pod.containers + pod.sidecars))
         pod.ready = pod.state.ready = ready
         self.push(pod)
 
     def container_exited(self, pod: NodePod, c: Container, code: int) -> None:
-        proc = c.handle
-        c.running, c.handle, c.exit_code, c.ready, c.started = False, None, code, False, False
         cs = pod.cstate(c)
-        cs.terminated = podstatus.terminated(code, self._message(c, proc, code), cs.running_since,
+        cs.terminated = podstatus.terminated(code, self._message(c, c.handle, code), cs.running_since,
                                              f"jobset-runtime://{pod.uid}-{c.name}-{cs.run}")
         cs.running_since, cs.ready, cs.started = "", False, False
-        if pod.stopping or pod.phase in ("Succeeded", "Failed"):
-            self._maybe_gone(pod)
-            self.push(pod)
-            return
-        policy = pod.spec.get("restartPolicy", "Always")
-        if c.kind == "sidecar" or policy == "Always" or (code != 0 and policy == "OnFailure"):
-            self._restart_later(pod, c)
-            self.readiness_changed(pod)
-            return
-        if c.kind == "init":
-            if code == 0:
-                self._advance(pod)
-            else:
-                self._terminal(pod, "Failed")
-            self.push(pod)
-            return
-        if any(x.running for x in pod.containers):
-            self.readiness_changed(pod)
-            return
-        self._terminal(pod, "Succeeded" if all(x.exit_code == 0 for x in pod.containers) else "Failed")
+        super().container_exited(pod, c, code)
 
     def _message(self, c: Container, proc, code: int) -> str:
         """The termination message file; with FallbackToLogsOnError and a failure, the log's tail."""
@@ -320,38 +270,19 @@ class NodeKubelet:
         cs = pod.cstate(c)
         cs.last_terminated, cs.terminated = cs.terminated, None
         cs.restarts += 1
-        c.restarts += 1
         cs.waiting_reason = "CrashLoopBackOff"
         cs.waiting_message = f"back-off restarting failed container {c.name}"
-        delay = min(self.crash_backoff * 2 ** (c.restarts - 1), CRASH_BACKOFF_MAX)
+        delay = self._schedule_restart(pod, c)
         self.rt.event(f"pod {pod.namespace}/{pod.name}: container {c.name} exited with {c.exit_code}; "
                       f"restarting in {delay:g} s")
+        self.readiness_changed(pod)
 
-        def again():
-            if pod.stopping or pod.phase in ("Succeeded", "Failed") or self.halted:
-                return
-            self._spawn(pod, c)
-            if c.kind != "init":
-                self.readiness_changed(pod)
-            else:
-                self.push(pod)
-
-        self.rt.call_later(delay, again)
-
-    def _terminal(self, pod: NodePod, phase: str) -> None:
+    def _pod_terminal(self, pod: NodePod, phase: PodPhase) -> None:
         pod.phase = pod.state.phase = phase
         pod.ready = pod.state.ready = False
-        self.rt.event(f"pod {pod.namespace}/{pod.name} {phase}")
-        live_sidecars = [c for c in pod.sidecars if c.running]
-        if live_sidecars:
-            self.rt.stop_containers(pod, live_sidecars, float(pod.spec.get("terminationGracePeriodSeconds", 30)))
-        self._maybe_gone(pod)
+        self.rt.event(f"pod {pod.namespace}/{pod.name} {phase.value}")
+        self._stop_sidecars(pod)
         self.push(pod)
-
-    def _maybe_gone(self, pod: NodePod) -> None:
-        if not any(c.running for c in pod.all_containers()) and not pod.ended:
-            pod.ended = True
-            self.rt.pod_ended(pod)
 
     def pod_gone(self, pod: NodePod) -> None:
         """Its processes ended and its namespaces are released."""
