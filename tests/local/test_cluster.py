@@ -102,9 +102,9 @@ def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("cluster") / "state"
     r = cli("cluster", "up", "--state-dir", str(state), "--port", str(free_port()), "--nodes", "4",
             "--node-labels", "cloud.google.com/gke-nodepool=pool-a,cloud.google.com/gke-tpu-accelerator=tpu-v5p-slice,"
-            "cloud.google.com/gke-tpu-topology=2x2x1",
+            "cloud.google.com/gke-tpu-topology=2x2x2",
             "--node-labels", "cloud.google.com/gke-nodepool=pool-b,cloud.google.com/gke-tpu-accelerator=tpu-v5p-slice,"
-            "cloud.google.com/gke-tpu-topology=2x2x1",
+            "cloud.google.com/gke-tpu-topology=2x2x2",
             "--node-capacity", "google.com/tpu=4", "--node-capacity", "nvidia.com/gpu=8")
     if r.returncode != 0:
         log = state / "logs" / "supervisor.log"

@@ -254,7 +254,7 @@ def test_placement_of_the_demo_is_two_pools_of_two_tpu_nodes():
     assert nodes == 4 and capacity == ["google.com/tpu=4"]
     pools = [dict(kv.split("=") for kv in x.split(","))["cloud.google.com/gke-nodepool"] for x in labels]
     assert pools == ["pool-0", "pool-0", "pool-1", "pool-1"]
-    assert all("cloud.google.com/gke-tpu-topology=2x2x1" in x for x in labels)
+    assert all("cloud.google.com/gke-tpu-topology=2x2x2" in x for x in labels)
 
 
 def test_state_dir_of_other_versions_is_refused(tmp_path):
