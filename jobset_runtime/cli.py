@@ -197,7 +197,11 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--exec, but the group token is mounted at {token}, so this pod belongs to a "
                           "group channel: pass --group off to leave it, or drop --exec")
     ident = _identity()
-    wait_for_scope(ident, args.wait, args.timeout)
+    if not group:
+        wait_for_scope(ident, args.wait, args.timeout)
+    # With the group channel, the wait is folded into the gang start (docs/peers.md, DNS load):
+    # each member asks DNS only for the server it joins, each server checks the name of every pod
+    # that joins it, and the start says when every name of the world resolved.
     exported = exports.runtime_env(ident)
     exported.update(exports.torch_env(ident, args.master_port))
     tpu = args.tpu if args.tpu is not None else any(k in os.environ for k in contract.TPU_PRESENCE_ENV)
@@ -240,6 +244,9 @@ def cmd_run(args) -> int:
             join_timeout=group_timeout, deadline=args.heartbeat_deadline))
         outcome = supervisor.Outcome(contract.EXIT_PEER_FAILED)
         try:
+            if not session.member.names_resolved:
+                # A group whose servers could not vouch for the names: wait as without one.
+                wait_for_scope(ident, args.wait, args.timeout)
             outcome = supervisor.run_in_group(command, env, session.member, session.member.me,
                                               restarts=args.restarts, grace=args.grace,
                                               barrier_timeout=group_timeout)

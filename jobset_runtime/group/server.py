@@ -68,7 +68,7 @@ class GroupServer:
         # known: the world's pods resolved from DNS -- admitted first, and a rank is bound to
         # its pod's address (docs/fail-fast.md, Threat model).  None: no binding (tests, bench).
         self.known = known
-        self.state = GroupState(list(world), attempt, relay=on_up is not None)
+        self.state = GroupState(list(world), attempt, relay=on_up is not None, bound=known is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -210,11 +210,16 @@ class GroupServer:
                 continue
             self._tasks.add(self._loop.create_task(self._serve(reader, writer, addr)))
 
-    def upstream(self, event: str, failure: Failure | None = None) -> None:
+    def upstream(self, event: str, failure: Failure | None = None, names_resolved: bool = False) -> None:
         """Relay mode, from any thread: the leaders' group's answer (start, abort, complete, restart)."""
         def apply():
             step = getattr(self.state, f"up_{event}")
-            self._apply(step(failure) if event == "abort" else step())
+            if event == "abort":
+                self._apply(step(failure))
+            elif event == "start":
+                self._apply(step(names_resolved))
+            else:
+                self._apply(step())
 
         try:
             self._loop.call_soon_threadsafe(apply)

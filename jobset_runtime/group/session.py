@@ -75,10 +75,11 @@ def _own_address(ident: Identity) -> str:
 
 
 def _known(ident: Identity, world: list[MemberId]):
-    """The members' pods by DNS name: admitted first, each rank bound to its pod's address."""
+    """The members' pods by DNS name, each rank bound to its pod's address; a name is asked for
+    when its pod joins, once (docs/peers.md, DNS load)."""
     from ..admission import KnownPods
 
-    return KnownPods({m.pod: ident.fqdn(m.pod) for m in world})
+    return KnownPods({m.pod: ident.fqdn(m.pod) for m in world}, on_claim=True)
 
 
 def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
@@ -93,6 +94,7 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
     me = world[ident.rank]
     common = dict(token=token, insecure=opts.insecure, attempt=ident.restart_attempt,
                   heartbeat=opts.heartbeat, deadline=opts.deadline)
+    from ..peers import resolve_one  # the server's name: one A query to cluster DNS per try
     groups = slices(ident.topology, world)
     tree = len(groups) > 1 and (opts.tree == "on" or (opts.tree == "auto" and len(world) > TREE_ABOVE))
     mine = next(g for g in groups if me in g) if tree else world
@@ -116,14 +118,14 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
             leader = SliceLeader(bind=(address, opts.port), slice_world=mine, me=me,
                                  upstream=(coordinator, opts.leaders_port), leaders=[g[0] for g in groups],
                                  join_timeout=opts.join_timeout, barrier_timeout=opts.join_timeout,
-                                 known=_known(ident, mine), source=ident.pod_ip, **common)
+                                 known=_known(ident, mine), source=ident.pod_ip, resolve=resolve_one, **common)
             leader.start()
             servers.append(leader)
         if tree:
             target = (address if hosts_server else ident.fqdn(mine[0].pod), opts.port)
         else:
             target = (coordinator, opts.port)
-        member = GroupMember(server=target, me=me, world=mine, source=ident.pod_ip, **common)
+        member = GroupMember(server=target, me=me, world=mine, source=ident.pod_ip, resolve=resolve_one, **common)
         try:
             member.join(opts.join_timeout)
         except BaseException:
