@@ -117,7 +117,8 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
 def _run_options(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--wait", choices=contract.WAIT_SCOPES, default="coordinator",
-                   help="which peers must resolve in DNS before CMD starts (default: coordinator)")
+                   help="which peers must resolve in DNS before CMD starts (default: coordinator); with the "
+                        "group channel its gang start checks every pod's name, so no wait of its own (docs/peers.md)")
     _wait_options(p, 300.0)
     tpu = p.add_mutually_exclusive_group()
     tpu.add_argument("--tpu", dest="tpu", action="store_true", default=None,
