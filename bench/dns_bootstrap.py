@@ -3,11 +3,12 @@ come up, counted at the DNS server, the old way and the new way in one run (docs
 
 Each pod's record appears at a random moment within --spread seconds, as a real cluster's do, and its
 wrapper starts at that moment.  The embedded DNS server (jobset_runtime.local.dns) runs in a process of
-its own and counts every datagram it receives; the pods' wrappers are threads spread over --procs
-processes, each doing what the product does:
+its own and counts every datagram it receives; the pods' wrappers are chains of steps run by a few
+threads in each of --procs processes (Scheduler), each step doing what the product does:
 
-  old: `jobset-run --wait slice`: peers.wait_for_hosts(its slice's names + the coordinator's), the
-       baseline (it leaves out the group channel's own lookups that came after it);
+  old: `jobset-run --wait slice`: peers.wait_for_hosts's rounds for its slice's names and the
+       coordinator's, the baseline (it leaves out the group channel's own lookups that came after
+       it; a round that waits for a free thread is late, which only lowers this count);
   new: the group's gang start through the tree: a member asks peers.resolve_one for its slice leader's
        name (a leader: the coordinator's), retrying after admission.Backoff while it has no record,
        then claims its rank at its server, whose KnownPods(on_claim=True) asks for the claimant's name
@@ -23,6 +24,7 @@ group (the same queries as the coordinator's one KnownPods: one per leader that 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import multiprocessing
 import os
@@ -30,10 +32,11 @@ import random
 import sys
 import threading
 import time
+import types
 
 from jobset_runtime import admission
 from jobset_runtime.admission import KnownPods
-from jobset_runtime.peers import resolve_batch, resolve_one, wait_for_hosts
+from jobset_runtime.peers import resolve_batch, resolve_one
 
 SUB = "js.default.svc.cluster.local"
 ZONE = "svc.cluster.local"
@@ -62,78 +65,141 @@ def dns_process(records, conn):
     server.stop()
 
 
-def old_pod(ns, s, p, slices_pods, deadline):
-    names = [name(s, q) for q in range(slices_pods)]
-    if s != 0:
-        names.append(name(0, 0))  # the coordinator
-    wait_for_hosts(names, nameservers=[ns], timeout=deadline - time.monotonic(), progress_interval=None)
+class Scheduler:
+    """Each pod as a chain of steps on a few threads (a thread per pod, 12,736 of them, would starve
+    the DNS server of CPU and count its retransmissions instead of the pods' logic).  A step is
+    step() -> seconds until its next step, or None when the pod is through."""
+
+    def __init__(self, threads: int):
+        self._heap, self._seq, self._cond = [], 0, threading.Condition()
+        self.pending = 0
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def add(self, at: float, step) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (at, self._seq, step))
+            self._cond.notify()
+
+    def start(self, n: int) -> None:
+        self.pending = n
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self.pending == 0:
+                        self._cond.notify_all()
+                        return
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        at, _, step = heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else 0.5)
+            delay = step()
+            with self._cond:
+                if delay is None:
+                    self.pending -= 1
+                    self._cond.notify_all()
+                else:
+                    self._seq += 1
+                    heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, step))
+                    self._cond.notify()
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+
+
+def old_pod(ns, s, pods, deadline, done, errors):
+    """`jobset-run --wait slice`: peers.wait_for_hosts's loop -- a round of resolve_batch for the names
+    still missing, then its backoff (tenacity.wait_exponential_jitter(0.1, max=3, jitter=0.5)) --
+    one round per step."""
+    import tenacity
+
+    names = [name(s, q) for q in range(pods)] + ([name(0, 0)] if s != 0 else [])
+    resolved: set = set()
+    wait = tenacity.wait_exponential_jitter(multiplier=0.1, max=3.0, jitter=0.5)
+    rounds = [0]
+
+    def step():
+        pending = [n for n in names if n not in resolved]
+        resolved.update(resolve_batch(pending, [ns], deadline=deadline).resolved)
+        if len(resolved) == len(names):
+            done.append(time.monotonic())
+            return None
+        if time.monotonic() >= deadline:
+            errors.append(f"slice {s}: {len(names) - len(resolved)} names missing at the deadline")
+            return None
+        rounds[0] += 1
+        return wait(types.SimpleNamespace(attempt_number=rounds[0]))
+
+    return step
 
 
 late = [0, 0]  # per process: target lookups that found no record yet; repeated claims
-claimed: dict = {}
 
 
-def new_pod(ns, s, p, slice_known, top_known, deadline):
-    """One member's join (and a leader's upstream join), as GroupMember + server._bound do it."""
-    def join(target, known, pod, my_ip):
-        backoff, address = admission.Backoff(), None
-        while time.monotonic() < deadline:
-            if address is None:
-                try:
-                    address = resolve_one(target, [ns])
-                except LookupError:  # its server's record is later than this pod's
-                    late[0] += 1
-                    backoff.sleep(deadline)
-                    continue
-            if known.address_of(pod) == my_ip:
-                return
-            if claimed.get(pod):
-                late[1] += 1  # asked again: the first check's answer was not back before the retry
-            claimed[pod] = True
-            known.refresh(pod)  # refused for now; the server asks for the claimant's name
-            backoff.sleep(deadline)
-        raise TimeoutError(f"{pod} did not join")
-
+def new_pod(ns, s, p, slice_known, top_known, deadline, done, errors):
+    """One member's join (a leader's: its upstream join), as GroupMember + server._bound do it:
+    resolve the server's name (retried after admission's client backoff while it has no record),
+    then claim the rank until the server has checked this pod's name."""
     me = name(s, p)
-    if p == 0:  # a leader: its own member joins its own address (no query), it joins the coordinator
-        join(name(0, 0), top_known, me, ip(s, p))
-    else:
-        join(name(s, 0), slice_known, me, ip(s, p))
-    join_at = time.monotonic()
-    return join_at
+    target, known = (name(0, 0), top_known) if p == 0 else (name(s, 0), slice_known)
+    backoff = admission.client_backoff()
+    state = {"address": None, "tries": 0, "claimed": False}
+
+    def again():
+        if time.monotonic() >= deadline:
+            errors.append(f"{me} did not join")
+            return None
+        state["tries"] += 1
+        return backoff(types.SimpleNamespace(attempt_number=state["tries"]))
+
+    def step():
+        if state["address"] is None:
+            try:
+                state["address"] = resolve_one(target, [ns])
+            except LookupError:  # its server's record is later than this pod's
+                late[0] += 1
+                return again()
+        if known.address_of(me) == ip(s, p):
+            done.append(time.monotonic())
+            return None
+        if state["claimed"]:
+            late[1] += 1  # claimed again: the server had not answered the first claim yet
+        state["claimed"] = True
+        known.refresh(me)  # refused for now; the server asks for the claimant's name
+        return again()
+
+    return step
 
 
-def worker(mode, ns, my_slices, pods, appear, t0, deadline, conn):
-    # The pods yield to the DNS server (and to everything else on the machine): what is counted is
-    # what the wrappers' logic sends, not retransmissions of a server starved of CPU by its clients.
-    os.nice(19)
-    threading.stack_size(256 * 1024)
+def worker(mode, ns, my_slices, pods, appear, t0, deadline, threads, conn):
     admission.raise_nofile_limit()
     known = {s: KnownPods({name(s, q): name(s, q) for q in range(pods)}, nameservers=[ns], on_claim=True).start()
              for s in my_slices} if mode == "new" else {}
     top = KnownPods({name(s, 0): name(s, 0) for s in my_slices}, nameservers=[ns], on_claim=True).start() \
         if mode == "new" else None
     done, errors = [], []
-
-    def pod(s, p):
-        time.sleep(max(0.0, t0 + appear[s][p] - time.monotonic()))
-        try:
+    sched = Scheduler(threads)
+    n = 0
+    for s in my_slices:
+        for p in range(pods):
             if mode == "old":
-                old_pod(ns, s, p, pods, deadline)
+                step = old_pod(ns, s, pods, deadline, done, errors)
             else:
-                new_pod(ns, s, p, known[s], top, deadline)
-            done.append(time.monotonic())
-        except Exception as e:
-            errors.append(f"{name(s, p)}: {e}")
-
-    threads = [threading.Thread(target=pod, args=(s, p), daemon=True) for s in my_slices for p in range(pods)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+                step = new_pod(ns, s, p, known[s], top, deadline, done, errors)
+            sched.add(t0 + appear[s][p], step)
+            n += 1
+    sched.start(n)
+    sched.join()
     for k in [*known.values(), *([top] if top else [])]:
         k.stop()
-    conn.send({"late_lookups": late[0], "repeat_claims": late[1], "done": len(done), "last": max(done, default=None), "errors": errors[:5], "n_errors": len(errors)})
+    conn.send({"late_lookups": late[0], "repeat_claims": late[1], "done": len(done),
+               "last": max(done, default=None), "errors": errors[:5], "n_errors": len(errors)})
 
 
 def run(mode, args, appear):
@@ -151,7 +217,7 @@ def run(mode, args, appear):
         a, b = multiprocessing.Pipe()
         p = multiprocessing.Process(target=worker, daemon=True,
                                     args=(mode, ns, list(range(w, args.slices, args.procs)), args.pods, appear,
-                                          t0, deadline, b))
+                                          t0, deadline, args.threads, b))
         p.start()
         procs.append(p)
         pipes.append(a)
@@ -190,6 +256,7 @@ def main():
     ap.add_argument("--spread", type=float, default=30.0, help="records appear within this many seconds")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds past the spread before giving up")
     ap.add_argument("--procs", type=int, default=4, help="processes the pods' threads are spread over")
+    ap.add_argument("--threads", type=int, default=32, help="threads per process running the pods' steps")
     ap.add_argument("--modes", default="old,new")
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--json", metavar="FILE")
