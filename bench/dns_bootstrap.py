@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+from collections import Counter
 import json
 import multiprocessing
 import os
@@ -55,13 +56,28 @@ def dns_process(records, conn):
     """records: [(name, ip, absolute monotonic time it becomes visible)]; answers stats on request."""
     from jobset_runtime.local.dns import DnsServer
 
-    server = DnsServer(zones=[ZONE]).start()
-    now = time.monotonic()
+    server = DnsServer(zones=[ZONE])
+    # Every query counted by its name, and by (name, id): a retransmission repeats its id.
+    by_name, by_id = Counter(), Counter()
+    answer = server._answer_safely
+
+    def counted(wire, *, udp):
+        labels, i = [], 12
+        while i < len(wire) and wire[i]:
+            labels.append(wire[i + 1:i + 1 + wire[i]].decode("ascii", "replace").lower())
+            i += 1 + wire[i]
+        qname = ".".join(labels)
+        by_name[qname] += 1
+        by_id[(qname, wire[:2])] += 1
+        return answer(wire, udp=udp)
+
+    server._answer_safely = counted
+    server.start()
     for n, a, at in records:
-        server.set(n, a, visible_after=max(0.0, at - now))
+        server.set(n, a, visible_after=max(0.0, at - time.monotonic()))  # `at` itself, however long this loop
     conn.send(server.nameserver)
     conn.recv()  # done
-    conn.send(dict(server.stats))
+    conn.send({**server.stats, "by_name": dict(by_name), "retransmissions": sum(by_id.values()) - len(by_id)})
     server.stop()
 
 
@@ -147,7 +163,13 @@ def new_pod(ns, s, p, slice_known, top_known, deadline, done, errors):
     resolve the server's name (retried after admission's client backoff while it has no record),
     then claim the rank until the server has checked this pod's name."""
     me = name(s, p)
-    target, known = (name(0, 0), top_known) if p == 0 else (name(s, 0), slice_known)
+    if p == 0:
+        # A leader's own member joins its slice's server at its own address (no lookup), whose
+        # check asks for the leader's name; then its upstream member joins the coordinator.
+        slice_known.refresh(me)
+        target, known = name(0, 0), top_known
+    else:
+        target, known = name(s, 0), slice_known
     backoff = admission.client_backoff()
     state = {"address": None, "tries": 0, "claimed": False}
 
@@ -236,6 +258,10 @@ def run(mode, args, appear):
         "queries": stats["udp"] + stats["tcp"],
         "queries_per_pod": round((stats["udp"] + stats["tcp"]) / n, 2),
         "dropped": stats["dropped"],
+        "retransmissions": stats["retransmissions"],
+        "queries_for_leader_names": sum(stats["by_name"].get(name(s, 0), 0) for s in range(args.slices)),
+        "queries_for_other_names": sum(stats["by_name"].get(name(s, p), 0)
+                                       for s in range(args.slices) for p in range(1, args.pods)),
         "member_lookups_before_the_record": sum(r["late_lookups"] for r in results),
         "repeated_claims": sum(r["repeat_claims"] for r in results),
         "pods_through": sum(r["done"] for r in results),
