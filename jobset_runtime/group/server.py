@@ -148,7 +148,10 @@ class GroupServer:
         admission.raise_nofile_limit()
         host, port = self._bind
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        listener = socket.create_server((host, port), family=family, backlog=1024)
+        # Room for the whole world connecting at once (a flat gang start); the kernel caps it at
+        # net.core.somaxconn (docs/fail-fast.md, Limits at the record scale).
+        listener = socket.create_server((host, port), family=family,
+                                        backlog=max(1024, 2 * len(self.state.world)))
         listener.setblocking(False)
         self.address = listener.getsockname()[:2]
         self.refusals.what = self.claims.what = f"group: {self.address[0]}:{self.address[1]}"
