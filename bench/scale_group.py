@@ -200,6 +200,24 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else None
 
 
+class Broke(Exception):
+    """The group did not get through a step: reported with the figures measured before it."""
+
+
+def kills(args, rng, owner, events, running_in, wait_for, aborts_ms, restarts_s):
+    for k in range(args.kills):
+        victim = rng.randrange(args.pods)
+        c = owner[victim]
+        c.send(("kill", victim))
+        t_kill = c.recv()
+        wait_for(lambda: len(running_in(k + 1)) == args.pods, f"restart {k + 1}")
+        aborts = [e[3] for e in events if e[0] == "abort" and e[2] == k]
+        if len(aborts) != args.pods:
+            raise Broke(f"kill {k + 1}: {len(aborts)} of {args.pods} members saw the abort")
+        aborts_ms.append((max(aborts) - t_kill) * 1000)
+        restarts_s.append(max(e[3] for e in events if e[0] == "running" and e[2] == k + 1) - t_kill)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=12736)
@@ -275,11 +293,11 @@ def main():
             collect()
             errors = [e for e in events if e[0].startswith("error")]
             if errors:
-                raise SystemExit(f"{what}: {len(errors)} members failed, e.g. rank {errors[0][1]}: {errors[0][0]}")
+                raise Broke(f"{what}: {len(errors)} members failed, e.g. rank {errors[0][1]}: {errors[0][0]}")
             if pred():
                 return
             time.sleep(0.2)
-        raise SystemExit(f"{what}: not within {timeout:g} s")
+        raise Broke(f"{what}: not within {timeout:g} s")
 
     for c in member_pipes:
         c.send(("join",))
@@ -289,24 +307,18 @@ def main():
     def running_in(epoch):
         return {e[1] for e in events if e[0] == "running" and e[2] == epoch}
 
-    wait_for(lambda: len(running_in(0)) == args.pods, "gang start")
-    last_called = max(e[3] for e in events if e[0] == "join_called")
-    gang_start_s = max(e[3] for e in events if e[0] == "running" and e[2] == 0) - last_called
-
+    broke, gang_start_s = None, None
     rng = random.Random(args.seed)
     aborts_ms, restarts_s = [], []
-    for k in range(args.kills):
-        victim = rng.randrange(args.pods)
-        c = owner[victim]
-        c.send(("kill", victim))
-        t_kill = c.recv()
-        wait_for(lambda: len(running_in(k + 1)) == args.pods, f"restart {k + 1}")
-        aborts = [e[3] for e in events if e[0] == "abort" and e[2] == k]
-        if len(aborts) != args.pods:
-            raise SystemExit(f"kill {k + 1}: {len(aborts)} of {args.pods} members saw the abort")
-        aborts_ms.append((max(aborts) - t_kill) * 1000)
-        restarts_s.append(max(e[3] for e in events if e[0] == "running" and e[2] == k + 1) - t_kill)
+    try:
+        wait_for(lambda: len(running_in(0)) == args.pods, "gang start")
+        last_called = max(e[3] for e in events if e[0] == "join_called")
+        gang_start_s = max(e[3] for e in events if e[0] == "running" and e[2] == 0) - last_called
+        kills(args, rng, owner, events, running_in, wait_for, aborts_ms, restarts_s)
+    except Broke as e:
+        broke = str(e)  # what broke is a result too: the figures up to it are written with it
     sampler.sample()
+
     coord_cpu = usage(coord_p.pid).get("cpu_s")
     for c in member_pipes:
         c.send(("stop",))
@@ -331,7 +343,9 @@ def main():
         "bench": "scale_group", "pods": args.pods, "slices": args.slices, "tree": args.slices > 1,
         "kills": args.kills, "heartbeat_s": args.heartbeat, "deadline_s": args.deadline,
         "member_processes": len(member_ps), "leader_processes": len(leader_ps),
-        "gang_start_s": round(gang_start_s, 3),
+        "broke": broke,
+        "kills_done": len(aborts_ms),
+        "gang_start_s": None if gang_start_s is None else round(gang_start_s, 3),
         "kill_to_last_abort_ms": {"p50": round(pct(aborts_ms, 50), 1), "p99": round(pct(aborts_ms, 99), 1),
                                   "max": round(max(aborts_ms), 1)} if aborts_ms else None,
         "inplace_restart_s": {"p50": round(pct(restarts_s, 50), 3), "max": round(max(restarts_s), 3)}
@@ -351,7 +365,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    return 0
+    return 1 if broke else 0
 
 
 if __name__ == "__main__":
