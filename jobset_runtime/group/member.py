@@ -407,6 +407,10 @@ class GroupMember:
                     last_rx = time.monotonic()
                 now = time.monotonic()
                 if now - last_rx > self.deadline:
+                    if poller.poll(0):
+                        # A thread that waited long for the CPU (a loaded node) wakes past the deadline
+                        # with the coordinator's frames already queued: read them before judging.
+                        continue
                     return f"no word from the coordinator for more than {self.deadline:g} s"
                 if now >= next_hb:
                     self._send({"t": "hb", "attempt": self.attempt, "epoch": self.epoch})

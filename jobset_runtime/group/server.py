@@ -241,6 +241,10 @@ class GroupServer:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
+            # After a stall of the loop (a loaded node), the frames that arrived meanwhile are read by
+            # tasks woken in this same turn: let them run before anyone is judged silent.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
             now = self._loop.time()
             hb = self.state.heartbeat()
             self.refusals.flush_due()
