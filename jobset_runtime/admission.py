@@ -153,12 +153,21 @@ class RefusalLog:
 
 class KnownPods:
     """The addresses of the pods a listener expects, from their DNS names, resolved in a
-    background thread until every name has an address (and again on request)."""
+    background thread until every name has an address (and again on request).
 
-    def __init__(self, names: dict[str, str], nameservers=None, retry_s: float = 2.0, family: str = "auto"):
+    on_claim=True: a name is asked for only when its pod claims it (refresh(pod), on a join
+    that could not be checked yet), never ahead: one query per pod when its record is there by
+    the time it connects, as it is for a running pod, and no NXDOMAIN asked for early that a
+    caching resolver would keep (docs/peers.md, DNS load).  Its addresses are then known only
+    once their pods have connected, so admission treats a first connection as unknown."""
+
+    def __init__(self, names: dict[str, str], nameservers=None, retry_s: float = 2.0, on_claim: bool = False,
+                 family: str = "auto"):
         """names: pod -> DNS name to resolve; family: the pods' address family (peers.family_of)."""
         self._names, self._nameservers, self.retry_s = dict(names), nameservers, retry_s
         self._family = family
+        self.on_claim = on_claim
+        self._claimed: set[str] = set()
         self._by_pod: dict[str, str] = {}
         self._addresses: set[str] = set()
         self._lock = threading.Lock()
@@ -177,6 +186,8 @@ class KnownPods:
         if pod is not None:
             with self._lock:
                 self._by_pod.pop(pod, None)
+                if pod in self._names:
+                    self._claimed.add(pod)
         self._wake.set()
 
     def start(self) -> KnownPods:
@@ -193,8 +204,13 @@ class KnownPods:
         from .peers import resolve_batch
 
         while not self._stop.is_set():
+            self._wake.clear()  # before reading the claims: one made from now on wakes the wait below
             with self._lock:
-                todo = {pod: name for pod, name in self._names.items() if pod not in self._by_pod}
+                if self.on_claim:
+                    todo = {pod: self._names[pod] for pod in self._claimed if pod not in self._by_pod}
+                    self._claimed.clear()
+                else:
+                    todo = {pod: name for pod, name in self._names.items() if pod not in self._by_pod}
             if todo:
                 try:
                     got = resolve_batch(list(todo.values()), self._nameservers, tries=2,
@@ -207,8 +223,8 @@ class KnownPods:
                         if name in got:
                             self._by_pod[pod] = got[name]
                     self._addresses = set(self._by_pod.values())
-            self._wake.wait(self.retry_s if todo else None)
-            self._wake.clear()
+            # On claim: the pod's next claim (after its backoff) asks again, nothing else does.
+            self._wake.wait(self.retry_s if todo and not self.on_claim else None)
 
 
 def raise_nofile_limit() -> tuple[int, int]:

@@ -161,7 +161,8 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
 def _run_options(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--wait", choices=contract.WAIT_SCOPES, default="coordinator",
-                   help="which peers must resolve in DNS before CMD starts (default: coordinator)")
+                   help="which peers must resolve in DNS before CMD starts (default: coordinator); with the "
+                        "group channel its gang start checks every pod's name, so no wait of its own (docs/peers.md)")
     _wait_options(p, 300.0)
     tpu = p.add_mutually_exclusive_group()
     tpu.add_argument("--tpu", dest="tpu", action="store_true", default=None,
@@ -249,7 +250,10 @@ def cmd_run(args) -> int:
     if args.doctor:
         return _doctor_then(args, command)
     ident = _identity()
-    resolved = wait_for_scope(ident, args.wait, args.timeout)
+    # With the group channel, the wait is folded into the gang start (docs/peers.md, DNS load):
+    # each member asks DNS only for the server it joins, each server checks the name of every pod
+    # that joins it, and the start says when every name of the world resolved.
+    resolved = {} if group else wait_for_scope(ident, args.wait, args.timeout)
     exported = exports.runtime_env(ident)
     master = (address_of(ident, ident.fqdn(ident.coordinator), resolved, args.timeout)
               if args.master_addr == "ip" else None)
@@ -294,6 +298,9 @@ def cmd_run(args) -> int:
             join_timeout=group_timeout, deadline=args.heartbeat_deadline))
         outcome = supervisor.Outcome(contract.EXIT_PEER_FAILED)
         try:
+            if not session.member.names_resolved:
+                # A group whose servers could not vouch for the names: wait as without one.
+                wait_for_scope(ident, args.wait, args.timeout)
             outcome = supervisor.run_in_group(command, env, session.member, session.member.me,
                                               restarts=args.restarts, grace=args.grace,
                                               barrier_timeout=group_timeout)

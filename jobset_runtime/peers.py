@@ -42,7 +42,8 @@ from .nameservers import Nameserver, format_nameserver, parse_one, system_namese
 
 log = logging.getLogger("jobset_runtime.peers")
 
-__all__ = ["FAMILIES", "NO_REPLY", "BatchResult", "family_of", "resolve_batch", "wait_for_hosts", "wait_for_ports"]
+__all__ = ["FAMILIES", "NO_REPLY", "BatchResult", "family_of", "resolve_batch", "resolve_one", "wait_for_hosts",
+           "wait_for_ports"]
 
 NO_REPLY = "no reply"
 NODATA = "no A record"
@@ -218,6 +219,17 @@ def resolve_batch(
             for name, question in engine.run(no_a):
                 _tcp_phase(name, question, servers, result, max_rto * 2, deadline)
     return result
+
+
+def resolve_one(name: str, nameservers=None, *, timeout: float = 2.0, family: str = "auto") -> str:
+    """One name's address, from one query in the pod's family (retransmitted only if unanswered).
+
+    Raises LookupError naming the last answer (NXDOMAIN, no reply, ...) when it has none:
+    the caller decides when to ask again (a group member: after its backoff)."""
+    got = resolve_batch([name], nameservers, tries=2, deadline=time.monotonic() + timeout, family=family)
+    if name in got.resolved:
+        return got.resolved[name]
+    raise LookupError(f"{name} does not resolve yet ({_verdict(got.failed.get(name))})")
 
 
 class _UdpEngine:

@@ -104,3 +104,26 @@ def test_retrying_retries_what_it_is_told_until_the_deadline_then_raises_the_las
             with attempt:
                 calls.append(0)
                 raise ValueError("a wrong token")
+
+
+def test_known_pods_on_claim_asks_for_a_name_only_when_its_pod_claims_it():
+    from jobset_runtime.local.dns import DnsServer
+
+    with DnsServer(zones=["svc.cluster.local"]) as dns:
+        names = {f"pod-{i}": f"pod-{i}.js.default.svc.cluster.local" for i in range(20)}
+        for i, n in enumerate(names.values()):
+            dns.set(n, f"10.0.0.{i + 1}")
+        known = admission.KnownPods(names, nameservers=[dns.nameserver], on_claim=True).start()
+        try:
+            time.sleep(0.5)
+            assert dns.stats["udp"] == 0 and known.address_of("pod-3") is None
+            known.refresh("pod-3")
+            end = time.monotonic() + 10
+            while known.address_of("pod-3") is None and time.monotonic() < end:
+                time.sleep(0.01)
+            assert known.address_of("pod-3") == "10.0.0.4" and known("10.0.0.4")
+            time.sleep(0.3)
+            assert dns.stats["udp"] == 1  # that one name, once; no round for the 19 others
+            assert known.address_of("pod-4") is None
+        finally:
+            known.stop()

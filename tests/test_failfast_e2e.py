@@ -124,3 +124,21 @@ def test_in_place_restart_completes_in_the_same_pods(tmp_path, tree):
         assert (log / f"{host}-2").exists(), host  # everyone ran the last, successful epoch
         ips = {p.read_text() for p in log.glob(f"{host}-?")}
         assert len(ips) == 1, (host, ips)  # in the same pod, with the same IP
+
+
+@pytest.mark.parametrize("tree", ["off", "on"])
+def test_with_the_group_channel_the_slice_wait_is_the_gang_start(tmp_path, tree):
+    # `--wait slice`: no DNS wait of the wrapper's own before the group joins; the start vouches for
+    # the names, and the command finds every pod's name resolved when it starts.
+    program = ("import os, socket\n"
+               "sub = os.environ['JOBSET_RUNTIME_FQDN'].split('.', 1)[1]\n"
+               f"for h in {HOSTS!r}:\n"
+               "    socket.gethostbyname(h + '.' + sub)\n")
+    r, out = run_jobset(tmp_path, program, tree, wait="slice")
+    assert r.returncode == 0, out[-4000:]
+    assert re.search(r"ff\s+Completed\s+0\s", out), out[-2000:]
+    logs = {p.name: p.read_text() for p in (tmp_path / "run").glob("ff-worker-*.log")}
+    assert len(logs) == len(HOSTS), sorted(logs)
+    # wait_for_scope logs "waiting for N hosts (slice)" when it runs: the wrappers' own wait did not.
+    assert not [name for name, text in logs.items() if re.search(r"waiting for \d+ hosts? \(", text)], logs
+    assert any("members joined; start" in text or "every slice joined; start" in text for text in logs.values()), logs

@@ -69,7 +69,7 @@ class GroupMember:
     def __init__(self, *, server: tuple[str, int] | str, me: MemberId, world: list[MemberId],
                  token: bytes | None, insecure: bool = False, attempt: int,
                  heartbeat: float = 0.5, deadline: float = 3.0, connect_timeout: float = 2.0,
-                 source: str | None = None):
+                 source: str | None = None, resolve=None):
         self._key = check_auth(token, insecure)
         self.server = (server, contract.GROUP_PORT) if isinstance(server, str) else tuple(server)
         ranks = {m.rank: m for m in world}
@@ -80,6 +80,13 @@ class GroupMember:
         # The pod's own address as the source, so the coordinator sees the address its DNS name
         # has (a pod with several addresses, or loopback pods, would otherwise send from another).
         self.source = source
+        # resolve(name) -> ip: how the server's name is looked up (peers.resolve_one: one A query
+        # to cluster DNS, docs/peers.md), raising LookupError while its record is missing; asked
+        # again only after a connection to the address failed.  None: the system's getaddrinfo.
+        self._resolve = resolve
+        self._address: str | None = None
+        # The start said every name of the world resolved at the servers (state.py, `bound`).
+        self.names_resolved = False
         # Made now, not when first turned away: what it imports (tenacity) must not have to be
         # opened while the process is out of descriptors.
         self._backoff = admission.Backoff()
@@ -95,6 +102,7 @@ class GroupMember:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._refused: str | None = None  # a refusal that retrying cannot fix
+        self._config_error: ConfigError | None = None  # e.g. no DNS server to ask
         self._last_error = "no answer yet"
         self._missing: list[MemberId] | None = None
         self._n_missing: int | None = None
@@ -131,6 +139,8 @@ class GroupMember:
             raise GroupAborted(self.abort_cause)
         self._shutdown()
         host, port = self.server
+        if self._config_error is not None:
+            raise self._config_error
         if refused is not None:
             raise GroupAborted(Failure(None, host, None, f"refused this member: {refused}"))
         missing = ""
@@ -277,7 +287,13 @@ class GroupMember:
             while not self._closing:
                 try:
                     self._connect(join_deadline)
-                except (OSError, wire.ProtocolError, _Refused) as e:
+                except ConfigError as e:
+                    with self._cond:
+                        self._config_error = e
+                        self._refused = str(e)
+                        self._cond.notify_all()
+                    return
+                except (OSError, LookupError, wire.ProtocolError, _Refused) as e:
                     self._last_error = str(e) or e.__class__.__name__
                     if isinstance(e, _Refused) and not e.retry:
                         with self._cond:
@@ -322,16 +338,22 @@ class GroupMember:
 
     def _connect(self, join_deadline: float) -> None:
         left = max(0.05, min(self.connect_timeout, join_deadline - time.monotonic()))
+        target = self.server
+        if self._resolve is not None:
+            if self._address is None:
+                self._address = self._resolve(self.server[0])  # LookupError: not there yet, retried
+            target = (self._address, self.server[1])
         try:
-            sock = socket.create_connection(self.server, timeout=left,
+            sock = socket.create_connection(target, timeout=left,
                                             source_address=(self.source, 0) if self.source else None)
         except OSError as e:
             if not (self.source and e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL)):
+                self._address = None  # the server's pod may have a new address
                 raise
             log.warning("group: cannot connect from this pod's address %s (%s); letting the system choose",
                         self.source, e.strerror)
             self.source = None
-            sock = socket.create_connection(self.server, timeout=left)
+            sock = socket.create_connection(target, timeout=left)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # As long as the server may take (its handshake deadline, admission.Limits): a member
@@ -387,6 +409,10 @@ class GroupMember:
                     last_rx = time.monotonic()
                 now = time.monotonic()
                 if now - last_rx > self.deadline:
+                    if poller.poll(0):
+                        # A thread that waited long for the CPU (a loaded node) wakes past the deadline
+                        # with the coordinator's frames already queued: read them before judging.
+                        continue
                     return f"no word from the coordinator for more than {self.deadline:g} s"
                 if now >= next_hb:
                     self._send({"t": "hb", "attempt": self.attempt, "epoch": self.epoch})
@@ -427,6 +453,7 @@ class GroupMember:
             return
         if kind == "start":
             if phase is MemberPhase.WAITING:
+                self.names_resolved = msg.get("dns") == "all"
                 self._set_phase(MemberPhase.RUNNING)
         elif kind == "abort":
             self._abort(Failure.from_message(msg))

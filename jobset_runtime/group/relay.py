@@ -34,10 +34,11 @@ class SliceLeader:
                  token: bytes | None, insecure: bool = False, attempt: int,
                  heartbeat: float = 0.5, deadline: float = 3.0,
                  join_timeout: float = 600.0, barrier_timeout: float = 600.0, known=None,
-                 source: str | None = None):
+                 source: str | None = None, resolve=None):
         self.join_timeout, self.barrier_timeout = join_timeout, barrier_timeout
         self.up = GroupMember(server=upstream, me=me, world=leaders, token=token, insecure=insecure,
-                              attempt=attempt, heartbeat=heartbeat, deadline=deadline, source=source)
+                              attempt=attempt, heartbeat=heartbeat, deadline=deadline, source=source,
+                              resolve=resolve)
         self.server = GroupServer(bind=bind, world=slice_world, token=token, insecure=insecure,
                                   attempt=attempt, heartbeat=heartbeat, deadline=deadline, on_up=self._on_up,
                                   known=known)
@@ -83,7 +84,7 @@ class SliceLeader:
         except JobSetRuntimeError as e:
             self._lost(e)
             return
-        self.server.upstream("start")
+        self.server.upstream("start", names_resolved=self.up.names_resolved)
 
     def _finish(self) -> None:
         try:

@@ -69,7 +69,7 @@ class GroupServer:
         # known: the world's pods resolved from DNS -- admitted first, and a rank is bound to
         # its pod's address (docs/fail-fast.md, Threat model).  None: no binding (tests, bench).
         self.known = known
-        self.state = GroupState(list(world), attempt, relay=on_up is not None)
+        self.state = GroupState(list(world), attempt, relay=on_up is not None, bound=known is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -148,7 +148,10 @@ class GroupServer:
         admission.raise_nofile_limit()
         host, port = self._bind
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        listener = socket.create_server((host, port), family=family, backlog=1024)
+        # Room for the whole world connecting at once (a flat gang start); the kernel caps it at
+        # net.core.somaxconn (docs/fail-fast.md, Limits at the record scale).
+        listener = socket.create_server((host, port), family=family,
+                                        backlog=max(1024, 2 * len(self.state.world)))
         listener.setblocking(False)
         self.address = listener.getsockname()[:2]
         self.refusals.what = self.claims.what = f"group: {join_host_port(*self.address)}"
@@ -210,11 +213,16 @@ class GroupServer:
                 continue
             self._tasks.add(self._loop.create_task(self._serve(reader, writer, addr)))
 
-    def upstream(self, event: str, failure: Failure | None = None) -> None:
+    def upstream(self, event: str, failure: Failure | None = None, names_resolved: bool = False) -> None:
         """Relay mode, from any thread: the leaders' group's answer (start, abort, complete, restart)."""
         def apply():
             step = getattr(self.state, f"up_{event}")
-            self._apply(step(failure) if event == "abort" else step())
+            if event == "abort":
+                self._apply(step(failure))
+            elif event == "start":
+                self._apply(step(names_resolved))
+            else:
+                self._apply(step())
 
         try:
             self._loop.call_soon_threadsafe(apply)
@@ -233,6 +241,10 @@ class GroupServer:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
+            # After a stall of the loop (a loaded node), the frames that arrived meanwhile are read by
+            # tasks woken in this same turn: let them run before anyone is judged silent.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
             now = self._loop.time()
             hb = self.state.heartbeat()
             self.refusals.flush_due()

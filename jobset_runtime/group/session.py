@@ -68,7 +68,7 @@ def _own_address(ident: Identity, opts: GroupOptions) -> str:
     if ident.pod_ip:
         return ident.pod_ip
     try:
-        return _address(ident, ident.fqdn(), opts)
+        return opts.addresses.get(ident.fqdn()) or _own_lookup(ident, ident.fqdn(), opts.join_timeout)
     except JobSetRuntimeError as e:
         raise ConfigError(
             f"cannot tell this pod's IP for the group channel ({ident.fqdn()}: {e}); set "
@@ -76,21 +76,26 @@ def _own_address(ident: Identity, opts: GroupOptions) -> str:
         ) from None
 
 
-def _address(ident: Identity, fqdn: str, opts: GroupOptions) -> str:
-    """Where `fqdn` is, as the runtime's resolver answered (the wait's answer when it asked)."""
-    if fqdn in opts.addresses:
-        return opts.addresses[fqdn]
-    from ..peers import family_of, wait_for_hosts
+def _address(fqdn: str, opts: GroupOptions) -> str:
+    """The wait's answer for `fqdn` when it asked; else the name, which the member resolves
+    with the runtime's own resolver as it connects (never the system resolver)."""
+    return opts.addresses.get(fqdn, fqdn)
 
-    return wait_for_hosts([fqdn], timeout=opts.join_timeout, family=family_of(ident.pod_ip))[fqdn]
+
+def _own_lookup(ident: Identity, fqdn: str, timeout: float) -> str:
+    from ..addresses import family_of
+    from ..peers import wait_for_hosts
+
+    return wait_for_hosts([fqdn], timeout=timeout, family=family_of(ident.pod_ip))[fqdn]
 
 
 def _known(ident: Identity, world: list[MemberId]):
-    """The members' pods by DNS name: admitted first, each rank bound to its pod's address."""
+    """The members' pods by DNS name, each rank bound to its pod's address; a name is asked for
+    when its pod joins, once (docs/peers.md, DNS load)."""
     from ..addresses import family_of
     from ..admission import KnownPods
 
-    return KnownPods({m.pod: ident.fqdn(m.pod) for m in world}, family=family_of(ident.pod_ip))
+    return KnownPods({m.pod: ident.fqdn(m.pod) for m in world}, on_claim=True, family=family_of(ident.pod_ip))
 
 
 def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
@@ -105,12 +110,19 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
     me = world[ident.rank]
     common = dict(token=token, insecure=opts.insecure, attempt=ident.restart_attempt,
                   heartbeat=opts.heartbeat, deadline=opts.deadline)
+    import functools
+
+    from ..addresses import family_of
+    from ..peers import resolve_one
+
+    # The server's name: one query to cluster DNS per try, in this pod's address family.
+    resolve = functools.partial(resolve_one, family=family_of(ident.pod_ip))
     groups = slices(ident.topology, world)
     tree = len(groups) > 1 and (opts.tree == "on" or (opts.tree == "auto" and len(world) > TREE_ABOVE))
     mine = next(g for g in groups if me in g) if tree else world
     hosts_server = ident.is_coordinator if not tree else me == mine[0]
     address = _own_address(ident, opts) if hosts_server or ident.is_coordinator else None
-    coordinator = address if ident.is_coordinator else _address(ident, ident.fqdn(ident.coordinator), opts)
+    coordinator = address if ident.is_coordinator else _address(ident.fqdn(ident.coordinator), opts)
     servers = []
     try:
         if ident.is_coordinator:
@@ -128,14 +140,14 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
             leader = SliceLeader(bind=(address, opts.port), slice_world=mine, me=me,
                                  upstream=(coordinator, opts.leaders_port), leaders=[g[0] for g in groups],
                                  join_timeout=opts.join_timeout, barrier_timeout=opts.join_timeout,
-                                 known=_known(ident, mine), source=ident.pod_ip, **common)
+                                 known=_known(ident, mine), source=ident.pod_ip, resolve=resolve, **common)
             leader.start()
             servers.append(leader)
         if tree:
-            target = (address if hosts_server else _address(ident, ident.fqdn(mine[0].pod), opts), opts.port)
+            target = (address if hosts_server else _address(ident.fqdn(mine[0].pod), opts), opts.port)
         else:
             target = (coordinator, opts.port)
-        member = GroupMember(server=target, me=me, world=mine, source=ident.pod_ip, **common)
+        member = GroupMember(server=target, me=me, world=mine, source=ident.pod_ip, resolve=resolve, **common)
         try:
             member.join(opts.join_timeout)
         except BaseException:

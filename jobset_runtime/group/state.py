@@ -78,7 +78,7 @@ class Failure:
 
 
 class GroupState:
-    def __init__(self, world: list[MemberId], attempt: int, relay: bool = False):
+    def __init__(self, world: list[MemberId], attempt: int, relay: bool = False, bound: bool = False):
         if not world:
             raise ValueError("the group's world is empty")
         self.world = {m.rank: m for m in world}
@@ -94,6 +94,10 @@ class GroupState:
         self.relay = relay
         self._aborted_down = False  # relay mode: the abort of this epoch went to the members
         self.left_after_abort = False  # someone left after the abort: no barrier can complete
+        # Every join is bound to the address its pod's DNS name resolves to (server.py), so once
+        # all have joined, every name of this world resolved: the start says so (dns="all"),
+        # and a wrapper needs no DNS wait of its own for its peers (docs/peers.md).
+        self.bound = bound
 
     def _msg(self, kind: str, **fields) -> dict:
         return {"t": kind, "attempt": self.attempt, "epoch": self.epoch, **fields}
@@ -129,7 +133,7 @@ class GroupState:
             self.phase = Phase.RUNNING
             log.info("group: all %d members joined; start (attempt %d, epoch %d)",
                      len(self.world), self.attempt, self.epoch)
-            return [(ALL, self._msg("start"))]
+            return [(ALL, self._start(self.bound))]
         return []
 
     def fail(self, rank: int, code: int | None, cause: str, epoch: int | None = None,
@@ -199,12 +203,16 @@ class GroupState:
         return []
 
     # --- relay mode: answers from the leaders' group ---------------------------------
-    def up_start(self) -> list:
+    def _start(self, names_resolved: bool) -> dict:
+        return self._msg("start", dns="all") if names_resolved else self._msg("start")
+
+    def up_start(self, names_resolved: bool = False) -> list:
+        """names_resolved: the leaders' group vouched for every other slice's names."""
         if self.phase is not Phase.WAITING:
             return []
         self.phase = Phase.RUNNING
         log.info("group: every slice joined; start (attempt %d, epoch %d)", self.attempt, self.epoch)
-        return [(ALL, self._msg("start"))]
+        return [(ALL, self._start(self.bound and names_resolved))]
 
     def up_abort(self, failure: Failure) -> list:
         """The leaders' group aborted (or was lost): pass its first failure down, once per epoch."""

@@ -100,7 +100,7 @@ SCHEMAS: dict[str, dict[str, type | tuple]] = {
     "welcome": {**_SCOPED},
     "refused": {**_SCOPED, "reason": str, "retry": bool},
     "hb": {**_SCOPED},  # in the waiting phase also missing=[[rank, pod], ...], n_missing
-    "start": {**_SCOPED},
+    "start": {**_SCOPED},  # also dns="all" when the servers checked every pod's name (docs/peers.md)
     "abort": {**_SCOPED, "rank": (int, type(None)), "pod": str, "code": (int, type(None)), "cause": str},
     "complete": {**_SCOPED},
     "restart": {**_SCOPED},

@@ -391,7 +391,12 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     """The whole launcher; returns the exit code.  `marks` receives timestamps (benchmarks)."""
     marks = marks if marks is not None else {}
     marks["start"] = time.monotonic()
+    from ..admission import raise_nofile_limit
     from ..peers import family_of, wait_for_hosts
+
+    # One watch channel per worker: 12,736 descriptors at the record scale, past a container's
+    # usual soft limit of 1,024 (docs/mpi.md, At the record scale).
+    raise_nofile_limit()
 
     if opts.transport not in TRANSPORTS:
         raise ConfigError(f"--transport {opts.transport}: use one of {', '.join(TRANSPORTS)}")

@@ -132,3 +132,19 @@ def test_flat_group_names_a_relayed_failure_by_its_origin():
     s = running()
     out = s.fail(0, 2, "in slice 0", epoch=0, origin=MemberId(17, "pod-17"))
     assert (out[0][1]["rank"], out[0][1]["pod"]) == (17, "pod-17")
+
+
+@pytest.mark.parametrize("bound, relay, upstream_vouches, says", [
+    (True, False, None, "all"),  # flat: every join was checked against its pod's DNS name
+    (False, False, None, None),  # no address binding: nothing to vouch for
+    (True, True, True, "all"),  # a slice leader: its slice checked, and the leaders' group vouched
+    (True, True, False, None),  # ... but not for the other slices
+    (False, True, True, None),
+])
+def test_the_start_says_every_name_resolved_only_when_every_join_was_checked(bound, relay, upstream_vouches, says):
+    s = GroupState(WORLD, 1, relay=relay, bound=bound)
+    outs = [o for r in range(3) for o in s.join(r)]
+    if relay:
+        assert kinds(outs) == [("up", "ready")]
+        outs = s.up_start(upstream_vouches)
+    assert kinds(outs) == [(ALL, "start")] and outs[0][1].get("dns") == says

@@ -1,0 +1,309 @@
+"""DNS load of a whole bootstrap: every query the pods of a S x P tpu-multislice JobSet send while they
+come up, counted at the DNS server, the old way and the new way in one run (docs/peers.md, DNS load).
+
+Each pod's record appears at a random moment within --spread seconds, as a real cluster's do, and its
+wrapper starts at that moment.  The embedded DNS server (jobset_runtime.local.dns) runs in a process of
+its own and counts every datagram it receives; the pods' wrappers are chains of steps run by a few
+threads in each of --procs processes (Scheduler), each step doing what the product does:
+
+  old: `jobset-run --wait slice`: peers.wait_for_hosts's rounds for its slice's names and the
+       coordinator's, the baseline (it leaves out the group channel's own lookups that came after
+       it; a round that waits for a free thread is late, which only lowers this count);
+  new: the group's gang start through the tree: a member asks peers.resolve_one for its slice leader's
+       name (a leader: the coordinator's), retrying after admission.Backoff while it has no record,
+       then claims its rank at its server, whose KnownPods(on_claim=True) asks for the claimant's name
+       (server._bound's check, called here directly in place of the TCP handshake).  The start is
+       given once every claim is bound; at that moment every name must already resolve.
+
+Each process holds the KnownPods of its own slices' leaders, and one for its share of the leaders'
+group (the same queries as the coordinator's one KnownPods: one per leader that claims).
+
+    PYTHONPATH=. python bench/dns_bootstrap.py [--slices 199] [--pods 64] [--spread 30] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+from collections import Counter
+import json
+import multiprocessing
+import os
+import random
+import sys
+import threading
+import time
+import types
+
+from jobset_runtime import admission
+from jobset_runtime.admission import KnownPods
+from jobset_runtime.peers import resolve_batch, resolve_one
+
+SUB = "js.default.svc.cluster.local"
+ZONE = "svc.cluster.local"
+
+
+def name(s, p):
+    return f"js-slice-{s}-{p}.{SUB}"
+
+
+def ip(s, p):
+    i = s * 256 + p + 1
+    return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+
+
+def dns_process(records, conn):
+    """records: [(name, ip, absolute monotonic time it becomes visible)]; answers stats on request."""
+    from jobset_runtime.local.dns import DnsServer
+
+    server = DnsServer(zones=[ZONE])
+    # Every query counted by its name, and by (name, id): a retransmission repeats its id.
+    by_name, by_id = Counter(), Counter()
+    answer = server._answer_safely
+
+    def counted(wire, *, udp):
+        labels, i = [], 12
+        while i < len(wire) and wire[i]:
+            labels.append(wire[i + 1:i + 1 + wire[i]].decode("ascii", "replace").lower())
+            i += 1 + wire[i]
+        qname = ".".join(labels)
+        by_name[qname] += 1
+        by_id[(qname, wire[:2])] += 1
+        return answer(wire, udp=udp)
+
+    server._answer_safely = counted
+    server.start()
+    for n, a, at in records:
+        server.set(n, a, visible_after=max(0.0, at - time.monotonic()))  # `at` itself, however long this loop
+    conn.send(server.nameserver)
+    conn.recv()  # done
+    conn.send({**server.stats, "by_name": dict(by_name), "retransmissions": sum(by_id.values()) - len(by_id)})
+    server.stop()
+
+
+class Scheduler:
+    """Each pod as a chain of steps on a few threads (a thread per pod, 12,736 of them, would starve
+    the DNS server of CPU and count its retransmissions instead of the pods' logic).  A step is
+    step() -> seconds until its next step, or None when the pod is through."""
+
+    def __init__(self, threads: int):
+        self._heap, self._seq, self._cond = [], 0, threading.Condition()
+        self.pending = 0
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def add(self, at: float, step) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (at, self._seq, step))
+            self._cond.notify()
+
+    def start(self, n: int) -> None:
+        self.pending = n
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self.pending == 0:
+                        self._cond.notify_all()
+                        return
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        at, _, step = heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else 0.5)
+            delay = step()
+            with self._cond:
+                if delay is None:
+                    self.pending -= 1
+                    self._cond.notify_all()
+                else:
+                    self._seq += 1
+                    heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, step))
+                    self._cond.notify()
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+
+
+def old_pod(ns, s, pods, deadline, done, errors):
+    """`jobset-run --wait slice`: peers.wait_for_hosts's loop -- a round of resolve_batch for the names
+    still missing, then its backoff (tenacity.wait_exponential_jitter(0.1, max=3, jitter=0.5)) --
+    one round per step."""
+    import tenacity
+
+    names = [name(s, q) for q in range(pods)] + ([name(0, 0)] if s != 0 else [])
+    resolved: set = set()
+    wait = tenacity.wait_exponential_jitter(multiplier=0.1, max=3.0, jitter=0.5)
+    rounds = [0]
+
+    def step():
+        pending = [n for n in names if n not in resolved]
+        resolved.update(resolve_batch(pending, [ns], deadline=deadline).resolved)
+        if len(resolved) == len(names):
+            done.append(time.monotonic())
+            return None
+        if time.monotonic() >= deadline:
+            errors.append(f"slice {s}: {len(names) - len(resolved)} names missing at the deadline")
+            return None
+        rounds[0] += 1
+        return wait(types.SimpleNamespace(attempt_number=rounds[0]))
+
+    return step
+
+
+late = [0, 0]  # per process: target lookups that found no record yet; repeated claims
+
+
+def new_pod(ns, s, p, slice_known, top_known, deadline, done, errors):
+    """One member's join (a leader's: its upstream join), as GroupMember + server._bound do it:
+    resolve the server's name (retried after admission's client backoff while it has no record),
+    then claim the rank until the server has checked this pod's name."""
+    me = name(s, p)
+    if p == 0:
+        # A leader's own member joins its slice's server at its own address (no lookup), whose
+        # check asks for the leader's name; then its upstream member joins the coordinator.
+        slice_known.refresh(me)
+        target, known = name(0, 0), top_known
+    else:
+        target, known = name(s, 0), slice_known
+    backoff = admission.client_backoff()
+    state = {"address": None, "tries": 0, "claimed": False}
+
+    def again():
+        if time.monotonic() >= deadline:
+            errors.append(f"{me} did not join")
+            return None
+        state["tries"] += 1
+        return backoff(types.SimpleNamespace(attempt_number=state["tries"]))
+
+    def step():
+        if state["address"] is None:
+            try:
+                state["address"] = resolve_one(target, [ns])
+            except LookupError:  # its server's record is later than this pod's
+                late[0] += 1
+                return again()
+        if known.address_of(me) == ip(s, p):
+            done.append(time.monotonic())
+            return None
+        if state["claimed"]:
+            late[1] += 1  # claimed again: the server had not answered the first claim yet
+        state["claimed"] = True
+        known.refresh(me)  # refused for now; the server asks for the claimant's name
+        return again()
+
+    return step
+
+
+def worker(mode, ns, my_slices, pods, appear, t0, deadline, threads, conn):
+    admission.raise_nofile_limit()
+    known = {s: KnownPods({name(s, q): name(s, q) for q in range(pods)}, nameservers=[ns], on_claim=True).start()
+             for s in my_slices} if mode == "new" else {}
+    top = KnownPods({name(s, 0): name(s, 0) for s in my_slices}, nameservers=[ns], on_claim=True).start() \
+        if mode == "new" else None
+    done, errors = [], []
+    sched = Scheduler(threads)
+    n = 0
+    for s in my_slices:
+        for p in range(pods):
+            if mode == "old":
+                step = old_pod(ns, s, pods, deadline, done, errors)
+            else:
+                step = new_pod(ns, s, p, known[s], top, deadline, done, errors)
+            sched.add(t0 + appear[s][p], step)
+            n += 1
+    sched.start(n)
+    sched.join()
+    for k in [*known.values(), *([top] if top else [])]:
+        k.stop()
+    conn.send({"late_lookups": late[0], "repeat_claims": late[1], "done": len(done),
+               "last": max(done, default=None), "errors": errors[:5], "n_errors": len(errors)})
+
+
+def run(mode, args, appear):
+    records = [(name(s, p), ip(s, p), 0.0) for s in range(args.slices) for p in range(args.pods)]
+    parent, child = multiprocessing.Pipe()
+    t0 = time.monotonic() + 3.0 + args.slices * args.pods / 4000  # room to start the threads
+    records = [(n, a, t0 + appear[s][p]) for (n, a, _), (s, p) in
+               zip(records, [(s, p) for s in range(args.slices) for p in range(args.pods)])]
+    dns = multiprocessing.Process(target=dns_process, args=(records, child), daemon=True)
+    dns.start()
+    ns = parent.recv()
+    deadline = t0 + args.spread + args.timeout
+    procs, pipes = [], []
+    for w in range(args.procs):
+        a, b = multiprocessing.Pipe()
+        p = multiprocessing.Process(target=worker, daemon=True,
+                                    args=(mode, ns, list(range(w, args.slices, args.procs)), args.pods, appear,
+                                          t0, deadline, args.threads, b))
+        p.start()
+        procs.append(p)
+        pipes.append(a)
+    results = [a.recv() for a in pipes]
+    for p in procs:
+        p.join()
+    last = max((r["last"] for r in results if r["last"] is not None), default=None)
+    # The guarantee: when the last pod is through (the new way: the gang start), every name resolves.
+    names = [name(s, p) for s in range(args.slices) for p in range(args.pods)]
+    parent.send("done")
+    stats = parent.recv()
+    dns.join()
+    n = args.slices * args.pods
+    out = {
+        "mode": mode,
+        "queries": stats["udp"] + stats["tcp"],
+        "queries_per_pod": round((stats["udp"] + stats["tcp"]) / n, 2),
+        "dropped": stats["dropped"],
+        "retransmissions": stats["retransmissions"],
+        "queries_for_leader_names": sum(stats["by_name"].get(name(s, 0), 0) for s in range(args.slices)),
+        "queries_for_other_names": sum(stats["by_name"].get(name(s, p), 0)
+                                       for s in range(args.slices) for p in range(1, args.pods)),
+        "member_lookups_before_the_record": sum(r["late_lookups"] for r in results),
+        "repeated_claims": sum(r["repeat_claims"] for r in results),
+        "pods_through": sum(r["done"] for r in results),
+        "errors": sum(r["n_errors"] for r in results),
+        "error_sample": [e for r in results for e in r["errors"]][:5],
+        "last_through_s": None if last is None else round(last - t0, 2),
+        "last_record_s": round(max(max(a) for a in appear), 2),
+        "every_name_visible_at_last": last is not None and last >= t0 + max(max(a) for a in appear),
+    }
+    del names
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slices", type=int, default=199)
+    ap.add_argument("--pods", type=int, default=64, help="pods per slice")
+    ap.add_argument("--spread", type=float, default=30.0, help="records appear within this many seconds")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds past the spread before giving up")
+    ap.add_argument("--procs", type=int, default=4, help="processes the pods' threads are spread over")
+    ap.add_argument("--threads", type=int, default=32, help="threads per process running the pods' steps")
+    ap.add_argument("--modes", default="old,new")
+    ap.add_argument("--seed", type=int, default=16)
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    appear = [[rng.uniform(0, args.spread) for _ in range(args.pods)] for _ in range(args.slices)]
+    n = args.slices * args.pods
+    report = {"bench": "dns_bootstrap", "slices": args.slices, "pods_per_slice": args.pods, "pods": n,
+              "spread_s": args.spread, "procs": args.procs, "goal_queries": 2 * n, "runs": []}
+    for mode in args.modes.split(","):
+        load = os.getloadavg()
+        r = run(mode, args, appear)
+        r["loadavg_before"] = [round(x, 2) for x in load]
+        r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        report["runs"].append(r)
+        print(json.dumps(r), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0 if all(r["errors"] == 0 and r["pods_through"] == n for r in report["runs"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
