@@ -136,42 +136,62 @@ class SlowClients:
     """`n` unauthenticated clients, each announcing a full-size handshake frame and then sending
     one byte of it every `every` seconds, reconnecting at once whenever the server drops it (the
     lockout attack on a handshake deadline that is per read).  From `source` (another loopback
-    address, or the host's side of a pod bridge); stops by itself after `limit` seconds."""
+    address, or the host's side of a pod bridge); stops by itself after `limit` seconds.
+
+    The clients run in a process of their own, as an attacker's would: threads reconnecting
+    thousands of times a second in the test's own process would starve the servers under test
+    of Python's interpreter lock, which no real attacker can do."""
 
     def __init__(self, address, n: int = 64, source: str | None = "127.0.0.2", every: float = 0.5,
                  limit: float = 60.0):
-        self.address, self.n, self.source, self.every = tuple(address), n, source, every
-        self.connections = 0  # accepted by the kernel (some closed at once by the server)
-        self._stop = threading.Event()
-        self._end = time.monotonic() + limit
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.address, self.n, self.source, self.every, self.limit = tuple(address), n, source, every, limit
+        self._count = ctx.Value("l", 0)  # connections accepted by the kernel (some closed at once by the server)
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=self._main, daemon=True)
+
+    @property
+    def connections(self) -> int:
+        return self._count.value
 
     def __enter__(self):
-        for t in self._threads:
-            t.start()
+        self._proc.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=5)
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
 
-    def _run(self):
+    def _main(self):
+        end = time.monotonic() + self.limit
+        threads = [threading.Thread(target=self._run, args=(end,), daemon=True) for _ in range(self.n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _run(self, end: float):
         from jobset_runtime.group import wire
 
-        while not self._stop.is_set() and time.monotonic() < self._end:
+        while not self._stop.is_set() and time.monotonic() < end:
             try:
                 s = socket.create_connection(self.address, timeout=2,
                                              source_address=(self.source, 0) if self.source else None)
             except OSError:
                 self._stop.wait(0.01)
                 continue
-            self.connections += 1
+            with self._count.get_lock():
+                self._count.value += 1
             try:
                 s.settimeout(self.every)
                 trickle = wire.HEADER.pack(wire.MAX_HANDSHAKE_FRAME) + b"{" * wire.MAX_HANDSHAKE_FRAME
                 for i in range(len(trickle)):
-                    if self._stop.is_set() or time.monotonic() > self._end:
+                    if self._stop.is_set() or time.monotonic() > end:
                         break
                     s.sendall(trickle[i:i + 1])
                     try:
