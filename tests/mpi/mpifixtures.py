@@ -154,3 +154,31 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 pass
         self.dns.stop()
+
+
+def run_on_local_runner(tmp_path, mpi: "Mpi", docs: list, *, timeout: float = 90, runner_args=()):
+    """`jobset-runtime local run` of generated `docs` with `mpi` as the pods' MPI and this
+    checkout's `jobset-run` on PATH, as the image would have them; skips where the local
+    runner's namespaces are unavailable."""
+    import yaml
+
+    from jobset_runtime.local.pods import netns_available
+
+    ok, why = netns_available()
+    if not ok:
+        pytest.skip(f"the local runner's namespaces are unavailable: {why}")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "jobset-run").write_text(f"#!{sys.executable}\nimport sys\nfrom jobset_runtime.cli import run_main\n"
+                                       "sys.exit(run_main())\n")
+    (bindir / "jobset-run").chmod(0o755)
+    path = tmp_path / "mpi.yaml"
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
+    env.update(mpi.env)
+    env["PATH"] = os.pathsep.join([str(bindir), os.path.dirname(mpi.mpirun), os.path.join(sys.prefix, "bin"),
+                                   env.get("PATH", "")])
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "jobset_runtime.local.cli", "run", str(path),
+                           "--run-dir", str(tmp_path / "run"), "--timeout", str(timeout - 10), *runner_args],
+                          env=env, capture_output=True, text=True, timeout=timeout)

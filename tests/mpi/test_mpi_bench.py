@@ -2,13 +2,9 @@
 measured by a generated manifest on the local runner (real namespaces, DNS, Open MPI 5),
 and the benchmark's pure parts."""
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
-import yaml
 
 import mpifixtures as c
 from jobset_runtime import contract, manifests
@@ -60,36 +56,13 @@ def test_bench_manifest_runs_the_benchmark_as_the_launchers_command():
         "python", "-m", "mpi4py", "-m", "jobset_runtime.mpi.bench", "allreduce", "--max-size", "4096"]
 
 
-def _bin(tmp_path):
-    d = tmp_path / "bin"
-    d.mkdir()
-    (d / "jobset-run").write_text(f"#!{sys.executable}\nimport sys\nfrom jobset_runtime.cli import run_main\n"
-                                  "sys.exit(run_main())\n")
-    (d / "jobset-run").chmod(0o755)
-    return d
-
-
 def run_bench(tmp_path, kind, workers, max_size=1 << 16):
-    from jobset_runtime.local.pods import netns_available
-
-    ok, why = netns_available()
-    if not ok:
-        pytest.skip(f"the local runner's namespaces are unavailable: {why}")
     mpi = c.need("openmpi")
     docs = manifests.mpi(name="nb", image="unused", command=[], workers=workers, bench=kind, bench_max_size=max_size)
     for rj in docs[-1]["spec"]["replicatedJobs"]:
         if rj["name"] == "launcher":  # fewer iterations than a real measurement: this checks behaviour
             rj["template"]["spec"]["template"]["spec"]["containers"][0]["command"] += ["--loop", "50"]
-    path = tmp_path / "bench.yaml"
-    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
-    env.update(mpi.env)
-    env["PATH"] = os.pathsep.join([str(_bin(tmp_path)), os.path.dirname(mpi.mpirun),
-                                  os.path.join(sys.prefix, "bin"), env.get("PATH", "")])
-    env["PYTHONPATH"] = str(c.ROOT)
-    r = subprocess.run([sys.executable, "-m", "jobset_runtime.local.cli", "run", str(path), "--run-dir",
-                        str(tmp_path / "run"), "--timeout", "150"], env=env, capture_output=True, text=True,
-                       timeout=170)
+    r = c.run_on_local_runner(tmp_path, mpi, docs, timeout=170)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     launcher = [line.split("] ", 1)[1] for line in r.stdout.splitlines() if line.startswith("[nb-launcher-0-0-")]
     return launcher

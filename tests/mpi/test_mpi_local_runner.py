@@ -6,36 +6,17 @@ namespaces with real DNS; the Secret mounted where the manifest says; real mpiru
 
 import collections
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 import mpifixtures as c
 from jobset_runtime import manifests
 
 
-def _bin(tmp_path: Path) -> Path:
-    """`jobset-run` of this checkout, as the image would have it on PATH."""
-    d = tmp_path / "bin"
-    d.mkdir()
-    (d / "jobset-run").write_text(f"#!{sys.executable}\nimport sys\nfrom jobset_runtime.cli import run_main\n"
-                                  "sys.exit(run_main())\n")
-    (d / "jobset-run").chmod(0o755)
-    return d
-
-
 def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, launcher_args=(), runner_args=(), edit=None,
                  **options):
-    from jobset_runtime.local.pods import netns_available
-
-    ok, why = netns_available()
-    if not ok:
-        pytest.skip(f"the local runner's namespaces are unavailable: {why}")
     docs = manifests.mpi(name="pi", image="unused", command=program, workers=3, slots_per_worker=2, mpi=mpi.family,
                            **options)
     if launcher_args:  # options the generator does not expose, put before the launcher's `--`
@@ -47,16 +28,7 @@ def run_manifest(tmp_path, mpi: c.Mpi, program: list, *, timeout=90, launcher_ar
                     cmd[at:at] = list(launcher_args)
     if edit is not None:
         edit(docs)
-    path = tmp_path / "mpi.yaml"
-    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSET_RUNTIME_")}
-    env.update(mpi.env)
-    env["PATH"] = os.pathsep.join([str(_bin(tmp_path)), os.path.dirname(mpi.mpirun),
-                                  os.path.join(sys.prefix, "bin"), env.get("PATH", "")])
-    env["PYTHONPATH"] = str(c.ROOT)
-    return subprocess.run([sys.executable, "-m", "jobset_runtime.local.cli", "run", str(path),
-                           "--run-dir", str(tmp_path / "run"), "--timeout", str(timeout - 10), *runner_args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return c.run_on_local_runner(tmp_path, mpi, docs, timeout=timeout, runner_args=runner_args)
 
 
 # What MPI_Get_library_version says in each rank: the library that really ran.
