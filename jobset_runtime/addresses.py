@@ -1,11 +1,13 @@
-"""Addresses as they are written: `ip:port`, `[ipv6]:port`, and which family a pod is in.
+"""Addresses as they are written: `ip:port`, `[ipv6]:port`, which family a pod is in, and a
+listener that serves both families.
 
-Pure, standard library only: imported on jobset-run's start-up path.
+Standard library only, pure but for listen_any: imported on jobset-run's start-up path.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 FAMILIES = ("auto", "ipv4", "ipv6")
 
@@ -21,3 +23,25 @@ def family_of(ip: str | None) -> str:
         return "ipv6" if ipaddress.ip_address(ip or "").version == 6 else "ipv4"
     except ValueError:
         return "auto"
+
+
+def unmapped(ip: str) -> str:
+    """`::ffff:10.0.0.1` -> `10.0.0.1`: how an IPv4 peer of a dual-stack listener is named
+    everywhere else (DNS answers, admission's known pods)."""
+    if ip.startswith("::ffff:"):
+        try:
+            mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+        except ValueError:
+            return ip
+        if mapped is not None:
+            return str(mapped)
+    return ip
+
+
+def listen_any(port: int, backlog: int) -> socket.socket:
+    """A TCP listener on every address of the pod, IPv6 and IPv4 alike (one dual-stack socket);
+    IPv4 alone where the kernel has no IPv6.  A pod's family is not known before its peers
+    connect: an IPv6-only, IPv4-only and dual-stack pod all reach it."""
+    if socket.has_dualstack_ipv6():
+        return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=backlog)
+    return socket.create_server(("0.0.0.0", port), backlog=backlog)

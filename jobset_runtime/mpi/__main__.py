@@ -24,8 +24,9 @@ def _launcher(argv: list[str]) -> int:
     p.add_argument("--mpirun", default="mpirun", help="mpirun to run (default: mpirun on PATH)")
     p.add_argument("--transport", choices=launcher.TRANSPORTS, default="exec",
                    help="how daemons start on workers: exec (authenticated channel, default) or ssh")
-    p.add_argument("--hostfile-by", choices=("ip", "fqdn"), default="ip",
-                   help="name workers in the hostfile by resolved IP (default) or by FQDN")
+    p.add_argument("--hostfile-by", choices=launcher.HOSTFILE_BY, default="auto",
+                   help="name workers in the hostfile by resolved IP or by FQDN; auto (default): by IP, "
+                   "by FQDN where the MPI cannot take an IPv6 address (Open MPI 4 on IPv6 pods)")
     p.add_argument("--slots-per-worker", "--slots", dest="slots", type=int, default=1)
     p.add_argument("--workers-job", default="worker", help="the replicated job holding the workers")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every worker")

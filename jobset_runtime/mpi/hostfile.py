@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_few
 
 OPENMPI, MPICH, INTEL = "openmpi", "mpich", "intel"
 FAMILIES = (OPENMPI, MPICH, INTEL)
@@ -89,11 +89,30 @@ def parse_version(output: str, family: str = "auto") -> Implementation:
 # --- hostfiles ------------------------------------------------------------------
 
 def render(hosts: Iterable[tuple[str, int]], family: str) -> str:
-    """One line per host, in the given order (MPI fills hosts in hostfile order)."""
+    """One line per host, in the given order (MPI fills hosts in hostfile order).
+
+    An IPv6 address is written bare in an Open MPI hostfile (PRRTE reads it; Open MPI 4's
+    ORTE refuses any node name holding a `:`, see naming()).  Hydra's `host:N` cannot hold
+    one: MPICH splits the line at its first `:`, and Intel MPI reads a line with more than
+    one `:` as a host name alone, so `fd00::2:4` would be another address.  Intel gets the
+    address alone when its count is 1 (the launcher then sets the count in I_MPI_PERHOST);
+    anything else is refused rather than written wrong.
+    """
     if family == OPENMPI:
         return "".join(f"{h} slots={n}\n" for h, n in hosts)
     if family in (MPICH, INTEL):
-        return "".join(f"{h}:{n}\n" for h, n in hosts)
+        lines = []
+        for h, n in hosts:
+            if ":" not in h:
+                lines.append(f"{h}:{n}\n")
+            elif family == INTEL and n == 1:
+                lines.append(f"{h}\n")
+            else:
+                fix = ("name the hosts by FQDN, or write each address alone and set I_MPI_PERHOST"
+                       if family == INTEL else "name the hosts by IPv4 address or by FQDN")
+                raise ConfigError(f"{family} hostfile line for the IPv6 address {h} with {n} slots: Hydra's "
+                                  f"`host:N` cannot hold an IPv6 address; {fix}")
+        return "".join(lines)
     raise ConfigError(f"unknown MPI {family!r}: use one of {', '.join(FAMILIES)}")
 
 
@@ -109,10 +128,64 @@ def entries(hosts: Sequence[str], slots: int, addresses: dict[str, str] | None =
     return [(addresses[h], slots) for h in hosts]
 
 
+
+# --- IPv6 pods --------------------------------------------------------------------
+# What each MPI does with IPv6, as verified with the test wheels on `local run --ip-family ipv6`:
+# * Open MPI 5 (PRRTE): IPv6 addresses in the hostfile, its daemons and the TCP BTL over IPv6.
+# * Open MPI 4 (ORTE): daemons and TCP BTL over IPv6, but a node name may hold only letters,
+#   digits, `.` and `-` (open-mpi/ompi v4.1.x orte/mca/regx/fwd/regx_fwd.c, nidmap_create:
+#   "illegal character"): IPv6 hosts are named by FQDN.
+# * MPICH (Hydra): IPv4 only.  Every socket of mpiexec and its proxies is made and resolved in
+#   one family, AF_INET, which nothing changes (pmodels/mpich src/mpl/src/sock/mpl_sockaddr.c,
+#   af_type); its hostfile splits `host:N` at the first `:` (src/pm/hydra/lib/utils/args.c,
+#   HYDU_process_mfile_token).  IPv6-only pods cannot run it; dual-stack ones can, over IPv4.
+# * Intel MPI (its own Hydra): IPv6 with mpiexec's `-v6` (ssh then gets `-6`); a hostfile line
+#   with more than one `:` is a host name alone, so an address goes alone (render) and the
+#   count in I_MPI_PERHOST.
+HOSTFILE_BY = ("auto", "ip", "fqdn")
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How the hostfile names the workers, and what mpirun needs for that."""
+    by: str                      # ip | fqdn
+    ipv4: bool = False           # the MPI speaks IPv4 only: hand it the workers' IPv4 addresses
+    flags: tuple[str, ...] = ()  # mpirun options (Intel's -v6)
+    per_host: bool = False       # Intel: IPv6 addresses written alone, the slots in I_MPI_PERHOST
+
+
+def naming(impl: Implementation, by: str, ipv6: bool, mpirun_args: Sequence[str] = ()) -> Naming:
+    """`by`: --hostfile-by (auto: by IP where the MPI can read the address, else by FQDN);
+    `ipv6`: the workers' addresses, in the pods' own family, are IPv6."""
+    if by not in HOSTFILE_BY:
+        raise ConfigError(f"--hostfile-by {by}: use one of {', '.join(HOSTFILE_BY)}")
+    if not ipv6 or impl.prrte:
+        return Naming("fqdn" if by == "fqdn" else "ip")
+    if impl.family == OPENMPI:
+        if by == "ip":
+            raise ConfigError(f"--hostfile-by ip on IPv6 pods: {impl} refuses a host named by an IPv6 address "
+                              "(a node name holding `:`); use --hostfile-by fqdn (what auto, the default, "
+                              "does here), or Open MPI 5")
+        return Naming("fqdn")
+    if impl.family == MPICH:
+        return Naming("fqdn" if by == "fqdn" else "ip", ipv4=True)
+    flags = () if any(a in ("-v6", "--v6") for a in mpirun_args) else ("-v6",)
+    return Naming("fqdn" if by == "fqdn" else "ip", flags=flags, per_host=by != "fqdn")
+
+
+def ipv4_only_error(impl: Implementation, hosts: Sequence[str]) -> ConfigError:
+    """MPICH on pods whose names have no IPv4 address."""
+    return ConfigError(
+        f"{impl} cannot run here: its process manager (Hydra's mpiexec and proxies) connects over IPv4 "
+        f"only, and {first_few(hosts, 3)} {'has' if len(hosts) == 1 else 'have'} no IPv4 address in DNS "
+        "(IPv6-only pods, or a single-stack IPv6 headless Service): run the JobSet on IPv4 or dual-stack "
+        "pods whose names resolve in both families, or use Open MPI or Intel MPI, which run over IPv6")
+
+
 # --- settings -------------------------------------------------------------------
 
 def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, agent_args: str | None = None,
-             keep_fqdn: bool = False) -> dict[str, str]:
+             keep_fqdn: bool = False, per_host: int | None = None) -> dict[str, str]:
     """Env vars that point mpirun at the hostfile and the remote-start agent, under the names it reads.
 
     Env rather than flags, so that a user's own mpirun options still override them.
@@ -142,6 +215,8 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
         return env
     if impl.family == INTEL:
         env = {"I_MPI_HYDRA_HOST_FILE": hostfile}
+        if per_host:  # the hostfile's lines cannot say it (IPv6 addresses, naming())
+            env["I_MPI_PERHOST"] = str(per_host)
         if agent:
             env["I_MPI_HYDRA_BOOTSTRAP"] = "ssh"
             env["I_MPI_HYDRA_BOOTSTRAP_EXEC"] = agent

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .. import contract, supervisor
+from ..addresses import join_host_port
 from ..errors import ConfigError, PeersTimeout, first_few
 from ..files import write_atomic
 from ..group.wire import ProtocolError
@@ -45,6 +46,7 @@ GRACE_S = 2.0  # after a worker is lost (or a daemon there failed), mpirun gets 
 DAEMONS_SETTLE_S = 10.0  # after mpirun exited 0, how long every started daemon may take to report its end
 LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
 TRANSPORTS = ("exec", "ssh")
+HOSTFILE_BY = hostfile.HOSTFILE_BY
 _PYTHON = re.compile(r"python[0-9.]*\Z")
 
 
@@ -55,7 +57,7 @@ class Options:
     mpi: str = "auto"
     mpirun: str = "mpirun"
     transport: str = "exec"
-    hostfile_by: str = "ip"
+    hostfile_by: str = "auto"  # hostfile.HOSTFILE_BY
     slots: int = 1
     workers_job: str = "worker"
     timeout: float = 600.0
@@ -111,9 +113,10 @@ def has_np(args: list[str]) -> bool:
 
 
 def mpirun_argv(impl: hostfile.Implementation, opts: Options, *, uid: int, total: int,
-                launcher_address: str | None, launcher_interface: str | None = None) -> list[str]:
+                launcher_address: str | None, launcher_interface: str | None = None,
+                family_flags: tuple[str, ...] = ()) -> list[str]:
     argv = [opts.mpirun, *hostfile.root_flags(impl, uid), *hostfile.attach_flags(impl),
-            *hostfile.launcher_host_flags(impl, launcher_address, launcher_interface)]
+            *hostfile.launcher_host_flags(impl, launcher_address, launcher_interface), *family_flags]
     if not has_np(opts.mpirun_args):
         argv += ["-n", str(total)]
     return argv + list(opts.mpirun_args) + program_argv(opts.program)
@@ -330,13 +333,31 @@ def connect_all(addresses: dict[str, str], port: int, key: bytes, me: str, timeo
             # flood, a restart): again with backoff until the deadline, never a configuration error.
             watch.add(host, channel.connect_until(ip, port, key, role="watch", pod=me, deadline=deadline))
         except (channel.NotAdmitted, OSError) as e:
-            raise PeersTimeout(f"cannot open the MPI channel to worker {host} ({ip}:{port}) within "
-                               f"{timeout:g} s: {e}") from None
+            raise PeersTimeout(f"cannot open the MPI channel to worker {host} ({join_host_port(ip, port)}) "
+                               f"within {timeout:g} s: {e}") from None
         except ProtocolError as e:  # it answered, and could not prove the token
-            raise ConfigError(f"worker {host} ({ip}:{port}) rejected the launcher: {e}") from None
+            raise ConfigError(f"worker {host} ({join_host_port(ip, port)}) rejected the launcher: {e}") from None
 
     with ThreadPoolExecutor(max_workers=min(64, max(1, len(addresses)))) as pool:
         list(pool.map(one, addresses.items()))
+
+
+def ipv4_addresses(impl: hostfile.Implementation, names: dict[str, str], nameservers=None) -> dict[str, str]:
+    """host -> IPv4 address of its DNS name, for an MPI that speaks IPv4 only (hostfile.naming) on
+    pods whose own family is IPv6: present where the pods are dual-stack and their Service too.
+    One query per name (the names already answered in the pods' family); ConfigError for any
+    without one, which no restart adds."""
+    from ..errors import DnsUnavailable
+    from ..peers import resolve_batch
+
+    result = resolve_batch(list(names.values()), nameservers, family="ipv4")
+    if not result.replies and result.failed:
+        raise DnsUnavailable(f"no DNS server answered for the IPv4 addresses {impl} needs "
+                             f"({first_few(names.values(), 3)})")
+    missing = [h for h, name in names.items() if name not in result.resolved]
+    if missing:
+        raise hostfile.ipv4_only_error(impl, missing)
+    return {h: result.resolved[name] for h, name in names.items()}
 
 
 def local_address(peer_ip: str) -> str:
@@ -418,6 +439,13 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     by_fqdn = wait_for_hosts(list(fqdns.values()), port=port, timeout=opts.timeout, nameservers=nameservers,
                              family=family_of(identity.pod_ip))
     addresses = {h: by_fqdn[fqdns[h]] for h in hosts}
+    # What mpirun is given (the hostfile by IP, the launcher's own address): the same answers,
+    # unless the MPI cannot speak the pods' family (IPv6) and needs their IPv4 addresses.
+    plan = hostfile.naming(impl, opts.hostfile_by, any(":" in ip for ip in addresses.values()), opts.mpirun_args)
+    mpi_addresses = addresses
+    if plan.ipv4:
+        mpi_addresses = ipv4_addresses(impl, {**fqdns, identity.hostname: identity.fqdn()}, nameservers)
+        log.info("%s speaks IPv4 only: the hostfile and mpirun get the pods' IPv4 addresses", impl)
     marks["peers"] = time.monotonic()
     remaining = max(1.0, opts.timeout - (marks["peers"] - marks["start"]))
     watch = Watch().start()
@@ -431,9 +459,10 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
     workdir = tempfile.mkdtemp(prefix="jobset-runtime-mpi-")
     try:
         path = opts.hostfile or os.path.join(workdir, "hostfile")
-        by_ip = opts.hostfile_by == "ip"
-        names = [addresses[h] if by_ip else fqdns[h] for h in hosts]
-        write_atomic(path, hostfile.render(hostfile.entries(names, opts.slots), impl.family))
+        by_ip = plan.by == "ip"
+        names = [mpi_addresses[h] if by_ip else fqdns[h] for h in hosts]
+        # Intel's IPv6 lines hold the address alone; the slots go in I_MPI_PERHOST (hostfile.render).
+        write_atomic(path, hostfile.render(hostfile.entries(names, 1 if plan.per_host else opts.slots), impl.family))
         env = dict(os.environ)
         agent = agent_args = None
         if opts.transport == "exec":
@@ -445,12 +474,14 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
             from .sshd import client_setup
 
             agent, agent_args = client_setup(workdir)
-        env.update(hostfile.settings(impl, path, agent=agent, agent_args=agent_args, keep_fqdn=not by_ip))
-        my_ip = local_address(next(iter(addresses.values())))
+        env.update(hostfile.settings(impl, path, agent=agent, agent_args=agent_args, keep_fqdn=not by_ip,
+                                     per_host=opts.slots if plan.per_host else None))
+        my_ip = local_address(next(iter(mpi_addresses.values())))
         argv = mpirun_argv(impl, opts, uid=os.getuid(), total=len(hosts) * opts.slots,
                            launcher_address=my_ip if by_ip else identity.fqdn(),
                            launcher_interface=(intel_interface(my_ip, opts.mpirun_args)
-                                               if impl.family == hostfile.INTEL else None))
+                                               if impl.family == hostfile.INTEL else None),
+                           family_flags=plan.flags)
         log.info("running %s", " ".join(argv))
         marks["exec"] = time.monotonic()
         previous = {sig: signal.getsignal(sig) for sig in supervisor.FORWARDED}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .. import admission, contract, supervisor
+from ..addresses import listen_any, unmapped
 from ..group.wire import ProtocolError
 from . import channel, command
 
@@ -77,12 +78,14 @@ def own_pod_name(environ=os.environ) -> str:
 class WorkerServer:
     """The listening side; `wait()` returns the Outcome that ends the worker."""
 
-    def __init__(self, key: bytes, *, pod: str, address: str = "0.0.0.0", port: int = contract.MPI_PORT,
+    def __init__(self, key: bytes, *, pod: str, address: str | None = None, port: int = contract.MPI_PORT,
                  allow_exec: bool = True, vanish_s: float = VANISH_S, pod_name: str | None = None, known=None,
                  limits: admission.Limits = admission.Limits()):
         self.key, self.pod, self.allow_exec, self.vanish_s = key, pod, allow_exec, vanish_s
         self.pod_name = pod_name or pod  # named in daemon reports (the pod, not only its hostname)
-        self._listener = socket.create_server((address, port), reuse_port=False, backlog=1024)
+        # None: every address of both families (an IPv6 or dual-stack pod's launcher connects over IPv6).
+        self._listener = (listen_any(port, backlog=1024) if address is None
+                          else socket.create_server((address, port), family=socket.AF_INET6 if ":" in address else socket.AF_INET, backlog=1024))
         self._done = threading.Event()
         self._outcome: Outcome | None = None
         self._lock = threading.Lock()
@@ -150,6 +153,7 @@ class WorkerServer:
                     time.sleep(pause)
                 continue  # else the client gave up before accept (ECONNABORTED, ...)
             pause = 0.0
+            addr = (unmapped(addr[0]), *addr[1:])  # an IPv4 peer of the dual-stack listener, as DNS names it
             refusal = self.gate.admit(addr[0])
             if refusal is not None:
                 self.refusals.note(addr[0], refusal)
