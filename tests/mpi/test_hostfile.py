@@ -169,3 +169,85 @@ def test_write_atomic_never_shows_half_a_file(tmp_path):
     assert seen <= set(texts)
     assert [p.name for p in tmp_path.iterdir()] == ["hostfile"]
     assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+# --- IPv6 pods -----------------------------------------------------------------------
+
+def test_ipv6_addresses_in_each_hostfile():
+    """Open MPI's `host slots=N` holds an IPv6 address as it is; Hydra's `host:N` cannot, so
+    Intel gets the address alone (count 1) and anything else is refused, never written wrong."""
+    assert hf.render([("fd6a:7372::2", 2), ("10.0.0.3", 2)], OPENMPI) == "fd6a:7372::2 slots=2\n10.0.0.3 slots=2\n"
+    assert hf.render([("fd6a:7372::2", 1), ("w1.js", 1)], INTEL) == "fd6a:7372::2\nw1.js:1\n"
+    with pytest.raises(ConfigError, match=r"IPv6 address fd6a:7372::2 with 2 slots.*I_MPI_PERHOST"):
+        hf.render([("fd6a:7372::2", 2)], INTEL)
+    for n in (1, 2):
+        with pytest.raises(ConfigError, match=r"fd6a:7372::2 .*name the hosts by IPv4 address or by FQDN"):
+            hf.render([("fd6a:7372::2", n)], MPICH)
+
+
+@pytest.mark.parametrize("impl, by, ipv6, want", [
+    (OMPI5, "auto", False, hf.Naming("ip")),
+    (OMPI5, "fqdn", False, hf.Naming("fqdn")),
+    (HYDRA, "auto", False, hf.Naming("ip")),  # IPv4 pods: nothing changes for anyone
+    (IMPI, "ip", False, hf.Naming("ip")),
+    (OMPI5, "auto", True, hf.Naming("ip")),  # PRRTE reads IPv6 addresses
+    (OMPI5, "fqdn", True, hf.Naming("fqdn")),
+    (OMPI4, "auto", True, hf.Naming("fqdn")),  # ORTE refuses them: by name
+    (OMPI4, "fqdn", True, hf.Naming("fqdn")),
+    (HYDRA, "auto", True, hf.Naming("ip", ipv4=True)),  # Hydra speaks IPv4 only
+    (HYDRA, "fqdn", True, hf.Naming("fqdn", ipv4=True)),
+    (IMPI, "auto", True, hf.Naming("ip", flags=("-v6",), per_host=True)),
+    (IMPI, "fqdn", True, hf.Naming("fqdn", flags=("-v6",))),
+])
+def test_naming_on_ipv4_and_ipv6_pods(impl, by, ipv6, want):
+    assert hf.naming(impl, by, ipv6) == want
+
+
+def test_naming_refusals_say_what_to_do():
+    with pytest.raises(ConfigError, match=r"--hostfile-by ip on IPv6 pods: openmpi 4.1.6 .*use --hostfile-by fqdn"):
+        hf.naming(OMPI4, "ip", True)
+    with pytest.raises(ConfigError, match="--hostfile-by name: use one of auto, ip, fqdn"):
+        hf.naming(OMPI5, "name", False)
+    assert hf.naming(IMPI, "auto", True, ["-v6"]).flags == ()  # the user's own -v6 is not doubled
+    msg = str(hf.ipv4_only_error(HYDRA, ["js-worker-0-0", "js-worker-0-1"]))
+    assert "IPv4 only" in msg and "js-worker-0-0, js-worker-0-1 have no IPv4 address" in msg
+    assert "dual-stack" in msg and "Open MPI or Intel MPI" in msg
+
+
+def test_intel_slots_per_host_go_to_i_mpi_perhost():
+    assert hf.settings(IMPI, "/h", per_host=2) == {"I_MPI_HYDRA_HOST_FILE": "/h", "I_MPI_PERHOST": "2"}
+    assert "I_MPI_PERHOST" not in hf.settings(IMPI, "/h")
+
+
+def _hosts_asked_for(mpi, env: dict, hostfile_text: str, tmp_path, flags=()) -> list[str]:
+    """The hosts a real mpiexec hands its remote-start agent for `hostfile_text` (the agent
+    records them and fails, so nothing runs)."""
+    log = tmp_path / "agent.log"
+    agent = tmp_path / "agent"
+    agent.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexit 1\n")
+    agent.chmod(0o755)
+    path = tmp_path / "hosts"
+    path.write_text(hostfile_text)
+    subprocess.run([mpi.mpirun, *flags, "-n", "2", "hostname"], env={**os.environ, **mpi.env, **env},
+                   capture_output=True, timeout=60)
+    from jobset_runtime.mpi.command import split_agent_args
+
+    return sorted(split_agent_args(line.split())[0] for line in log.read_text().splitlines())
+
+
+def test_the_real_hydras_read_ipv6_lines_as_render_writes_them(tmp_path):
+    """What render() writes and refuses, checked against each real mpiexec: MPICH cuts
+    `fd6a:7372::2:2` at its first `:` (host `fd6a`); Intel MPI takes a line with several `:`
+    whole, so `fd6a:7372::2:2` is another address, and the bare address is the host."""
+    mpich = c.need("mpich")
+    env = {"HYDRA_LAUNCHER": "ssh", "HYDRA_LAUNCHER_EXEC": str(tmp_path / "agent")}
+    assert _hosts_asked_for(mpich, {**env, "HYDRA_HOST_FILE": str(tmp_path / "hosts")},
+                            "fd6a:7372::2:2\n", tmp_path) == ["fd6a"]
+    intel = c.need("intel")
+    (tmp_path / "agent.log").unlink()
+    env = {"I_MPI_HYDRA_BOOTSTRAP": "ssh", "I_MPI_HYDRA_BOOTSTRAP_EXEC": str(tmp_path / "agent"),
+           "I_MPI_HYDRA_BRANCH_COUNT": "0", "I_MPI_HYDRA_HOST_FILE": str(tmp_path / "hosts")}
+    text = hf.render([("fd6a:7372::2", 1)], INTEL)
+    assert _hosts_asked_for(intel, env, text, tmp_path, ["-v6"]) == ["fd6a:7372::2"]
+    (tmp_path / "agent.log").unlink()
+    assert _hosts_asked_for(intel, env, "fd6a:7372::2:2\n", tmp_path, ["-v6"]) == ["fd6a:7372::2:2"]

@@ -187,3 +187,97 @@ def test_yield_when_idle_reaches_every_open_mpi_rank(tmp_path):
     line = next(l for l in r.stdout.splitlines() if "RESULT " in l)
     result = json.loads(line.split("RESULT ", 1)[1])
     assert result["size"] == 6 and result["yield"] == ["1"] * 6, result
+
+
+# --- IPv6-only and dual-stack pods (`local run --ip-family ipv6|dual`) -------------------
+
+V6 = r"fd6a:7372::[0-9a-f]+"  # the local runner's IPv6 pod prefix
+V4 = r"198\.18\.\d+\.\d+"     # and its IPv4 one
+FQDN = r"pi-worker-0-\d\.pi\.default\.svc\.cluster\.local"
+
+
+def _check_result(r, which):
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    line = next(l for l in r.stdout.splitlines() if "RESULT " in l)
+    result = json.loads(line.split("RESULT ", 1)[1])
+    assert result["size"] == 6 and result["sum"] == 21
+    assert collections.Counter(result["hosts"]) == {f"pi-worker-0-{i}": 2 for i in range(3)}
+    assert result["library"].startswith(LIBRARY[which]), result["library"]
+    assert "Completed" in r.stdout.split("NAME")[-1].splitlines()[1], r.stdout[-3000:]
+
+
+def _pod_ips(stdout: str) -> list[str]:
+    return re.findall(r"\] pod pi-\S+ started, ip (\S+)", stdout)
+
+
+@pytest.mark.parametrize("which, family, by, line", [
+    ("openmpi", "ipv6", "auto", rf"{V6} slots=2"),       # PRRTE reads IPv6 addresses
+    ("openmpi", "ipv6", "fqdn", rf"{FQDN} slots=2"),
+    ("openmpi4", "ipv6", "auto", rf"{FQDN} slots=2"),    # ORTE refuses them: by name
+    ("intel", "ipv6", "auto", V6),                       # -v6, the address alone, I_MPI_PERHOST=2
+    ("intel", "ipv6", "fqdn", rf"{FQDN}:2"),
+    ("openmpi", "dual", "auto", rf"{V6} slots=2"),
+    ("openmpi4", "dual", "auto", rf"{FQDN} slots=2"),
+    ("mpich", "dual", "auto", rf"{V4}:2"),               # Hydra speaks IPv4 only: the pods' IPv4 addresses
+    ("intel", "dual", "auto", V6),
+])
+def test_generated_manifest_on_ipv6_pods(tmp_path, which, family, by, line):
+    """Every MPI that can run on IPv6-only or IPv6-first dual-stack pods does, with 2 ranks on
+    each of 3 workers, and the hostfile names the workers the way that MPI reads them."""
+    mpi = c.need(which)
+    hostfile = tmp_path / "hostfile"
+    args = ["--hostfile", str(hostfile), *([] if by == "auto" else ["--hostfile-by", by])]
+    r = run_manifest(tmp_path, mpi, ["python", c.PROG], launcher_args=args, runner_args=["--ip-family", family])
+    _check_result(r, which)
+    ips = _pod_ips(r.stdout)
+    assert len(ips) == 4 and all(re.fullmatch(V6, ip) for ip in ips), ips  # status.podIP: IPv6 first
+    lines = hostfile.read_text().splitlines()
+    assert len(lines) == 3 and all(re.fullmatch(line, l) for l in lines), lines
+    if which == "intel" and by == "auto":
+        assert re.search(r"running \S+/mpirun -iface eth0 -v6 -n 6 ", r.stdout), r.stdout[-3000:]
+
+
+def _termination(stdout: str, pod: str) -> str:
+    return next(l for l in stdout.splitlines() if f"pod {pod}" in l and "termination message" in l)
+
+
+@pytest.mark.parametrize("which, by, says", [
+    ("mpich", "auto", r"mpich \S+ cannot run here: its process manager \(Hydra's mpiexec and proxies\) connects "
+                      r"over IPv4 only, and pi-worker-0-0, .* no IPv4 address in DNS"),
+    ("openmpi4", "ip", r"--hostfile-by ip on IPv6 pods: openmpi 4\.\S+ refuses a host named by an IPv6 address "
+                       r".*use --hostfile-by fqdn"),
+])
+def test_what_cannot_run_on_ipv6_only_pods_fails_the_jobset_saying_why(tmp_path, which, by, says):
+    """MPICH (IPv4-only Hydra) on IPv6-only pods, and Open MPI 4 asked for IPv6 addresses in its
+    hostfile: the launcher exits 2 at once with the reason and the fix, and the generated failure
+    policy fails the JobSet instead of restarting it."""
+    mpi = c.need(which)
+    args = [] if by == "auto" else ["--hostfile-by", by]
+    r = run_manifest(tmp_path, mpi, ["python", c.PROG], launcher_args=args, runner_args=["--ip-family", "ipv6"])
+    assert r.returncode != 0 and "RESULT " not in r.stdout, r.stdout[-3000:]
+    assert "rule ConfigurationError matched job pi-launcher-0" in r.stdout, r.stdout[-3000:]
+    assert "Failed" in r.stdout.split("NAME")[-1].splitlines()[1], r.stdout[-3000:]
+    assert re.search(says, _termination(r.stdout, "pi-launcher-0-0")), r.stdout[-3000:]
+
+
+def test_ssh_transport_on_ipv6_pods(tmp_path):
+    """`--transport ssh`: sshd in each worker listens on IPv6 too, and mpirun's ssh reaches it
+    at the worker's IPv6 address (the program by absolute path: ssh's session has its own PATH)."""
+    import shutil
+    import sys
+
+    if not (shutil.which("sshd", path="/usr/sbin:/usr/local/sbin") and shutil.which("ssh")):
+        pytest.skip("openssh-server and openssh-client are not installed (sshd, ssh)")
+    mpi = c.need("openmpi")
+
+    def ssh(docs):
+        for rj in docs[-1]["spec"]["replicatedJobs"]:
+            cmd = rj["template"]["spec"]["template"]["spec"]["containers"][0]["command"]
+            role = "launcher" if "launcher" in cmd else "worker"
+            cmd[cmd.index(role) + 1:cmd.index(role) + 1] = ["--transport", "ssh"]
+
+    hostfile = tmp_path / "hostfile"
+    r = run_manifest(tmp_path, mpi, [sys.executable, c.PROG], launcher_args=["--hostfile", str(hostfile)],
+                     runner_args=["--ip-family", "ipv6"], edit=ssh)
+    _check_result(r, "openmpi")
+    assert all(re.fullmatch(rf"{V6} slots=2", l) for l in hostfile.read_text().splitlines())
