@@ -112,6 +112,25 @@ def _parse_skew(items) -> dict:
     return out
 
 
+IPV4_MIN_MTU = 68     # RFC 791: every IPv4 link carries 68-byte datagrams unfragmented
+IPV6_MIN_MTU = 1280   # RFC 8200, section 5: IPv6 needs at least this on every link
+MAX_MTU = 65535
+
+
+def check_mtu(mtu: int | None, ip_family: str) -> None:
+    """ConfigError for an MTU the pods' interfaces cannot have: IPv6's minimum is 1280, and
+    Linux refuses an IPv6 address on an interface below it (`ip addr add`: Invalid argument)."""
+    if mtu is None:
+        return
+    if not IPV4_MIN_MTU <= mtu <= MAX_MTU:
+        raise ConfigError(f"--mtu {mtu}: an interface MTU is {IPV4_MIN_MTU} to {MAX_MTU} bytes "
+                          "(IPv4's minimum to the largest)")
+    if ip_family != "ipv4" and mtu < IPV6_MIN_MTU:
+        raise ConfigError(f"--mtu {mtu} with --ip-family {ip_family}: IPv6 needs an MTU of at least "
+                          f"{IPV6_MIN_MTU} bytes on every link (RFC 8200); use --mtu {IPV6_MIN_MTU} or more, "
+                          "or --ip-family ipv4")
+
+
 def run(args) -> int:
     from . import spec
     from .runner import Runner
@@ -127,8 +146,7 @@ def run(args) -> int:
     if ignored:
         print(f"notice: no effect on one machine (one node runs every pod): {', '.join(ignored)}", file=sys.stderr)
     skew = _parse_skew(args.skew)
-    if args.mtu is not None and not 68 <= args.mtu <= 65535:
-        raise ConfigError(f"--mtu {args.mtu}: an interface MTU is 68 to 65535 bytes (IPv4's minimum to the largest)")
+    check_mtu(args.mtu, args.ip_family)
     run_dir = args.run_dir or os.path.join("runs", f"{js['metadata']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.userns_state:
         mode = "rootless"

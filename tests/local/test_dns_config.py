@@ -33,3 +33,34 @@ def test_mtu_out_of_range_is_a_config_error(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == contract.EXIT_CONFIG
     assert "--mtu 40" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_mtu_below_ipv6s_minimum_is_refused_for_ipv6_and_dual(tmp_path):
+    """1280 bytes is IPv6's minimum link MTU (RFC 8200): below it, with IPv6 pods, exit 2 saying
+    so before anything is set up; the same MTU stays valid for IPv4 pods."""
+    js = lf.jobset("m", [("w", 1, 1, lf.py("pass"))])
+    for family in ("ipv6", "dual"):
+        p = subprocess.run([*lf.local_argv(tmp_path, js, args=("--mtu", "1279", "--ip-family", family))],
+                           env=lf.cli_env(), capture_output=True, text=True, timeout=60)
+        assert p.returncode == contract.EXIT_CONFIG, p.stderr
+        assert f"--mtu 1279 with --ip-family {family}: IPv6 needs an MTU of at least 1280" in p.stderr
+        assert "Traceback" not in p.stderr and not (tmp_path / "run").exists()
+    from jobset_runtime.local.cli import check_mtu
+
+    check_mtu(1279, "ipv4")
+    check_mtu(1280, "ipv6")
+    check_mtu(None, "dual")
+
+
+def test_ipv6_pods_at_the_minimum_mtu(tmp_path):
+    """--mtu 1280, IPv6's minimum, is accepted, and the pod's interface has it and its IPv6 address."""
+    import pytest
+
+    why = lf.netns_unavailable()
+    if why:
+        pytest.skip(why)
+    check = ("assert open('/sys/class/net/eth0/mtu').read().strip() == '1280'\n"
+             "assert any(l.startswith('fd6a7372') for l in open('/proc/net/if_inet6')), 'no IPv6 address'\n")
+    js = lf.jobset("m", [("w", 1, 1, lf.py(check))])
+    p = lf.run_local(tmp_path, js, args=("--mtu", "1280", "--ip-family", "ipv6", "--mode", "netns"))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
