@@ -349,10 +349,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _guard(fn, args, termination_log: str | None = None) -> int:
-    """Errors for people: message, no traceback, the error's exit code."""
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (a pipe with no reader polls as an error)."""
+    import select
+
     try:
-        return fn(args)
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_on_closed_stdout() -> int:
+    """`jobset-runtime ... | head -1`: stop quietly, as kubectl does.  A Go program is killed by
+    SIGPIPE, which the shell reports as 141; Python ignores SIGPIPE (and must, for its sockets), so
+    the write raised instead.  stdout then points at /dev/null, so that the flush at exit cannot
+    raise again."""
+    import os
+    import signal
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return contract.EXIT_SIGNAL_BASE + signal.SIGPIPE
+
+
+def _guard(fn, args, termination_log: str | None = None) -> int:
+    """Errors for people: message, no traceback, the error's exit code.  The one place every
+    command of both entry points passes through, so also where a closed stdout is handled."""
+    try:
+        code = fn(args)
+        sys.stdout.flush()  # what is still buffered for a pipe is written inside the guard
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket's, not stdout's: not ours to hide
+        return _quiet_on_closed_stdout()
     except (JobSetRuntimeError, Stopped) as e:
         logger.error("%s", e)
         from .supervisor import write_termination_message
