@@ -396,20 +396,14 @@ def _guard(fn, args, termination_log: str | None = None) -> int:
         return contract.EXIT_SIGNAL_BASE + 2
 
 
-# What each command outside the pod's path needs beyond the core install: (extra, modules).
-_EXTRAS = {"manifest": ("manifests", ("yaml",)), "local": ("local", ("yaml", "dns"))}
+# The extra each command outside the pod's path needs beyond the core install.
+_EXTRAS = {"manifest": "manifests", "local": "local"}
 
 
 def _require_extra(command: str) -> None:
-    import importlib.util
+    from .extras import require
 
-    extra, modules = _EXTRAS[command]
-    absent = [m for m in modules if importlib.util.find_spec(m) is None]
-    if absent:
-        raise ConfigError(
-            f"`jobset-runtime {command}` needs the `{extra}` extra, which is not installed "
-            f"(missing {', '.join(absent)}): pip install 'jobset-runtime[{extra}]'"
-        )
+    require(_EXTRAS[command], f"`jobset-runtime {command}`")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,31 @@ JAX_COORDINATOR_PORT_ENV = "JAX_COORDINATOR_PORT"
 # `import jax` sets it to 1 on machines with *no* TPU chip (jax/_src/cloud_tpu_init.py).
 TPU_PRESENCE_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
 
+# MPI implementations (REFERENCE.md, MPI): what the launcher and the generated manifests set.
+# Open MPI reads an MCA parameter from `<prefix><framework>_<name>` in the environment.  With
+# Open MPI 5 the launch settings moved to PRRTE, which reads its own prefix and names only: the
+# 4.x (ORTE) names are ignored, and every rank then runs on the launcher (kubeflow/trainer#4028,
+# mpi-operator#842).  Each pair is (Open MPI 5 / PRRTE, Open MPI 4 / ORTE).
+OPENMPI_HOSTFILE_ENV = ("PRTE_MCA_prte_default_hostfile", "OMPI_MCA_orte_default_hostfile")
+OPENMPI_KEEP_FQDN_ENV = ("PRTE_MCA_prte_keep_fqdn_hostnames", "OMPI_MCA_orte_keep_fqdn_hostnames")
+OPENMPI_AGENT_ENV = ("PRTE_MCA_plm_ssh_agent", "OMPI_MCA_plm_rsh_agent")
+OPENMPI_AGENT_ARGS_ENV = ("PRTE_MCA_plm_ssh_args", "OMPI_MCA_plm_rsh_args")
+OPENMPI_NO_TREE_SPAWN_ENV = ("PRTE_MCA_plm_ssh_no_tree_spawn", "OMPI_MCA_plm_rsh_no_tree_spawn")
+# Read by every rank's Open MPI (4 and 5): the mpi manifest sets it where pods have fewer CPUs than slots.
+OPENMPI_YIELD_WHEN_IDLE_ENV = "OMPI_MCA_mpi_yield_when_idle"
+# MPICH's Hydra (mpiexec).
+MPICH_HOST_FILE_ENV = "HYDRA_HOST_FILE"
+MPICH_LAUNCHER_ENV = "HYDRA_LAUNCHER"
+MPICH_LAUNCHER_EXEC_ENV = "HYDRA_LAUNCHER_EXEC"
+MPICH_LAUNCHER_EXTRA_ARGS_ENV = "HYDRA_LAUNCHER_EXTRA_ARGS"
+# Intel MPI's own Hydra.
+INTEL_HOST_FILE_ENV = "I_MPI_HYDRA_HOST_FILE"
+INTEL_BOOTSTRAP_ENV = "I_MPI_HYDRA_BOOTSTRAP"
+INTEL_BOOTSTRAP_EXEC_ENV = "I_MPI_HYDRA_BOOTSTRAP_EXEC"
+INTEL_BOOTSTRAP_EXEC_EXTRA_ARGS_ENV = "I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS"
+INTEL_BRANCH_COUNT_ENV = "I_MPI_HYDRA_BRANCH_COUNT"
+INTEL_PERHOST_ENV = "I_MPI_PERHOST"
+
 # `jobset-run --wait` scopes: the peers that must resolve before the command starts.
 # Workers wait for their coordinator (TPU: their slice); only a launcher waits for
 # all, so cluster DNS load stays linear in the number of pods.

@@ -492,6 +492,9 @@ def initialize(
 def _carry_out(p: Plan, start: float, nameservers, connect_by_ip: bool) -> None:
     deadline = start + p.timeout
     _apply_env(p.env)  # libtpu reads these when the backend starts, after jax.distributed
+    from .extras import require
+
+    require("jax", "jobset_runtime.jax.initialize()")  # or jax[tpu], jax[cuda12]: any jax will do
     import jax
 
     if _backends_started():

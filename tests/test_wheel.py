@@ -108,3 +108,23 @@ def test_the_core_alone_runs_in_a_pod_and_names_the_missing_extras(wheel, tmp_pa
     for command, extra in (("manifest", "manifests"), ("local", "local")):
         r = subprocess.run([str(bindir / "jobset-runtime"), command, "--help"], env=env, capture_output=True, text=True)
         assert r.returncode == 2 and f"pip install 'jobset-runtime[{extra}]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_commands_of_an_extra_not_installed_name_it(installed, tmp_path):
+    """The manifests and local extras only: the cluster backend, JAX and an MPI program each say
+    which extra to install (exit 2, no traceback) instead of failing on an import."""
+    bindir, env, work = installed
+    podinfo = tmp_path / "podinfo"
+    shutil.copytree(DATA / "podinfo" / "multislice-1-3", podinfo)
+    pod = {**env, "JOBSET_RUNTIME_PODINFO": str(podinfo), "JOBSET_RUNTIME_TOPOLOGY": "slice:2x4"}
+    python = str(bindir / "python")
+    for argv, extra, e in (
+        ([str(bindir / "jobset-runtime"), "local", "run", "--backend", "cluster", "examples/demo.yaml"], "cluster", env),
+        ([str(bindir / "jobset-runtime"), "local", "cluster", "status"], "cluster", env),
+        ([python, "-c", "import jobset_runtime.jax as j; j.initialize('cpu')"], "jax", pod),
+        ([python, "-m", "jobset_runtime.mpi", "launcher", "--", "pi.py"], "mpi", pod),
+    ):
+        r = subprocess.run(argv, env=e, cwd=work, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (argv, r.stdout[-1000:], r.stderr[-2000:])
+        assert f"needs the `{extra}` extra" in r.stderr and f"pip install 'jobset-runtime[{extra}]'" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr

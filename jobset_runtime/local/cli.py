@@ -188,14 +188,18 @@ def choose_mode(asked: str) -> str:
 
 
 def main(argv=None) -> int:
+    from ..extras import require
+
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             if args.backend == "cluster":
+                require("cluster", "`jobset-runtime local run --backend cluster`")
                 from .controlplane.run import run_on_cluster
                 return run_on_cluster(args)
             return run(args)
         if args.command == "cluster":
+            require("cluster", f"`jobset-runtime local cluster {args.action}`")
             return cluster(args)
     except JobSetRuntimeError as e:
         print(f"error: {e}", file=sys.stderr)

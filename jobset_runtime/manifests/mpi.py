@@ -36,12 +36,11 @@ def secret_name(jobset_name: str) -> str:
 def ssh_key_pair(private_key_pem: bytes | None = None, comment: str = "jobset-runtime") -> tuple[bytes, bytes]:
     """(OpenSSH private key, `ssh-ed25519 ...` public key): new unless one is given."""
     # Lazy: only the mpi kind needs `cryptography`.
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    except ImportError:
-        raise common.ConfigError("the mpi kind makes an ssh key pair with the `cryptography` package, "
-                                 "which is not installed: pip install cryptography") from None
+    from ..extras import require
+
+    require("manifests", "the mpi kind's ssh key pair", ["cryptography"])
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     if private_key_pem is None:
         key = Ed25519PrivateKey.generate()
@@ -73,11 +72,6 @@ def ssh_secret(name: str, namespace: str, private_key: bytes, public_key: bytes)
             contract.SSH_AUTHORIZED_KEYS: b64(public_key + b"\n"),
         },
     }
-
-
-# Open MPI's ranks busy-poll while they wait; with this they yield the CPU between polls, which
-# pods whose CPUs are fewer than their slots need (docs/mpi.md, "CPU sharing").
-YIELD_WHEN_IDLE_ENV = "OMPI_MCA_mpi_yield_when_idle"
 
 
 def cpu_cores(quantity: str | None) -> float | None:
@@ -161,9 +155,11 @@ def mpi(*, workers: int, slots_per_worker: int = 1, mpi: str = "openmpi", ssh_pr
     elif yield_when_idle and mpi != "openmpi":
         raise common.ConfigError(f"--yield-when-idle sets Open MPI's mpi_yield_when_idle; --mpi {mpi} has no such "
                                  "setting")
-    if yield_when_idle and YIELD_WHEN_IDLE_ENV not in c.env:
+    # Open MPI's ranks busy-poll while they wait; with this they yield the CPU between polls, which
+    # pods whose CPUs are fewer than their slots need (docs/mpi.md, "CPU sharing").
+    if yield_when_idle and contract.OPENMPI_YIELD_WHEN_IDLE_ENV not in c.env:
         # Both pods: the workers' daemons hand their env to the ranks they start.
-        c = dataclasses.replace(c, env={**c.env, YIELD_WHEN_IDLE_ENV: "1"})
+        c = dataclasses.replace(c, env={**c.env, contract.OPENMPI_YIELD_WHEN_IDLE_ENV: "1"})
     private, public = ssh_key_pair(ssh_private_key, comment=f"{c.name}@jobset-runtime")
     secret = ssh_secret(secret_name(c.name), c.namespace, private, public)
 

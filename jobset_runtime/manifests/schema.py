@@ -287,11 +287,10 @@ _PROGRAMS: dict = {}
 
 def _cel_program(rule: str):
     if rule not in _PROGRAMS:
-        try:
-            import celpy  # lazy: only `validate --crd` evaluates CEL
-        except ImportError:
-            raise ConfigError("the CRD has x-kubernetes-validations (CEL) rules and evaluating them needs "
-                              "cel-python: pip install 'jobset-runtime[manifests]'") from None
+        from ..extras import require
+
+        require("manifests", "evaluating the CRD's x-kubernetes-validations (CEL) rules", ["celpy"])
+        import celpy  # lazy: only `validate --crd` evaluates CEL
         env = celpy.Environment()
         _PROGRAMS[rule] = env.program(env.compile(rule))
     return _PROGRAMS[rule]

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from .. import contract
 from ..errors import ConfigError, first_few
 
 OPENMPI, MPICH, INTEL = "openmpi", "mpich", "intel"
@@ -194,37 +195,37 @@ def settings(impl: Implementation, hostfile: str, *, agent: str | None = None, a
     """
     if impl.family == OPENMPI:
         # The same settings under PRRTE's names (Open MPI 5) or ORTE's (4).
-        rte, plm = ("PRTE_MCA_prte_", "PRTE_MCA_plm_ssh_") if impl.prrte else ("OMPI_MCA_orte_", "OMPI_MCA_plm_rsh_")
-        env = {rte + "default_hostfile": hostfile}
+        v = 0 if impl.prrte else 1
+        env = {contract.OPENMPI_HOSTFILE_ENV[v]: hostfile}
         if agent:
-            env[plm + "agent"] = agent
-            env[plm + "no_tree_spawn"] = "1"
+            env[contract.OPENMPI_AGENT_ENV[v]] = agent
+            env[contract.OPENMPI_NO_TREE_SPAWN_ENV[v]] = "1"
         if agent_args:  # PRRTE 5.0.x segfaults on an empty plm_ssh_args
-            env[plm + "args"] = agent_args
+            env[contract.OPENMPI_AGENT_ARGS_ENV[v]] = agent_args
         if keep_fqdn:
             # Open MPI strips domains and merges hosts that then look alike (mpi-operator#733).
-            env[rte + "keep_fqdn_hostnames"] = "1"
+            env[contract.OPENMPI_KEEP_FQDN_ENV[v]] = "1"
         return env
     if impl.family == MPICH:
-        env = {"HYDRA_HOST_FILE": hostfile}
+        env = {contract.MPICH_HOST_FILE_ENV: hostfile}
         if agent:
-            env["HYDRA_LAUNCHER"] = "ssh"
-            env["HYDRA_LAUNCHER_EXEC"] = agent
+            env[contract.MPICH_LAUNCHER_ENV] = "ssh"
+            env[contract.MPICH_LAUNCHER_EXEC_ENV] = agent
         if agent_args:
-            env["HYDRA_LAUNCHER_EXTRA_ARGS"] = agent_args
+            env[contract.MPICH_LAUNCHER_EXTRA_ARGS_ENV] = agent_args
         return env
     if impl.family == INTEL:
-        env = {"I_MPI_HYDRA_HOST_FILE": hostfile}
+        env = {contract.INTEL_HOST_FILE_ENV: hostfile}
         if per_host:  # the hostfile's lines cannot say it (IPv6 addresses, naming())
-            env["I_MPI_PERHOST"] = str(per_host)
+            env[contract.INTEL_PERHOST_ENV] = str(per_host)
         if agent:
-            env["I_MPI_HYDRA_BOOTSTRAP"] = "ssh"
-            env["I_MPI_HYDRA_BOOTSTRAP_EXEC"] = agent
+            env[contract.INTEL_BOOTSTRAP_ENV] = "ssh"
+            env[contract.INTEL_BOOTSTRAP_EXEC_ENV] = agent
             # Intel's hydra_bstrap_proxy starts further proxies through the agent, 16 per
             # level by default (--tree-width 16); 0 makes mpiexec start every one itself.
-            env["I_MPI_HYDRA_BRANCH_COUNT"] = "0"
+            env[contract.INTEL_BRANCH_COUNT_ENV] = "0"
         if agent_args:
-            env["I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS"] = agent_args
+            env[contract.INTEL_BOOTSTRAP_EXEC_EXTRA_ARGS_ENV] = agent_args
         return env
     raise ConfigError(f"unknown MPI {impl.family!r}: use one of {', '.join(FAMILIES)}")
 

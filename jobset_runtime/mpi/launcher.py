@@ -108,6 +108,19 @@ def program_argv(program: list[str], python: str = sys.executable) -> list[str]:
     return list(program)
 
 
+def require_mpi4py(argv: list[str], python: str = sys.executable) -> None:
+    """A Python program runs under `-m mpi4py` (program_argv): where the Python that runs the
+    ranks is this one (the launcher and workers share the image), mpi4py must be installed, or
+    every rank would fail with "No module named mpi4py" after the workers were waited for."""
+    if argv[1:3] != ["-m", "mpi4py"]:
+        return
+    found = shutil.which(argv[0])
+    if found and os.path.realpath(found) == os.path.realpath(python):
+        from ..extras import require
+
+        require("mpi", f"running {argv[0]} -m mpi4py {' '.join(argv[3:4])}".rstrip())
+
+
 def has_np(args: list[str]) -> bool:
     return any(a in ("-n", "-np", "--np", "-c") or a.startswith(("-n=", "--np=", "-np=")) for a in args)
 
@@ -421,6 +434,7 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
 
     if opts.transport not in TRANSPORTS:
         raise ConfigError(f"--transport {opts.transport}: use one of {', '.join(TRANSPORTS)}")
+    require_mpi4py(program_argv(opts.program))
     hosts = worker_hosts(identity, opts.workers_job)
     fqdns = {h: identity.fqdn(h) for h in hosts}
     chan_port = port_from_env()
