@@ -29,6 +29,7 @@ import hmac
 import socket
 import time
 
+from ..addresses import join_host_port
 from ..group import wire
 from ..group.wire import ProtocolError
 
@@ -141,10 +142,10 @@ def connect(host: str, port: int, key: bytes, *, role: str, pod: str, timeout: f
             wire.check_nonce(cmsg["nonce"])
             _, proof = _handshake_frame(sock, "proof", deadline)
         except (ConnectionError, Closed) as e:
-            raise NotAdmitted(f"{host}:{port} closed the connection before proving it holds the MPI token "
+            raise NotAdmitted(f"{join_host_port(host, port)} closed the connection before proving it holds the MPI token "
                               f"({e})") from None
         if not wire.proof_ok(proof["proof"], wire.server_proof(key, hello, challenge)):
-            raise ProtocolError(f"{host}:{port} could not prove it holds the MPI token (a different JobSet's "
+            raise ProtocolError(f"{join_host_port(host, port)} could not prove it holds the MPI token (a different JobSet's "
                                 "worker, or a different Secret)")
         sock.sendall(wire.frame(wire.encode({"t": "proof", "proof": wire.member_proof(key, hello, challenge)})))
         session = wire.Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_SERVER, recv_dir=wire.TO_MEMBER,
