@@ -142,11 +142,11 @@ def connect(host: str, port: int, key: bytes, *, role: str, pod: str, timeout: f
             wire.check_nonce(cmsg["nonce"])
             _, proof = _handshake_frame(sock, "proof", deadline)
         except (ConnectionError, Closed) as e:
-            raise NotAdmitted(f"{join_host_port(host, port)} closed the connection before proving it holds the MPI token "
-                              f"({e})") from None
+            raise NotAdmitted(f"{join_host_port(host, port)} closed the connection before proving it holds "
+                              f"the MPI token ({e})") from None
         if not wire.proof_ok(proof["proof"], wire.server_proof(key, hello, challenge)):
-            raise ProtocolError(f"{join_host_port(host, port)} could not prove it holds the MPI token (a different JobSet's "
-                                "worker, or a different Secret)")
+            raise ProtocolError(f"{join_host_port(host, port)} could not prove it holds the MPI token "
+                                "(a different JobSet's worker, or a different Secret)")
         sock.sendall(wire.frame(wire.encode({"t": "proof", "proof": wire.member_proof(key, hello, challenge)})))
         session = wire.Session(wire.session_key(key, hello, challenge), send_dir=wire.TO_SERVER, recv_dir=wire.TO_MEMBER,
                                schemas=_SEALED)

@@ -85,7 +85,8 @@ class WorkerServer:
         self.pod_name = pod_name or pod  # named in daemon reports (the pod, not only its hostname)
         # None: every address of both families (an IPv6 or dual-stack pod's launcher connects over IPv6).
         self._listener = (listen_any(port, backlog=1024) if address is None
-                          else socket.create_server((address, port), family=socket.AF_INET6 if ":" in address else socket.AF_INET, backlog=1024))
+                          else socket.create_server((address, port), backlog=1024,
+                                                    family=socket.AF_INET6 if ":" in address else socket.AF_INET))
         self._done = threading.Event()
         self._outcome: Outcome | None = None
         self._lock = threading.Lock()
