@@ -131,6 +131,15 @@ def check_mtu(mtu: int | None, ip_family: str) -> None:
                           "or --ip-family ipv4")
 
 
+def embedded_only(args) -> None:
+    """Options the cluster backend's node agent does not take: refused, never silently dropped."""
+    given = [f"--ip-family {args.ip_family}"] if args.ip_family != "ipv4" else []
+    given += [f"--mtu {args.mtu}"] if args.mtu is not None else []
+    if given:
+        raise ConfigError(f"{' and '.join(given)}: the cluster backend's node agent runs its pods on IPv4 "
+                          "with the kernel's default MTU; drop the option, or use --backend embedded")
+
+
 def run(args) -> int:
     from . import spec
     from .runner import Runner
@@ -195,6 +204,7 @@ def main(argv=None) -> int:
         if args.command == "run":
             if args.backend == "cluster":
                 require("cluster", "`jobset-runtime local run --backend cluster`")
+                embedded_only(args)
                 from .controlplane.run import run_on_cluster
                 return run_on_cluster(args)
             return run(args)

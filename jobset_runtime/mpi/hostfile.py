@@ -129,7 +129,6 @@ def entries(hosts: Sequence[str], slots: int, addresses: dict[str, str] | None =
     return [(addresses[h], slots) for h in hosts]
 
 
-
 # --- IPv6 pods --------------------------------------------------------------------
 # What each MPI does with IPv6, as verified with the test wheels on `local run --ip-family ipv6`:
 # * Open MPI 5 (PRRTE): IPv6 addresses in the hostfile, its daemons and the TCP BTL over IPv6.

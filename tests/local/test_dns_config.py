@@ -64,3 +64,21 @@ def test_ipv6_pods_at_the_minimum_mtu(tmp_path):
     js = lf.jobset("m", [("w", 1, 1, lf.py(check))])
     p = lf.run_local(tmp_path, js, args=("--mtu", "1280", "--ip-family", "ipv6", "--mode", "netns"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+
+
+def test_cluster_backend_refuses_the_embedded_runners_network_options(tmp_path):
+    """The node agent of `--backend cluster` runs IPv4 pods at the default MTU: asking it for
+    IPv6 or an MTU is exit 2 before anything starts, not a run that quietly ignores them."""
+    import pytest
+
+    from jobset_runtime.extras import missing
+
+    if missing(["lightkube", "cryptography"]):
+        pytest.skip("the cluster extra is not installed")
+    js = lf.jobset("m", [("w", 1, 1, lf.py("pass"))])
+    for args, named in ((("--ip-family", "ipv6"), "--ip-family ipv6"), (("--mtu", "1400"), "--mtu 1400")):
+        p = subprocess.run([*lf.local_argv(tmp_path, js, args=("--backend", "cluster", *args))], env=lf.cli_env(),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == contract.EXIT_CONFIG, p.stderr
+        assert f"{named}: the cluster backend's node agent runs its pods on IPv4" in p.stderr, p.stderr
+        assert "--backend embedded" in p.stderr and "Traceback" not in p.stderr
