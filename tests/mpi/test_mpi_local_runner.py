@@ -108,14 +108,15 @@ def test_launcher_started_10s_before_the_workers_dns_records_succeeds(tmp_path, 
     lag, `--dns-delay`), it runs ~12 s before any worker's record exists.  Its wrapper
     (`jobset-run --wait all`) is what waits here.
     no-dependsOn: the same JobSet without dependsOn and with `--wait none`, workers started
-    10 s late (`--skew`): their records appear when their pods do (publishNotReadyAddresses),
+    11 s late (`--skew`; the launcher pod itself is created a moment after the
+    workers' pods): their records appear when their pods do (publishNotReadyAddresses),
     so the MPI launcher's own wait (DNS, then the worker port) is what holds mpirun back.
     """
     mpi = c.need("openmpi")
     if variant == "dns-delay":
         delay, runner_args, edit = 14.0, ["--dns-delay", "14"], None
     else:
-        delay, runner_args, edit = 0.0, ["--skew", "pi-worker-*=10"], _launcher_waits_on_its_own
+        delay, runner_args, edit = 0.0, ["--skew", "pi-worker-*=11"], _launcher_waits_on_its_own
     r = run_manifest(tmp_path, mpi, ["python", c.PROG], runner_args=runner_args, edit=edit)
     out = r.stdout
     assert r.returncode == 0, out[-4000:] + r.stderr[-2000:]
