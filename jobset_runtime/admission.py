@@ -31,9 +31,9 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable  # not typing: a costly import on the wrapper's start
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable
 
 log = logging.getLogger("jobset_runtime.admission")
 
@@ -174,12 +174,19 @@ class KnownPods:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # on_resolved(pods): after each round of lookups, the pods it asked about (found or not),
+        # on this object's thread: a listener waiting on a claim learns its answer at once.
+        self.on_resolved: Callable[[set], None] | None = None
 
     def __call__(self, addr: str) -> bool:
         return addr in self._addresses
 
     def address_of(self, pod: str) -> str | None:
         return self._by_pod.get(pod)
+
+    def expects(self, pod: str) -> bool:
+        """`pod` is one of the names this listener resolves."""
+        return pod in self._names
 
     def refresh(self, pod: str | None = None) -> None:
         """Resolve again soon (a pod's address changed, or a name was late)."""
@@ -223,6 +230,8 @@ class KnownPods:
                         if name in got:
                             self._by_pod[pod] = got[name]
                     self._addresses = set(self._by_pod.values())
+                if self.on_resolved is not None:
+                    self.on_resolved(set(todo))
             # On claim: the pod's next claim (after its backoff) asks again, nothing else does.
             self._wake.wait(self.retry_s if todo and not self.on_claim else None)
 
@@ -263,17 +272,43 @@ def client_backoff():
         return tenacity.wait_exponential_jitter(initial=0.1, max=2.0, jitter=0.3)
 
 
+def not_listening_backoff():
+    """How long a client waits before trying again after its connection was refused, nothing
+    listening on the port yet: the server's wrapper is still starting, as it is when every pod of
+    a gang starts at once.  10 ms doubling up to 2 s, with jitter: the kernel answered (a RST), no
+    process and no handshake slot of the server was spent, so the first tries can come soon."""
+    import tenacity
+
+    try:
+        return tenacity.wait_exponential_jitter(multiplier=0.01, max=2.0, jitter=0.01)
+    except TypeError:  # tenacity < 9 calls the multiplier `initial`
+        return tenacity.wait_exponential_jitter(initial=0.01, max=2.0, jitter=0.01)
+
+
+def not_listening(e: BaseException) -> bool:
+    """The server's address answered, but nothing listens on the port (yet)."""
+    return isinstance(e, ConnectionRefusedError)
+
+
 class Backoff:
-    """client_backoff() for a loop of its own: the delay before each next try, never past a deadline.
+    """client_backoff() for a loop of its own: the delay before each next try, never past a deadline;
+    not_listening_backoff() after a connection refused while the server starts, counted apart.
     Make it before it is needed (it imports tenacity): a client may first need it while its
     process is out of descriptors."""
 
     def __init__(self):
         self._wait, self.tries = client_backoff(), 0
+        self._not_listening, self.not_listening_tries = not_listening_backoff(), 0
 
-    def sleep(self, deadline: float) -> None:
-        self.tries += 1
-        time.sleep(max(0.0, min(self._wait(SimpleNamespace(attempt_number=self.tries)), deadline - time.monotonic())))
+    def sleep(self, deadline: float, error: BaseException | None = None) -> None:
+        """Sleep before the next try; `error`: why the last one failed (picks the schedule)."""
+        if error is not None and not_listening(error):
+            self.not_listening_tries += 1
+            wait = self._not_listening(SimpleNamespace(attempt_number=self.not_listening_tries))
+        else:
+            self.tries += 1
+            wait = self._wait(SimpleNamespace(attempt_number=self.tries))
+        time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
 
 
 def retrying(deadline: float, retry_on: tuple[type[BaseException], ...]):
