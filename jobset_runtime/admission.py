@@ -33,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Callable  # not typing: a costly import on the wrapper's start
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 log = logging.getLogger("jobset_runtime.admission")
 
@@ -261,28 +260,27 @@ def out_of_resources(e: OSError) -> bool:
 
 # --- the client's side ------------------------------------------------------------------
 
+# The clients' backoff (first wait, longest wait, jitter; seconds), exponential with jitter as
+# tenacity.wait_exponential_jitter computes it, written out: a wrapper that was never turned
+# away imports nothing for it, and one out of descriptors has nothing left to open.
+CLIENT_BACKOFF = (0.1, 2.0, 0.3)
+# After a connection refused, nothing listening on the port yet: the server's wrapper is still
+# starting, as it is when every pod of a gang starts at once.  The kernel answered (a RST), no
+# process and no handshake slot of the server was spent, so the first tries can come soon.
+NOT_LISTENING_BACKOFF = (0.01, 2.0, 0.01)
+
+
+def exponential_jitter(tries: int, first: float, longest: float, jitter: float,
+                       rng: Callable[[], float] = random.random) -> float:
+    """The wait after the `tries`-th failed try: first * 2^(tries - 1) plus up to `jitter`, at most `longest`."""
+    return min(longest, first * 2.0 ** min(max(tries, 1) - 1, 64) + jitter * rng())
+
+
 def client_backoff():
     """How long a client waits before trying again after it was turned away or closed before
-    the server proved itself: exponential with jitter, 0.1 s up to 2 s."""
-    import tenacity  # only where a client retries (the wrapper's fast start)
-
-    try:
-        return tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.3)
-    except TypeError:  # tenacity < 9 calls the multiplier `initial`
-        return tenacity.wait_exponential_jitter(initial=0.1, max=2.0, jitter=0.3)
-
-
-def not_listening_backoff():
-    """How long a client waits before trying again after its connection was refused, nothing
-    listening on the port yet: the server's wrapper is still starting, as it is when every pod of
-    a gang starts at once.  10 ms doubling up to 2 s, with jitter: the kernel answered (a RST), no
-    process and no handshake slot of the server was spent, so the first tries can come soon."""
-    import tenacity
-
-    try:
-        return tenacity.wait_exponential_jitter(multiplier=0.01, max=2.0, jitter=0.01)
-    except TypeError:  # tenacity < 9 calls the multiplier `initial`
-        return tenacity.wait_exponential_jitter(initial=0.01, max=2.0, jitter=0.01)
+    the server proved itself: 0.1 s doubling up to 2 s, with jitter.  A tenacity wait:
+    callable(retry_state) -> seconds."""
+    return lambda state: exponential_jitter(state.attempt_number, *CLIENT_BACKOFF)
 
 
 def not_listening(e: BaseException) -> bool:
@@ -291,23 +289,22 @@ def not_listening(e: BaseException) -> bool:
 
 
 class Backoff:
-    """client_backoff() for a loop of its own: the delay before each next try, never past a deadline;
-    not_listening_backoff() after a connection refused while the server starts, counted apart.
-    Make it before it is needed (it imports tenacity): a client may first need it while its
-    process is out of descriptors."""
+    """The client's backoff for a loop of its own: the wait before each next try, never past a
+    deadline.  CLIENT_BACKOFF after a refusal by the server; NOT_LISTENING_BACKOFF, counted
+    apart, after a connection refused while the server starts."""
 
     def __init__(self):
-        self._wait, self.tries = client_backoff(), 0
-        self._not_listening, self.not_listening_tries = not_listening_backoff(), 0
+        self.tries = 0
+        self.not_listening_tries = 0
 
     def sleep(self, deadline: float, error: BaseException | None = None) -> None:
         """Sleep before the next try; `error`: why the last one failed (picks the schedule)."""
         if error is not None and not_listening(error):
             self.not_listening_tries += 1
-            wait = self._not_listening(SimpleNamespace(attempt_number=self.not_listening_tries))
+            wait = exponential_jitter(self.not_listening_tries, *NOT_LISTENING_BACKOFF)
         else:
             self.tries += 1
-            wait = self._wait(SimpleNamespace(attempt_number=self.tries))
+            wait = exponential_jitter(self.tries, *CLIENT_BACKOFF)
         time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
 
 

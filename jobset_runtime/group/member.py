@@ -94,8 +94,6 @@ class GroupMember:
         self._address_at = 0.0  # when it was looked up (time.monotonic)
         # The start said every name of the world resolved at the servers (state.py, `bound`).
         self.names_resolved = False
-        # Made now, not when first turned away: what it imports (tenacity) must not have to be
-        # opened while the process is out of descriptors.
         self._backoff = admission.Backoff()
         self.epoch = 0
         self.phase = MemberPhase.NEW
