@@ -432,7 +432,8 @@ def run_main(argv: list[str] | None = None) -> int:
     args = _run_parser("jobset-run").parse_args(sys.argv[1:] if argv is None else argv)
     log.setup("jobset-run", args.log_format, args.log_level)
     code = _guard(cmd_run, args, args.termination_log)
-    if argv is None:
+    # Under a profiler or coverage (a trace or profile hook is set), they write their data at exit.
+    if argv is None and sys.gettrace() is None and sys.getprofile() is None:
         _end(code)
     return code
 
