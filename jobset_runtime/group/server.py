@@ -12,7 +12,6 @@ import asyncio
 import logging
 import socket
 import threading
-import time
 
 from .. import contract
 from ..addresses import join_host_port
@@ -80,6 +79,8 @@ class GroupServer:
         self.state = GroupState(list(world), attempt, relay=on_up is not None, bound=known is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
+        self._no_conns = threading.Event()  # set while no member is connected (drain waits on it)
+        self._no_conns.set()
         self._lookups: dict[str, set[asyncio.Future]] = {}  # pod -> joins waiting for its name's answer
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,9 +130,7 @@ class GroupServer:
 
     def drain(self, timeout: float) -> None:
         """Wait (up to timeout) until every member has hung up, so a last broadcast reaches them."""
-        end = time.monotonic() + timeout
-        while self._conns and time.monotonic() < end:
-            time.sleep(0.02)
+        self._no_conns.wait(timeout)
 
     def __enter__(self):
         self.start()
@@ -313,6 +312,8 @@ class GroupServer:
     def _drop(self, conn: _Conn, cause: str) -> None:
         if self._conns.get(conn.rank) is conn:
             del self._conns[conn.rank]
+            if not self._conns:
+                self._no_conns.set()
             self._apply(self.state.leave(conn.rank, cause))
 
     async def _read(self, reader: asyncio.StreamReader, limit: int) -> bytes:
@@ -376,6 +377,7 @@ class GroupServer:
                 return
             conn = _Conn(rank, writer, session, self._loop.time(), peer)
             self._conns[rank] = conn
+            self._no_conns.clear()
             conn.send({"t": "welcome", "attempt": self.state.attempt, "epoch": self.state.epoch})
             log.debug("group: %s joined from %s", self.state.world[rank], peer)
             self._apply(self.state.join(rank))
