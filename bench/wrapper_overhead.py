@@ -12,6 +12,8 @@ interleaved so machine noise hits both alike:
            joins, waits for the gang start, runs `true` and leaves.
 
 Figure: added = median(wrapper) - median(`true`), with the wrapper's p90 (goal < 100 ms added).
+Beside it, in the same loop: the wrapper's interpreter alone (`python -c pass`, the same venv and
+env), the part of the default figure that no code of the wrapper can cut.
 
     sudo python bench/wrapper_overhead.py [--runs 40] [--group-runs 20]
 """
@@ -82,12 +84,19 @@ def main() -> int:
         print(f"default: {' '.join(argv)}", flush=True)
         for _ in range(3):  # the page cache, dnsmasq's first answers
             timed(argv, env)
-        bare, wrapped = [], []
+        python = [str(Path(argv[0]).parent / "python"), "-c", "pass"]  # the interpreter jobset-run runs on
+        bare, wrapped, interpreter = [], [], []
         for _ in range(a.runs):
             bare.append(timed([true], env))
             wrapped.append(timed(argv, env))
+            interpreter.append(timed(python, env))
         record(res, "wrapper.default", "`jobset-run -- true`", "a pod of the generated manifest without fail-fast: "
                "downward-API files, DNS wait for the coordinator against dnsmasq", wrapped, bare)
+        b = Stat.median(bare, "s")
+        res.add("wrapper.interpreter", "time added by the wrapper's interpreter alone (`python -c pass`, the same "
+                "venv and env) over `true`: the part of wrapper.default that no code of the wrapper can cut",
+                Stat.median([x - b.value for x in interpreter], "s"),
+                spread=[Stat.p90([x - b.value for x in interpreter], "s")], baseline=b, baseline_what="`true` alone")
         print(f"group: {' '.join(grouped[1][0])}", flush=True)
         gbare, gwrapped = [], []
         timed_pair(grouped[0], grouped[1])

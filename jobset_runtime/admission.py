@@ -31,9 +31,8 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable  # not typing: a costly import on the wrapper's start
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Callable
 
 log = logging.getLogger("jobset_runtime.admission")
 
@@ -174,12 +173,19 @@ class KnownPods:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # on_resolved(pods): after each round of lookups, the pods it asked about (found or not),
+        # on this object's thread: a listener waiting on a claim learns its answer at once.
+        self.on_resolved: Callable[[set], None] | None = None
 
     def __call__(self, addr: str) -> bool:
         return addr in self._addresses
 
     def address_of(self, pod: str) -> str | None:
         return self._by_pod.get(pod)
+
+    def expects(self, pod: str) -> bool:
+        """`pod` is one of the names this listener resolves."""
+        return pod in self._names
 
     def refresh(self, pod: str | None = None) -> None:
         """Resolve again soon (a pod's address changed, or a name was late)."""
@@ -223,6 +229,8 @@ class KnownPods:
                         if name in got:
                             self._by_pod[pod] = got[name]
                     self._addresses = set(self._by_pod.values())
+                if self.on_resolved is not None:
+                    self.on_resolved(set(todo))
             # On claim: the pod's next claim (after its backoff) asks again, nothing else does.
             self._wake.wait(self.retry_s if todo and not self.on_claim else None)
 
@@ -252,28 +260,52 @@ def out_of_resources(e: OSError) -> bool:
 
 # --- the client's side ------------------------------------------------------------------
 
+# The clients' backoff (first wait, longest wait, jitter; seconds), exponential with jitter as
+# tenacity.wait_exponential_jitter computes it, written out: a wrapper that was never turned
+# away imports nothing for it, and one out of descriptors has nothing left to open.
+CLIENT_BACKOFF = (0.1, 2.0, 0.3)
+# After a connection refused, nothing listening on the port yet: the server's wrapper is still
+# starting, as it is when every pod of a gang starts at once.  The kernel answered (a RST), no
+# process and no handshake slot of the server was spent, so the first tries can come soon.
+NOT_LISTENING_BACKOFF = (0.01, 2.0, 0.01)
+
+
+def exponential_jitter(tries: int, first: float, longest: float, jitter: float,
+                       rng: Callable[[], float] = random.random) -> float:
+    """The wait after the `tries`-th failed try: first * 2^(tries - 1) plus up to `jitter`, at most `longest`."""
+    return min(longest, first * 2.0 ** min(max(tries, 1) - 1, 64) + jitter * rng())
+
+
 def client_backoff():
     """How long a client waits before trying again after it was turned away or closed before
-    the server proved itself: exponential with jitter, 0.1 s up to 2 s."""
-    import tenacity  # only where a client retries (the wrapper's fast start)
+    the server proved itself: 0.1 s doubling up to 2 s, with jitter.  A tenacity wait:
+    callable(retry_state) -> seconds."""
+    return lambda state: exponential_jitter(state.attempt_number, *CLIENT_BACKOFF)
 
-    try:
-        return tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.3)
-    except TypeError:  # tenacity < 9 calls the multiplier `initial`
-        return tenacity.wait_exponential_jitter(initial=0.1, max=2.0, jitter=0.3)
+
+def not_listening(e: BaseException) -> bool:
+    """The server's address answered, but nothing listens on the port (yet)."""
+    return isinstance(e, ConnectionRefusedError)
 
 
 class Backoff:
-    """client_backoff() for a loop of its own: the delay before each next try, never past a deadline.
-    Make it before it is needed (it imports tenacity): a client may first need it while its
-    process is out of descriptors."""
+    """The client's backoff for a loop of its own: the wait before each next try, never past a
+    deadline.  CLIENT_BACKOFF after a refusal by the server; NOT_LISTENING_BACKOFF, counted
+    apart, after a connection refused while the server starts."""
 
     def __init__(self):
-        self._wait, self.tries = client_backoff(), 0
+        self.tries = 0
+        self.not_listening_tries = 0
 
-    def sleep(self, deadline: float) -> None:
-        self.tries += 1
-        time.sleep(max(0.0, min(self._wait(SimpleNamespace(attempt_number=self.tries)), deadline - time.monotonic())))
+    def sleep(self, deadline: float, error: BaseException | None = None) -> None:
+        """Sleep before the next try; `error`: why the last one failed (picks the schedule)."""
+        if error is not None and not_listening(error):
+            self.not_listening_tries += 1
+            wait = exponential_jitter(self.not_listening_tries, *NOT_LISTENING_BACKOFF)
+        else:
+            self.tries += 1
+            wait = exponential_jitter(self.tries, *CLIENT_BACKOFF)
+        time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
 
 
 def retrying(deadline: float, retry_on: tuple[type[BaseException], ...]):

@@ -8,7 +8,6 @@ in the kubelet's format (kubernetes pkg/fieldpath/fieldpath.go, FormatMap): one
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Mapping  # not typing: a costly import on every start
 
 from . import contract
@@ -75,9 +74,15 @@ def parse_downward_file(text: str, path: str = "labels") -> dict[str, str]:
     return result
 
 
-def _read(path: Path) -> str | None:
+# os.path and open(), not pathlib: this runs on every wrapper start (docs/fail-fast.md, Start-up cost).
+def _read_text(path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _read(path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        return _read_text(path)
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:
@@ -94,8 +99,8 @@ def read_pod_metadata(
     service-account mount and /etc/resolv.conf."""
     env = dict(os.environ if environ is None else environ)
     explicit = contract.PODINFO_ENV in env
-    podinfo = Path(env.get(contract.PODINFO_ENV) or contract.PODINFO_DIR)
-    if not podinfo.is_dir():
+    podinfo = env.get(contract.PODINFO_ENV) or contract.PODINFO_DIR
+    if not os.path.isdir(podinfo):
         if explicit:
             raise ConfigError(
                 f"{contract.PODINFO_ENV}={podinfo} is not a directory: point it at the downward-API volume's "
@@ -110,18 +115,19 @@ def read_pod_metadata(
             )
 
     def downward(name: str) -> dict[str, str]:
-        text = _read(podinfo / name)
-        return {} if text is None else parse_downward_file(text, str(podinfo / name))
+        path = os.path.join(podinfo, name)
+        text = _read(path)
+        return {} if text is None else parse_downward_file(text, path)
 
     def plain(name: str) -> str | None:
-        text = _read(podinfo / name)
+        text = _read(os.path.join(podinfo, name))
         return text.strip() or None if text is not None else None
 
     return PodMetadata(
         labels=downward(contract.PODINFO_LABELS),
         annotations=downward(contract.PODINFO_ANNOTATIONS),
         env=env,
-        hosts=_read(Path(hosts_file)) or "",
+        hosts=_read(hosts_file) or "",
         name=plain(contract.PODINFO_NAME),
         namespace=plain(contract.PODINFO_NAMESPACE),
         service_account_namespace=_read_quietly(service_account_namespace_file),
@@ -132,7 +138,7 @@ def read_pod_metadata(
 def _read_quietly(path: str) -> str | None:
     """A fallback source: unreadable counts as absent (a non-root user, no token mounted)."""
     try:
-        return Path(path).read_text(encoding="utf-8").strip() or None
+        return _read_text(path).strip() or None
     except (OSError, UnicodeDecodeError):
         return None
 

@@ -87,6 +87,32 @@ def test_accept_backoff_doubles_up_to_its_cap():
     assert pauses[0] == 0.05 and pauses == sorted(pauses) and pauses[-1] == admission.MAX_PAUSE
 
 
+@pytest.mark.parametrize("schedule", [admission.CLIENT_BACKOFF, admission.NOT_LISTENING_BACKOFF])
+def test_a_clients_backoff_doubles_from_its_first_wait_with_bounded_jitter_up_to_its_cap(schedule):
+    first, longest, jitter = schedule
+    low = [admission.exponential_jitter(n, *schedule, rng=lambda: 0.0) for n in range(1, 12)]
+    high = [admission.exponential_jitter(n, *schedule, rng=lambda: 1.0) for n in range(1, 12)]
+    assert low[0] == first and low[1] == 2 * first and low == sorted(low) and low[-1] == longest
+    assert all(h - lo <= jitter + 1e-9 for lo, h in zip(low, high)) and high[-1] == longest
+    assert admission.exponential_jitter(10_000, *schedule) == longest  # no overflow however long it retried
+
+
+def test_a_connection_refused_while_the_server_starts_has_a_schedule_of_its_own():
+    backoff = admission.Backoff()
+    deadline = time.monotonic() + 5.0
+    for _ in range(3):
+        backoff.sleep(deadline, ConnectionRefusedError())
+    assert (backoff.not_listening_tries, backoff.tries) == (3, 0)
+    backoff.sleep(deadline, ConnectionResetError())
+    backoff.sleep(deadline)
+    assert (backoff.not_listening_tries, backoff.tries) == (3, 2)
+    # Never past the deadline, whatever the schedule says.
+    start = time.monotonic()
+    backoff.sleep(start)
+    assert backoff.tries == 3
+    assert admission.NOT_LISTENING_BACKOFF[0] < admission.CLIENT_BACKOFF[0]
+
+
 def test_retrying_retries_what_it_is_told_until_the_deadline_then_raises_the_last_error():
     calls = []
     deadline = time.monotonic() + 3.0

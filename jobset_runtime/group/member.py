@@ -59,6 +59,12 @@ class MemberPhase(str, enum.Enum):
     CLOSED = "closed"
 
 
+# After a connection refused (nothing listens on the port yet: the server's wrapper is starting),
+# the server's address is kept this long after it was looked up and tried again without a new DNS
+# query; past it, asked again (a recreated pod's old address may now answer for another pod).
+KEEP_REFUSED_ADDRESS = 1.0
+
+
 class _Refused(Exception):
     def __init__(self, reason: str, retry: bool):
         super().__init__(reason)
@@ -85,10 +91,9 @@ class GroupMember:
         # again only after a connection to the address failed.  None: the system's getaddrinfo.
         self._resolve = resolve
         self._address: str | None = None
+        self._address_at = 0.0  # when it was looked up (time.monotonic)
         # The start said every name of the world resolved at the servers (state.py, `bound`).
         self.names_resolved = False
-        # Made now, not when first turned away: what it imports (tenacity) must not have to be
-        # opened while the process is out of descriptors.
         self._backoff = admission.Backoff()
         self.epoch = 0
         self.phase = MemberPhase.NEW
@@ -302,7 +307,7 @@ class GroupMember:
                         return
                     if time.monotonic() >= join_deadline:
                         return
-                    backoff.sleep(join_deadline)
+                    backoff.sleep(join_deadline, e)
                     continue
                 lost = self._serve()
                 self._session = None
@@ -342,13 +347,15 @@ class GroupMember:
         if self._resolve is not None:
             if self._address is None:
                 self._address = self._resolve(self.server[0])  # LookupError: not there yet, retried
+                self._address_at = time.monotonic()
             target = (self._address, self.server[1])
         try:
             sock = socket.create_connection(target, timeout=left,
                                             source_address=(self.source, 0) if self.source else None)
         except OSError as e:
             if not (self.source and e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL)):
-                self._address = None  # the server's pod may have a new address
+                if not (admission.not_listening(e) and time.monotonic() - self._address_at < KEEP_REFUSED_ADDRESS):
+                    self._address = None  # the server's pod may have a new address
                 raise
             log.warning("group: cannot connect from this pod's address %s (%s); letting the system choose",
                         self.source, e.strerror)

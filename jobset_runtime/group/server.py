@@ -12,21 +12,24 @@ import asyncio
 import logging
 import socket
 import threading
-import time
 
 from .. import contract
 from ..addresses import join_host_port
-from ..errors import ConfigError
 from .. import admission
 from ..admission import KnownPods
 from ..log import one_line
 from . import wire
+from .listener import open_listener
 from .state import ALL, UP, Failure, GroupState, MemberId, Phase
 from .wire import check_auth
 
 log = logging.getLogger("jobset_runtime.group")
 
 _WRITE_BUFFER_MAX = 1 << 20  # a member that stops reading is treated as vanished
+# How long an authenticated join waits for its pod's name to be looked up (asked when the pod
+# first claims its rank, docs/peers.md) before it is refused for now: well under the member's
+# wait for a welcome (admission.Limits.deadline), and far above an answering DNS server's reply.
+CLAIM_WAIT = 2.0
 
 
 class _Conn:
@@ -55,11 +58,15 @@ class GroupServer:
     def __init__(self, *, bind: tuple[str, int] | str, world: list[MemberId], token: bytes | None,
                  insecure: bool = False, attempt: int, heartbeat: float = 0.5, deadline: float = 3.0,
                  handshake_timeout: float = 5.0, on_up=None, leaders: bool = False,
-                 slices: list[list[MemberId]] | None = None, known: KnownPods | None = None):
+                 slices: list[list[MemberId]] | None = None, known: KnownPods | None = None,
+                 listener: socket.socket | None = None):
         self._key = check_auth(token, insecure)
         if isinstance(bind, str):
             bind = (bind, contract.GROUP_PORT)
         self._bind = bind
+        # listener: bound to `bind` already (listener.py: opened before asyncio was imported); else
+        # start() opens it.
+        self._listener = listener
         # on_up(msg): relay mode (relay.py) -- collective steps go to the leaders' group.
         self._on_up = on_up
         # leaders=True: the leaders' group of the tree, whose members relay their slices' failures;
@@ -72,6 +79,9 @@ class GroupServer:
         self.state = GroupState(list(world), attempt, relay=on_up is not None, bound=known is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
         self._conns: dict[int, _Conn] = {}
+        self._no_conns = threading.Event()  # set while no member is connected (drain waits on it)
+        self._no_conns.set()
+        self._lookups: dict[str, set[asyncio.Future]] = {}  # pod -> joins waiting for its name's answer
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -87,6 +97,8 @@ class GroupServer:
 
     # --- thread-side API ------------------------------------------------------------
     def start(self) -> tuple[str, int]:
+        if self._listener is None:
+            self._listener = open_listener(self._bind, len(self.state.world))
         ready = threading.Event()
         errors: list[BaseException] = []
 
@@ -104,11 +116,7 @@ class GroupServer:
         self._thread.start()
         ready.wait()
         if errors:
-            e = errors[0]
-            if isinstance(e, OSError):
-                raise ConfigError(f"the group channel cannot listen on {join_host_port(*self._bind)}: {e.strerror or e}; "
-                                  "bind the pod's own address and a port nothing else uses") from None
-            raise e
+            raise errors[0]
         return self.address
 
     def stop(self) -> None:
@@ -122,9 +130,7 @@ class GroupServer:
 
     def drain(self, timeout: float) -> None:
         """Wait (up to timeout) until every member has hung up, so a last broadcast reaches them."""
-        end = time.monotonic() + timeout
-        while self._conns and time.monotonic() < end:
-            time.sleep(0.02)
+        self._no_conns.wait(timeout)
 
     def __enter__(self):
         self.start()
@@ -146,16 +152,11 @@ class GroupServer:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         admission.raise_nofile_limit()
-        host, port = self._bind
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        # Room for the whole world connecting at once (a flat gang start); the kernel caps it at
-        # net.core.somaxconn (docs/fail-fast.md, Limits at the record scale).
-        listener = socket.create_server((host, port), family=family,
-                                        backlog=max(1024, 2 * len(self.state.world)))
-        listener.setblocking(False)
+        listener = self._listener
         self.address = listener.getsockname()[:2]
         self.refusals.what = self.claims.what = f"group: {join_host_port(*self.address)}"
         if self.known is not None:
+            self.known.on_resolved = self._looked_up
             self.known.start()
         log.info("group: coordinator listening on %s for %d members (attempt %d)",
                  join_host_port(*self.address), len(self.state.world), self.state.attempt)
@@ -258,24 +259,61 @@ class GroupServer:
                 else:
                     conn.send(hb)
 
-    def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
+    async def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
         """A rank is bound to its pod: the claim must come from the address the pod's DNS name
-        resolves to.  Not yet resolved, or another address (DNS may still hold the old IP of a
-        recreated pod): refused for now, the name resolved again, the member retries."""
+        resolves to.  A pod's name is looked up when it claims its rank, and the join waits for
+        that answer (CLAIM_WAIT at most) rather than being turned away into the member's backoff.
+        No record yet, or another address (DNS may still hold the old IP of a recreated pod):
+        refused for now, the name asked again at the next claim, the member retries."""
         if self.known is None:
             return None
         pod = hello["pod"]
         want = self.known.address_of(pod)
+        if want is None and self.known.expects(pod):
+            want = await self._look_up(pod)
+        elif want != addr:
+            self.known.refresh(pod)
         if want == addr:
             return None
-        self.known.refresh(pod)
         if want is None:
             return f"pod {one_line(pod, 64)} has no DNS record yet to check its address against", True
         return f"pod {one_line(pod, 64)} has address {want}, not {addr}", True
 
+    async def _look_up(self, pod: str) -> str | None:
+        """Ask for `pod`'s name (batched with the other claims by KnownPods) and wait for the answer."""
+        answer = self._loop.create_future()
+        self._lookups.setdefault(pod, set()).add(answer)
+        self.known.refresh(pod)
+        try:
+            await asyncio.wait_for(answer, CLAIM_WAIT)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            waiting = self._lookups.get(pod)
+            if waiting is not None:
+                waiting.discard(answer)
+                if not waiting:
+                    del self._lookups[pod]
+        return self.known.address_of(pod)
+
+    def _looked_up(self, pods: set) -> None:
+        """KnownPods' thread: a round of lookups answered for `pods`; wake the joins waiting on them."""
+        def wake():
+            for pod in pods:
+                for answer in self._lookups.pop(pod, ()):
+                    if not answer.done():
+                        answer.set_result(None)
+
+        try:
+            self._loop.call_soon_threadsafe(wake)
+        except RuntimeError:
+            pass  # the loop has closed: nobody is waiting
+
     def _drop(self, conn: _Conn, cause: str) -> None:
         if self._conns.get(conn.rank) is conn:
             del self._conns[conn.rank]
+            if not self._conns:
+                self._no_conns.set()
             self._apply(self.state.leave(conn.rank, cause))
 
     async def _read(self, reader: asyncio.StreamReader, limit: int) -> bytes:
@@ -316,7 +354,8 @@ class GroupServer:
             finally:
                 self.gate.release(addr)
             self.gate.learn(addr)
-            refusal = self.state.admit(hello) or self._bound(hello, addr)
+            # Checked again after the lookup: the group may have moved on meanwhile.
+            refusal = self.state.admit(hello) or await self._bound(hello, addr) or self.state.admit(hello)
             rank = hello["rank"]
             if refusal is None and rank in self._conns:
                 # A rank that joined is not taken over: the one holding it keeps it until its
@@ -338,6 +377,7 @@ class GroupServer:
                 return
             conn = _Conn(rank, writer, session, self._loop.time(), peer)
             self._conns[rank] = conn
+            self._no_conns.clear()
             conn.send({"t": "welcome", "attempt": self.state.attempt, "epoch": self.state.epoch})
             log.debug("group: %s joined from %s", self.state.world[rank], peer)
             self._apply(self.state.join(rank))

@@ -126,12 +126,21 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
     servers = []
     try:
         if ident.is_coordinator:
-            from .server import GroupServer
+            from .listener import open_listener
 
             # Flat: every member's server.  Tree: the leaders' group.
             top_world = [g[0] for g in groups] if tree else world
-            top = GroupServer(bind=(address, opts.leaders_port if tree else opts.port), world=top_world,
-                              slices=groups if tree else None, known=_known(ident, top_world), **common)
+            bind = (address, opts.leaders_port if tree else opts.port)
+            # Listening before server.py loads asyncio: members starting now connect, not retry.
+            listener = open_listener(bind, len(top_world))
+            try:
+                from .server import GroupServer
+
+                top = GroupServer(bind=bind, world=top_world, slices=groups if tree else None,
+                                  known=_known(ident, top_world), listener=listener, **common)
+            except BaseException:
+                listener.close()
+                raise
             top.start()
             servers.append(top)
         if tree and hosts_server:
