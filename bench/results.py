@@ -198,7 +198,9 @@ class Results:
 # --- formatting, shared with report.py -------------------------------------------------
 
 def format_value(value: float, unit: str) -> str:
-    if unit in ("names/s", "frames/s", "MB", "/s"):
+    if unit in ("names/s", "frames/s", "MB", "/s", "queries", "hosts"):
+        if unit in ("queries", "hosts") and value == int(value):
+            return f"{value:,.0f} {unit}"
         return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
     if unit == "%":
         return f"{value:.1f} %"
