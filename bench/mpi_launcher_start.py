@@ -6,8 +6,8 @@ runner, with a pod per worker, at smaller sizes):
     the worker FQDNs, each at its own loopback address 127.x.y.z;
   - every worker address is a real WorkerServer (the worker's code, with the real handshake,
     admission and watch loop) bound to that address and the MPI port; they are spread over
-    --procs processes (one accept thread per process serves all its listeners, one thread
-    per watch channel, as in a worker pod);
+    processes of --per-proc addresses each (one accept thread per process serves all its
+    listeners, one thread per watch channel, as in a worker pod);
   - the launcher runs in this process (launcher.run) with `--mpi openmpi`, and "mpirun" is a
     script that records when it was exec'd, then stays --hold seconds, so that every watch
     channel carries the launcher's heartbeats for a while before `finish`.
@@ -19,7 +19,7 @@ while mpirun runs (heartbeats to every worker, nothing else); its peak descripto
 and memory.  Baseline, same run: peers.wait_for_hosts alone for the same names and port, the
 part any launcher that waits for its workers pays.
 
-    python bench/mpi_launcher_start.py [--workers 12736] [--procs 4] [--runs 1] [--hold 10]
+    python bench/mpi_launcher_start.py [--workers 12736] [--per-proc 400] [--runs 1] [--hold 10]
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def workers_process(key: bytes, port: int, indices: list[int], conn):
     for o in outcomes:
         codes[None if o is None else o.code] = codes.get(None if o is None else o.code, 0) + 1
     causes = sorted({o.cause for o in outcomes if o is not None and o.code != 0})[:3]
-    conn.send({"watchers": sorted({s.watchers for s in servers}), "codes": codes, "causes": causes, "peak": peak})
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    conn.send({"watchers": sorted({s.watchers for s in servers}), "codes": codes, "causes": causes, "peak": peak,
+               "cpu": (ru.ru_utime, ru.ru_stime)})
     for s in servers:
         s.close()
 
@@ -199,6 +201,8 @@ def one_run(a, identity, hosts, key, token, mpirun, stamp, ns) -> dict:
         "watchers": sorted({x for w in workers for x in w["watchers"]}), "worker_codes": codes,
         "causes": [c for w in workers for c in w["causes"]][:3],
         "worker_threads": sum(w["peak"].get("Threads", 0) for w in workers),
+        "worker_cpu": [w["cpu"] for w in workers],
+        "launcher_cpu": (resource.getrusage(resource.RUSAGE_SELF).ru_utime, resource.getrusage(resource.RUSAGE_SELF).ru_stime),
         "worker_rss_mb": sum(w["peak"].get("VmHWM", 0) for w in workers) / 1024,
     }
 
@@ -206,10 +210,13 @@ def one_run(a, identity, hosts, key, token, mpirun, stamp, ns) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=12736)
-    ap.add_argument("--procs", type=int, default=4, help="processes the worker addresses are spread over")
+    ap.add_argument("--per-proc", type=int, default=400,
+                    help="worker addresses per process (thousands of threads in one interpreter fight over its "
+                         "GIL: 1,024 per process cost 10x the CPU of 512)")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--hold", type=float, default=10.0, help="seconds the stub mpirun runs")
     a = ap.parse_args(argv)
+    a.procs = max(1, -(-a.workers // a.per_proc))
     res = Results(__file__, sys.argv[1:] if argv is None else argv)
     admission.raise_nofile_limit()
     logging.basicConfig(level=logging.WARNING)
