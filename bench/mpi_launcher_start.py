@@ -202,7 +202,7 @@ def one_run(a, identity, hosts, key, token, mpirun, stamp, ns) -> dict:
         "causes": [c for w in workers for c in w["causes"]][:3],
         "worker_threads": sum(w["peak"].get("Threads", 0) for w in workers),
         "worker_cpu": [w["cpu"] for w in workers],
-        "launcher_cpu": (resource.getrusage(resource.RUSAGE_SELF).ru_utime, resource.getrusage(resource.RUSAGE_SELF).ru_stime),
+        "launcher_cpu": resource.getrusage(resource.RUSAGE_SELF)[:2],
         "worker_rss_mb": sum(w["peak"].get("VmHWM", 0) for w in workers) / 1024,
     }
 

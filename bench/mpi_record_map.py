@@ -5,8 +5,8 @@ The hostfile is the product's (jobset_runtime.mpi.hostfile, Open MPI format, one
 to hold every host, then exits without starting a daemon (PRRTE's dry run).  The same mpirun
 without `--display map` says how much of it is the mapping and how much the printing.  Figures
 (bench/results.py), per host count: wall time of that mpirun, beside the same mpirun on 16 hosts in
-the same run, and the time per host beside the smallest size's, which says where it stops growing linearly.  The version is
-checked first (`mpirun --version`, Open MPI 5).
+the same run, and the time per host beside the smallest size's, which says where it stops growing
+linearly.  The version is checked first (`mpirun --version`, Open MPI 5).
 
     python bench/mpi_record_map.py [--hosts 1024,4096,12736] [--mpirun .venv/bin/mpirun]
 """
