@@ -158,6 +158,7 @@ def one_run(a, identity, hosts, key, token, mpirun, stamp, ns) -> dict:
         p.start()
         procs.append(p)
         pipes.append(mine)
+    told = False
     try:
         for r in (pipe.recv() for pipe in pipes):
             if "error" in r:
@@ -176,15 +177,19 @@ def one_run(a, identity, hosts, key, token, mpirun, stamp, ns) -> dict:
         code = launcher.run(opts, identity, marks=marks)
         done = time.monotonic()
         sampler.stop_.set()
-        exec_at = float(stamp.read_text())
+        # No stamp: mpirun was stopped before it got as far as writing it (the run failed).
+        exec_at = float(stamp.read_text()) if stamp.exists() else marks.get("exec", done)
+        stamp.unlink(missing_ok=True)
         for pipe in pipes:
             pipe.send(30.0)
+        told = True
         workers = [pipe.recv() for pipe in pipes]
     finally:
         for p in procs:
-            p.join(timeout=60)
+            p.join(timeout=60 if told else 0)
             if p.is_alive():
                 p.kill()
+                p.join()
     codes: dict = {}
     for w in workers:
         for c, k in w["codes"].items():

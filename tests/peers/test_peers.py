@@ -417,3 +417,49 @@ def test_a_lone_lookup_waits_for_a_slow_server_instead_of_asking_twice(dns_serve
         relay.close()
     assert got == "10.0.0.10"
     assert dns_server.stats["udp"] == 1
+
+
+def _time_wait_on(port: int) -> int:
+    """Sockets in TIME_WAIT (state 06) with `port` at either end, in this network namespace."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if state == "06" and port in (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)):
+                count += 1
+    return count
+
+
+def test_port_probes_leave_no_time_wait_behind():
+    """A launcher probes every worker's port, then connects to each again: probes that sat in
+    TIME_WAIT for a minute would hold an ephemeral port each (12,736 at the record scale)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def serve():  # accepts, and closes only once the probe has gone (as a worker does)
+        listener.settimeout(5)
+        for _ in range(20):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    names = {f"w-{i}.{SUB}": "127.0.0.1" for i in range(20)}
+    assert connect_batch(names, port) == {}
+    t.join()
+    for conn in accepted:
+        try:
+            conn.recv(16)  # the reset (or, without it, the FIN)
+        except ConnectionResetError:
+            pass
+        conn.close()
+    listener.close()
+    assert len(accepted) == 20
+    assert _time_wait_on(port) == 0
