@@ -216,8 +216,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=12736)
     ap.add_argument("--per-proc", type=int, default=400,
-                    help="worker addresses per process (thousands of threads in one interpreter fight over its "
-                         "GIL: 1,024 per process cost 10x the CPU of 512)")
+                    help="worker addresses per process (a thousand or more watch threads in one interpreter "
+                         "spend their CPU fighting over its lock)")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--hold", type=float, default=10.0, help="seconds the stub mpirun runs")
     a = ap.parse_args(argv)
