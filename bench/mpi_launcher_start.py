@@ -147,7 +147,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def one_run(a, identity, hosts, key, token, mpirun, stamp, ns) -> dict:
+def one_run(a, identity, hosts, key, mpirun, stamp) -> dict:
     n = len(hosts)
     port = free_port()
     procs, pipes = [], []
@@ -256,7 +256,7 @@ def main(argv=None):
     runs = []
     try:
         for _ in range(a.runs):
-            r = one_run(a, identity, hosts, key, token, mpirun, stamp, nameserver)
+            r = one_run(a, identity, hosts, key, mpirun, stamp)
             print({k: v for k, v in r.items()}, flush=True)
             runs.append(r)
     finally:
