@@ -300,17 +300,22 @@ class Watch:
 
     def _beat(self) -> None:
         while not self._stop.wait(channel.HEARTBEAT_S):
+            self.beat_once()
+
+    def beat_once(self) -> None:
+        """One heartbeat round: a frame to every worker not lost, the handshakes under way let
+        finish first (at most BEAT_WAIT_S) and none started until it is done."""
+        with self._turns:
+            self._beating = True
+            self._turns.wait_for(lambda: self._handshakes == 0, timeout=BEAT_WAIT_S)
+        try:
+            failed = self._send_all({"t": "hb"})
+        finally:
             with self._turns:
-                self._beating = True
-                self._turns.wait_for(lambda: self._handshakes == 0, timeout=BEAT_WAIT_S)
-            try:
-                failed = self._send_all({"t": "hb"})
-            finally:
-                with self._turns:
-                    self._beating = False
-                    self._turns.notify_all()
-            for host in failed:
-                self._lose(host)
+                self._beating = False
+                self._turns.notify_all()
+        for host in failed:
+            self._lose(host)
 
     def _listen(self) -> None:
         import selectors

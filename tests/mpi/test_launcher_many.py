@@ -51,3 +51,39 @@ def test_a_launcher_watches_hundreds_of_workers_and_every_one_ends_with_its_verd
         watch.finish(1, "test over")
         for s in servers:
             s.close()
+
+
+def test_a_heartbeat_round_and_channel_openings_take_turns(monkeypatch):
+    """A round waits for the handshake under way, and a handshake that would start during a
+    round waits for its end: with the handshakes' threads busy, each of a round's sends would
+    otherwise wait a switch interval for the interpreter lock (docs/mpi.md, At the record scale)."""
+    from jobset_runtime.mpi import launcher
+
+    monkeypatch.setattr(launcher, "BEAT_WAIT_S", 60.0)  # the order, not the timing, is under test
+    watch = Watch()
+    order = []
+    inside, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(watch, "_send_all", lambda msg: order.append(f"round {msg['t']}") or [])
+
+    def opening():
+        with watch.handshake():
+            inside.set()
+            release.wait(30)
+            order.append("handshake done")
+
+    first = threading.Thread(target=opening)
+    first.start()
+    assert inside.wait(30)
+    rounds = threading.Thread(target=watch.beat_once)
+    rounds.start()
+    while not watch._beating:  # the round is waiting for the handshake under way
+        time.sleep(0.01)
+    inside.clear()
+    second = threading.Thread(target=opening)
+    second.start()
+    time.sleep(0.2)
+    assert not inside.is_set()  # no handshake starts while a round is due
+    release.set()
+    for t in (first, rounds, second):
+        t.join(30)
+    assert order == ["handshake done", "round hb", "handshake done"]
