@@ -136,10 +136,9 @@ class WorkerServer:
 
     def _accept_ready(self) -> float:
         """Accept one connection (the acceptor saw the listener readable); the pause the
-        acceptor should take before accepting again (0 but when out of descriptors)."""
-        if self._done.is_set():
-            _Acceptor.shared().remove(self)  # the backlog waits for close(), as before
-            return 0.0
+        acceptor should take before accepting again (0 but when out of descriptors).
+        The listener serves until close(), its verdict reached or not: a peer then still
+        gets a handshake, and an answer, rather than a connection nobody takes."""
         try:
             sock, addr = self._listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -385,6 +384,7 @@ class _Acceptor:
                     pass
 
     def _run(self) -> None:
+        reported = time.monotonic()
         while True:
             try:
                 ready = self._sel.select(1.0)  # at least once a second: report refusals
@@ -397,10 +397,12 @@ class _Acceptor:
                     pause = max(pause, key.data._accept_ready())
                 except Exception:  # one server's bug must not stop accepting for the others
                     log.exception("mpi worker: accepting a connection failed")
-            with self._lock:
-                servers = list(self._servers.values())
-            for server in servers:
-                server.refusals.flush_due()
+            if time.monotonic() - reported >= 1.0:  # once a second, not once per connection
+                reported = time.monotonic()
+                with self._lock:
+                    servers = list(self._servers.values())
+                for server in servers:
+                    server.refusals.flush_due()
             if pause:
                 time.sleep(pause)
 
