@@ -168,6 +168,21 @@ def expected_daemon_hosts(hosts: list[str], opts: Options) -> list[str]:
     return [] if opts.mpirun_args or opts.transport != "exec" else list(hosts)
 
 
+DESCRIPTORS_BESIDE_CHANNELS = 128  # the channels still opening, the port wait's window, files, DNS
+
+
+def check_descriptors(workers: int, soft: int, hard: int) -> None:
+    """A ConfigError now, rather than channels that cannot open until the timeout, when this
+    pod may not hold a watch channel to every worker at once."""
+    need = workers + DESCRIPTORS_BESIDE_CHANNELS
+    if soft < need:
+        raise ConfigError(
+            f"{workers} MPI workers need about {need} open files in the launcher (a watch channel to each), "
+            f"and this pod may open {soft} (hard limit {hard}): raise the container's nofile limit (the "
+            "container runtime's default_ulimits, or LimitNOFILE of containerd's service) to at least "
+            f"{need}, or use fewer, larger workers")
+
+
 def worker_hosts(identity, workers_job: str) -> list[str]:
     topo = identity.topology
     if topo is None:
@@ -438,11 +453,12 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
 
     # One watch channel per worker: 12,736 descriptors at the record scale, past a container's
     # usual soft limit of 1,024 (docs/mpi.md, At the record scale).
-    raise_nofile_limit()
+    soft, hard = raise_nofile_limit()
 
     if opts.transport not in TRANSPORTS:
         raise ConfigError(f"--transport {opts.transport}: use one of {', '.join(TRANSPORTS)}")
     hosts = worker_hosts(identity, opts.workers_job)
+    check_descriptors(len(hosts), soft, hard)
     fqdns = {h: identity.fqdn(h) for h in hosts}
     chan_port = port_from_env()
     key = load_key()

@@ -87,3 +87,18 @@ def test_a_heartbeat_round_and_channel_openings_take_turns(monkeypatch):
     for t in (first, rounds, second):
         t.join(30)
     assert order == ["handshake done", "round hb", "handshake done"]
+
+
+def test_a_launcher_that_cannot_hold_a_channel_per_worker_says_so_before_it_starts():
+    import pytest
+
+    from jobset_runtime.errors import ConfigError
+    from jobset_runtime.mpi.launcher import DESCRIPTORS_BESIDE_CHANNELS, check_descriptors
+
+    check_descriptors(12_736, 1_048_576, 1_048_576)
+    check_descriptors(896, 1024, 1024)  # a container's usual soft limit still holds 896 channels
+    with pytest.raises(ConfigError, match=r"12736 MPI workers need about 12864 open files.*may open 1024 \(hard "
+                                          r"limit 4096\): raise the container's nofile limit"):
+        check_descriptors(12_736, 1024, 4096)
+    with pytest.raises(ConfigError):
+        check_descriptors(20_000 - DESCRIPTORS_BESIDE_CHANNELS + 1, 20_000, 20_000)
