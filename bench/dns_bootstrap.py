@@ -10,7 +10,8 @@ threads in each of --procs processes (Scheduler), each step doing what the produ
        coordinator's, the baseline (it leaves out the group channel's own lookups that came after
        it; a round that waits for a free thread is late, which only lowers this count);
   new: the group's gang start through the tree: a member asks peers.resolve_one for its slice leader's
-       name (a leader: the coordinator's), retrying after admission.Backoff while it has no record,
+       name (a leader: the coordinator's), retrying after admission.Backoff while it has no record
+       (resolve_one itself asks again only once its negative hold for that name has passed),
        then claims its rank at its server, whose KnownPods(on_claim=True) asks for the claimant's name
        (server._bound's check, called here directly in place of the TCP handshake).  The start is
        given once every claim is bound; at that moment every name must already resolve.
@@ -18,26 +19,36 @@ threads in each of --procs processes (Scheduler), each step doing what the produ
 Each process holds the KnownPods of its own slices' leaders, and one for its share of the leaders'
 group (the same queries as the coordinator's one KnownPods: one per leader that claims).
 
-    PYTHONPATH=. python bench/dns_bootstrap.py [--slices 199] [--pods 64] [--spread 30] [--json FILE]
+Counted at the server: every query, by name; retransmissions (a repeated id for the same name);
+queries that came before the name's record was visible.  Figures (bench/results.py): the new way's
+queries, per pod, beside the old way's measured in the same run; how many of them were early or
+retransmitted; the last record -> the last pod through, both ways.
+
+    python bench/dns_bootstrap.py [--slices 199] [--pods 64] [--spread 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
-from collections import Counter
 import json
 import multiprocessing
-import os
 import random
 import sys
 import threading
 import time
 import types
+from collections import Counter
+from pathlib import Path
 
-from jobset_runtime import admission
-from jobset_runtime.admission import KnownPods
-from jobset_runtime.peers import resolve_batch, resolve_one
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import Results, Stat  # noqa: E402
+
+from jobset_runtime import admission  # noqa: E402
+from jobset_runtime.admission import KnownPods  # noqa: E402
+from jobset_runtime.peers import NegativeHolds, resolve_batch, resolve_one  # noqa: E402
 
 SUB = "js.default.svc.cluster.local"
 ZONE = "svc.cluster.local"
@@ -57,8 +68,10 @@ def dns_process(records, conn):
     from jobset_runtime.local.dns import DnsServer
 
     server = DnsServer(zones=[ZONE])
-    # Every query counted by its name, and by (name, id): a retransmission repeats its id.
-    by_name, by_id = Counter(), Counter()
+    # Every query counted by its name, and by (name, id): a retransmission repeats its id; and
+    # the queries that came before the name's record was visible.
+    by_name, by_id, early = Counter(), Counter(), Counter()
+    visible_at = {n.lower(): at for n, _, at in records}
     answer = server._answer_safely
 
     def counted(wire, *, udp):
@@ -69,6 +82,8 @@ def dns_process(records, conn):
         qname = ".".join(labels)
         by_name[qname] += 1
         by_id[(qname, wire[:2])] += 1
+        if time.monotonic() < visible_at.get(qname, 0.0):
+            early[qname] += 1
         return answer(wire, udp=udp)
 
     server._answer_safely = counted
@@ -77,7 +92,8 @@ def dns_process(records, conn):
         server.set(n, a, visible_after=max(0.0, at - time.monotonic()))  # `at` itself, however long this loop
     conn.send(server.nameserver)
     conn.recv()  # done
-    conn.send({**server.stats, "by_name": dict(by_name), "retransmissions": sum(by_id.values()) - len(by_id)})
+    conn.send({**server.stats, "by_name": dict(by_name), "early": dict(early),
+               "retransmissions": sum(by_id.values()) - len(by_id)})
     server.stop()
 
 
@@ -155,7 +171,7 @@ def old_pod(ns, s, pods, deadline, done, errors):
     return step
 
 
-late = [0, 0]  # per process: target lookups that found no record yet; repeated claims
+late = [0, 0]  # per process: target lookups that found no address (asked or held); repeated claims
 
 
 def new_pod(ns, s, p, slice_known, top_known, deadline, done, errors):
@@ -171,6 +187,7 @@ def new_pod(ns, s, p, slice_known, top_known, deadline, done, errors):
     else:
         target, known = name(s, 0), slice_known
     backoff = admission.client_backoff()
+    holds = NegativeHolds()  # a pod's own, as its process's would be
     state = {"address": None, "tries": 0, "claimed": False}
 
     def again():
@@ -183,8 +200,8 @@ def new_pod(ns, s, p, slice_known, top_known, deadline, done, errors):
     def step():
         if state["address"] is None:
             try:
-                state["address"] = resolve_one(target, [ns])
-            except LookupError:  # its server's record is later than this pod's
+                state["address"] = resolve_one(target, [ns], holds=holds)
+            except LookupError:  # its server's record is later than this pod's (asked, or still held)
                 late[0] += 1
                 return again()
         if known.address_of(me) == ip(s, p):
@@ -262,20 +279,22 @@ def run(mode, args, appear):
         "queries_for_leader_names": sum(stats["by_name"].get(name(s, 0), 0) for s in range(args.slices)),
         "queries_for_other_names": sum(stats["by_name"].get(name(s, p), 0)
                                        for s in range(args.slices) for p in range(1, args.pods)),
-        "member_lookups_before_the_record": sum(r["late_lookups"] for r in results),
+        "early_queries": sum(stats["early"].values()),
+        "early_queries_for_leader_names": sum(stats["early"].get(name(s, 0), 0) for s in range(args.slices)),
+        "member_lookups_without_an_address": sum(r["late_lookups"] for r in results),
         "repeated_claims": sum(r["repeat_claims"] for r in results),
         "pods_through": sum(r["done"] for r in results),
         "errors": sum(r["n_errors"] for r in results),
         "error_sample": [e for r in results for e in r["errors"]][:5],
-        "last_through_s": None if last is None else round(last - t0, 2),
-        "last_record_s": round(max(max(a) for a in appear), 2),
+        "last_through_s": None if last is None else last - t0,
+        "last_record_s": max(max(a) for a in appear),
         "every_name_visible_at_last": last is not None and last >= t0 + max(max(a) for a in appear),
     }
     del names
     return out
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=199)
     ap.add_argument("--pods", type=int, default=64, help="pods per slice")
@@ -283,26 +302,47 @@ def main():
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds past the spread before giving up")
     ap.add_argument("--procs", type=int, default=4, help="processes the pods' threads are spread over")
     ap.add_argument("--threads", type=int, default=32, help="threads per process running the pods' steps")
-    ap.add_argument("--modes", default="old,new")
     ap.add_argument("--seed", type=int, default=16)
-    ap.add_argument("--json", metavar="FILE")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    res = Results(__file__, sys.argv[1:] if argv is None else argv)
     rng = random.Random(args.seed)
     appear = [[rng.uniform(0, args.spread) for _ in range(args.pods)] for _ in range(args.slices)]
     n = args.slices * args.pods
-    report = {"bench": "dns_bootstrap", "slices": args.slices, "pods_per_slice": args.pods, "pods": n,
-              "spread_s": args.spread, "procs": args.procs, "goal_queries": 2 * n, "runs": []}
-    for mode in args.modes.split(","):
-        load = os.getloadavg()
-        r = run(mode, args, appear)
-        r["loadavg_before"] = [round(x, 2) for x in load]
-        r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-        report["runs"].append(r)
+    runs = {}
+    for mode in ("old", "new"):
+        runs[mode] = r = run(mode, args, appear)
         print(json.dumps(r), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0 if all(r["errors"] == 0 and r["pods_through"] == n for r in report["runs"]) else 1
+    old, new = runs["old"], runs["new"]
+    size = f"{args.slices} x {args.pods} = {n:,} pods, records appearing over {args.spread:g} s"
+    key = f"dns.bootstrap{n}"
+    old_what = "`--wait slice`: each pod waits for its slice's names and the coordinator's"
+    res.add(key, f"DNS queries of a whole bootstrap ({size}), counted at the DNS server: gang start "
+            "through the tree, members asking only for their server", Stat.single(new["queries"], "queries"),
+            baseline=Stat.single(old["queries"], "queries"), baseline_what=old_what,
+            goal=f"<= 2 per pod ({2 * n:,}) plus retries for late records")
+    res.add(f"{key}.per_pod", "DNS queries per pod, gang start", Stat.single(new["queries"] / n, "queries"),
+            baseline=Stat.single(old["queries"] / n, "queries"), baseline_what=old_what, goal="<= 2")
+    res.add(f"{key}.early", "of the gang start's queries: asked before the name's record was visible "
+            "(members polling for a slice leader whose pod came later)", Stat.single(new["early_queries"], "queries"),
+            baseline=Stat.single(old["early_queries"], "queries"), baseline_what=old_what)
+    res.add(f"{key}.retransmissions", "of the gang start's queries: UDP retransmissions (an id sent again)",
+            Stat.single(new["retransmissions"], "queries"),
+            baseline=Stat.single(old["retransmissions"], "queries"), baseline_what=old_what)
+    if new["last_through_s"] is not None and old["last_through_s"] is not None:
+        res.add(f"{key}.after_last_record", "last record visible -> last pod through (gang start: every "
+                "member joined; its start needs every name)",
+                Stat.single(new["last_through_s"] - new["last_record_s"], "s"),
+                baseline=Stat.single(old["last_through_s"] - old["last_record_s"], "s"),
+                baseline_what="`--wait slice`: the last pod's wait done")
+    ok = all(r["errors"] == 0 and r["pods_through"] == n and r["dropped"] == 0 for r in runs.values())
+    if not ok:
+        res.note("NOT every pod came through (or the server dropped queries): "
+                 + "; ".join(f"{m}: {r['pods_through']} through, {r['errors']} errors {r['error_sample'][:2]}, "
+                             f"{r['dropped']} dropped" for m, r in runs.items()))
+    res.note(f"{args.procs} processes x {args.threads} threads run the pods' steps; the embedded DNS server in "
+             "a process of its own")
+    res.write()
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ this machine (`mpirun -n 2`, shared memory), which no pod network can beat.
 
     sudo python bench/mpi_network_local.py [--max-size BYTES] [--loop N]
 
-Prints both tables and, per size, the pod path's latency over the baseline's.
+Prints both tables and, per size, the pod path's latency over the baseline's; records nothing
+in bench/results/ (bench/README.md says why).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ RESULTS_DIR = ROOT / "bench" / "results"
 RESULTS_ENV = "BENCH_RESULTS"  # one file for every script of a `./dev bench` run
 STATISTICS = ("median", "p90", "p99", "max", "min", "single")
 P99_MIN_SAMPLES = 100  # below this a "p99" is the max: say so
+COUNTS = ("queries", "hosts", "fds", "threads")  # units of things counted: whole numbers
 
 
 def percentile(values, q: float) -> float:
@@ -198,7 +199,9 @@ class Results:
 # --- formatting, shared with report.py -------------------------------------------------
 
 def format_value(value: float, unit: str) -> str:
-    if unit in ("names/s", "frames/s", "MB", "/s"):
+    if unit in ("names/s", "frames/s", "MB", "/s") or unit in COUNTS:
+        if unit in COUNTS and value == int(value):
+            return f"{value:,.0f} {unit}"
         return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
     if unit == "%":
         return f"{value:.1f} %"

@@ -207,7 +207,7 @@ class KnownPods:
 
     def _run(self) -> None:
         from .errors import JobSetRuntimeError
-        from .peers import resolve_batch
+        from .peers import LONE_RTO, resolve_batch
 
         while not self._stop.is_set():
             self._wake.clear()  # before reading the claims: one made from now on wakes the wait below
@@ -220,7 +220,8 @@ class KnownPods:
             if todo:
                 try:
                     got = resolve_batch(list(todo.values()), self._nameservers, tries=2,
-                                        deadline=time.monotonic() + 5.0, family=self._family).resolved
+                                        deadline=time.monotonic() + 5.0, family=self._family,
+                                        first_rto=LONE_RTO).resolved  # a few names: no round trip to learn
                 except (JobSetRuntimeError, OSError) as e:
                     log.debug("known pods: cannot resolve: %s", e)
                     got = {}

@@ -173,6 +173,7 @@ def resolve_batch(
     max_window: int = 512,
     deadline: float | None = None,
     family: str = "ipv4",
+    first_rto: float | None = None,
 ) -> BatchResult:
     """Ask for the address of every name once (with retransmissions); no waiting between rounds.
 
@@ -186,7 +187,9 @@ def resolve_batch(
     is sent again, up to `tries` sends.  The batch ends early when no server
     has answered anything for `silence` seconds, and at `deadline`
     (time.monotonic()).  Names without an A record are in `failed` with the
-    last answer seen.  An invalid name raises ConfigError.
+    last answer seen.  An invalid name raises ConfigError.  `first_rto`: the
+    retransmission timeout before any round trip is measured (default
+    _UdpEngine.INITIAL_RTO; a lone lookup's is LONE_RTO).
     """
     if family not in FAMILIES:
         raise ConfigError(f"address family {family!r}: use one of {', '.join(FAMILIES)}")
@@ -208,7 +211,7 @@ def resolve_batch(
     if not jobs:
         return result
     deadline = float("inf") if deadline is None else deadline
-    engine = _UdpEngine(servers, result, max(1, tries), max_rto, silence, max(1, max_window), deadline)
+    engine = _UdpEngine(servers, result, max(1, tries), max_rto, silence, max(1, max_window), deadline, first_rto)
     truncated = engine.run(jobs)
     for name, question in truncated:
         _tcp_phase(name, question, servers, result, max_rto * 2, deadline)
@@ -221,15 +224,75 @@ def resolve_batch(
     return result
 
 
-def resolve_one(name: str, nameservers=None, *, timeout: float = 2.0, family: str = "auto") -> str:
+# A lone lookup's first retransmission timeout.  A batch learns the round trip from its
+# replies; one query has none to learn from, and 0.2 s (the batch's start) is shorter than a
+# busy cluster DNS server takes while every pod of a large job asks at once: the copy sent
+# then only doubles the load on it (bench/dns_bootstrap.py, docs/peers.md).
+LONE_RTO = 1.0
+# After a name did not resolve, resolve_one asks for it again only once this hold has passed
+# (RFC 2308's negative caching, kept short): 0.5 s, doubled per miss, at most NEGATIVE_HOLD_MAX,
+# jittered downwards.  A group member retries after 0.1, 0.2, 0.4, ... s (admission's client
+# backoff): its first quick retries cost no query for a record late by seconds, and once its
+# backoff reaches its 2 s cap every retry asks again, so a late record is seen as soon as before.
+NEGATIVE_HOLD_FIRST = 0.5
+NEGATIVE_HOLD_MAX = 2.0  # no more than the client backoff's cap: never a retry skipped at the cap
+
+
+class NegativeHolds:
+    """Per name: when resolve_one may ask again after a miss, and why it missed.  One per
+    process (a pod) by default; a caller standing for many pods at once passes its own each."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._held: dict[tuple, tuple[float, float, str]] = {}  # key -> (until, hold, verdict)
+
+    def check(self, key: tuple) -> str | None:
+        """The verdict still held for `key` (no query now), or None: ask."""
+        with self._lock:
+            entry = self._held.get(key)
+        if entry is None or time.monotonic() >= entry[0]:
+            return None
+        return f"{entry[2]}; not asked again within {entry[1]:g} s of that answer"
+
+    def missed(self, key: tuple, verdict: str) -> None:
+        with self._lock:
+            _, hold, _ = self._held.get(key, (0.0, NEGATIVE_HOLD_FIRST / 2, ""))
+            hold = min(NEGATIVE_HOLD_MAX, hold * 2)
+            # Jittered down only (never past a retry of the caller's at its cap), so that pods
+            # that missed together do not all ask again together.
+            self._held[key] = (time.monotonic() + hold * random.uniform(0.75, 1.0), hold, verdict)
+
+    def found(self, key: tuple) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+
+
+_holds = NegativeHolds()
+
+
+def resolve_one(name: str, nameservers=None, *, timeout: float = 2.0, family: str = "auto",
+                holds: NegativeHolds | None = None) -> str:
     """One name's address, from one query in the pod's family (retransmitted only if unanswered).
 
     Raises LookupError naming the last answer (NXDOMAIN, no reply, ...) when it has none:
-    the caller decides when to ask again (a group member: after its backoff)."""
-    got = resolve_batch([name], nameservers, tries=2, deadline=time.monotonic() + timeout, family=family)
+    the caller decides when to ask again (a group member: after its backoff).  A call made
+    while the last miss of the same name is held (NEGATIVE_HOLD_*) raises at once, without a
+    query: however often the caller retries, a late record costs a query per hold."""
+    holds = _holds if holds is None else holds
+    key = (name.lower().rstrip("."), family, repr(nameservers))
+    held = holds.check(key)
+    if held is not None:
+        raise LookupError(f"{name} does not resolve yet ({held})")
+    got = resolve_batch([name], nameservers, tries=2, deadline=time.monotonic() + timeout, family=family,
+                        first_rto=LONE_RTO)
     if name in got.resolved:
+        holds.found(key)
         return got.resolved[name]
-    raise LookupError(f"{name} does not resolve yet ({_verdict(got.failed.get(name))})")
+    verdict = _verdict(got.failed.get(name))
+    holds.missed(key, verdict)
+    raise LookupError(f"{name} does not resolve yet ({verdict})")
 
 
 class _UdpEngine:
@@ -247,7 +310,7 @@ class _UdpEngine:
     INITIAL_RTO = 0.2
     INITIAL_WINDOW = 32
 
-    def __init__(self, servers, result, tries, max_rto, silence, max_window, deadline):
+    def __init__(self, servers, result, tries, max_rto, silence, max_window, deadline, first_rto=None):
         self.servers = servers
         self.result = result
         self.tries = tries
@@ -257,7 +320,7 @@ class _UdpEngine:
         self.deadline = deadline
         self.srtt = None
         self.rttvar = 0.0
-        self.rto = min(self.INITIAL_RTO, max_rto)
+        self.rto = min(self.INITIAL_RTO if first_rto is None else first_rto, max_rto)
         self.window = float(min(self.INITIAL_WINDOW, max_window))
         self.ssthresh = float(max_window)
         self.last_cut = 0.0
@@ -568,6 +631,7 @@ def _verdict(status: str | None) -> str:
     return NO_REPLY if status in (None, NOT_ASKED) else status
 
 
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, no TIME_WAIT
 _CONNECT_ERRORS = {
     errno.ECONNREFUSED: "connection refused",
     errno.EHOSTUNREACH: "host unreachable",
@@ -580,7 +644,12 @@ def connect_batch(addresses: dict, port: int, *, timeout: float = 2.0, window: i
     """Try one TCP connection to (ip, port) for every {name: ip}, concurrently.
 
     Returns {name: error} for the names that did not accept; connections that
-    succeed are closed at once (nothing is sent).
+    succeed are closed at once (nothing is sent), by a reset (SO_LINGER 0) rather
+    than a FIN: a probe then leaves no TIME_WAIT socket behind holding an ephemeral
+    port for a minute.  An MPI launcher probes 12,736 workers and then opens a
+    channel to each: with the probes in TIME_WAIT, that is 25,472 of the 28,232
+    ports of Linux's default range, and every connect() searches longer for a free
+    one (the kubelet's probes do the same for the same reason: kubernetes#115143).
     """
     errors: dict[str, str] = {}
     queue = deque(addresses.items())
@@ -608,6 +677,8 @@ def connect_batch(addresses: dict, port: int, *, timeout: float = 2.0, window: i
                 rc = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if rc:
                     errors[name] = _CONNECT_ERRORS.get(rc, os.strerror(rc))
+                else:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
                 s.close()
             now = time.monotonic()
             for s, (name, exp) in list(open_.items()):

@@ -15,6 +15,7 @@ Steps, each fixing a mistake users report with today's operators (REFERENCE.md):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -45,6 +46,7 @@ log = logging.getLogger("jobset_runtime.mpi.launcher")
 GRACE_S = 2.0  # after a worker is lost (or a daemon there failed), mpirun gets this long to fail by itself
 DAEMONS_SETTLE_S = 10.0  # after mpirun exited 0, how long every started daemon may take to report its end
 LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
+BEAT_WAIT_S = 0.5  # how long a heartbeat round waits for the channel openings under way to finish
 TRANSPORTS = ("exec", "ssh")
 HOSTFILE_BY = hostfile.HOSTFILE_BY
 _PYTHON = re.compile(r"python[0-9.]*\Z")
@@ -182,6 +184,21 @@ def expected_daemon_hosts(hosts: list[str], opts: Options) -> list[str]:
     return [] if opts.mpirun_args or opts.transport != "exec" else list(hosts)
 
 
+DESCRIPTORS_BESIDE_CHANNELS = 128  # the channels still opening, the port wait's window, files, DNS
+
+
+def check_descriptors(workers: int, soft: int, hard: int) -> None:
+    """A ConfigError now, rather than channels that cannot open until the timeout, when this
+    pod may not hold a watch channel to every worker at once."""
+    need = workers + DESCRIPTORS_BESIDE_CHANNELS
+    if soft < need:
+        raise ConfigError(
+            f"{workers} MPI workers need about {need} open files in the launcher (a watch channel to each), "
+            f"and this pod may open {soft} (hard limit {hard}): raise the container's nofile limit (the "
+            "container runtime's default_ulimits, or LimitNOFILE of containerd's service) to at least "
+            f"{need}, or use fewer, larger workers")
+
+
 def worker_hosts(identity, workers_job: str) -> list[str]:
     topo = identity.topology
     if topo is None:
@@ -211,6 +228,10 @@ class Watch:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._changed = threading.Event()
+        # Heartbeat rounds and channel openings take turns (handshake(), _beat).
+        self._turns = threading.Condition()
+        self._handshakes = 0
+        self._beating = False
         for host, chan in (channels or {}).items():
             self.add(host, chan)
 
@@ -219,6 +240,26 @@ class Watch:
         with self._lock:
             self.channels[host] = chan
             self._pending.append(host)
+
+    @contextlib.contextmanager
+    def handshake(self):
+        """Around the opening of one channel: none starts while a heartbeat round runs.
+
+        A round is one send per worker, and each send gives up the interpreter lock; with
+        the handshakes' threads busy hashing, every send waits a switch interval (5 ms) to
+        get it back, so 12,736 sends took a minute, and the workers that had joined first
+        heard nothing for their VANISH_S and left (bench/mpi_launcher_start.py).  So a
+        round waits for the handshakes under way (at most BEAT_WAIT_S), and runs alone."""
+        with self._turns:
+            while self._beating:
+                self._turns.wait()
+            self._handshakes += 1
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._handshakes -= 1
+                self._turns.notify_all()
 
     def start(self) -> "Watch":
         threading.Thread(target=self._beat, daemon=True, name="mpi-watch-beat").start()
@@ -290,8 +331,22 @@ class Watch:
 
     def _beat(self) -> None:
         while not self._stop.wait(channel.HEARTBEAT_S):
-            for host in self._send_all({"t": "hb"}):
-                self._lose(host)
+            self.beat_once()
+
+    def beat_once(self) -> None:
+        """One heartbeat round: a frame to every worker not lost, the handshakes under way let
+        finish first (at most BEAT_WAIT_S) and none started until it is done."""
+        with self._turns:
+            self._beating = True
+            self._turns.wait_for(lambda: self._handshakes == 0, timeout=BEAT_WAIT_S)
+        try:
+            failed = self._send_all({"t": "hb"})
+        finally:
+            with self._turns:
+                self._beating = False
+                self._turns.notify_all()
+        for host in failed:
+            self._lose(host)
 
     def _listen(self) -> None:
         import selectors
@@ -344,7 +399,9 @@ def connect_all(addresses: dict[str, str], port: int, key: bytes, me: str, timeo
         try:
             # Turned away before the worker proved the token (its handshake slots taken by a
             # flood, a restart): again with backoff until the deadline, never a configuration error.
-            watch.add(host, channel.connect_until(ip, port, key, role="watch", pod=me, deadline=deadline))
+            with watch.handshake():
+                chan = channel.connect_until(ip, port, key, role="watch", pod=me, deadline=deadline)
+            watch.add(host, chan)
         except (channel.NotAdmitted, OSError) as e:
             raise PeersTimeout(f"cannot open the MPI channel to worker {host} ({join_host_port(ip, port)}) "
                                f"within {timeout:g} s: {e}") from None
@@ -430,12 +487,13 @@ def run(opts: Options, identity, *, nameservers=None, marks: dict | None = None)
 
     # One watch channel per worker: 12,736 descriptors at the record scale, past a container's
     # usual soft limit of 1,024 (docs/mpi.md, At the record scale).
-    raise_nofile_limit()
+    soft, hard = raise_nofile_limit()
 
     if opts.transport not in TRANSPORTS:
         raise ConfigError(f"--transport {opts.transport}: use one of {', '.join(TRANSPORTS)}")
     require_mpi4py(program_argv(opts.program))
     hosts = worker_hosts(identity, opts.workers_job)
+    check_descriptors(len(hosts), soft, hard)
     fqdns = {h: identity.fqdn(h) for h in hosts}
     chan_port = port_from_env()
     key = load_key()

@@ -98,6 +98,7 @@ class WorkerServer:
         # one deadline each, capped per source, dropped early when slots run short, known pods first.
         self.gate = admission.Gate(limits, known=known or (lambda addr: False))
         self.refusals = admission.RefusalLog("mpi worker", logger=log)
+        self._pause = 0.0  # the last pause after accept() ran out of descriptors
 
     @property
     def port(self) -> int:
@@ -105,7 +106,8 @@ class WorkerServer:
 
     def start(self) -> "WorkerServer":
         admission.raise_nofile_limit()
-        threading.Thread(target=self._accept_loop, name="mpi-worker-accept", daemon=True).start()
+        self._listener.setblocking(False)
+        _Acceptor.shared().add(self)
         return self
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
@@ -115,6 +117,7 @@ class WorkerServer:
     def close(self) -> None:
         self._finish(Outcome(contract.EXIT_PEER_FAILED, "the worker was stopped"))
         self.refusals.flush_due(force=True)
+        _Acceptor.shared().remove(self)  # before the close: the descriptor's number may come back
         try:
             self._listener.close()
         except OSError:
@@ -135,37 +138,37 @@ class WorkerServer:
                 self._outcome = outcome
         self._done.set()
 
-    def _accept_loop(self) -> None:
-        pause = 0.0
-        self._listener.settimeout(1.0)  # wake up to report refusals
-        while not self._done.is_set():
-            self.refusals.flush_due()
-            try:
-                sock, addr = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError as e:
-                if self._done.is_set() or self._listener.fileno() == -1:
-                    return
-                if admission.out_of_resources(e):
-                    # Out of descriptors: pause accepting (the backlog waits), never spin.
-                    self.refusals.note(None, f"accept() failed: {e.strerror}")
-                    pause = admission.accept_backoff(pause)
-                    time.sleep(pause)
-                continue  # else the client gave up before accept (ECONNABORTED, ...)
-            pause = 0.0
-            addr = (unmapped(addr[0]), *addr[1:])  # an IPv4 peer of the dual-stack listener, as DNS names it
-            refusal = self.gate.admit(addr[0])
-            if refusal is not None:
-                self.refusals.note(addr[0], refusal)
-                sock.close()
-                continue
-            try:
-                threading.Thread(target=self._serve, args=(sock, addr), daemon=True).start()
-            except RuntimeError:  # no thread to be had: as full
-                self.gate.release(addr[0])
-                self.refusals.note(addr[0], "cannot start a thread")
-                sock.close()
+    def _accept_ready(self) -> float:
+        """Accept one connection (the acceptor saw the listener readable); the pause the
+        acceptor should take before accepting again (0 but when out of descriptors).
+        The listener serves until close(), its verdict reached or not: a peer then still
+        gets a handshake, and an answer, rather than a connection nobody takes."""
+        try:
+            sock, addr = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return 0.0
+        except OSError as e:
+            if admission.out_of_resources(e):
+                # Out of descriptors: pause accepting (the backlog waits), never spin.
+                self.refusals.note(None, f"accept() failed: {e.strerror}")
+                self._pause = admission.accept_backoff(self._pause)
+                return self._pause
+            return 0.0  # the client gave up before accept (ECONNABORTED, ...), or we are closing
+        self._pause = 0.0
+        sock.setblocking(True)
+        addr = (unmapped(addr[0]), *addr[1:])  # an IPv4 peer of the dual-stack listener, as DNS names it
+        refusal = self.gate.admit(addr[0])
+        if refusal is not None:
+            self.refusals.note(addr[0], refusal)
+            sock.close()
+            return 0.0
+        try:
+            threading.Thread(target=self._serve, args=(sock, addr), daemon=True).start()
+        except RuntimeError:  # no thread to be had: as full
+            self.gate.release(addr[0])
+            self.refusals.note(addr[0], "cannot start a thread")
+            sock.close()
+        return 0.0
 
     def _serve(self, sock: socket.socket, addr) -> None:
         try:
@@ -345,6 +348,68 @@ class WorkerServer:
             chans = list(self._watch_channels) if self._outcome is None else []
         self._send_watch(chans, {"t": "daemon", "pod": self.pod_name, "name": name, "pid": proc.pid,
                                  "state": state.value, "code": code, "signal": signum})
+
+
+class _Acceptor:
+    """One thread accepting for every WorkerServer of the process, over a selector.
+
+    A worker pod runs one server, so this is its one accept thread, as before; a process
+    standing for many workers (tests, bench/mpi_launcher_start.py: 12,736 worker addresses
+    over a few processes) pays one thread for all their listeners instead of one each, and
+    one wake-up a second to report refusals instead of one per listener."""
+
+    _shared: "_Acceptor | None" = None
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> "_Acceptor":
+        with cls._shared_lock:
+            if cls._shared is None or os.getpid() != cls._shared.pid:  # a forked child starts its own
+                cls._shared = cls()
+            return cls._shared
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._servers: dict[int, WorkerServer] = {}  # id() -> server, for the refusal reports
+        threading.Thread(target=self._run, name="mpi-worker-accept", daemon=True).start()
+
+    def add(self, server: WorkerServer) -> None:
+        with self._lock:
+            self._sel.register(server._listener, selectors.EVENT_READ, server)
+            self._servers[id(server)] = server
+
+    def remove(self, server: WorkerServer) -> None:
+        with self._lock:
+            if self._servers.pop(id(server), None) is not None:
+                try:
+                    self._sel.unregister(server._listener)
+                except (KeyError, ValueError):
+                    pass
+
+    def _run(self) -> None:
+        reported = time.monotonic()
+        while True:
+            try:
+                ready = self._sel.select(1.0)  # at least once a second: report refusals
+            except OSError:  # a listener closed while registered: its remove() is on its way
+                time.sleep(0.01)
+                continue
+            pause = 0.0
+            for key, _ in ready:
+                try:
+                    pause = max(pause, key.data._accept_ready())
+                except Exception:  # one server's bug must not stop accepting for the others
+                    log.exception("mpi worker: accepting a connection failed")
+            if time.monotonic() - reported >= 1.0:  # once a second, not once per connection
+                reported = time.monotonic()
+                with self._lock:
+                    servers = list(self._servers.values())
+                for server in servers:
+                    server.refusals.flush_due()
+            if pause:
+                time.sleep(pause)
 
 
 _AGENT, _EXITED = 0, -1  # selector tags beside the pipes' fds 1 and 2

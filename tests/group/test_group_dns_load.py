@@ -19,7 +19,7 @@ from jobset_runtime.errors import PeersTimeout
 from jobset_runtime.group import GroupMember, GroupServer, MemberId, MemberPhase
 from jobset_runtime.group.relay import SliceLeader
 from jobset_runtime.local.dns import DnsServer
-from jobset_runtime.peers import resolve_batch, resolve_one
+from jobset_runtime.peers import NegativeHolds, resolve_batch, resolve_one
 
 SLICES, PER_SLICE = 4, 48
 FAST = {"heartbeat": 0.5, "deadline": 5.0}
@@ -57,7 +57,10 @@ def bootstrap(dns, token, bound=True):
     groups = [world[s * PER_SLICE:(s + 1) * PER_SLICE] for s in range(SLICES)]
     leaders = [g[0] for g in groups]
     port = free_port()
-    resolve = functools.partial(resolve_one, nameservers=ns)
+
+    def resolve():  # each pod's own (a process's negative holds are its pod's)
+        return functools.partial(resolve_one, nameservers=ns, holds=NegativeHolds())
+
     rng = random.Random(16)
     t0 = time.monotonic()
     visible = {}
@@ -81,7 +84,7 @@ def bootstrap(dns, token, bound=True):
     for g in groups:
         sl = SliceLeader(bind=(address(g[0].rank), port), slice_world=g, upstream=(fqdn(world[0].pod), port + 1),
                          me=g[0], leaders=leaders, token=token, attempt=0, join_timeout=WAIT,
-                         barrier_timeout=WAIT, known=known(g), source=address(g[0].rank), resolve=resolve, **FAST)
+                         barrier_timeout=WAIT, known=known(g), source=address(g[0].rank), resolve=resolve(), **FAST)
         sl.start()
         servers.append(sl)
     members, started, errors = [], {}, []
@@ -90,7 +93,7 @@ def bootstrap(dns, token, bound=True):
         # A leader's pod joins its own server at its own address; the others ask DNS for their leader.
         target = address(g[0].rank) if m == g[0] else fqdn(g[0].pod)
         member = GroupMember(server=(target, port), me=m, world=g, token=token, attempt=0,
-                             source=address(m.rank), resolve=resolve, **FAST)
+                             source=address(m.rank), resolve=resolve(), **FAST)
         members.append(member)
         try:
             member.join(WAIT + SPREAD + LATE)

@@ -349,3 +349,117 @@ def test_family_of_the_pods_own_address(ip, family):
 def test_unknown_family_is_a_config_error(dns_server):
     with pytest.raises(ConfigError, match="address family 'inet6'"):
         resolve_batch(pod_names(1, 1), [dns_server.address], family="inet6")
+
+
+# --- a lone lookup (a group member asking for its server) --------------------------------
+
+
+def test_a_lone_lookup_asks_again_for_a_missing_name_only_after_its_hold(dns_server):
+    from jobset_runtime.peers import NegativeHolds, resolve_one
+
+    name = f"js-slice-0-0.{SUB}"
+    dns_server.set(name, "10.0.0.9", visible_after=1.2)
+    holds, misses, held = NegativeHolds(), 0, 0
+    while True:  # a caller retrying far faster than the hold
+        try:
+            got = resolve_one(name, [dns_server.address], holds=holds)
+            break
+        except LookupError as e:
+            misses += 1
+            held += "not asked again" in str(e)
+            threading.Event().wait(0.02)
+    assert got == "10.0.0.9"
+    asked = dns_server.stats["udp"]
+    # Held misses cost no query: 0.5 s, then 1 s, ... between queries, however often it is called.
+    assert held == misses - (asked - 1) and held > 10
+    assert asked <= 5, asked
+    # Found: the hold is gone, the next call asks at once; another pod's holds are its own.
+    assert resolve_one(name, [dns_server.address], holds=holds) == "10.0.0.9"
+    assert dns_server.stats["udp"] == asked + 1
+
+
+def test_a_lone_lookup_waits_for_a_slow_server_instead_of_asking_twice(dns_server):
+    """A reply 0.4 s late (a busy cluster DNS) is waited for: one query, no retransmission."""
+    from jobset_runtime.peers import NegativeHolds, resolve_one
+
+    name = f"js-slice-0-1.{SUB}"
+    dns_server.set(name, "10.0.0.10")
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay.bind(("127.0.0.1", 0))
+    stop, timers = threading.Event(), []
+
+    def slow():  # forwards each query to the server 0.4 s late, and its reply back
+        relay.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                query, client = relay.recvfrom(4096)
+            except socket.timeout:
+                continue
+
+            def answer(query=query, client=client):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+                    up.settimeout(2)
+                    up.sendto(query, dns_server.address)
+                    relay.sendto(up.recv(4096), client)
+
+            timers.append(threading.Timer(0.4, answer))
+            timers[-1].start()
+
+    t = threading.Thread(target=slow, daemon=True)
+    t.start()
+    try:
+        got = resolve_one(name, [relay.getsockname()], holds=NegativeHolds())
+    finally:
+        stop.set()
+        t.join()
+        for timer in timers:  # every query the client sent has reached the server
+            timer.join()
+        relay.close()
+    assert got == "10.0.0.10"
+    assert dns_server.stats["udp"] == 1
+
+
+def _time_wait_on(port: int) -> int:
+    """Sockets in TIME_WAIT (state 06) with `port` at either end, in this network namespace."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if state == "06" and port in (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)):
+                count += 1
+    return count
+
+
+def test_port_probes_leave_no_time_wait_behind():
+    """A launcher probes every worker's port, then connects to each again: probes that sat in
+    TIME_WAIT for a minute would hold an ephemeral port each (12,736 at the record scale)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def serve():  # accepts, and closes only once the probe has gone (as a worker does)
+        listener.settimeout(5)
+        for _ in range(20):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    names = {f"w-{i}.{SUB}": "127.0.0.1" for i in range(20)}
+    assert connect_batch(names, port) == {}
+    t.join()
+    for conn in accepted:
+        try:
+            conn.recv(16)  # the reset (or, without it, the FIN)
+        except ConnectionResetError:
+            pass
+        conn.close()
+    listener.close()
+    assert len(accepted) == 20
+    assert _time_wait_on(port) == 0
