@@ -9,7 +9,7 @@ runs them, `AGENT HOST /path/to/prted ARGS`, against real servers on loopback:
     sshd started with the workers' config (launchers/sshd_config) and a key made for the run.
 The "daemon" is a script named prted in a bin/ directory (the worker only starts files named like
 an MPI daemon) that prints a line and stays --stay seconds.  Figure: each process's peak RSS
-(ru_maxrss from wait4), median of --runs.
+(its VmHWM, read while it runs), median of --runs.
 
     python bench/mpi_agent_rss.py [--runs 10] [--stay 0.5]
 """
@@ -38,16 +38,38 @@ from jobset_runtime.mpi.agent import script_text  # noqa: E402
 from jobset_runtime.mpi.worker import WorkerServer  # noqa: E402
 
 
+def _vm_hwm_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb(argv: list[str], env: dict) -> float:
-    """Run argv to its end; its peak RSS in MB (ru_maxrss), after checking it relayed the daemon's line."""
+    """Run argv to its end; its own peak RSS in MB, after checking it relayed the daemon's line.
+
+    Not ru_maxrss: Linux carries the forking process's high-water mark across exec into it, so
+    every child of this (larger) Python would report this Python's size.  VmHWM belongs to the
+    process's own address space since its exec; it is read until the process exits (the daemon
+    stays --stay seconds, so the agent's start-up peak is long past when the last reading is taken).
+    """
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak = 0
+    while proc.poll() is None:
+        hwm = _vm_hwm_kb(proc.pid)
+        if hwm is not None and proc.poll() is None:
+            peak = max(peak, hwm)
+        time.sleep(0.01)
+    out, err = proc.communicate()
     if proc.returncode != 0 or b"prted up" not in out:
         raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {err.decode(errors='replace')[-300:]}")
-    return usage.ru_maxrss / 1024
+    if not peak:
+        raise RuntimeError(f"{argv[0]} ended before its memory could be read; raise --stay")
+    return peak / 1024
 
 
 def free_port() -> int:
