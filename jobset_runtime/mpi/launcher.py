@@ -8,7 +8,9 @@ Steps, each fixing a mistake users report with today's operators (REFERENCE.md):
 3. connect a `watch` channel to every worker: a worker that goes away is named,
    and mpirun is stopped GRACE_S later if it has not noticed by itself;
 4. run mpirun (run-as-root flag only for root; Python programs under
-   `python -m mpi4py`, so an exception aborts the job instead of hanging it);
+   `python -m mpi4py`, so an exception aborts the job instead of hanging it),
+   relaying its stderr: once it announces the job's end (an MPI_Abort, ...),
+   it has ENDING_EXIT_S to exit, or is stopped (announcements.py);
 5. tell every worker how it ended (`finish`), so the workers exit too, and
    leave the cause in the termination message.
 """
@@ -22,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +38,7 @@ from ..files import write_atomic
 from ..group.wire import ProtocolError
 from . import channel, hostfile
 from .agent import port_from_env, script_text
+from .announcements import StderrRelay
 from .detect import detect, missing
 from .tokens import load_key
 from .worker import DaemonState
@@ -44,6 +48,7 @@ log = logging.getLogger("jobset_runtime.mpi.launcher")
 GRACE_S = 2.0  # after a worker is lost (or a daemon there failed), mpirun gets this long to fail by itself
 DAEMONS_SETTLE_S = 10.0  # after mpirun exited 0, how long every started daemon may take to report its end
 LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
+ENDING_EXIT_S = 10.0  # after mpirun announced the job's end (announcements.py), how long it may take to exit
 TRANSPORTS = ("exec", "ssh")
 _PYTHON = re.compile(r"python[0-9.]*\Z")
 
@@ -475,11 +480,21 @@ def _stop_noted(signum, _frame) -> None:
 
 def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) -> tuple[int, str]:
     try:
-        child = supervisor.launch(argv, env)
+        child = supervisor.launch(argv, env, stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise missing(argv[0]) from None
+    relay = StderrRelay(child.proc.stderr).start()
     stopped_for = None
+    hung = False  # mpirun announced the job's end and had not exited ENDING_EXIT_S later
     while child.proc.poll() is None:
+        ended_at = relay.ended_at
+        if not hung and stopped_for is None and ended_at is not None \
+                and time.monotonic() - ended_at >= ENDING_EXIT_S:
+            hung = True
+            log.error("mpirun announced the job's end (%s) %g s ago and has not exited; stopping it",
+                      relay.ending, ENDING_EXIT_S)
+            child.stop(grace=1.0)
+            continue
         troubles = watch.troubles()
         if not troubles:
             watch.wait_for_loss(0.1)
@@ -490,6 +505,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
             child.stop(grace=1.0)
         time.sleep(0.05)  # the loss is known: wait for mpirun, or for the grace to pass
     code = supervisor.exit_code_of(child.proc.wait())
+    relay.join(0.5)  # mpirun's last words before the launcher's (its agents may hold the pipe longer)
     if code and not watch.troubles():
         # Hydra sees a killed worker's proxy go within milliseconds and exits at once,
         # maybe before that worker's watch channel is read: give the loss a moment to
@@ -506,6 +522,11 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
     for sig in supervisor.FORWARDED:  # mpirun is gone: note a stop request, finish the account first
         signal.signal(sig, _stop_noted)
     troubles = watch.troubles()
+    if hung and not troubles:
+        # The job failed (what mpirun announced); the launcher's own code says it had to be stopped.
+        return contract.EXIT_RUN_FAILED, (f"mpirun announced the job's end ({relay.ending}) and had not exited "
+                                          f"{ENDING_EXIT_S:g} s later, so it was stopped; the program's output "
+                                          "above says why the job ended")
     if code == 0 and not troubles and not unclean:
         return 0, "mpirun succeeded"
     if unclean and not troubles:
@@ -517,7 +538,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         # Workers leave only when told to, and their daemons only when mpirun is done, so
         # either is a failure even when mpirun says 0: PRRTE 5.0.11 exits 0 after "lost
         # communication with a remote daemon".
-        how = "mpirun was stopped" if stopped_for else supervisor.describe_exit("mpirun", code)
+        how = "mpirun was stopped" if stopped_for or hung else supervisor.describe_exit("mpirun", code)
         lost = sorted(watch.lost, key=watch.lost.get)
         # The cause is a worker that vanished (killed, OOM) or whose daemon died, rather
         # than one stopped by SIGTERM: once the JobSet fails, the controller stops all the others.
@@ -526,7 +547,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         first_failed = min((m["at"] for _, m in watch.reports() if daemon_failed(m)), default=None)
         vanished = [h for h in lost if h not in watch.stopped]
         stopped = [h for h in lost if h in watch.stopped]
-        if stopped_for or code in (0, contract.EXIT_PEER_FAILED):
+        if stopped_for or hung or code in (0, contract.EXIT_PEER_FAILED):
             # A lost pod fails by itself, so 75 (stopped because of another) is right here; a
             # daemon that died inside a pod that lives on fails nothing unless the launcher does.
             code = contract.EXIT_RUN_FAILED if failed else contract.EXIT_PEER_FAILED

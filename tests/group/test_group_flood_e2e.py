@@ -38,7 +38,7 @@ def pods(tmp_path):
     why = _skip_reason()
     if why:
         pytest.skip(why)
-    net = nspods.PodNetwork(f"f{os.getpid() % 1000}", subnet="10.87").up()
+    net = nspods.PodNetwork(f"f{os.getpid() % 1000}").up()
     dns = DnsServer(address=net.gateway, zones=[DOMAIN]).start()
     etc = []
     try:

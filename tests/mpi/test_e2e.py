@@ -103,6 +103,27 @@ def test_mpirun_exiting_0_without_running_anything_on_the_workers_is_a_failure(c
     assert cl.wait_workers() == {h: 75 for h in cl.workers}
 
 
+def test_mpirun_that_announces_an_abort_and_never_exits_is_stopped(cluster, tmp_path):
+    """What Open MPI 5.0.11 does now and then after a rank's MPI_Abort (a daemon's PMIx thread
+    deadlocks, and mpirun waits for it forever): mpirun prints the abort and does not exit."""
+    stub = tmp_path / "mpirun"
+    stub.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'mpirun (Open MPI) 5.0.11'; exit 0; }\n"
+                    "echo 'MPI_ABORT was invoked on rank 3 in communicator MPI_COMM_WORLD' >&2\n"
+                    "exec sleep 600\n")
+    stub.chmod(0o755)
+    cl = cluster(2)
+    cl.start_workers()
+    proc = cl.start_launcher(["--mpirun", str(stub), "--timeout", "30", "--", sys.executable, c.PROG])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 70, err  # EXIT_RUN_FAILED: the launcher had to stop mpirun
+    assert "MPI_ABORT was invoked on rank 3" in err  # relayed as it came
+    message = cl.termination(cl.launcher)
+    assert ("mpirun announced the job's end (MPI_ABORT was invoked on rank) and had not exited 10 s later, "
+            "so it was stopped") in message, message
+    assert cl.wait_workers() == {h: 75 for h in cl.workers}
+    assert not cl.net.pids(cl.launcher), "mpirun (sleep) outlived the launcher"
+
+
 def test_launcher_waits_for_late_dns_records(cluster):
     mpi = c.need("mpich")
     cl = cluster(3, dns_delay=10.0)
