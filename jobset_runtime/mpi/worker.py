@@ -189,6 +189,13 @@ class WorkerServer:
         finally:
             chan.close()
 
+    def on_sigterm(self, signum, _frame) -> None:
+        """The SIGTERM handler: stopping() on a thread of its own.  The handler runs in the main
+        thread between any two bytecodes, maybe inside `with self._lock` (close(), _finish()),
+        and stopping() takes that lock, which is not re-entrant: called here, it would wait for ever."""
+        threading.Thread(target=self.stopping, args=(f"received {signal.Signals(signum).name}",),
+                         name="mpi-worker-stopping", daemon=True).start()
+
     def stopping(self, cause: str) -> None:
         """Tell the launcher this worker is being stopped (not lost), then end with EXIT_SIGNAL_BASE+15."""
         with self._lock:

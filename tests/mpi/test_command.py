@@ -218,6 +218,30 @@ def test_worker_says_it_is_stopped(worker):
     assert worker.wait(5).code == 143
 
 
+def test_sigterm_while_the_main_thread_holds_the_workers_lock_still_stops_it(tmp_path):
+    """The worker's SIGTERM handler runs in the main thread, maybe inside close()'s `with _lock`;
+    it must not take that lock itself (the process would wait for ever).  A real signal, in a
+    process of its own, delivered while its main thread holds the lock."""
+    script = tmp_path / "sigterm.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from jobset_runtime.mpi.worker import WorkerServer\n"
+        f"server = WorkerServer({KEY!r}, pod='w0', address='127.0.0.1', port=0).start()\n"
+        "signal.signal(signal.SIGTERM, server.on_sigterm)  # as `python -m jobset_runtime.mpi worker` does\n"
+        "with server._lock:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    held = list(server._daemons)  # the handler runs here, the lock held\n"
+        "outcome = server.wait(10)\n"
+        "server.close()\n"
+        "print(outcome.code if outcome else None, outcome.cause if outcome else '')\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))}
+    try:
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker's SIGTERM handler waited for the lock its own thread held")
+    assert out.stdout.strip() == "143 the worker was stopped (received SIGTERM)", out.stdout + out.stderr
+
+
 def test_daemons_do_not_inherit_the_pods_numbering():
     from jobset_runtime.mpi.worker import daemon_base_env
 
