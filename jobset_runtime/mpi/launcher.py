@@ -199,6 +199,9 @@ class Watch:
         self._reported = threading.Event()  # a daemon report arrived (wait_for_daemons)
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # Frames are sequence-numbered, so one sender at a time; not under _lock, which the
+        # listener and the main thread need while a send waits on a worker that stopped reading.
+        self._send_lock = threading.Lock()
         self._changed = threading.Event()
         for host, chan in (channels or {}).items():
             self.add(host, chan)
@@ -271,7 +274,7 @@ class Watch:
             if host in self.lost:
                 continue
             try:
-                with self._lock:
+                with self._send_lock:
                     chan.send(msg)
             except OSError:
                 failed.append(host)

@@ -210,9 +210,7 @@ def test_replayed_frame_is_rejected(worker):
 
 
 def test_worker_says_it_is_stopped(worker):
-    chan = channel.connect("127.0.0.1", worker.port, KEY, role="watch", pod="launcher")
-    chan.send({"t": "hb"})
-    time.sleep(0.2)
+    chan = _watching(worker)
     worker.stopping("received SIGTERM")
     assert chan.recv(5) == {"t": "stopping", "cause": "received SIGTERM"}
     assert worker.wait(5).code == 143
@@ -240,6 +238,39 @@ def test_sigterm_while_the_main_thread_holds_the_workers_lock_still_stops_it(tmp
     except subprocess.TimeoutExpired:
         pytest.fail("the worker's SIGTERM handler waited for the lock its own thread held")
     assert out.stdout.strip() == "143 the worker was stopped (received SIGTERM)", out.stdout + out.stderr
+
+
+def test_a_worker_that_stopped_reading_does_not_freeze_the_launchers_watch():
+    """A heartbeat blocked on a worker that reads nothing (a frozen pod, its window full) must not
+    hold the lock the launcher's main thread and listener take to learn of losses and daemons."""
+    import threading
+
+    from jobset_runtime.mpi.launcher import Watch
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()  # never read
+        try:
+            client.setblocking(False)
+            try:
+                while True:
+                    client.send(b"\0" * 65536)
+            except BlockingIOError:
+                pass  # the send buffer and the peer's window are full
+            client.setblocking(True)
+            session = wire.Session(b"k" * 32, send_dir=wire.TO_SERVER, recv_dir=wire.TO_MEMBER)
+            watch = Watch({"js-worker-0-0": channel.Channel(client, session, "js-worker-0-0")})
+            sender = threading.Thread(target=watch._send_all, args=({"t": "hb"},), daemon=True)
+            sender.start()
+            sender.join(0.5)
+            assert sender.is_alive()  # blocked in sendall, as on a frozen pod
+            asked = threading.Thread(target=watch.troubles, daemon=True)
+            asked.start()
+            asked.join(5)
+            assert not asked.is_alive(), "troubles() waited for a send to a worker that reads nothing"
+        finally:
+            peer.close()  # unread data: a reset, which ends the blocked send
+            client.close()
 
 
 def test_daemons_do_not_inherit_the_pods_numbering():
