@@ -55,7 +55,7 @@ class StderrRelay:
         self.ended_at: float | None = None  # time.monotonic() of the announcement
         self._thread = threading.Thread(target=self._copy, name="mpirun-stderr", daemon=True)
 
-    def start(self) -> "StderrRelay":
+    def start(self) -> StderrRelay:
         self._thread.start()
         return self
 

@@ -27,7 +27,7 @@ _LOCK = "/run/lock/jobset-runtime-test-podnet.lock"
 
 
 def _used_subnets() -> set[str]:
-    out = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True, check=True).stdout
     return {".".join(line.split(".", 2)[:2]) for line in out.splitlines() if line.startswith("10.")}
 
 

@@ -114,7 +114,7 @@ def test_mpirun_that_announces_an_abort_and_never_exits_is_stopped(cluster, tmp_
     cl = cluster(2)
     cl.start_workers()
     proc = cl.start_launcher(["--mpirun", str(stub), "--timeout", "30", "--", sys.executable, c.PROG])
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 70, err  # EXIT_RUN_FAILED: the launcher had to stop mpirun
     assert "MPI_ABORT was invoked on rank 3" in err  # relayed as it came
     message = cl.termination(cl.launcher)
