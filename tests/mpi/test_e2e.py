@@ -65,8 +65,7 @@ def test_killed_worker_fails_the_launcher_fast_and_is_named(cluster, which):
     cl.start_workers(env=mpi.env)
     proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--timeout", "30",
                               "--", sys.executable, c.PROG, "--sleep", "30"], env=mpi.env)
-    _wait_for_line(proc.stderr, "running ", 30)
-    time.sleep(1.5)  # the ranks are up and sleeping
+    _wait_for_line(proc.stdout, "SLEEPING", 30)  # every rank is up, and sleeping
     victim = cl.workers[1]
     killed = time.monotonic()
     cl.net.kill_pod(victim)
