@@ -203,6 +203,7 @@ class Watch:
         # listener and the main thread need while a send waits on a worker that stopped reading.
         self._send_lock = threading.Lock()
         self._changed = threading.Event()
+        self._vanished = threading.Event()  # a worker was lost (wait_for_lost)
         for host, chan in (channels or {}).items():
             self.add(host, chan)
 
@@ -228,6 +229,7 @@ class Watch:
                     self.stopped[host] = cause
                 log.error("worker %s %s", host, f"was stopped ({cause})" if cause else "went away")
                 self._changed.set()
+                self._vanished.set()
 
     def _daemon(self, host: str, msg: dict) -> None:
         """Record a worker's report on one of its daemons; an abnormal end fails the run like a lost worker."""
@@ -312,6 +314,10 @@ class Watch:
                 sel.unregister(key.fileobj)
                 self._lose(key.data, cause)
         sel.close()
+
+    def wait_for_lost(self, timeout: float) -> bool:
+        """Until a worker is lost (True) or `timeout` passes; a daemon's failure does not count."""
+        return self._vanished.wait(timeout)
 
     def wait_for_loss(self, timeout: float) -> bool:
         """Until a worker is lost (True) or `timeout` passes."""
@@ -509,11 +515,12 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         time.sleep(0.05)  # the loss is known: wait for mpirun, or for the grace to pass
     code = supervisor.exit_code_of(child.proc.wait())
     relay.join(0.5)  # mpirun's last words before the launcher's (its agents may hold the pipe longer)
-    if code and not watch.troubles():
-        # Hydra sees a killed worker's proxy go within milliseconds and exits at once,
-        # maybe before that worker's watch channel is read: give the loss a moment to
-        # arrive, so that the message names the worker rather than only mpirun.
-        watch.wait_for_loss(LOSS_SETTLE_S)
+    if code and not watch.lost:
+        # Hydra sees a killed worker's proxy go within milliseconds and exits at once, maybe
+        # before that worker's watch channel is read, and maybe after another worker reported
+        # its daemon failing because of it: give the loss a moment to arrive, so that the
+        # message names the worker rather than only mpirun or a daemon.
+        watch.wait_for_lost(LOSS_SETTLE_S)
     unclean: list[str] = []
     if code == 0 and not watch.troubles():
         # mpirun's 0 is not enough (PRRTE 5.0.11 exits 0 after losing a daemon): every
