@@ -260,8 +260,13 @@ class WorkerServer:
             self._pump(chan, proc, name, ended)
         finally:
             if proc.poll() is None:
-                _kill_group(proc)  # while still listed, so that close() waits for it too
-                self._report(proc, name, DaemonState.STOPPED)
+                sent = _kill_group(proc)  # while still listed, so that close() waits for it too
+                if proc.returncode is not None and -proc.returncode > 0 and -proc.returncode not in sent:
+                    # Already dying of a signal not ours: a killed process's sockets close before it
+                    # becomes a zombie, so mpirun, and then its agent, may end before it can be reaped.
+                    self._ended(proc, name)
+                else:
+                    self._report(proc, name, DaemonState.STOPPED)
             elif not ended:  # it exited just as its agent left (or the agent's connection broke)
                 self._ended(proc, name)
             with self._lock:
@@ -389,14 +394,18 @@ def _kill_leftovers(pgid: int) -> None:
         pass
 
 
-def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
+def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> list[int]:
+    """SIGTERM the daemon's group, SIGKILL it `grace` s later; the signals sent."""
+    sent: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
-            return
+            return sent
+        sent.append(sig)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                return
+                return sent
             time.sleep(0.02)
+    return sent

@@ -358,6 +358,23 @@ def test_a_daemon_stopped_because_its_agent_left_is_reported_as_stopped(worker, 
     assert _state(pid) in ("Z", "gone")
 
 
+def test_a_daemon_dying_of_a_signal_the_worker_did_not_send_as_its_agent_leaves_is_reported_killed(worker, tmp_path):
+    """A SIGKILLed daemon's sockets close before it can be reaped, so mpirun (PRRTE: "lost
+    communication", exit 0) and its agent may end first: the worker then finds it still there.
+    It is not one the worker stopped: its end is the signal that killed it.  Here it dies of a
+    SIGKILL of its own as the worker's SIGTERM comes."""
+    ready = tmp_path / "trapped"
+    watch = _watching(worker)
+    agent, pid = _exec(worker, _daemon_script(tmp_path, f"trap 'kill -KILL $$' TERM\ntouch {ready}\nsleep 30 &\nwait"))
+    assert watch.recv(5)["state"] == "started"
+    deadline = time.monotonic() + 5
+    while not ready.exists() and time.monotonic() < deadline:  # its trap is set
+        time.sleep(0.02)
+    agent.close()
+    assert watch.recv(10) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "exited",
+                              "code": 137, "signal": 9}
+
+
 def test_daemons_are_not_reported_after_the_launcher_finished(worker, tmp_path):
     watch = _watching(worker)
     watch.send({"t": "finish", "code": 0, "cause": "ok"})
