@@ -45,6 +45,20 @@ def test_allreduce_on_every_worker(cluster, which):
     assert codes == {h: 0 for h in cl.workers}, {h: cl.log(h) for h in cl.workers}
 
 
+def _communicate(cl, proc, timeout: float) -> tuple[str, str]:
+    """proc.communicate(); past `timeout`, a failure that keeps what the launcher and the workers said."""
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        cl.net.kill_pod(cl.launcher)  # mpirun and its agents too: they hold the pipes
+        out, err = proc.communicate(timeout=10)
+        logs = "".join(f"--- {h}\n{cl.log(h)[-2000:]}" for h in cl.workers)
+        raise AssertionError(f"the launcher did not exit within {timeout:g}s\n--- stdout\n{out[-3000:]}\n"
+                             f"--- stderr\n{err[-5000:]}\n{logs}") from None
+
+
 def _wait_for_line(stream, needle: str, timeout: float) -> str:
     seen = []
     deadline = time.monotonic() + timeout
@@ -147,7 +161,7 @@ def test_python_exception_aborts_instead_of_hanging(cluster, tmp_path):
     cl = cluster(2)
     cl.start_workers()
     proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--", sys.executable, str(prog)])
-    out, err = proc.communicate(timeout=40)
+    _, err = _communicate(cl, proc, 40)
     assert proc.returncode != 0
     assert "boom" in err
     codes = cl.wait_workers()
