@@ -242,6 +242,9 @@ EXIT_PEER_FAILED = 75    # sysexits EX_TEMPFAIL: stopped because another pod fai
 EXIT_SIGNAL_BASE = 128   # child killed by signal N -> 128 + N, as shells report it
 EXIT_NOT_EXECUTABLE = 126  # the command exists but cannot run, as shells report it
 EXIT_NOT_FOUND = 127       # no such command, as shells report it
+# `jobset-runtime local run` (local/result.py): 0 Completed, 1 Failed, 2 bad input, and
+EXIT_LOCAL_TIMEOUT = 124      # --timeout reached, as timeout(1)
+EXIT_LOCAL_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as shells report SIGINT
 
 # --- The real control plane (`jobset-runtime local cluster`) -------------------
 # Versions of the components built from their published Go modules

@@ -79,9 +79,9 @@ class Child:
         self.signal(signal.SIGKILL)
 
 
-def start(argv: list[str], env: dict[str, str]) -> Child:
+def start(argv: list[str], env: dict[str, str], stderr=None) -> Child:
     kwargs = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-    return Child(subprocess.Popen(argv, env=env, **kwargs))
+    return Child(subprocess.Popen(argv, env=env, stderr=stderr, **kwargs))
 
 
 def wait(child: Child) -> int:
@@ -102,9 +102,10 @@ def wait(child: Child) -> int:
 stop_requested = threading.Event()
 
 
-def launch(argv: list[str], env: dict[str, str]) -> Child:
+def launch(argv: list[str], env: dict[str, str], stderr=None) -> Child:
     """Start the command with the signals a pod or terminal sends already relayed to its whole
-    process group; one that arrives while it starts is delivered as soon as it exists."""
+    process group; one that arrives while it starts is delivered as soon as it exists.
+    `stderr`: as Popen's (subprocess.PIPE to read it); None, this process's."""
     holder: dict = {"child": None, "pending": []}
 
     def relay(signum, _frame):
@@ -118,7 +119,7 @@ def launch(argv: list[str], env: dict[str, str]) -> Child:
 
     for sig in FORWARDED:
         signal.signal(sig, relay)
-    child = holder["child"] = start(argv, env)
+    child = holder["child"] = start(argv, env, stderr)
     for signum in holder["pending"]:
         child.signal(signum)
     return child

@@ -144,12 +144,7 @@ def run(args) -> int:
     from . import spec
     from .runner import Runner
 
-    try:
-        with open(args.file) as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {args.file}: {e.strerror}")
-    js_raw, objects = spec.split_documents(spec.load_documents(text, args.file), args.file)
+    js_raw, objects = spec.read_file(args.file)
     js = spec.apply_defaults(js_raw)
     ignored = spec.notices(js)
     if ignored:

@@ -28,9 +28,7 @@ from . import kubelet, probes
 from .controller import Controller, Pod, subdomain_of
 from .podlifecycle import Container
 from .pods import LOOPBACK_LIMITS, Loopback, Network, RootlessNetwork, run_id
-
-EXIT_TIMEOUT = 124   # as timeout(1)
-EXIT_INTERRUPTED = 130
+from .result import INTERRUPTED, TIMEOUT, ReplicatedJobCounts, Result
 
 
 def _primary_gid(uid: int) -> int | None:
@@ -663,14 +661,14 @@ class Runner:
                 where = f" (namespaces {self.net.cluster_ns}*)" if self.net.namespaced else ""
                 self.event(f"jobset {self.ctl.name}: mode {self.net.mode}{where}, DNS {self.nameserver}")
                 if timeout:
-                    self.call_later(timeout, lambda: self._stop("timeout"))
+                    self.call_later(timeout, lambda: self._stop(TIMEOUT))
                 self.ctl.start()
                 outcome = self._loop()
             except KeyboardInterrupt:
                 self._print("interrupted: stopping every pod")
-                outcome = "interrupted"
+                outcome = INTERRUPTED
                 try:
-                    self._stop("interrupted")
+                    self._stop(INTERRUPTED)
                     self._loop()
                 except KeyboardInterrupt:
                     pass
@@ -678,12 +676,11 @@ class Runner:
             self.close()
             for s, h in old.items():
                 signal.signal(s, h)
-        self._print_status(outcome)
-        if outcome == "interrupted":
-            return EXIT_INTERRUPTED
-        if outcome == "timeout":
-            return EXIT_TIMEOUT
-        return 0 if self.ctl.terminal_state == "Completed" else 1
+        result = self._result(outcome)
+        for line in result.lines():
+            self._print(line)
+        self._print(f"logs: {self.run_dir}")
+        return result.exit_code()
 
     def _stop(self, why: str) -> None:
         """--timeout or Ctrl-C: every pod gets SIGTERM, then SIGKILL after its grace
@@ -753,34 +750,23 @@ class Runner:
                         item() if callable(item) else self._probe_result(*item)
 
     # --- status and cleanup ------------------------------------------------------------
-    def _print_status(self, outcome) -> None:
-        age = time.monotonic() - self._t0
-        state = self.ctl.terminal_state or ("TimedOut" if outcome == "timeout" else
-                                            "Interrupted" if outcome == "interrupted" else "")
-        completed = "True" if self.ctl.terminal_state == "Completed" else "False"
-        suspended = str(bool(self.js["spec"].get("suspend", False))).lower()
-        rows = [("NAME", "TERMINALSTATE", "RESTARTS", "COMPLETED", "SUSPENDED", "AGE"),
-                (self.ctl.name, state, str(self.ctl.restarts), completed, suspended, f"{age:.1f}s")]
-        self._print("")
-        self._print(_table(rows))
-        rows = [("REPLICATEDJOB", "READY", "SUCCEEDED", "FAILED", "ACTIVE")]
-        for rj in self.ctl.rjobs:
-            st = self.ctl.rjob_status(rj["name"])
-            rows.append((rj["name"], str(st["ready"]), str(st["succeeded"]), str(st["failed"]), str(st["active"])))
-        self._print(_table(rows))
-        if self.ctl.terminal_message:
-            self._print(f"{self.ctl.terminal_reason}: {self.ctl.terminal_message}")
-        self._print(f"logs: {self.run_dir}")
+    def _result(self, outcome) -> Result:
+        rjobs = tuple(ReplicatedJobCounts(rj["name"], **self.ctl.rjob_status(rj["name"])) for rj in self.ctl.rjobs)
+        return Result(self.ctl.name, outcome, self.ctl.terminal_state or "", self.ctl.restarts,
+                      completed=self.ctl.terminal_state == "Completed",
+                      suspended=bool(self.js["spec"].get("suspend", False)), age=time.monotonic() - self._t0,
+                      rjobs=rjobs, reason=self.ctl.terminal_reason or "", message=self.ctl.terminal_message or "")
 
     def close(self) -> None:
         """Kill every process, stop DNS, delete namespaces, files and mountpoints. Idempotent."""
         if self._closed:
             return
-        self._closed = True
         if threading.current_thread() is threading.main_thread():
-            # A second Ctrl-C must not cut the cleanup short; run() restores the handlers.
+            # A second Ctrl-C must not cut the cleanup short; run() restores the handlers.  Before
+            # _closed is set: a KeyboardInterrupt between the two would skip every cleanup for good.
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
+        self._closed = True
         for procs in list(self._by_pod.values()):
             for p in procs:
                 self._signal(p, signal.SIGKILL)
@@ -822,7 +808,3 @@ class Runner:
             except Exception:
                 pass
 
-
-def _table(rows) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

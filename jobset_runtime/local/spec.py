@@ -40,6 +40,16 @@ def split_documents(docs: list, source: str = "<input>"):
     return jobsets[0], objects
 
 
+def read_file(path: str):
+    """split_documents() of the YAML file at `path`; a ConfigError naming it when it cannot be read."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    return split_documents(load_documents(text, path), path)
+
+
 def apply_defaults(jobset: dict) -> dict:
     """A deep copy of `jobset` as the cluster would run it: checked and defaulted.
 

@@ -87,7 +87,7 @@ def _worker(argv: list[str]) -> int:
 
     # SIGTERM (the JobSet stopping this pod): say so to the launcher, so it can tell
     # the worker that failed from the ones stopped because of it.
-    signal.signal(signal.SIGTERM, lambda *_: server.stopping("received SIGTERM"))
+    signal.signal(signal.SIGTERM, server.on_sigterm)
     log.info("serving the launcher on port %d (%s transport)", server.port, ns.transport)
     outcome = server.wait(ns.launcher_timeout)
     if outcome is None and server.watchers == 0:

@@ -8,7 +8,9 @@ Steps, each fixing a mistake users report with today's operators (REFERENCE.md):
 3. connect a `watch` channel to every worker: a worker that goes away is named,
    and mpirun is stopped GRACE_S later if it has not noticed by itself;
 4. run mpirun (run-as-root flag only for root; Python programs under
-   `python -m mpi4py`, so an exception aborts the job instead of hanging it);
+   `python -m mpi4py`, so an exception aborts the job instead of hanging it),
+   relaying its stderr: once it announces the job's end (an MPI_Abort, ...),
+   it has ENDING_EXIT_S to exit, or is stopped (announcements.py);
 5. tell every worker how it ended (`finish`), so the workers exit too, and
    leave the cause in the termination message.
 """
@@ -23,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +40,7 @@ from ..files import write_atomic
 from ..group.wire import ProtocolError
 from . import channel, hostfile
 from .agent import port_from_env, script_text
+from .announcements import StderrRelay
 from .detect import detect, missing
 from .tokens import load_key
 from .worker import DaemonState
@@ -47,6 +51,7 @@ GRACE_S = 2.0  # after a worker is lost (or a daemon there failed), mpirun gets 
 DAEMONS_SETTLE_S = 10.0  # after mpirun exited 0, how long every started daemon may take to report its end
 LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
 BEAT_WAIT_S = 0.5  # how long a heartbeat round waits for the channel openings under way to finish
+ENDING_EXIT_S = 10.0  # after mpirun announced the job's end (announcements.py), how long it may take to exit
 TRANSPORTS = ("exec", "ssh")
 HOSTFILE_BY = hostfile.HOSTFILE_BY
 _PYTHON = re.compile(r"python[0-9.]*\Z")
@@ -227,11 +232,15 @@ class Watch:
         self._reported = threading.Event()  # a daemon report arrived (wait_for_daemons)
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # Frames are sequence-numbered, so one sender at a time; not under _lock, which the
+        # listener and the main thread need while a send waits on a worker that stopped reading.
+        self._send_lock = threading.Lock()
         self._changed = threading.Event()
         # Heartbeat rounds and channel openings take turns (handshake(), _beat).
         self._turns = threading.Condition()
         self._handshakes = 0
         self._beating = False
+        self._vanished = threading.Event()  # a worker was lost (wait_for_lost)
         for host, chan in (channels or {}).items():
             self.add(host, chan)
 
@@ -277,6 +286,7 @@ class Watch:
                     self.stopped[host] = cause
                 log.error("worker %s %s", host, f"was stopped ({cause})" if cause else "went away")
                 self._changed.set()
+                self._vanished.set()
 
     def _daemon(self, host: str, msg: dict) -> None:
         """Record a worker's report on one of its daemons; an abnormal end fails the run like a lost worker."""
@@ -323,7 +333,7 @@ class Watch:
             if host in self.lost:
                 continue
             try:
-                with self._lock:
+                with self._send_lock:
                     chan.send(msg)
             except OSError:
                 failed.append(host)
@@ -375,6 +385,10 @@ class Watch:
                 sel.unregister(key.fileobj)
                 self._lose(key.data, cause)
         sel.close()
+
+    def wait_for_lost(self, timeout: float) -> bool:
+        """Until a worker is lost (True) or `timeout` passes; a daemon's failure does not count."""
+        return self._vanished.wait(timeout)
 
     def wait_for_loss(self, timeout: float) -> bool:
         """Until a worker is lost (True) or `timeout` passes."""
@@ -578,11 +592,21 @@ def _stop_noted(signum, _frame) -> None:
 
 def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) -> tuple[int, str]:
     try:
-        child = supervisor.launch(argv, env)
+        child = supervisor.launch(argv, env, stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise missing(argv[0]) from None
+    relay = StderrRelay(child.proc.stderr).start()
     stopped_for = None
+    hung = False  # mpirun announced the job's end and had not exited ENDING_EXIT_S later
     while child.proc.poll() is None:
+        ended_at = relay.ended_at
+        if not hung and stopped_for is None and ended_at is not None \
+                and time.monotonic() - ended_at >= ENDING_EXIT_S:
+            hung = True
+            log.error("mpirun announced the job's end (%s) %g s ago and has not exited; stopping it",
+                      relay.ending, ENDING_EXIT_S)
+            child.stop(grace=1.0)
+            continue
         troubles = watch.troubles()
         if not troubles:
             watch.wait_for_loss(0.1)
@@ -593,11 +617,13 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
             child.stop(grace=1.0)
         time.sleep(0.05)  # the loss is known: wait for mpirun, or for the grace to pass
     code = supervisor.exit_code_of(child.proc.wait())
-    if code and not watch.troubles():
-        # Hydra sees a killed worker's proxy go within milliseconds and exits at once,
-        # maybe before that worker's watch channel is read: give the loss a moment to
-        # arrive, so that the message names the worker rather than only mpirun.
-        watch.wait_for_loss(LOSS_SETTLE_S)
+    relay.join(0.5)  # mpirun's last words before the launcher's (its agents may hold the pipe longer)
+    if code and not watch.lost:
+        # Hydra sees a killed worker's proxy go within milliseconds and exits at once, maybe
+        # before that worker's watch channel is read, and maybe after another worker reported
+        # its daemon failing because of it: give the loss a moment to arrive, so that the
+        # message names the worker rather than only mpirun or a daemon.
+        watch.wait_for_lost(LOSS_SETTLE_S)
     unclean: list[str] = []
     if code == 0 and not watch.troubles():
         # mpirun's 0 is not enough (PRRTE 5.0.11 exits 0 after losing a daemon): every
@@ -609,6 +635,11 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
     for sig in supervisor.FORWARDED:  # mpirun is gone: note a stop request, finish the account first
         signal.signal(sig, _stop_noted)
     troubles = watch.troubles()
+    if hung and not troubles:
+        # The job failed (what mpirun announced); the launcher's own code says it had to be stopped.
+        return contract.EXIT_RUN_FAILED, (f"mpirun announced the job's end ({relay.ending}) and had not exited "
+                                          f"{ENDING_EXIT_S:g} s later, so it was stopped; the program's output "
+                                          "above says why the job ended")
     if code == 0 and not troubles and not unclean:
         return 0, "mpirun succeeded"
     if unclean and not troubles:
@@ -620,7 +651,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         # Workers leave only when told to, and their daemons only when mpirun is done, so
         # either is a failure even when mpirun says 0: PRRTE 5.0.11 exits 0 after "lost
         # communication with a remote daemon".
-        how = "mpirun was stopped" if stopped_for else supervisor.describe_exit("mpirun", code)
+        how = "mpirun was stopped" if stopped_for or hung else supervisor.describe_exit("mpirun", code)
         lost = sorted(watch.lost, key=watch.lost.get)
         # The cause is a worker that vanished (killed, OOM) or whose daemon died, rather
         # than one stopped by SIGTERM: once the JobSet fails, the controller stops all the others.
@@ -629,7 +660,7 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         first_failed = min((m["at"] for _, m in watch.reports() if daemon_failed(m)), default=None)
         vanished = [h for h in lost if h not in watch.stopped]
         stopped = [h for h in lost if h in watch.stopped]
-        if stopped_for or code in (0, contract.EXIT_PEER_FAILED):
+        if stopped_for or hung or code in (0, contract.EXIT_PEER_FAILED):
             # A lost pod fails by itself, so 75 (stopped because of another) is right here; a
             # daemon that died inside a pod that lives on fails nothing unless the launcher does.
             code = contract.EXIT_RUN_FAILED if failed else contract.EXIT_PEER_FAILED

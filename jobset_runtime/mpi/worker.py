@@ -197,6 +197,13 @@ class WorkerServer:
         finally:
             chan.close()
 
+    def on_sigterm(self, signum, _frame) -> None:
+        """The SIGTERM handler: stopping() on a thread of its own.  The handler runs in the main
+        thread between any two bytecodes, maybe inside `with self._lock` (close(), _finish()),
+        and stopping() takes that lock, which is not re-entrant: called here, it would wait for ever."""
+        threading.Thread(target=self.stopping, args=(f"received {signal.Signals(signum).name}",),
+                         name="mpi-worker-stopping", daemon=True).start()
+
     def stopping(self, cause: str) -> None:
         """Tell the launcher this worker is being stopped (not lost), then end with EXIT_SIGNAL_BASE+15."""
         with self._lock:
@@ -261,8 +268,13 @@ class WorkerServer:
             self._pump(chan, proc, name, ended)
         finally:
             if proc.poll() is None:
-                _kill_group(proc)  # while still listed, so that close() waits for it too
-                self._report(proc, name, DaemonState.STOPPED)
+                sent = _kill_group(proc)  # while still listed, so that close() waits for it too
+                if proc.returncode is not None and -proc.returncode > 0 and -proc.returncode not in sent:
+                    # Already dying of a signal not ours: a killed process's sockets close before it
+                    # becomes a zombie, so mpirun, and then its agent, may end before it can be reaped.
+                    self._ended(proc, name)
+                else:
+                    self._report(proc, name, DaemonState.STOPPED)
             elif not ended:  # it exited just as its agent left (or the agent's connection broke)
                 self._ended(proc, name)
             with self._lock:
@@ -452,14 +464,18 @@ def _kill_leftovers(pgid: int) -> None:
         pass
 
 
-def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
+def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> list[int]:
+    """SIGTERM the daemon's group, SIGKILL it `grace` s later; the signals sent."""
+    sent: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
-            return
+            return sent
+        sent.append(sig)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                return
+                return sent
             time.sleep(0.02)
+    return sent

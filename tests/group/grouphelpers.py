@@ -105,6 +105,43 @@ class RecordingProxy:
                     pass
 
 
+def wait_until(cond, what: str, timeout: float = WAIT) -> None:
+    """Until cond() holds; an AssertionError naming `what` after `timeout`."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+NOFILE_LIMIT = 48  # descriptors of a server under the descriptor flood: fewer than it takes
+
+
+def low_nofile() -> None:
+    """preexec_fn: the server process may open only NOFILE_LIMIT descriptors, hard limit included."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_LIMIT, NOFILE_LIMIT))
+
+
+def flood_descriptors(port: int, n: int = 120, hold: float = 3.0) -> None:
+    """`n` connections to 127.0.0.1:`port`, each from a loopback address of its own (so no
+    per-source cap applies), held `hold` seconds and closed: a server under low_nofile() runs
+    out of descriptors, and accept() fails with EMFILE, for that long."""
+    socks = []
+    try:
+        for i in range(n):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT,
+                                                      source_address=(f"127.0.1.{i + 1}", 0)))
+            except OSError:
+                break
+        time.sleep(hold)  # the exposure itself: how long the server goes without descriptors
+    finally:
+        for s in socks:
+            s.close()
+
+
 def make_world(n):
     from jobset_runtime.group import MemberId
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from grouphelpers import ROOT, SlowClients
+from grouphelpers import ROOT, SlowClients, wait_until
 
 from jobset_runtime import contract
 from jobset_runtime.local.dns import DnsServer
@@ -38,7 +38,7 @@ def pods(tmp_path):
     why = _skip_reason()
     if why:
         pytest.skip(why)
-    net = nspods.PodNetwork(f"f{os.getpid() % 1000}", subnet="10.87").up()
+    net = nspods.PodNetwork(f"f{os.getpid() % 1000}").up()
     dns = DnsServer(address=net.gateway, zones=[DOMAIN]).start()
     etc = []
     try:
@@ -90,8 +90,8 @@ def test_64_slow_reconnecting_clients_do_not_stop_a_real_gang_start(pods, tmp_pa
     procs = {}
     with SlowClients((ips[HOSTS[0]], contract.GROUP_PORT), n=64, source=None, every=1.0, limit=90) as flood:
         for i, host in enumerate(HOSTS):
-            if i == 1:
-                time.sleep(3)  # the flood is at the coordinator before the member arrives
+            if i == 1:  # the flood is at the coordinator before the member arrives: every client in once
+                wait_until(lambda: flood.connections >= 64, "the flood to reach the coordinator", timeout=60)
             procs[host] = start_pod(pods, tmp_path, token, i, group_timeout=60)
         outs = {host: p.communicate(timeout=120)[0] for host, p in procs.items()}
         connections = flood.connections

@@ -12,9 +12,12 @@ from grouphelpers import (
     RecordingProxy,
     SlowClients,
     closed_by_peer,
+    flood_descriptors,
     join_all,
+    low_nofile,
     make_world,
     raw_connect,
+    wait_until,
 )
 
 from jobset_runtime.admission import WARN_EVERY, KnownPods
@@ -35,14 +38,6 @@ FAST = {"heartbeat": 0.1, "deadline": 2.0}
 # For the floods run from this process: their threads share the interpreter with the servers and
 # members, so liveness gets a generous deadline; what those tests test is admission, not heartbeats.
 LIVE = {"heartbeat": 0.2, "deadline": 10.0}
-
-
-def wait_until(cond, what):
-    end = time.monotonic() + WAIT
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -372,26 +367,13 @@ def test_a_cause_of_any_bytes_reaches_every_member_as_one_line_of_utf8(group, tm
 def test_out_of_descriptors_the_coordinator_pauses_accepting_and_recovers(token, token_file):
     """A coordinator limited to 48 descriptors, 120 connections from as many addresses: accept()
     fails with EMFILE.  It pauses (no line per try), and the missing member still joins."""
-    import resource
     import subprocess
-
-    def low_nofile():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
 
     coord = Proc("--serve", "--rank", 0, "--world", 2, "--token-file", token_file, "--join-timeout", 60,
                  preexec_fn=low_nofile, stderr=subprocess.PIPE)
-    socks = []
     try:
         port = coord.expect("listening")["port"]
-        for n in range(120):  # each from an address of its own: no per-source cap applies
-            try:
-                socks.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT,
-                                                      source_address=(f"127.0.1.{n + 1}", 0)))
-            except OSError:
-                break
-        time.sleep(3)  # the coordinator is out of descriptors meanwhile
-        for s in socks:
-            s.close()
+        flood_descriptors(port)
         world = make_world(2)
         m = GroupMember(server=("127.0.0.1", port), me=world[1], world=world, token=token, attempt=0, **FAST)
         try:
@@ -405,8 +387,6 @@ def test_out_of_descriptors_the_coordinator_pauses_accepting_and_recovers(token,
         err = coord.p.stderr.read()
         coord.p.wait(WAIT)
     finally:
-        for s in socks:
-            s.close()
         coord.stop()
     assert "accept() failed: Too many open files" in err, err[-3000:]
     assert len(err.splitlines()) < 20, err[-3000:]

@@ -2,6 +2,8 @@
 
     allreduce_prog.py [--sleep S] [--kill-pod HOST DELAY] [--kill-daemon HOST DELAY]
 
+--sleep: every rank sleeps S seconds after the collectives (rank 0 prints SLEEPING first).
+
 --kill-pod: the ranks on HOST SIGKILL every process of their pod (all processes in
 their network namespace, themselves last) after DELAY seconds, as a node losing
 the pod or the OOM killer would; the other ranks wait in a barrier.
@@ -54,6 +56,8 @@ if "--kill-daemon" in args:
     time.sleep(30)
     comm.Barrier()
 if "--sleep" in args:
+    if comm.rank == 0:
+        print("SLEEPING", flush=True)  # every rank is up: the collectives above took them all
     time.sleep(float(args[args.index("--sleep") + 1]))
     comm.Barrier()
 if comm.rank == 0:

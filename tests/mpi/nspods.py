@@ -19,18 +19,42 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+# Each network's /16 is one of these, free on the host when it is brought up: two networks on
+# one /16 (two test runs at once on a machine) share the host's route to it, and the DNS
+# server's replies on the gateway then go out to the other run's bridge.
+SUBNETS = [f"10.{n}" for n in range(88, 128)]
+_LOCK = "/run/lock/jobset-runtime-test-podnet.lock"
+
+
+def _used_subnets() -> set[str]:
+    out = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True, check=True).stdout
+    return {".".join(line.split(".", 2)[:2]) for line in out.splitlines() if line.startswith("10.")}
+
+
 class PodNetwork:
-    def __init__(self, tag: str, subnet: str = "10.88"):
+    def __init__(self, tag: str, subnet: str | None = None):
         self.tag = tag
         self.bridge = f"jrm{tag}"
-        self.subnet = subnet
-        self.gateway = f"{subnet}.0.1"
+        self.subnet = subnet  # None: the first of SUBNETS free when up() runs
+        self.gateway = ""
         self.pods: dict[str, tuple[str, str]] = {}  # hostname -> (netns, ip)
 
     def up(self) -> "PodNetwork":
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.gateway}/16", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        import fcntl
+
+        os.makedirs(os.path.dirname(_LOCK), exist_ok=True)
+        with open(_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # choose and take the subnet as one step
+            if self.subnet is None:
+                used = _used_subnets()
+                free = [s for s in SUBNETS if s not in used]
+                if not free:
+                    raise RuntimeError(f"every test pod subnet ({SUBNETS[0]}-{SUBNETS[-1]}.0.0/16) is in use")
+                self.subnet = free[0]
+            self.gateway = f"{self.subnet}.0.1"
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.gateway}/16", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
         return self
 
     def add(self, hostname: str) -> str:

@@ -210,12 +210,68 @@ def test_replayed_frame_is_rejected(worker):
 
 
 def test_worker_says_it_is_stopped(worker):
-    chan = channel.connect("127.0.0.1", worker.port, KEY, role="watch", pod="launcher")
-    chan.send({"t": "hb"})
-    time.sleep(0.2)
+    chan = _watching(worker)
     worker.stopping("received SIGTERM")
     assert chan.recv(5) == {"t": "stopping", "cause": "received SIGTERM"}
     assert worker.wait(5).code == 143
+
+
+def test_sigterm_while_the_main_thread_holds_the_workers_lock_still_stops_it(tmp_path):
+    """The worker's SIGTERM handler runs in the main thread, maybe inside close()'s `with _lock`;
+    it must not take that lock itself (the process would wait for ever).  A real signal, in a
+    process of its own, delivered while its main thread holds the lock."""
+    script = tmp_path / "sigterm.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from jobset_runtime.mpi.worker import WorkerServer\n"
+        f"server = WorkerServer({KEY!r}, pod='w0', address='127.0.0.1', port=0).start()\n"
+        "signal.signal(signal.SIGTERM, server.on_sigterm)  # as `python -m jobset_runtime.mpi worker` does\n"
+        "with server._lock:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    held = list(server._daemons)  # the handler runs here, the lock held\n"
+        "outcome = server.wait(10)\n"
+        "server.close()\n"
+        "print(outcome.code if outcome else None, outcome.cause if outcome else '')\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))}
+    try:
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=30,
+                             check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker's SIGTERM handler waited for the lock its own thread held")
+    assert out.stdout.strip() == "143 the worker was stopped (received SIGTERM)", out.stdout + out.stderr
+
+
+def test_a_worker_that_stopped_reading_does_not_freeze_the_launchers_watch():
+    """A heartbeat blocked on a worker that reads nothing (a frozen pod, its window full) must not
+    hold the lock the launcher's main thread and listener take to learn of losses and daemons."""
+    import threading
+
+    from jobset_runtime.mpi.launcher import Watch
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()  # never read
+        try:
+            client.setblocking(False)
+            try:
+                while True:
+                    client.send(b"\0" * 65536)
+            except BlockingIOError:
+                pass  # the send buffer and the peer's window are full
+            client.setblocking(True)
+            session = wire.Session(b"k" * 32, send_dir=wire.TO_SERVER, recv_dir=wire.TO_MEMBER)
+            watch = Watch({"js-worker-0-0": channel.Channel(client, session, "js-worker-0-0")})
+            sender = threading.Thread(target=watch._send_all, args=({"t": "hb"},), daemon=True)
+            sender.start()
+            sender.join(0.5)
+            assert sender.is_alive()  # blocked in sendall, as on a frozen pod
+            asked = threading.Thread(target=watch.troubles, daemon=True)
+            asked.start()
+            asked.join(5)
+            assert not asked.is_alive(), "troubles() waited for a send to a worker that reads nothing"
+        finally:
+            peer.close()  # unread data: a reset, which ends the blocked send
+            client.close()
 
 
 def test_daemons_do_not_inherit_the_pods_numbering():
@@ -300,6 +356,23 @@ def test_a_daemon_stopped_because_its_agent_left_is_reported_as_stopped(worker, 
     assert watch.recv(10) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "stopped",
                               "code": 0, "signal": 0}
     assert _state(pid) in ("Z", "gone")
+
+
+def test_a_daemon_dying_of_a_signal_the_worker_did_not_send_as_its_agent_leaves_is_reported_killed(worker, tmp_path):
+    """A SIGKILLed daemon's sockets close before it can be reaped, so mpirun (PRRTE: "lost
+    communication", exit 0) and its agent may end first: the worker then finds it still there.
+    It is not one the worker stopped: its end is the signal that killed it.  Here it dies of a
+    SIGKILL of its own as the worker's SIGTERM comes."""
+    ready = tmp_path / "trapped"
+    watch = _watching(worker)
+    agent, pid = _exec(worker, _daemon_script(tmp_path, f"trap 'kill -KILL $$' TERM\ntouch {ready}\nsleep 30 &\nwait"))
+    assert watch.recv(5)["state"] == "started"
+    deadline = time.monotonic() + 5
+    while not ready.exists() and time.monotonic() < deadline:  # its trap is set
+        time.sleep(0.02)
+    agent.close()
+    assert watch.recv(10) == {"t": "daemon", "pod": "w0", "name": "prted", "pid": pid, "state": "exited",
+                              "code": 137, "signal": 9}
 
 
 def test_daemons_are_not_reported_after_the_launcher_finished(worker, tmp_path):

@@ -45,6 +45,20 @@ def test_allreduce_on_every_worker(cluster, which):
     assert codes == {h: 0 for h in cl.workers}, {h: cl.log(h) for h in cl.workers}
 
 
+def _communicate(cl, proc, timeout: float) -> tuple[str, str]:
+    """proc.communicate(); past `timeout`, a failure that keeps what the launcher and the workers said."""
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        cl.net.kill_pod(cl.launcher)  # mpirun and its agents too: they hold the pipes
+        out, err = proc.communicate(timeout=10)
+        logs = "".join(f"--- {h}\n{cl.log(h)[-2000:]}" for h in cl.workers)
+        raise AssertionError(f"the launcher did not exit within {timeout:g}s\n--- stdout\n{out[-3000:]}\n"
+                             f"--- stderr\n{err[-5000:]}\n{logs}") from None
+
+
 def _wait_for_line(stream, needle: str, timeout: float) -> str:
     seen = []
     deadline = time.monotonic() + timeout
@@ -65,8 +79,7 @@ def test_killed_worker_fails_the_launcher_fast_and_is_named(cluster, which):
     cl.start_workers(env=mpi.env)
     proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--timeout", "30",
                               "--", sys.executable, c.PROG, "--sleep", "30"], env=mpi.env)
-    _wait_for_line(proc.stderr, "running ", 30)
-    time.sleep(1.5)  # the ranks are up and sleeping
+    _wait_for_line(proc.stdout, "SLEEPING", 30)  # every rank is up, and sleeping
     victim = cl.workers[1]
     killed = time.monotonic()
     cl.net.kill_pod(victim)
@@ -103,6 +116,27 @@ def test_mpirun_exiting_0_without_running_anything_on_the_workers_is_a_failure(c
     assert cl.wait_workers() == {h: 75 for h in cl.workers}
 
 
+def test_mpirun_that_announces_an_abort_and_never_exits_is_stopped(cluster, tmp_path):
+    """What Open MPI 5.0.11 does now and then after a rank's MPI_Abort (a daemon's PMIx thread
+    deadlocks, and mpirun waits for it forever): mpirun prints the abort and does not exit."""
+    stub = tmp_path / "mpirun"
+    stub.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'mpirun (Open MPI) 5.0.11'; exit 0; }\n"
+                    "echo 'MPI_ABORT was invoked on rank 3 in communicator MPI_COMM_WORLD' >&2\n"
+                    "exec sleep 600\n")
+    stub.chmod(0o755)
+    cl = cluster(2)
+    cl.start_workers()
+    proc = cl.start_launcher(["--mpirun", str(stub), "--timeout", "30", "--", sys.executable, c.PROG])
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 70, err  # EXIT_RUN_FAILED: the launcher had to stop mpirun
+    assert "MPI_ABORT was invoked on rank 3" in err  # relayed as it came
+    message = cl.termination(cl.launcher)
+    assert ("mpirun announced the job's end (MPI_ABORT was invoked on rank) and had not exited 10 s later, "
+            "so it was stopped") in message, message
+    assert cl.wait_workers() == {h: 75 for h in cl.workers}
+    assert not cl.net.pids(cl.launcher), "mpirun (sleep) outlived the launcher"
+
+
 def test_launcher_waits_for_late_dns_records(cluster):
     mpi = c.need("mpich")
     cl = cluster(3, dns_delay=10.0)
@@ -127,7 +161,7 @@ def test_python_exception_aborts_instead_of_hanging(cluster, tmp_path):
     cl = cluster(2)
     cl.start_workers()
     proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--slots-per-worker", "2", "--", sys.executable, str(prog)])
-    out, err = proc.communicate(timeout=40)
+    _, err = _communicate(cl, proc, 40)
     assert proc.returncode != 0
     assert "boom" in err
     codes = cl.wait_workers()

@@ -3,7 +3,6 @@ full handshake slots, a wrong token, NUL bytes, running out of descriptors.  Eve
 bounded in count and time and stops by itself."""
 
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -20,12 +19,11 @@ from jobset_runtime.mpi.launcher import Watch, connect_all
 from jobset_runtime.mpi.worker import WorkerServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "group"))
-from grouphelpers import SlowClients  # noqa: E402
+from grouphelpers import WAIT, SlowClients, flood_descriptors, low_nofile, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = b"0123456789abcdef0123456789abcdef"
 KEY = channel.derive_key(TOKEN)
-WAIT = 20.0
 
 
 def held(n, address, source="127.0.0.2"):
@@ -36,13 +34,6 @@ def held(n, address, source="127.0.0.2"):
         s.sendall(wire.HEADER.pack(100))
         socks.append(s)
     return socks
-
-
-def wait_until(cond, what):
-    end = time.monotonic() + WAIT
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_a_trickling_client_is_cut_off_at_the_handshake_deadline_however_often_it_sends():
@@ -146,10 +137,6 @@ def test_a_nul_byte_in_an_exec_request_is_refused_and_the_worker_keeps_serving(t
         worker.close()
 
 
-def _low_nofile():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
-
-
 def test_out_of_descriptors_the_worker_pauses_accepting_and_recovers(tmp_path):
     """A hard limit of 48 descriptors and 120 connections held open: accept() fails with EMFILE.
     The worker pauses instead of spinning (a few summary lines, not thousands), and serves the
@@ -164,27 +151,16 @@ def test_out_of_descriptors_the_worker_pauses_accepting_and_recovers(tmp_path):
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "jobset_runtime.mpi", "worker", "--launcher-timeout", "60"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_low_nofile)
-    socks = []
+                                env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=low_nofile)
     try:
         wait_until(lambda: b"serving the launcher" in log.read_bytes(), "the worker to listen")
-        for n in range(120):  # each from an address of its own: no per-source cap applies
-            try:
-                socks.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT,
-                                                      source_address=(f"127.0.1.{n + 1}", 0)))
-            except OSError:
-                break
-        time.sleep(3)  # the worker is out of descriptors meanwhile
-        assert proc.poll() is None, log.read_text()
-        for s in socks:
-            s.close()
+        flood_descriptors(port)
+        assert proc.poll() is None, log.read_text()  # it lived through it
         chan = channel.connect_until("127.0.0.1", port, KEY, role="watch", pod="launcher",
                                      deadline=time.monotonic() + WAIT)
         chan.send({"t": "finish", "code": 0, "cause": "ok"})
         assert proc.wait(WAIT) == 0, log.read_text()
     finally:
-        for s in socks:
-            s.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -210,7 +186,9 @@ def test_64_slow_reconnecting_clients_per_worker_do_not_stop_a_real_mpi_job(clus
         flood.__enter__()
     try:
         cl.start_workers(env=mpi.env)
-        time.sleep(3)  # the flood is at the workers before the launcher arrives
+        # The flood is at the workers before the launcher arrives: every client in, once at least.
+        wait_until(lambda: all(flood.connections >= 64 for flood in floods), "the flood to reach the workers",
+                   timeout=60)
         proc = cl.start_launcher(["--mpirun", mpi.mpirun, "--timeout", "60", "--", sys.executable, c.PROG],
                                  env=mpi.env)
         out, err = proc.communicate(timeout=120)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 from ... import contract
 from ...errors import ConfigError
+from ..result import INTERRUPTED, TIMEOUT, ReplicatedJobCounts, Result
 from . import binaries, cluster
 
-EXIT_TIMEOUT = 124
-EXIT_INTERRUPTED = 130
 CONTROL_PLANE_LOGS = "control-plane-logs"
 _STANDARD = {"cpu", "memory", "ephemeral-storage", "pods"}
 
@@ -173,65 +172,49 @@ class ClusterRun:
                     outcome = state
                     break
                 if deadline and time.monotonic() > deadline:
-                    outcome = "timeout"
+                    outcome = TIMEOUT
                     break
                 time.sleep(0.3)
         except KeyboardInterrupt:
-            outcome = "interrupted"
+            outcome = INTERRUPTED
         finally:
             self._tail_stop.set()
             if outcome in ("Completed", "Failed"):
                 time.sleep(0.5)  # the last lines of output
             js = js or {}
-            self._print_status(js, outcome)
+            result = self._result(js, outcome)
+            for line in result.lines():
+                print(line, file=self.out)
             if self.state is not None:
+                print(f"logs: {self.run_dir} (control plane: {self.run_dir / CONTROL_PLANE_LOGS})", file=self.out,
+                      flush=True)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the teardown runs to its end
                     signal.signal(sig, signal.SIG_IGN)
                 # The components' logs outlive the cluster, beside the pods' (down removes its directory).
                 cluster.down(self.state, keep_logs=self.run_dir / CONTROL_PLANE_LOGS)
-        if outcome == "interrupted":
-            return EXIT_INTERRUPTED
-        if outcome == "timeout":
-            return EXIT_TIMEOUT
-        return 0 if outcome == "Completed" else 1
+        return result.exit_code()
 
-    def _print_status(self, js: dict, outcome) -> None:
-        from ..runner import _table
-
+    def _result(self, js: dict, outcome) -> Result:
+        """The run's end from the JobSet's real status."""
         st = js.get("status") or {}
-        age = time.monotonic() - self._t0
-        state = st.get("terminalState") or ("TimedOut" if outcome == "timeout" else
-                                            "Interrupted" if outcome == "interrupted" else "")
         conds = {c["type"]: c for c in st.get("conditions") or []}
-        completed = "True" if (conds.get("Completed") or {}).get("status") == "True" else "False"
-        suspended = str(bool((js.get("spec") or {}).get("suspend", False))).lower()
-        rows = [("NAME", "TERMINALSTATE", "RESTARTS", "COMPLETED", "SUSPENDED", "AGE"),
-                (self.name, state, str(st.get("restarts", 0)), completed, suspended, f"{age:.1f}s")]
-        print(file=self.out)
-        print(_table(rows), file=self.out)
-        rows = [("REPLICATEDJOB", "READY", "SUCCEEDED", "FAILED", "ACTIVE")]
+        state = st.get("terminalState") or ""
         by_name = {r["name"]: r for r in st.get("replicatedJobsStatus") or []}
-        for rj in (js.get("spec") or self.js["spec"]).get("replicatedJobs") or []:
-            r = by_name.get(rj["name"], {})
-            rows.append((rj["name"], *(str(r.get(k, 0)) for k in ("ready", "succeeded", "failed", "active"))))
-        print(_table(rows), file=self.out)
-        term = conds.get("Failed") if state == "Failed" else conds.get("Completed")
-        if term and term.get("message"):
-            print(f"{term.get('reason', '')}: {term['message']}", file=self.out)
-        if self.state is not None:
-            print(f"logs: {self.run_dir} (control plane: {self.run_dir / CONTROL_PLANE_LOGS})", file=self.out,
-                  flush=True)
+        rjobs = tuple(ReplicatedJobCounts(rj["name"], *(int(by_name.get(rj["name"], {}).get(k, 0))
+                                                        for k in ("ready", "succeeded", "failed", "active")))
+                      for rj in (js.get("spec") or self.js["spec"]).get("replicatedJobs") or [])
+        term = (conds.get("Failed") if state == "Failed" else conds.get("Completed")) or {}
+        return Result(self.name, outcome, state, st.get("restarts", 0),
+                      completed=(conds.get("Completed") or {}).get("status") == "True",
+                      suspended=bool((js.get("spec") or {}).get("suspend", False)),
+                      age=time.monotonic() - self._t0, rjobs=rjobs, reason=term.get("reason", ""),
+                      message=term.get("message") or "")
 
 
 def run_on_cluster(args) -> int:
     from .. import spec
 
-    try:
-        with open(args.file) as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {args.file}: {e.strerror}")
-    js, _ = spec.split_documents(spec.load_documents(text, args.file), args.file)
+    js, _ = spec.read_file(args.file)
     from ..cli import NEEDS_ROOT
 
     if not args.kubeconfig and (os.geteuid() != 0 or args.mode in ("loopback", "rootless")):
