@@ -271,9 +271,13 @@ class Backoff:
     def __init__(self):
         self._wait, self.tries = client_backoff(), 0
 
-    def sleep(self, deadline: float) -> None:
+    def delay(self, deadline: float) -> float:
+        """The pause before the next try (counted as one), never past the deadline."""
         self.tries += 1
-        time.sleep(max(0.0, min(self._wait(SimpleNamespace(attempt_number=self.tries)), deadline - time.monotonic())))
+        return max(0.0, min(self._wait(SimpleNamespace(attempt_number=self.tries)), deadline - time.monotonic()))
+
+    def sleep(self, deadline: float) -> None:
+        time.sleep(self.delay(deadline))
 
 
 def retrying(deadline: float, retry_on: tuple[type[BaseException], ...]):
