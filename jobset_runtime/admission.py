@@ -168,6 +168,7 @@ class KnownPods:
         self._family = family
         self.on_claim = on_claim
         self._claimed: set[str] = set()
+        self._waiters: dict[str, list] = {}  # pod -> what to call once its name was asked for
         self._by_pod: dict[str, str] = {}
         self._addresses: set[str] = set()
         self._lock = threading.Lock()
@@ -188,6 +189,20 @@ class KnownPods:
                 self._by_pod.pop(pod, None)
                 if pod in self._names:
                     self._claimed.add(pod)
+        self._wake.set()
+
+    def claim(self, pod: str, then: Callable[[], None]) -> None:
+        """Ask for `pod`'s name now (again, if it had an address) and call then(), from the resolving
+        thread, once the answer (or none) is in: a listener checks a claim against the answer
+        instead of turning the pod away until it is known."""
+        with self._lock:
+            self._by_pod.pop(pod, None)
+            if pod in self._names:
+                self._claimed.add(pod)
+                self._waiters.setdefault(pod, []).append(then)
+                pod = None
+        if pod is not None:  # not a name this listener knows: nothing to ask
+            then()
         self._wake.set()
 
     def start(self) -> KnownPods:
@@ -211,6 +226,8 @@ class KnownPods:
                     self._claimed.clear()
                 else:
                     todo = {pod: name for pod, name in self._names.items() if pod not in self._by_pod}
+            with self._lock:
+                waiters = [cb for pod in todo for cb in self._waiters.pop(pod, ())]
             if todo:
                 try:
                     got = resolve_batch(list(todo.values()), self._nameservers, tries=2,
@@ -223,6 +240,11 @@ class KnownPods:
                         if name in got:
                             self._by_pod[pod] = got[name]
                     self._addresses = set(self._by_pod.values())
+            for then in waiters:
+                try:
+                    then()
+                except Exception:
+                    log.exception("known pods: a waiter failed")
             # On claim: the pod's next claim (after its backoff) asks again, nothing else does.
             self._wake.wait(self.retry_s if todo and not self.on_claim else None)
 

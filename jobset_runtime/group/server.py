@@ -27,6 +27,9 @@ from .wire import check_auth
 log = logging.getLogger("jobset_runtime.group")
 
 _WRITE_BUFFER_MAX = 1 << 20  # a member that stops reading is treated as vanished
+# Longest a claim waits for its pod's name to be looked up: well inside the member's wait for its
+# welcome (member.py), so a slow answer means one retry, never a welcome the member gave up on.
+LOOKUP_WAIT = 2.0
 
 
 class _Conn:
@@ -258,17 +261,33 @@ class GroupServer:
                 else:
                     conn.send(hb)
 
-    def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
+    async def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
         """A rank is bound to its pod: the claim must come from the address the pod's DNS name
-        resolves to.  Not yet resolved, or another address (DNS may still hold the old IP of a
-        recreated pod): refused for now, the name resolved again, the member retries."""
+        resolves to.  A name is asked for when its pod first claims it (KnownPods on_claim), or
+        again when it held another address (DNS may still hold the old IP of a recreated pod):
+        the claim waits for that answer, up to LOOKUP_WAIT.  Still no record, or another address:
+        refused for now, and the member retries."""
         if self.known is None:
             return None
         pod = hello["pod"]
         want = self.known.address_of(pod)
+        if want != addr:
+            loop, answered = self._loop, self._loop.create_future()
+
+            def then():
+                try:
+                    loop.call_soon_threadsafe(lambda: answered.done() or answered.set_result(None))
+                except RuntimeError:
+                    pass  # the server stopped meanwhile
+
+            self.known.claim(pod, then)
+            try:
+                await asyncio.wait_for(answered, LOOKUP_WAIT)
+            except asyncio.TimeoutError:
+                pass
+            want = self.known.address_of(pod)
         if want == addr:
             return None
-        self.known.refresh(pod)
         if want is None:
             return f"pod {one_line(pod, 64)} has no DNS record yet to check its address against", True
         return f"pod {one_line(pod, 64)} has address {want}, not {addr}", True
@@ -316,7 +335,8 @@ class GroupServer:
             finally:
                 self.gate.release(addr)
             self.gate.learn(addr)
-            refusal = self.state.admit(hello) or self._bound(hello, addr)
+            # Checked again after the lookup: the group may have moved on while it was answered.
+            refusal = self.state.admit(hello) or await self._bound(hello, addr) or self.state.admit(hello)
             rank = hello["rank"]
             if refusal is None and rank in self._conns:
                 # A rank that joined is not taken over: the one holding it keeps it until its
