@@ -361,10 +361,16 @@ class GroupServer:
             conn.send({"t": "welcome", "attempt": self.state.attempt, "epoch": self.state.epoch})
             log.debug("group: %s joined from %s", self.state.world[rank], peer)
             self._apply(self.state.join(rank))
+            # Whatever the socket holds at once, split here: one wake-up of this task per read,
+            # not two per frame (a leader reads a frame from each of its members per heartbeat).
+            frames = wire.FrameBuffer(wire.MAX_FRAME)
             while True:
-                msg = session.open(await self._read(reader, wire.MAX_FRAME))
+                data = await reader.read(65536)
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", None)
                 conn.last = self._loop.time()
-                self._handle(conn, msg)
+                for body in frames.feed(data):
+                    self._handle(conn, session.open(body))
         except (wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError) as e:
             if conn is not None:
                 # After `done`, the completion or an abort, hanging up is how a member leaves.
