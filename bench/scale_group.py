@@ -403,8 +403,8 @@ def record(res: Results, tree: dict, flat: dict | None, args) -> None:
             if get(tree) is None:
                 continue
             who = {"coordinator": "the coordinator's process", "leader": "one slice leader (its share of a "
-                   f"process of {tree['leader_process_leaders']})", "member": "per member (a process's peak / "
-                   "its members)"}[role]
+                   f"process of {tree['leader_process_leaders']})", "member": "a member (a member process's "
+                   "peak / its members)"}[role]
             t = Stat.single(round(get(tree), 3), unit)
             b = get(flat) if flat and role != "leader" else None
             res.add(f"scale.tree.{role}.{stat}", f"{label(tree)}: {what} of {who}", t,
