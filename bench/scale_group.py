@@ -19,7 +19,7 @@ Figures (all clocks are CLOCK_MONOTONIC, shared by the processes):
   coordinator CPU         user + system CPU of the coordinator's process over the whole run
 
     python bench/scale_group.py                       # 12,736 = 199 x 64 through the tree, flat beside it
-    python bench/scale_group.py --pods 1024 --slices 16 --flat-pods 256 1024 --kills 30
+    python bench/scale_group.py --pods 4096 --slices 64 --flat-pods 1024 4096      # development size
 """
 
 from __future__ import annotations
@@ -416,7 +416,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=12736)
     ap.add_argument("--slices", type=int, default=199, help="slices of the tree")
-    ap.add_argument("--flat-pods", type=int, nargs="*", default=[1024, 2048, 4096],
+    ap.add_argument("--flat-pods", type=int, nargs="*", default=[1024, 4096, 8192, 12736],
                     help="flat groups tried in this order until one breaks; the largest that gets through is "
                          "the tree's baseline")
     ap.add_argument("--kills", type=int, default=30)
