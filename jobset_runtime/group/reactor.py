@@ -51,7 +51,7 @@ class Reactor:
     # --- any thread ----------------------------------------------------------------------
     def start(self) -> Reactor:
         with self._start_lock:
-            if self._thread is None:
+            if self._thread is None and not self._stopping:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
         return self
@@ -68,9 +68,14 @@ class Reactor:
                 pass  # a wake-up is already queued (or the reactor is gone)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopping = True
+        with self._start_lock:
+            self._stopping = True
+            started = self._thread is not None
+        if not started:  # never ran: nothing else holds its descriptors
+            self._close()
+            return
         self.call_soon(lambda: None)
-        if self._thread is not None and not self.on_thread():
+        if not self.on_thread():
             self._thread.join(timeout)
 
     # --- the reactor's thread ------------------------------------------------------------
@@ -123,9 +128,12 @@ class Reactor:
                     fn, args = pending.popleft()
                     self._call(fn, *args)
         finally:
-            self._sel.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._close()
+
+    def _close(self) -> None:
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     @staticmethod
     def _call(fn, *args) -> None:
