@@ -287,7 +287,7 @@ class GroupMember:
                 self.phase = MemberPhase.CLOSED
             self._cond.notify_all()
         reactor = self._reactor
-        if reactor.on_thread() or reactor._thread is None:
+        if reactor.on_thread() or not reactor.started:
             self._close_socket()
         else:
             closed = threading.Event()

@@ -56,6 +56,10 @@ class Reactor:
                 self._thread.start()
         return self
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def on_thread(self) -> bool:
         return self._thread is threading.current_thread()
 
