@@ -488,9 +488,9 @@ class GroupMember:
             self._session = wire.member_session(wire.session_key(self._key, hello_b, challenge_b))
             self._stage = _Stage.WELCOME
             self._frames.limit = wire.MAX_FRAME
-            # The server decides on the claim as soon as it has read this proof, and it may first
-            # have spent most of its handshake deadline waiting for the CPU: the wait for the
-            # welcome starts now, so a welcome the server sends is never given up on.
+            # The server decides on the claim once it has read this proof (after its pod's lookup,
+            # server.LOOKUP_WAIT at most), however much of its handshake deadline it spent waiting
+            # for the CPU before: the wait for the welcome starts now.
             wait = max(self.deadline, admission.Limits.deadline)
             self._set_timer(time.monotonic() + wait, self._timed_out, wait)
         elif stage is _Stage.WELCOME:
