@@ -87,7 +87,7 @@ def main(argv=None):
                         "worker FQDNs (one slot each): wall time" + (" (the map checked: every host, every rank)"
                                                                      if display else ""),
                         Stat.single(r["wall_s"], "s"), baseline=base_stat,
-                        baseline_what=f"the same mpirun on 16 hosts", goal="")
+                        baseline_what="the same mpirun on 16 hosts", goal="")
                 if first is None:
                     first = r
                     continue

@@ -167,25 +167,19 @@ class KnownPods:
         self._family = family
         self.on_claim = on_claim
         self._claimed: set[str] = set()
+        self._waiters: dict[str, list] = {}  # pod -> what to call once its name was asked for
         self._by_pod: dict[str, str] = {}
         self._addresses: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # on_resolved(pods): after each round of lookups, the pods it asked about (found or not),
-        # on this object's thread: a listener waiting on a claim learns its answer at once.
-        self.on_resolved: Callable[[set], None] | None = None
 
     def __call__(self, addr: str) -> bool:
         return addr in self._addresses
 
     def address_of(self, pod: str) -> str | None:
         return self._by_pod.get(pod)
-
-    def expects(self, pod: str) -> bool:
-        """`pod` is one of the names this listener resolves."""
-        return pod in self._names
 
     def refresh(self, pod: str | None = None) -> None:
         """Resolve again soon (a pod's address changed, or a name was late)."""
@@ -194,6 +188,20 @@ class KnownPods:
                 self._by_pod.pop(pod, None)
                 if pod in self._names:
                     self._claimed.add(pod)
+        self._wake.set()
+
+    def claim(self, pod: str, then: Callable[[], None]) -> None:
+        """Ask for `pod`'s name now (again, if it had an address) and call then(), from the resolving
+        thread, once the answer (or none) is in: a listener checks a claim against the answer
+        instead of turning the pod away until it is known."""
+        with self._lock:
+            self._by_pod.pop(pod, None)
+            if pod in self._names:
+                self._claimed.add(pod)
+                self._waiters.setdefault(pod, []).append(then)
+                pod = None
+        if pod is not None:  # not a name this listener knows: nothing to ask
+            then()
         self._wake.set()
 
     def start(self) -> KnownPods:
@@ -217,6 +225,8 @@ class KnownPods:
                     self._claimed.clear()
                 else:
                     todo = {pod: name for pod, name in self._names.items() if pod not in self._by_pod}
+            with self._lock:
+                waiters = [cb for pod in todo for cb in self._waiters.pop(pod, ())]
             if todo:
                 try:
                     got = resolve_batch(list(todo.values()), self._nameservers, tries=2,
@@ -230,8 +240,11 @@ class KnownPods:
                         if name in got:
                             self._by_pod[pod] = got[name]
                     self._addresses = set(self._by_pod.values())
-                if self.on_resolved is not None:
-                    self.on_resolved(set(todo))
+            for then in waiters:
+                try:
+                    then()
+                except Exception:
+                    log.exception("known pods: a waiter failed")
             # On claim: the pod's next claim (after its backoff) asks again, nothing else does.
             self._wake.wait(self.retry_s if todo and not self.on_claim else None)
 
@@ -298,15 +311,19 @@ class Backoff:
         self.tries = 0
         self.not_listening_tries = 0
 
-    def sleep(self, deadline: float, error: BaseException | None = None) -> None:
-        """Sleep before the next try; `error`: why the last one failed (picks the schedule)."""
+    def delay(self, deadline: float, error: BaseException | None = None) -> float:
+        """The pause before the next try (counted as one), never past the deadline; `error`: why
+        the last one failed (picks the schedule)."""
         if error is not None and not_listening(error):
             self.not_listening_tries += 1
             wait = exponential_jitter(self.not_listening_tries, *NOT_LISTENING_BACKOFF)
         else:
             self.tries += 1
             wait = exponential_jitter(self.tries, *CLIENT_BACKOFF)
-        time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+        return max(0.0, min(wait, deadline - time.monotonic()))
+
+    def sleep(self, deadline: float, error: BaseException | None = None) -> None:
+        time.sleep(self.delay(deadline, error))
 
 
 def retrying(deadline: float, retry_on: tuple[type[BaseException], ...]):

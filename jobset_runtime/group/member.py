@@ -1,9 +1,12 @@
-"""A wrapper's side of the group channel: one background thread per member.
+"""A wrapper's side of the group channel: a member driven by a reactor thread (reactor.py).
 
 The supervisor's loop is synchronous, so the member offers blocking calls with
 deadlines (join, finish, restart_barrier) and reports an abort two ways: the
 `aborted` event with `abort_cause`, and callbacks registered with `on_abort` (run on
-the member's thread: keep them short, e.g. signal the child's process group).
+the member's reactor thread: keep them short, e.g. signal the child's process group).
+A wrapper's member has a reactor of its own; a process that hosts many members (the
+scale bench) gives them one to share and drives them without blocking: start_join(),
+enter_barrier() and on_phase() callbacks.  The sockets are non-blocking either way.
 
 Member phases:
 
@@ -15,6 +18,9 @@ Member phases:
                                                              | restart_barrier()
                                                           BARRIER --restart--> RUNNING (epoch + 1)
     any --close()--> CLOSED
+
+One connection goes through stages: CONNECT --writable--> CHALLENGE --challenge--> PROOF
+--server's proof checked, member's proof sent--> WELCOME --welcome--> SERVING.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from __future__ import annotations
 import enum
 import errno
 import logging
-import select
+import os
+import selectors
 import socket
 import threading
 import time
@@ -31,6 +38,7 @@ from .. import admission, contract
 from ..errors import ConfigError, JobSetRuntimeError, PeersTimeout, first_few
 from ..log import one_line
 from . import wire
+from .reactor import Reactor
 from .state import Failure, MemberId
 from .wire import check_auth
 
@@ -71,11 +79,24 @@ class _Refused(Exception):
         self.retry = retry
 
 
+class _Stage(enum.Enum):
+    """Where one connection is (none: between two tries)."""
+
+    CONNECT = "connect"
+    CHALLENGE = "challenge"
+    PROOF = "proof"
+    WELCOME = "welcome"
+    SERVING = "serving"
+
+
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
 class GroupMember:
     def __init__(self, *, server: tuple[str, int] | str, me: MemberId, world: list[MemberId],
                  token: bytes | None, insecure: bool = False, attempt: int,
                  heartbeat: float = 0.5, deadline: float = 3.0, connect_timeout: float = 2.0,
-                 source: str | None = None, resolve=None):
+                 source: str | None = None, resolve=None, reactor: Reactor | None = None):
         self._key = check_auth(token, insecure)
         self.server = (server, contract.GROUP_PORT) if isinstance(server, str) else tuple(server)
         ranks = {m.rank: m for m in world}
@@ -101,10 +122,21 @@ class GroupMember:
         self.abort_cause: Failure | None = None
         self._cond = threading.Condition()
         self._callbacks = []
+        self._phase_callbacks = []
+        # reactor: shared by the members of one process (they then cost one thread together);
+        # None: one of its own, stopped by close().
+        self._own_reactor = reactor is None
+        self._reactor = reactor or Reactor(f"group-member-{me.rank}")
+        # The connection; touched on the reactor's thread only.
         self._sock: socket.socket | None = None
         self._session: wire.Session | None = None
-        self._send_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._stage: _Stage | None = None
+        self._frames = wire.FrameBuffer(wire.MAX_HANDSHAKE_FRAME)
+        self._out = bytearray()  # sealed frames the socket did not take yet
+        self._timer = None  # the connection's one timer: connect, handshake or heartbeat tick
+        self._hello_b = self._challenge_b = b""
+        self._last_rx = self._next_hb = 0.0
+        self._join_deadline = 0.0
         self._closing = False
         self._refused: str | None = None  # a refusal that retrying cannot fix
         self._config_error: ConfigError | None = None  # e.g. no DNS server to ask
@@ -116,6 +148,11 @@ class GroupMember:
         return f"GroupMember({self.me}, {self.phase.value}, epoch {self.epoch})"
 
     # --- API for the supervisor -------------------------------------------------------
+    def on_phase(self, callback) -> None:
+        """callback(member) on the reactor's thread after each phase the coordinator's word (or its
+        loss) brings: WAITING, RUNNING (start or restart), ABORTED, COMPLETE.  Do not block in it."""
+        self._phase_callbacks.append(callback)
+
     def on_abort(self, callback) -> None:
         """callback(Failure), once per abort, on the member's thread (or now, if already aborted)."""
         with self._cond:
@@ -124,16 +161,20 @@ class GroupMember:
         if cause is not None:
             callback(cause)
 
-    def join(self, timeout: float) -> None:
-        """Gang start: return once every member of the world has joined (epoch 0)."""
-        deadline = time.monotonic() + timeout
+    def start_join(self, timeout: float) -> None:
+        """Begin the gang start and return at once (join() waits for it): connect, retrying
+        with backoff until `timeout` has passed; on_phase() tells when the group starts."""
         with self._cond:
             if self.phase is not MemberPhase.NEW:
                 raise RuntimeError(f"join() on a member in phase {self.phase.value}")
             self.phase = MemberPhase.CONNECTING
-        self._thread = threading.Thread(target=self._run, args=(deadline,), daemon=True,
-                                        name=f"group-member-{self.me.rank}")
-        self._thread.start()
+        self._join_deadline = time.monotonic() + timeout
+        self._reactor.start()
+        self._reactor.call_soon(self._attempt)
+
+    def join(self, timeout: float) -> None:
+        """Gang start: return once every member of the world has joined (epoch 0)."""
+        self.start_join(timeout)
         with self._cond:
             self._cond.wait_for(lambda: self.phase not in (MemberPhase.CONNECTING, MemberPhase.WAITING)
                                 or self._refused is not None, timeout)
@@ -200,12 +241,10 @@ class GroupMember:
                 raise PeersTimeout(f"the group did not finish within {timeout:g} s of {self.me} finishing")
             return self.phase is MemberPhase.COMPLETE
 
-    def restart_barrier(self, timeout: float) -> int:
-        """After an abort: meet every member, then return the new epoch to restart the child with."""
-        end = time.monotonic() + timeout
+    def enter_barrier(self) -> int:
+        """After an abort, without waiting: tell the coordinator this member is at the restart
+        barrier; returns the epoch being left.  The restart comes as phase RUNNING, epoch + 1."""
         with self._cond:
-            # A member that just reported its own failure may not have heard the abort yet.
-            self._cond.wait_for(lambda: self.phase not in (MemberPhase.RUNNING, MemberPhase.FINISHING), timeout)
             if self.phase is not MemberPhase.ABORTED:
                 raise RuntimeError(f"restart_barrier() in phase {self.phase.value}; only after an abort")
             if self._sock is None:
@@ -213,6 +252,15 @@ class GroupMember:
             self.phase = MemberPhase.BARRIER
             epoch = self.epoch
         self._send({"t": "barrier", "attempt": self.attempt, "epoch": epoch})
+        return epoch
+
+    def restart_barrier(self, timeout: float) -> int:
+        """After an abort: meet every member, then return the new epoch to restart the child with."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            # A member that just reported its own failure may not have heard the abort yet.
+            self._cond.wait_for(lambda: self.phase not in (MemberPhase.RUNNING, MemberPhase.FINISHING), timeout)
+        epoch = self.enter_barrier()
         with self._cond:
             self._cond.wait_for(lambda: self.phase is not MemberPhase.BARRIER, max(0.0, end - time.monotonic()))
             phase, new_epoch, cause = self.phase, self.epoch, self.abort_cause
@@ -236,37 +284,29 @@ class GroupMember:
     def __exit__(self, *exc):
         self.close()
 
-    # --- internals --------------------------------------------------------------------
+    # --- internals: any thread ----------------------------------------------------------
     def _shutdown(self) -> None:
         with self._cond:
             self._closing = True
             if self.phase not in (MemberPhase.ABORTED, MemberPhase.COMPLETE):
                 self.phase = MemberPhase.CLOSED
             self._cond.notify_all()
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        reactor = self._reactor
+        if reactor.on_thread() or not reactor.started:
+            self._close_socket()
+        else:
+            closed = threading.Event()
+            reactor.call_soon(lambda: (self._close_socket(), closed.set()))
+            closed.wait(5)
+        if self._own_reactor:
+            reactor.stop()
 
     def _send(self, msg: dict) -> None:
-        with self._send_lock:
-            sock, session = self._sock, self._session
-            if sock is None or session is None:
-                log.warning("group: not connected; could not send %s", msg["t"])
-                return
-            try:
-                sock.sendall(session.seal(msg))
-            except OSError as e:
-                log.warning("group: could not send %s: %s", msg["t"], e)
-
-    def _set_phase(self, phase: MemberPhase) -> None:
-        with self._cond:
-            self.phase = phase
-            self._cond.notify_all()
+        """Seal and send on the reactor's thread (frames are sealed in the order they go out)."""
+        if self._reactor.on_thread():
+            self._send_now(msg)
+        else:
+            self._reactor.call_soon(self._send_now, msg)
 
     def _abort(self, failure: Failure) -> None:
         with self._cond:
@@ -283,150 +323,273 @@ class GroupMember:
                 cb(failure)
             except Exception:
                 log.exception("group: abort callback failed")
+        self._phase_changed()
 
-    def _run(self, join_deadline: float) -> None:
-        # Turned away (slots full, not yet verifiable) or lost before the start: try again
-        # after a growing pause, never at once (two clients claiming one rank would swap).
-        backoff = self._backoff
+    # --- internals: the reactor's thread --------------------------------------------------
+    def _set_phase(self, phase: MemberPhase) -> None:
+        with self._cond:
+            self.phase = phase
+            self._cond.notify_all()
+        self._phase_changed()
+
+    def _phase_changed(self) -> None:
+        for cb in self._phase_callbacks:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("group: phase callback failed")
+
+    def _send_now(self, msg: dict) -> None:
+        if self._sock is None or self._session is None or self._stage is not _Stage.SERVING:
+            log.warning("group: not connected; could not send %s", msg["t"])
+            return
         try:
-            while not self._closing:
-                try:
-                    self._connect(join_deadline)
-                except ConfigError as e:
-                    with self._cond:
-                        self._config_error = e
-                        self._refused = str(e)
-                        self._cond.notify_all()
-                    return
-                except (OSError, LookupError, wire.ProtocolError, _Refused) as e:
-                    self._last_error = str(e) or e.__class__.__name__
-                    if isinstance(e, _Refused) and not e.retry:
-                        with self._cond:
-                            self._refused = str(e)
-                            self._cond.notify_all()
-                        return
-                    if time.monotonic() >= join_deadline:
-                        return
-                    backoff.sleep(join_deadline, e)
-                    continue
-                lost = self._serve()
-                self._session = None
-                if self._closing:
-                    return
-                with self._cond:
-                    waiting = self.phase is MemberPhase.WAITING
-                    if waiting:
-                        self.phase = MemberPhase.CONNECTING
-                if waiting and time.monotonic() < join_deadline:
-                    log.warning("group: lost the coordinator before the start (%s); reconnecting", lost)
-                    backoff.sleep(join_deadline)
-                    continue
-                host, port = self.server
-                self._abort(Failure(None, f"{host}:{port}", None, f"lost the group coordinator: {lost}"))
+            self._write(self._session.seal(msg))
+        except OSError as e:  # the reading side notices the loss and acts on it
+            log.warning("group: could not send %s: %s", msg["t"], e)
+
+    def _write(self, data: bytes) -> None:
+        sock = self._sock
+        if not self._out:
+            try:
+                data = data[sock.send(data):]
+            except BlockingIOError:
+                pass
+            if not data:
                 return
-        finally:
-            sock, self._sock = self._sock, None
-            if sock is not None:
-                sock.close()
+            self._reactor.modify(sock, _READ | _WRITE, self._on_ready)
+        self._out += data
 
-    def _recv_exact(self, sock: socket.socket, n: int) -> bytes:
-        data = bytearray()
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("the coordinator closed the connection during the handshake")
-            data += chunk
-        return bytes(data)
+    def _set_timer(self, when: float, fn, *args) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._reactor.call_at(when, fn, *args)
 
-    def _recv_frame(self, sock: socket.socket, limit: int) -> bytes:
-        return self._recv_exact(sock, wire.body_length(self._recv_exact(sock, wire.HEADER.size), limit))
+    def _close_socket(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sock, self._sock = self._sock, None
+        self._session, self._stage = None, None
+        self._out.clear()
+        if sock is not None:
+            self._reactor.unregister(sock)
+            sock.close()
 
-    def _connect(self, join_deadline: float) -> None:
-        left = max(0.05, min(self.connect_timeout, join_deadline - time.monotonic()))
-        target = self.server
+    def _attempt(self) -> None:
+        """One try to connect: turned away (slots full, not yet verifiable) or lost before the start,
+        the member tries again after a growing pause, never at once (two clients claiming one rank
+        would swap)."""
+        self._timer = None
+        if self._closing:
+            return
+        try:
+            self._open()
+        except ConfigError as e:
+            with self._cond:
+                self._config_error = e
+                self._refused = str(e)
+                self._cond.notify_all()
+        except (OSError, LookupError) as e:
+            self._close_socket()
+            self._failed(e)
+
+    def _open(self) -> None:
+        left = max(0.05, min(self.connect_timeout, self._join_deadline - time.monotonic()))
+        host, port = self.server
         if self._resolve is not None:
             if self._address is None:
-                self._address = self._resolve(self.server[0])  # LookupError: not there yet, retried
+                self._address = self._resolve(host)  # LookupError: not there yet, retried
                 self._address_at = time.monotonic()
-            target = (self._address, self.server[1])
+            host = self._address
+        family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock = socket.create_connection(target, timeout=left,
-                                            source_address=(self.source, 0) if self.source else None)
-        except OSError as e:
-            if not (self.source and e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL)):
-                if not (admission.not_listening(e) and time.monotonic() - self._address_at < KEEP_REFUSED_ADDRESS):
-                    self._address = None  # the server's pod may have a new address
-                raise
-            log.warning("group: cannot connect from this pod's address %s (%s); letting the system choose",
-                        self.source, e.strerror)
-            self.source = None
-            sock = socket.create_connection(target, timeout=left)
-        try:
+            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # As long as the server may take (its handshake deadline, admission.Limits): a member
-            # that gave up on a welcome already sent would be counted joined and then lost.
-            sock.settimeout(max(self.deadline, left, admission.Limits.deadline))
-            hello_b = wire.encode({"t": "hello", "v": wire.VERSION, "attempt": self.attempt, "epoch": self.epoch,
-                                   "rank": self.me.rank, "pod": self.me.pod, "nonce": wire.nonce()})
-            sock.sendall(wire.frame(hello_b))
-            challenge_b = self._recv_frame(sock, wire.MAX_HANDSHAKE_FRAME)
-            wire.check_nonce(wire.expect(challenge_b, "challenge")["nonce"])
-            proof = wire.expect(self._recv_frame(sock, wire.MAX_HANDSHAKE_FRAME), "proof")
+            if self.source:
+                # The pod's own address as the source (see __init__).
+                try:
+                    sock.bind((self.source, 0))
+                except OSError as e:
+                    if e.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL):
+                        raise
+                    log.warning("group: cannot connect from this pod's address %s (%s); letting the system "
+                                "choose", self.source, e.strerror)
+                    self.source = None
+            err = sock.connect_ex(target)
+            if err not in (0, errno.EINPROGRESS):
+                raise self._connect_failed(err)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._stage = sock, _Stage.CONNECT
+        self._frames = wire.FrameBuffer(wire.MAX_HANDSHAKE_FRAME)
+        self._reactor.register(sock, _WRITE, self._on_ready)
+        self._set_timer(time.monotonic() + left, self._timed_out, left)
+
+    def _connect_failed(self, err: int) -> OSError:
+        """The error of a connect that failed (ECONNREFUSED: a ConnectionRefusedError).  The server's pod
+        may have a new address, so its name is asked again -- but not after a refusal within
+        KEEP_REFUSED_ADDRESS of the lookup: nothing listens there yet, its wrapper is starting."""
+        e = OSError(err, os.strerror(err))
+        if not (admission.not_listening(e) and time.monotonic() - self._address_at < KEEP_REFUSED_ADDRESS):
+            self._address = None
+        return e
+
+    def _timed_out(self, after: float) -> None:
+        self._timer = None
+        self._broken(TimeoutError(f"timed out after {after:g} s in the {self._stage.value} stage"))
+
+    def _on_ready(self, mask: int) -> None:
+        try:
+            if self._stage is _Stage.CONNECT:
+                err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise self._connect_failed(err)
+                self._connected()
+                return
+            if mask & _WRITE and self._out:
+                del self._out[:self._sock.send(self._out)]
+                if not self._out:
+                    self._reactor.modify(self._sock, _READ, self._on_ready)
+            if mask & _READ:
+                self._read()
+        except BlockingIOError:
+            pass
+        except (OSError, LookupError, wire.ProtocolError, _Refused) as e:
+            self._broken(e)
+
+    def _connected(self) -> None:
+        self._stage = _Stage.CHALLENGE
+        self._reactor.modify(self._sock, _READ, self._on_ready)
+        left = max(0.05, min(self.connect_timeout, self._join_deadline - time.monotonic()))
+        # As long as the server may take (its handshake deadline, admission.Limits): a member
+        # that gave up on a welcome already sent would be counted joined and then lost.
+        self._set_timer(time.monotonic() + max(self.deadline, left, admission.Limits.deadline), self._timed_out,
+                        max(self.deadline, left, admission.Limits.deadline))
+        self._hello_b = wire.encode({"t": "hello", "v": wire.VERSION, "attempt": self.attempt, "epoch": self.epoch,
+                                     "rank": self.me.rank, "pod": self.me.pod, "nonce": wire.nonce()})
+        self._write(wire.frame(self._hello_b))
+
+    def _read(self) -> None:
+        data = self._sock.recv(65536)
+        if not data:
+            raise ConnectionError("the coordinator closed the connection"
+                                  + ("" if self._stage is _Stage.SERVING else " during the handshake"))
+        if self._stage is _Stage.SERVING:
+            self._last_rx = time.monotonic()
+        self._frames.add(data)
+        while self._sock is not None and (body := self._frames.pop()) is not None:
+            self._frame(body)
+
+    def _frame(self, body: bytes) -> None:
+        stage = self._stage
+        if stage is _Stage.SERVING:
+            self._handle(self._session.open(body))
+        elif stage is _Stage.CHALLENGE:
+            wire.check_nonce(wire.expect(body, "challenge")["nonce"])
+            self._challenge_b, self._stage = body, _Stage.PROOF
+        elif stage is _Stage.PROOF:
+            hello_b, challenge_b = self._hello_b, self._challenge_b
+            proof = wire.expect(body, "proof")
             if not wire.proof_ok(proof["proof"], wire.server_proof(self._key, hello_b, challenge_b)):
                 raise wire.ProtocolError("the coordinator could not prove it holds the group token "
                                          "(a different token on one side, or not our coordinator)")
-            sock.sendall(wire.frame(wire.encode({"t": "proof",
-                                                 "proof": wire.member_proof(self._key, hello_b, challenge_b)})))
-            session = wire.member_session(wire.session_key(self._key, hello_b, challenge_b))
-            first = session.open(self._recv_frame(sock, wire.MAX_FRAME))
+            self._write(wire.frame(wire.encode({"t": "proof",
+                                                "proof": wire.member_proof(self._key, hello_b, challenge_b)})))
+            self._session = wire.member_session(wire.session_key(self._key, hello_b, challenge_b))
+            self._stage = _Stage.WELCOME
+            self._frames.limit = wire.MAX_FRAME
+            # The server decides on the claim once it has read this proof (after its pod's lookup,
+            # server.LOOKUP_WAIT at most), however much of its handshake deadline it spent waiting
+            # for the CPU before: the wait for the welcome starts now.
+            wait = max(self.deadline, admission.Limits.deadline)
+            self._set_timer(time.monotonic() + wait, self._timed_out, wait)
+        elif stage is _Stage.WELCOME:
+            first = self._session.open(body)
             if first["t"] == "refused":
                 raise _Refused(f"the coordinator refused {self.me}: {first['reason']}", first["retry"])
             if first["t"] != "welcome" or first["attempt"] != self.attempt:
                 raise wire.ProtocolError(f"expected a welcome for attempt {self.attempt}, got {first['t']}")
-        except BaseException:
-            sock.close()
-            raise
-        with self._send_lock:
-            self._sock, self._session = sock, session
+            self._welcomed(first["epoch"])
+        else:
+            raise wire.ProtocolError(f"a frame in the {stage} stage")
+
+    def _welcomed(self, epoch: int) -> None:
+        self._stage = _Stage.SERVING
+        now = time.monotonic()
+        self._last_rx, self._next_hb = now, now + self.heartbeat
+        self._set_timer(self._next_hb, self._tick)
         with self._cond:
-            if self._closing:
-                return
-            self.epoch = first["epoch"]
+            self.epoch = epoch
             self.phase = MemberPhase.WAITING
             self._cond.notify_all()
         log.debug("group: %s joined the coordinator at %s:%d", self.me, *self.server)
+        self._phase_changed()
 
-    def _serve(self) -> str:
-        """Read and heartbeat until the connection is lost; returns why."""
-        sock, session = self._sock, self._session
-        buf = wire.FrameBuffer(wire.MAX_FRAME)
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
+    def _tick(self) -> None:
+        """Heartbeat, and judge the coordinator's silence."""
+        self._timer = None
         now = time.monotonic()
-        last_rx, next_hb = now, now + self.heartbeat
-        try:
-            while not self._closing:
-                wait = max(0.0, min(next_hb, last_rx + self.deadline) - time.monotonic())
-                if poller.poll(wait * 1000):
-                    data = sock.recv(65536)
-                    if not data:
-                        return "the coordinator closed the connection"
-                    for body in buf.feed(data):
-                        self._handle(session.open(body))
-                    last_rx = time.monotonic()
-                now = time.monotonic()
-                if now - last_rx > self.deadline:
-                    if poller.poll(0):
-                        # A thread that waited long for the CPU (a loaded node) wakes past the deadline
-                        # with the coordinator's frames already queued: read them before judging.
-                        continue
-                    return f"no word from the coordinator for more than {self.deadline:g} s"
-                if now >= next_hb:
-                    self._send({"t": "hb", "attempt": self.attempt, "epoch": self.epoch})
-                    next_hb = now + self.heartbeat
-            return "closed"
-        except (OSError, wire.ProtocolError) as e:
-            return str(e) or e.__class__.__name__
+        if now - self._last_rx > self.deadline:
+            # A thread that waited long for the CPU (a loaded node) wakes past the deadline with
+            # the coordinator's frames already queued: read them before judging.
+            try:
+                self._read()
+            except BlockingIOError:
+                pass
+            except (OSError, wire.ProtocolError) as e:
+                self._broken(e)
+                return
+            if self._sock is None:
+                return
+            now = time.monotonic()
+            if now - self._last_rx > self.deadline:
+                self._broken(TimeoutError(f"no word from the coordinator for more than {self.deadline:g} s"))
+                return
+        if now >= self._next_hb:
+            self._send_now({"t": "hb", "attempt": self.attempt, "epoch": self.epoch})
+            self._next_hb = now + self.heartbeat
+        if self._sock is not None:
+            self._set_timer(min(self._next_hb, self._last_rx + self.deadline), self._tick)
+
+    def _broken(self, e: BaseException) -> None:
+        """This connection is over: a failed try before the welcome, else the coordinator lost."""
+        serving = self._stage is _Stage.SERVING
+        self._close_socket()
+        if serving:
+            self._lost(str(e) or e.__class__.__name__)
+        else:
+            self._failed(e)
+
+    def _failed(self, e: BaseException) -> None:
+        self._last_error = str(e) or e.__class__.__name__
+        if isinstance(e, _Refused) and not e.retry:
+            with self._cond:
+                self._refused = str(e)
+                self._cond.notify_all()
+            return
+        if self._closing or time.monotonic() >= self._join_deadline:
+            return  # join() reports the last error
+        self._retry(e)
+
+    def _retry(self, error: BaseException | None = None) -> None:
+        self._set_timer(time.monotonic() + self._backoff.delay(self._join_deadline, error), self._attempt)
+
+    def _lost(self, why: str) -> None:
+        if self._closing:
+            return
+        with self._cond:
+            waiting = self.phase is MemberPhase.WAITING
+            if waiting:
+                self.phase = MemberPhase.CONNECTING
+        if waiting and time.monotonic() < self._join_deadline:
+            log.warning("group: lost the coordinator before the start (%s); reconnecting", why)
+            self._retry()
+            return
+        host, port = self.server
+        self._abort(Failure(None, f"{host}:{port}", None, f"lost the group coordinator: {why}"))
 
     def _handle(self, msg: dict) -> None:
         kind = msg["t"]
@@ -452,6 +615,7 @@ class GroupMember:
                     self.phase = MemberPhase.RUNNING
                     self._cond.notify_all()
                 log.info("group: %s restarts in place as epoch %d", self.me, msg["epoch"])
+                self._phase_changed()
             else:
                 log.warning("group: dropped a restart to epoch %d (at epoch %d, %s)", msg["epoch"], epoch, phase.value)
             return

@@ -26,10 +26,9 @@ from .wire import check_auth
 log = logging.getLogger("jobset_runtime.group")
 
 _WRITE_BUFFER_MAX = 1 << 20  # a member that stops reading is treated as vanished
-# How long an authenticated join waits for its pod's name to be looked up (asked when the pod
-# first claims its rank, docs/peers.md) before it is refused for now: well under the member's
-# wait for a welcome (admission.Limits.deadline), and far above an answering DNS server's reply.
-CLAIM_WAIT = 2.0
+# Longest a claim waits for its pod's name to be looked up: well inside the member's wait for its
+# welcome (member.py), so a slow answer means one retry, never a welcome the member gave up on.
+LOOKUP_WAIT = 2.0
 
 
 class _Conn:
@@ -81,7 +80,6 @@ class GroupServer:
         self._conns: dict[int, _Conn] = {}
         self._no_conns = threading.Event()  # set while no member is connected (drain waits on it)
         self._no_conns.set()
-        self._lookups: dict[str, set[asyncio.Future]] = {}  # pod -> joins waiting for its name's answer
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -156,7 +154,6 @@ class GroupServer:
         self.address = listener.getsockname()[:2]
         self.refusals.what = self.claims.what = f"group: {join_host_port(*self.address)}"
         if self.known is not None:
-            self.known.on_resolved = self._looked_up
             self.known.start()
         log.info("group: coordinator listening on %s for %d members (attempt %d)",
                  join_host_port(*self.address), len(self.state.world), self.state.attempt)
@@ -261,53 +258,34 @@ class GroupServer:
 
     async def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
         """A rank is bound to its pod: the claim must come from the address the pod's DNS name
-        resolves to.  A pod's name is looked up when it claims its rank, and the join waits for
-        that answer (CLAIM_WAIT at most) rather than being turned away into the member's backoff.
-        No record yet, or another address (DNS may still hold the old IP of a recreated pod):
-        refused for now, the name asked again at the next claim, the member retries."""
+        resolves to.  A name is asked for when its pod first claims it (KnownPods on_claim), or
+        again when it held another address (DNS may still hold the old IP of a recreated pod):
+        the claim waits for that answer, up to LOOKUP_WAIT.  Still no record, or another address:
+        refused for now, and the member retries."""
         if self.known is None:
             return None
         pod = hello["pod"]
         want = self.known.address_of(pod)
-        if want is None and self.known.expects(pod):
-            want = await self._look_up(pod)
-        elif want != addr:
-            self.known.refresh(pod)
+        if want != addr:
+            loop, answered = self._loop, self._loop.create_future()
+
+            def then():
+                try:
+                    loop.call_soon_threadsafe(lambda: answered.done() or answered.set_result(None))
+                except RuntimeError:
+                    pass  # the server stopped meanwhile
+
+            self.known.claim(pod, then)
+            try:
+                await asyncio.wait_for(answered, LOOKUP_WAIT)
+            except asyncio.TimeoutError:
+                pass
+            want = self.known.address_of(pod)
         if want == addr:
             return None
         if want is None:
             return f"pod {one_line(pod, 64)} has no DNS record yet to check its address against", True
         return f"pod {one_line(pod, 64)} has address {want}, not {addr}", True
-
-    async def _look_up(self, pod: str) -> str | None:
-        """Ask for `pod`'s name (batched with the other claims by KnownPods) and wait for the answer."""
-        answer = self._loop.create_future()
-        self._lookups.setdefault(pod, set()).add(answer)
-        self.known.refresh(pod)
-        try:
-            await asyncio.wait_for(answer, CLAIM_WAIT)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            waiting = self._lookups.get(pod)
-            if waiting is not None:
-                waiting.discard(answer)
-                if not waiting:
-                    del self._lookups[pod]
-        return self.known.address_of(pod)
-
-    def _looked_up(self, pods: set) -> None:
-        """KnownPods' thread: a round of lookups answered for `pods`; wake the joins waiting on them."""
-        def wake():
-            for pod in pods:
-                for answer in self._lookups.pop(pod, ()):
-                    if not answer.done():
-                        answer.set_result(None)
-
-        try:
-            self._loop.call_soon_threadsafe(wake)
-        except RuntimeError:
-            pass  # the loop has closed: nobody is waiting
 
     def _drop(self, conn: _Conn, cause: str) -> None:
         if self._conns.get(conn.rank) is conn:
@@ -354,7 +332,7 @@ class GroupServer:
             finally:
                 self.gate.release(addr)
             self.gate.learn(addr)
-            # Checked again after the lookup: the group may have moved on meanwhile.
+            # Checked again after the lookup: the group may have moved on while it was answered.
             refusal = self.state.admit(hello) or await self._bound(hello, addr) or self.state.admit(hello)
             rank = hello["rank"]
             if refusal is None and rank in self._conns:
@@ -381,10 +359,16 @@ class GroupServer:
             conn.send({"t": "welcome", "attempt": self.state.attempt, "epoch": self.state.epoch})
             log.debug("group: %s joined from %s", self.state.world[rank], peer)
             self._apply(self.state.join(rank))
+            # Whatever the socket holds at once, split here: one wake-up of this task per read,
+            # not two per frame (a leader reads a frame from each of its members per heartbeat).
+            frames = wire.FrameBuffer(wire.MAX_FRAME)
             while True:
-                msg = session.open(await self._read(reader, wire.MAX_FRAME))
+                data = await reader.read(65536)
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", None)
                 conn.last = self._loop.time()
-                self._handle(conn, msg)
+                for body in frames.feed(data):
+                    self._handle(conn, session.open(body))
         except (wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError) as e:
             if conn is not None:
                 # After `done`, the completion or an abort, hanging up is how a member leaves.

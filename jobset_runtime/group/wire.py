@@ -70,21 +70,33 @@ def body_length(header: bytes, limit: int) -> int:
 
 
 class FrameBuffer:
-    """Splits a byte stream into frame bodies, refusing oversize ones from the header alone."""
+    """Splits a byte stream into frame bodies, refusing oversize ones from the header alone.
+
+    `limit` may change between two pop()s (the handshake's frames are smaller than a session's)."""
 
     def __init__(self, limit: int = MAX_FRAME):
         self.limit = limit
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def add(self, data: bytes) -> None:
         self._buf += data
+
+    def pop(self) -> bytes | None:
+        """The next whole frame body, or None until more bytes arrive."""
+        if len(self._buf) < HEADER.size:
+            return None
+        n = body_length(bytes(self._buf[: HEADER.size]), self.limit)
+        if len(self._buf) < HEADER.size + n:
+            return None
+        body = bytes(self._buf[HEADER.size : HEADER.size + n])
+        del self._buf[: HEADER.size + n]
+        return body
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.add(data)
         bodies = []
-        while len(self._buf) >= HEADER.size:
-            n = body_length(bytes(self._buf[: HEADER.size]), self.limit)
-            if len(self._buf) < HEADER.size + n:
-                break
-            bodies.append(bytes(self._buf[HEADER.size : HEADER.size + n]))
-            del self._buf[: HEADER.size + n]
+        while (body := self.pop()) is not None:
+            bodies.append(body)
         return bodies
 
 

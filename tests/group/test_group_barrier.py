@@ -74,3 +74,45 @@ def test_only_a_slice_leader_may_name_another_rank_as_the_failure():
             assert m.abort_cause.rank == 0, m.abort_cause.describe()
         for m in members:
             m.close()
+
+
+def test_members_sharing_one_reactor_start_abort_and_restart_in_place_on_its_one_thread():
+    """Many members of one process on one reactor (group/reactor.py), driven without blocking as the
+    scale bench drives them: start_join, then enter_barrier from the abort; the group restarts in place."""
+    from jobset_runtime.group import MemberPhase
+    from jobset_runtime.group.reactor import Reactor
+
+    n = 24
+    world = make_world(n)
+    reactor = Reactor("shared")
+    running, aborted = threading.Condition(), {}
+    epochs = {}
+
+    def supervise(m):
+        with running:
+            if m.phase is MemberPhase.RUNNING:
+                epochs[m.me.rank] = m.epoch
+            elif m.phase is MemberPhase.ABORTED:
+                aborted[m.me.rank] = m.abort_cause.rank
+                m.enter_barrier()
+            running.notify_all()
+
+    threads_before = threading.active_count()
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=TOKEN, attempt=0, **FAST) as server:
+        members = [GroupMember(server=server.address, me=m, world=world, token=TOKEN, attempt=0,
+                               reactor=reactor, **FAST) for m in world]
+        for m in members:
+            m.on_phase(supervise)
+            m.start_join(WAIT)
+        with running:
+            assert running.wait_for(lambda: len(epochs) == n and set(epochs.values()) == {0}, WAIT)
+        # One thread for all of them (the server's is the other one started here).
+        assert threading.active_count() == threads_before + 2
+        members[5].report_failure(9, "boom")
+        with running:
+            assert running.wait_for(lambda: len(aborted) == n and set(epochs.values()) == {1}, WAIT)
+        assert set(aborted.values()) == {5}
+        for m in members:
+            m.close()
+    reactor.stop()
+    assert all(m.phase is MemberPhase.CLOSED for m in members)

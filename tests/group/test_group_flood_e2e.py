@@ -9,7 +9,6 @@ control this kept every handshake slot full and the member exited 69 after its d
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
