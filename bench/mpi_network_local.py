@@ -9,8 +9,11 @@ this machine (`mpirun -n 2`, shared memory), which no pod network can beat.
 
     sudo python bench/mpi_network_local.py [--max-size BYTES] [--loop N]
 
-Prints both tables and, per size, the pod path's latency over the baseline's; records nothing
-in bench/results/ (bench/README.md says why).
+Prints both tables and, per size, the pod path's latency over the baseline's; records the
+smallest size's latency and the largest size's bandwidth, each beside the baseline's, in a
+results file (bench/results.py).  The baseline is shared memory, which no network can match: the
+ratio says what crossing the pod network costs on this machine, not a fault of either path, and
+on a busy machine both sides measure CPU contention first (the load is recorded with the run).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from results import Results, Stat  # noqa: E402
 
 from jobset_runtime import manifests  # noqa: E402
 from jobset_runtime.manifests.cli import dump_yaml  # noqa: E402
@@ -47,6 +53,7 @@ def main() -> int:
     p.add_argument("--max-size", type=int, default=1 << 20)
     p.add_argument("--loop", type=int, default=1000)
     args = p.parse_args()
+    res = Results(__file__)
     if os.geteuid() != 0:
         sys.exit("needs root: pods are network namespaces")
     venv_bin = Path(sys.executable).parent
@@ -83,6 +90,17 @@ def main() -> int:
     a, b = rows(pods), rows(base.stdout.splitlines())
     print("\n" + bench.format_table(["pod path latency / baseline latency"], ("size [B]", "ratio"),
                                     [(str(n), f"{a[n][0] / b[n][0]:.1f}x") for n in sorted(a) if n in b and b[n][0]]))
+    sizes = sorted(n for n in a if n in b)
+    if not sizes:
+        sys.exit("no size measured on both paths: see the tables above")
+    small, large = sizes[0], sizes[-1]
+    base_what = "the same pingpong, both ranks on this machine (`mpirun -n 2`, shared memory)"
+    res.add("mpi.network.latency", f"mpi4py pingpong between 2 worker pods of the local runner (veths, a bridge, "
+            f"Open MPI's TCP transport), {small} B messages: latency as mpi4py.bench pingpong reports it, mean of {args.loop} iterations",
+            Stat.single(a[small][0], "us"), baseline=Stat.single(b[small][0], "us"), baseline_what=base_what)
+    res.add("mpi.network.bandwidth", f"the same, {large} B messages: bandwidth",
+            Stat.single(a[large][1], "MB/s"), baseline=Stat.single(b[large][1], "MB/s"), baseline_what=base_what)
+    res.write()
     return 0
 
 

@@ -208,7 +208,7 @@ def format_value(value: float, unit: str) -> str:
     if unit == "x":
         return f"{value:.2f}x"
     if unit == "us":
-        return f"{value:.0f} µs"
+        return f"{value:.0f} µs" if abs(value) >= 10 else f"{value:.2f} µs"
     if unit in ("s", "ms"):
         ms = value * 1e3 if unit == "s" else value
         if abs(ms) >= 1000:
