@@ -38,13 +38,17 @@ class _Conn:
         self.rank, self.writer, self.session, self.last, self.peer = rank, writer, session, last, peer
 
     def send(self, msg: dict) -> None:
+        self.send_encoded(wire.encode(msg))
+
+    def send_encoded(self, data: bytes) -> None:
+        """A message already encoded (a broadcast encodes once), sealed for this connection."""
         if self.writer.is_closing():
             return
         if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_MAX:
             log.warning("group: rank %d does not read its messages; closing it", self.rank)
             self.writer.close()
             return
-        self.writer.write(self.session.seal(msg))
+        self.writer.write(self.session.seal_encoded(data))
 
 
 class GroupServer:
@@ -233,8 +237,9 @@ class GroupServer:
                 self._on_up(msg)
                 continue
             targets = list(self._conns.values()) if to == ALL else [c for c in [self._conns.get(to)] if c]
+            data = wire.encode(msg)  # once per message; each connection seals it with its own key and seq
             for conn in targets:
-                conn.send(msg)
+                conn.send_encoded(data)
 
     async def _tick(self) -> None:
         while True:
@@ -244,7 +249,7 @@ class GroupServer:
             await asyncio.sleep(0)
             await asyncio.sleep(0)
             now = self._loop.time()
-            hb = self.state.heartbeat()
+            hb = wire.encode(self.state.heartbeat())
             self.refusals.flush_due()
             self.claims.flush_due()
             for conn in list(self._conns.values()):
@@ -254,7 +259,7 @@ class GroupServer:
                     self._drop(conn, f"silent for more than {self.deadline:g} s (node or wrapper vanished)")
                     conn.writer.close()
                 else:
-                    conn.send(hb)
+                    conn.send_encoded(hb)
 
     async def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
         """A rank is bound to its pod: the claim must come from the address the pod's DNS name
