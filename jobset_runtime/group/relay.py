@@ -67,9 +67,9 @@ class SliceLeader:
     def _on_up(self, msg: dict) -> None:
         kind = msg["t"]
         if kind == "fail":
-            origin = MemberId(msg["origin_rank"], msg["origin_pod"])
-            threading.Thread(target=self.up.report_failure, args=(msg["code"], msg["cause"], origin),
-                             daemon=True).start()
+            # report_failure() does not block (the upstream member's reactor sends it): called
+            # here, not from a new thread, as a thread's start is the slowest step of the relay.
+            self.up.report_failure(msg["code"], msg["cause"], MemberId(msg["origin_rank"], msg["origin_pod"]))
             return
         step = {"ready": self._join, "done": self._finish, "barrier": self._barrier}[kind]
         threading.Thread(target=step, daemon=True, name=f"slice-leader-{kind}").start()
