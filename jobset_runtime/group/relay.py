@@ -34,15 +34,16 @@ class SliceLeader:
                  token: bytes | None, insecure: bool = False, attempt: int,
                  heartbeat: float = 0.5, deadline: float = 3.0,
                  join_timeout: float = 600.0, barrier_timeout: float = 600.0, known=None,
-                 source: str | None = None, resolve=None, reactor=None):
-        """reactor: what drives the upstream member (member.py); None: a thread of its own."""
+                 source: str | None = None, resolve=None, reactor=None, loop=None):
+        """reactor: what drives the upstream member (member.py); loop: what runs the slice server
+        (server.py); None: a thread of its own for each."""
         self.join_timeout, self.barrier_timeout = join_timeout, barrier_timeout
         self.up = GroupMember(server=upstream, me=me, world=leaders, token=token, insecure=insecure,
                               attempt=attempt, heartbeat=heartbeat, deadline=deadline, source=source,
                               resolve=resolve, reactor=reactor)
         self.server = GroupServer(bind=bind, world=slice_world, token=token, insecure=insecure,
                                   attempt=attempt, heartbeat=heartbeat, deadline=deadline, on_up=self._on_up,
-                                  known=known)
+                                  known=known, loop=loop)
         self.up.on_abort(lambda failure: self.server.upstream("abort", failure))
 
     @property

@@ -1,6 +1,8 @@
 """The two-level tree: members (processes) -> slice leaders -> the leaders' group."""
 
+import asyncio
 import signal
+import threading
 
 import pytest
 from grouphelpers import WAIT, Proc, join_all, make_world
@@ -13,21 +15,28 @@ FAST = {"heartbeat": 0.2, "deadline": 1.5}
 SLICES, PER_SLICE = 2, 3
 
 
-@pytest.fixture
-def tree(token, token_file):
-    """Leaders' server + one SliceLeader per slice in this process; members in their own processes."""
+@pytest.fixture(params=["own-loops", "shared-loop"])
+def tree(request, token, token_file):
+    """Leaders' server + one SliceLeader per slice in this process; members in their own processes.
+    The slice servers run each on a loop of its own, or all on one shared loop (as a process hosting
+    many leaders runs them)."""
     world = make_world(SLICES * PER_SLICE)
     leaders = [world[s * PER_SLICE] for s in range(SLICES)]
     top = GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, leaders=True, **FAST)
     top.start()
+    loop = None
+    if request.param == "shared-loop":
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
     slices = []
     procs = []
     try:
         for s in range(SLICES):
             sl = SliceLeader(bind=("127.0.0.1", 0), slice_world=world[s * PER_SLICE:(s + 1) * PER_SLICE],
                              upstream=top.address, me=leaders[s], leaders=leaders, token=token, attempt=0,
-                             join_timeout=WAIT, barrier_timeout=WAIT, **FAST)
+                             join_timeout=WAIT, barrier_timeout=WAIT, loop=loop, **FAST)
             sl.start()
+            assert (sl.server._thread is None) == (loop is not None)
             slices.append(sl)
             for r in range(s * PER_SLICE, (s + 1) * PER_SLICE):
                 procs.append(Proc("--port", sl.address[1], "--rank", r, "--first", s * PER_SLICE,
@@ -42,6 +51,8 @@ def tree(token, token_file):
         for sl in slices:
             sl.stop()
         top.stop()
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
 
 
 def test_a_kill_in_one_slice_aborts_every_member_of_every_slice_naming_it(tree):
