@@ -4,7 +4,8 @@ as needed; K kills of a random member, each followed by an in-place restart.  Be
 run, the flat group (one server for every member) at the largest of --flat-pods that gets through.
 
 Processes: one for the coordinator (the leaders' GroupServer; in the flat group, the only server),
---leader-procs for the SliceLeaders, and members in processes of --per-proc members each.  The members
+--leader-procs for the SliceLeaders (the slice servers of one process on one event loop, the upstream
+members on one reactor), and members in processes of --per-proc members each.  The members
 of one process share one reactor thread (group/reactor.py: the product's GroupMember, driven as a
 process hosting many of them drives it; a wrapper's member has a reactor of its own), and the
 supervisor's loop around each member is event-driven: start_join(), and on the abort enter_barrier(),
