@@ -242,6 +242,10 @@ class GroupServer:
         except (AttributeError, RuntimeError):
             log.warning("group: slice server not running; dropped the leaders' %s", event)
 
+    def call_later(self, delay: float, fn, *args) -> None:
+        """fn(*args) on the server's loop after delay; from the loop's thread (relay.py)."""
+        self._loop.call_later(delay, fn, *args)
+
     def _apply(self, outs) -> None:
         for to, msg in outs:
             if to == UP:
