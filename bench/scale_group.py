@@ -4,7 +4,8 @@ as needed; K kills of a random member, each followed by an in-place restart.  Be
 run, the flat group (one server for every member) at the largest of --flat-pods that gets through.
 
 Processes: one for the coordinator (the leaders' GroupServer; in the flat group, the only server),
---leader-procs for the SliceLeaders, and members in processes of --per-proc members each.  The members
+--leader-procs for the SliceLeaders (the slice servers of one process on one event loop, the upstream
+members on one reactor), and members in processes of --per-proc members each.  The members
 of one process share one reactor thread (group/reactor.py: the product's GroupMember, driven as a
 process hosting many of them drives it; a wrapper's member has a reactor of its own), and the
 supervisor's loop around each member is event-driven: start_join(), and on the abort enter_barrier(),
@@ -25,6 +26,7 @@ Figures (all clocks are CLOCK_MONOTONIC, shared by the processes):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing as mp
 import os
@@ -110,12 +112,16 @@ def leaders_proc(cfg, port, mine, conn):
     leaders = [g[0] for g in groups]
     opts = dict(token=TOKEN, attempt=0, heartbeat=cfg["heartbeat"], deadline=cfg["deadline"])
     reactor = Reactor("leaders-upstream")
+    # The slice servers of this process share one event loop, as its upstream members share one
+    # reactor: a leader pod runs one slice server, not one per thread contending for one interpreter.
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="leaders-servers", daemon=True).start()
     running = []
     for i in mine:
         g = groups[i]
         sl = SliceLeader(bind=(address(g[0].rank), port), slice_world=g, upstream=(address(0), port + 1),
                          me=g[0], leaders=leaders, join_timeout=WAIT, barrier_timeout=WAIT,
-                         source=address(g[0].rank), reactor=reactor, **opts)
+                         source=address(g[0].rank), reactor=reactor, loop=loop, **opts)
         sl.start()
         running.append(sl)
     conn.send("up")
@@ -123,6 +129,7 @@ def leaders_proc(cfg, port, mine, conn):
     for sl in running:
         sl.stop()
     reactor.stop()
+    loop.call_soon_threadsafe(loop.stop)
 
 
 class Tally:

@@ -317,7 +317,8 @@ class GroupMember:
             self.aborted.set()
             callbacks = list(self._callbacks)
             self._cond.notify_all()
-        log.error("group: abort (%s): %s", self.me, failure.describe())
+        if log.isEnabledFor(logging.ERROR):  # a process hosting many members may turn it off
+            log.error("group: abort (%s): %s", self.me, failure.describe())
         for cb in callbacks:
             try:
                 cb(failure)
@@ -478,7 +479,15 @@ class GroupMember:
             raise ConnectionError("the coordinator closed the connection"
                                   + ("" if self._stage is _Stage.SERVING else " during the handshake"))
         if self._stage is _Stage.SERVING:
+            # Every frame this read holds at once (the handshake's go one by one: the frame
+            # limit changes after the proof).
             self._last_rx = time.monotonic()
+            session = self._session
+            for body in self._frames.feed(data):
+                if self._sock is None:
+                    return
+                self._handle(session.open(body))
+            return
         self._frames.add(data)
         while self._sock is not None and (body := self._frames.pop()) is not None:
             self._frame(body)

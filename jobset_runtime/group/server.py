@@ -9,6 +9,7 @@ from a member counts; one silent past `deadline` is closed and counts as vanishe
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import socket
 import threading
@@ -38,13 +39,17 @@ class _Conn:
         self.rank, self.writer, self.session, self.last, self.peer = rank, writer, session, last, peer
 
     def send(self, msg: dict) -> None:
+        self.send_encoded(wire.encode(msg))
+
+    def send_encoded(self, data: bytes) -> None:
+        """A message already encoded (a broadcast encodes once), sealed for this connection."""
         if self.writer.is_closing():
             return
         if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_MAX:
             log.warning("group: rank %d does not read its messages; closing it", self.rank)
             self.writer.close()
             return
-        self.writer.write(self.session.seal(msg))
+        self.writer.write(self.session.seal_encoded(data))
 
 
 class GroupServer:
@@ -58,8 +63,13 @@ class GroupServer:
                  insecure: bool = False, attempt: int, heartbeat: float = 0.5, deadline: float = 3.0,
                  handshake_timeout: float = 5.0, on_up=None, leaders: bool = False,
                  slices: list[list[MemberId]] | None = None, known: KnownPods | None = None,
-                 listener: socket.socket | None = None):
+                 listener: socket.socket | None = None, loop: asyncio.AbstractEventLoop | None = None):
+        """loop: an event loop running in another thread, shared by the servers of one process (as
+        members share a reactor, member.py: N servers then cost one thread, not N contending for
+        the interpreter); None: a thread and a loop of its own."""
         self._key = check_auth(token, insecure)
+        self._shared_loop = loop
+        self._ran = None  # the concurrent.futures.Future of _main on a shared loop
         if isinstance(bind, str):
             bind = (bind, contract.GROUP_PORT)
         self._bind = bind
@@ -99,19 +109,12 @@ class GroupServer:
             self._listener = open_listener(self._bind, len(self.state.world))
         ready = threading.Event()
         errors: list[BaseException] = []
-
-        def run():
-            try:
-                asyncio.run(self._main(ready))
-            except BaseException as e:  # reported to start() or logged
-                errors.append(e)
-                if ready.is_set():
-                    log.exception("group: server stopped on an error")
-            finally:
-                ready.set()
-
-        self._thread = threading.Thread(target=run, name="group-server", daemon=True)
-        self._thread.start()
+        if self._shared_loop is not None:
+            self._ran = asyncio.run_coroutine_threadsafe(self._run(ready, errors), self._shared_loop)
+        else:
+            self._thread = threading.Thread(target=lambda: asyncio.run(self._run(ready, errors)),
+                                            name="group-server", daemon=True)
+            self._thread.start()
         ready.wait()
         if errors:
             raise errors[0]
@@ -125,6 +128,8 @@ class GroupServer:
                 pass  # loop already closed
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._ran is not None:
+            concurrent.futures.wait([self._ran], timeout=5)
 
     def drain(self, timeout: float) -> None:
         """Wait (up to timeout) until every member has hung up, so a last broadcast reaches them."""
@@ -146,6 +151,16 @@ class GroupServer:
         return self.state.epoch
 
     # --- event loop -------------------------------------------------------------------
+    async def _run(self, ready: threading.Event, errors: list) -> None:
+        try:
+            await self._main(ready)
+        except BaseException as e:  # reported to start() or logged
+            errors.append(e)
+            if ready.is_set():
+                log.exception("group: server stopped on an error")
+        finally:
+            ready.set()
+
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
@@ -227,14 +242,19 @@ class GroupServer:
         except (AttributeError, RuntimeError):
             log.warning("group: slice server not running; dropped the leaders' %s", event)
 
+    def call_later(self, delay: float, fn, *args) -> None:
+        """fn(*args) on the server's loop after delay; from the loop's thread (relay.py)."""
+        self._loop.call_later(delay, fn, *args)
+
     def _apply(self, outs) -> None:
         for to, msg in outs:
             if to == UP:
                 self._on_up(msg)
                 continue
             targets = list(self._conns.values()) if to == ALL else [c for c in [self._conns.get(to)] if c]
+            data = wire.encode(msg)  # once per message; each connection seals it with its own key and seq
             for conn in targets:
-                conn.send(msg)
+                conn.send_encoded(data)
 
     async def _tick(self) -> None:
         while True:
@@ -244,7 +264,7 @@ class GroupServer:
             await asyncio.sleep(0)
             await asyncio.sleep(0)
             now = self._loop.time()
-            hb = self.state.heartbeat()
+            hb = wire.encode(self.state.heartbeat())
             self.refusals.flush_due()
             self.claims.flush_due()
             for conn in list(self._conns.values()):
@@ -254,7 +274,7 @@ class GroupServer:
                     self._drop(conn, f"silent for more than {self.deadline:g} s (node or wrapper vanished)")
                     conn.writer.close()
                 else:
-                    conn.send(hb)
+                    conn.send_encoded(hb)
 
     async def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
         """A rank is bound to its pod: the claim must come from the address the pod's DNS name

@@ -61,6 +61,11 @@ def frame(body: bytes) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def _check_size(n: int) -> None:
+    if not 0 < n <= MAX_FRAME:
+        raise ProtocolError(f"frame of {n} bytes (limit {MAX_FRAME})")
+
+
 def body_length(header: bytes, limit: int) -> int:
     """The announced body length, refused before a byte of the body is read."""
     (n,) = HEADER.unpack(header)
@@ -83,21 +88,46 @@ class FrameBuffer:
 
     def pop(self) -> bytes | None:
         """The next whole frame body, or None until more bytes arrive."""
-        if len(self._buf) < HEADER.size:
+        buf = self._buf
+        if len(buf) < HEADER.size:
             return None
-        n = body_length(bytes(self._buf[: HEADER.size]), self.limit)
-        if len(self._buf) < HEADER.size + n:
+        n = _length(buf, 0, self.limit)
+        end = HEADER.size + n
+        if len(buf) < end:
             return None
-        body = bytes(self._buf[HEADER.size : HEADER.size + n])
-        del self._buf[: HEADER.size + n]
+        with memoryview(buf) as view:  # one copy of the body, not two
+            body = bytes(view[HEADER.size:end])
+        del buf[:end]
         return body
 
     def feed(self, data: bytes) -> list[bytes]:
-        self.add(data)
-        bodies = []
-        while (body := self.pop()) is not None:
-            bodies.append(body)
+        """Every whole frame body in the buffer and `data`.  When the buffer is empty (the usual
+        case: a read holds whole frames) they are cut from `data` itself, the rest kept."""
+        if self._buf:
+            self.add(data)
+            bodies = []
+            while (body := self.pop()) is not None:
+                bodies.append(body)
+            return bodies
+        bodies, at, size, limit = [], 0, len(data), self.limit
+        with memoryview(data) as view:
+            while size - at >= HEADER.size:
+                n = _length(data, at, limit)
+                end = at + HEADER.size + n
+                if end > size:
+                    break
+                bodies.append(bytes(view[at + HEADER.size:end]))
+                at = end
+        if at < size:
+            self._buf += data[at:]
         return bodies
+
+
+def _length(buf, at: int, limit: int) -> int:
+    (n,) = HEADER.unpack_from(buf, at)
+    if not 0 < n <= limit:
+        raise ProtocolError(f"frame of {n} bytes announced (limit {limit})")
+    return n
 
 
 # --- messages ----------------------------------------------------------------------
@@ -199,26 +229,35 @@ class Session:
     """Seals outgoing and opens incoming frames of one authenticated connection."""
 
     def __init__(self, key: bytes, *, send_dir: bytes, recv_dir: bytes, schemas: dict | None = None):
-        self._key = key
+        # The key's HMAC state is set up once; each tag starts from a copy of it.
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
         self._schemas = schemas
         self._send_dir, self._recv_dir = send_dir, recv_dir
         self._send_seq = 0
         self._recv_seq = 0
 
-    def _tag(self, direction: bytes, seq: int, data: bytes) -> bytes:
-        return hmac.new(self._key, direction + _SEQ.pack(seq) + data, hashlib.sha256).digest()
+    def _tag(self, direction: bytes, seq: int, data) -> bytes:
+        mac = self._keyed.copy()
+        mac.update(direction + _SEQ.pack(seq))
+        mac.update(data)
+        return mac.digest()
 
     def seal(self, msg: dict) -> bytes:
-        data = encode(msg)
+        return self.seal_encoded(encode(msg))
+
+    def seal_encoded(self, data: bytes) -> bytes:
+        """seal() of a message already encode()d: a broadcast encodes its message once and
+        seals it for each connection with that connection's key and sequence number."""
+        _check_size(TAG_LEN + len(data))
         tag = self._tag(self._send_dir, self._send_seq, data)
         self._send_seq += 1
-        return frame(tag + data)
+        return b"".join((HEADER.pack(TAG_LEN + len(data)), tag, data))
 
     def open(self, body: bytes) -> dict:
         if len(body) <= TAG_LEN:
             raise ProtocolError("sealed frame too short")
-        tag, data = body[:TAG_LEN], body[TAG_LEN:]
-        if not hmac.compare_digest(tag, self._tag(self._recv_dir, self._recv_seq, data)):
+        data = body[TAG_LEN:]
+        if not hmac.compare_digest(body[:TAG_LEN], self._tag(self._recv_dir, self._recv_seq, data)):
             raise ProtocolError("bad frame HMAC (forged, replayed or out of order)")
         self._recv_seq += 1
         return decode(data, self._schemas)

@@ -1,33 +1,44 @@
 """The two-level tree: members (processes) -> slice leaders -> the leaders' group."""
 
+import asyncio
 import signal
+import threading
 
 import pytest
 from grouphelpers import WAIT, Proc, join_all, make_world
 
 from jobset_runtime.errors import PeersTimeout
-from jobset_runtime.group import GroupMember, GroupServer, MemberId, Phase
+from jobset_runtime.group import GroupMember, GroupServer, MemberId, MemberPhase, Phase
+from jobset_runtime.group.member import GroupAborted
+from jobset_runtime.group.state import Failure
 from jobset_runtime.group.relay import SliceLeader
 
 FAST = {"heartbeat": 0.2, "deadline": 1.5}
 SLICES, PER_SLICE = 2, 3
 
 
-@pytest.fixture
-def tree(token, token_file):
-    """Leaders' server + one SliceLeader per slice in this process; members in their own processes."""
+@pytest.fixture(params=["own-loops", "shared-loop"])
+def tree(request, token, token_file):
+    """Leaders' server + one SliceLeader per slice in this process; members in their own processes.
+    The slice servers run each on a loop of its own, or all on one shared loop (as a process hosting
+    many leaders runs them)."""
     world = make_world(SLICES * PER_SLICE)
     leaders = [world[s * PER_SLICE] for s in range(SLICES)]
     top = GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, leaders=True, **FAST)
     top.start()
+    loop = None
+    if request.param == "shared-loop":
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
     slices = []
     procs = []
     try:
         for s in range(SLICES):
             sl = SliceLeader(bind=("127.0.0.1", 0), slice_world=world[s * PER_SLICE:(s + 1) * PER_SLICE],
                              upstream=top.address, me=leaders[s], leaders=leaders, token=token, attempt=0,
-                             join_timeout=WAIT, barrier_timeout=WAIT, **FAST)
+                             join_timeout=WAIT, barrier_timeout=WAIT, loop=loop, **FAST)
             sl.start()
+            assert (sl.server._thread is None) == (loop is not None)
             slices.append(sl)
             for r in range(s * PER_SLICE, (s + 1) * PER_SLICE):
                 procs.append(Proc("--port", sl.address[1], "--rank", r, "--first", s * PER_SLICE,
@@ -42,6 +53,8 @@ def tree(token, token_file):
         for sl in slices:
             sl.stop()
         top.stop()
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
 
 
 def test_a_kill_in_one_slice_aborts_every_member_of_every_slice_naming_it(tree):
@@ -98,3 +111,45 @@ def test_a_slice_waits_for_the_other_slices_before_it_starts(token):
         assert top.state.missing() == [MemberId(2, "pod-2")]
         for m in members:
             m.close()
+
+
+def test_a_slice_whose_leaders_group_never_restarts_aborts_after_its_barrier_timeout(token):
+    """Slice 0 is all at the barrier, slice 1 never arrives: slice 0's leader gives up after its
+    barrier_timeout and aborts its slice's barrier."""
+    world = make_world(4)
+    leaders = [world[0], world[2]]
+    with (
+        GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, leaders=True, **FAST) as top,
+        SliceLeader(bind=("127.0.0.1", 0), slice_world=world[:2], upstream=top.address, me=world[0],
+                    leaders=leaders, token=token, attempt=0, join_timeout=WAIT, barrier_timeout=1.0, **FAST) as a,
+        SliceLeader(bind=("127.0.0.1", 0), slice_world=world[2:], upstream=top.address, me=world[2],
+                    leaders=leaders, token=token, attempt=0, join_timeout=WAIT, barrier_timeout=WAIT, **FAST) as b,
+    ):
+        members = [GroupMember(server=(a if m.rank < 2 else b).address, me=m,
+                               world=world[:2] if m.rank < 2 else world[2:], token=token, attempt=0, **FAST)
+                   for m in world]
+        try:
+            join_all(members, timeout=WAIT)
+            members[3].report_failure(9, "slice 1 fails")
+            for m in members:
+                assert m.aborted.wait(WAIT) and m.abort_cause.rank == 3
+            outcomes = [None, None]
+
+            def barrier(i):
+                try:
+                    outcomes[i] = members[i].restart_barrier(WAIT)
+                except GroupAborted as e:
+                    outcomes[i] = e.failure
+
+            threads = [threading.Thread(target=barrier, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(WAIT)
+            for failure in outcomes:  # aborted at the barrier (the slice repeats its first failure)
+                assert isinstance(failure, Failure) and failure.rank == 3, failure
+            assert a.server.epoch == 0 and top.epoch == 0
+            assert a.up.phase is not MemberPhase.BARRIER  # the leader gave up waiting
+        finally:
+            for m in members:
+                m.close()

@@ -20,6 +20,16 @@ def test_frames_split_and_joined_across_reads():
     assert [wire.decode(b)["epoch"] for b in bodies] == [0, 1, 2]
 
 
+def test_whole_frames_and_a_partial_one_in_one_read():
+    frames = [wire.frame(wire.encode({"t": "hb", "attempt": 0, "epoch": i})) for i in range(3)]
+    buf = wire.FrameBuffer()
+    assert [wire.decode(b)["epoch"] for b in buf.feed(frames[0] + frames[1] + frames[2][:5])] == [0, 1]
+    assert buf.feed(b"") == []
+    assert [wire.decode(b)["epoch"] for b in buf.feed(frames[2][5:])] == [2]
+    with pytest.raises(ProtocolError, match="limit"):
+        wire.FrameBuffer(limit=10).feed(frames[0] + frames[1])
+
+
 def test_oversize_frame_refused_from_its_header():
     buf = wire.FrameBuffer(limit=wire.MAX_FRAME)
     with pytest.raises(ProtocolError, match="limit"):
@@ -57,6 +67,29 @@ def test_sealed_frames_open_in_order_only_once():
         server.open(frames[0][4:])  # replayed
     with pytest.raises(ProtocolError, match="HMAC"):
         server.open(frames[2][4:])  # out of order
+
+
+def test_a_broadcast_encoded_once_is_sealed_per_connection():
+    """seal_encoded() tags HMAC(key, direction | seq | json) like seal(): each connection's copy
+    opens only at its own peer, in its own sequence."""
+    import hashlib
+    import hmac
+
+    keys = [os.urandom(32), os.urandom(32)]
+    senders = [wire.server_session(k) for k in keys]
+    readers = [wire.member_session(k) for k in keys]
+    senders[0].seal({"t": "hb", "attempt": 0, "epoch": 0})  # the first connection is one frame ahead
+    data = wire.encode({"t": "complete", "attempt": 0, "epoch": 0})
+    sealed = [s.seal_encoded(data) for s in senders]
+    assert sealed[0] != sealed[1]
+    for seq, key, frame in ((1, keys[0], sealed[0]), (0, keys[1], sealed[1])):
+        want = hmac.new(key, wire.TO_MEMBER + seq.to_bytes(8, "big") + data, hashlib.sha256).digest()
+        assert frame == wire.HEADER.pack(wire.TAG_LEN + len(data)) + want + data
+    assert readers[1].open(sealed[1][4:])["t"] == "complete"
+    with pytest.raises(ProtocolError, match="HMAC"):
+        wire.member_session(keys[1]).open(sealed[0][4:])
+    with pytest.raises(ProtocolError, match="limit"):
+        senders[0].seal_encoded(b"x" * wire.MAX_FRAME)
 
 
 def test_sealed_frame_rejected_when_tampered_reflected_or_from_another_session():
