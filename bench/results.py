@@ -199,7 +199,7 @@ class Results:
 # --- formatting, shared with report.py -------------------------------------------------
 
 def format_value(value: float, unit: str) -> str:
-    if unit in ("names/s", "frames/s", "MB", "/s") or unit in COUNTS:
+    if unit in ("names/s", "frames/s", "MB", "MB/s", "/s") or unit in COUNTS:
         if unit in COUNTS and value == int(value):
             return f"{value:,.0f} {unit}"
         return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
