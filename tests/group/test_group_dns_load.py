@@ -7,12 +7,11 @@ counted at the server stay near 2 per pod, where waiting for the slice before jo
 
 import functools
 import random
-import socket
 import threading
 import time
 
 import pytest
-from grouphelpers import WAIT
+from grouphelpers import WAIT, fqdn, free_port
 
 from jobset_runtime.admission import KnownPods
 from jobset_runtime.errors import PeersTimeout
@@ -27,19 +26,9 @@ SPREAD = 3.0  # seconds over which the members' records (and wrappers) appear
 LATE = 2.0  # one member's record appears this long after its wrapper started
 
 
-def fqdn(pod):
-    return f"{pod}.js.default.svc.cluster.local"
-
-
 def address(rank):
     s, j = divmod(rank, PER_SLICE)
     return f"127.0.{s + 1}.{j + 1}"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from grouphelpers import (
     RecordingProxy,
     SlowClients,
     closed_by_peer,
+    fqdn,
     flood_descriptors,
     join_all,
     low_nofile,
@@ -31,7 +32,6 @@ from jobset_runtime.group import (
     Phase,
     wire,
 )
-from jobset_runtime.local.dns import DnsServer
 from jobset_runtime.supervisor import read_termination_message, write_termination_message
 
 FAST = {"heartbeat": 0.1, "deadline": 2.0}
@@ -278,18 +278,6 @@ def test_a_joined_rank_cannot_be_taken_over(token):
         assert real.phase is MemberPhase.RUNNING and srv.phase is Phase.RUNNING
         for m in (first, real):
             m.close()
-
-
-@pytest.fixture
-def pod_dns():
-    """A real DNS server on loopback holding the pods' names (pod-N.js.default.svc.cluster.local)."""
-    dns = DnsServer(zones=["svc.cluster.local"]).start()
-    yield dns
-    dns.stop()
-
-
-def fqdn(pod):
-    return f"{pod}.js.default.svc.cluster.local"
 
 
 def test_a_rank_is_bound_to_the_address_of_its_pods_dns_name(token, pod_dns):

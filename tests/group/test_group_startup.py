@@ -4,53 +4,27 @@ reach the coordinator before its server runs, and the coordinator learns each po
 when the pod claims its rank."""
 
 import functools
-import socket
 import threading
 import time
 
 import pytest
-from grouphelpers import WAIT, join_all, make_world
+from grouphelpers import WAIT, fqdn, free_port, join_all, make_world, wait_until
 
 from jobset_runtime.admission import KnownPods
 from jobset_runtime.group import GroupMember, GroupServer, MemberPhase, Phase
 from jobset_runtime.group.listener import open_listener
-from jobset_runtime.local.dns import DnsServer
 from jobset_runtime.peers import resolve_one
 
 FAST = {"heartbeat": 0.1, "deadline": 5.0}
 
 
-@pytest.fixture
-def dns():
-    server = DnsServer(zones=["svc.cluster.local"]).start()
-    yield server
-    server.stop()
-
-
-def fqdn(pod):
-    return f"{pod}.js.default.svc.cluster.local"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond, what):
-    end = time.monotonic() + WAIT
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def test_a_pods_first_claim_waits_for_its_name_instead_of_being_turned_away(token, dns):
+def test_a_pods_first_claim_waits_for_its_name_instead_of_being_turned_away(token, pod_dns):
     world = make_world(3)
     source = {0: "127.0.0.1", 1: "127.0.0.3", 2: "127.0.0.4"}
     for m in world:
-        dns.set(fqdn(m.pod), source[m.rank])
+        pod_dns.set(fqdn(m.pod), source[m.rank])
     # As the wrappers' servers run: a pod's name is asked for when it claims its rank, not before.
-    known = KnownPods({m.pod: fqdn(m.pod) for m in world}, nameservers=[dns.nameserver], on_claim=True)
+    known = KnownPods({m.pod: fqdn(m.pod) for m in world}, nameservers=[pod_dns.nameserver], on_claim=True)
     with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, known=known, **FAST) as srv:
         members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0,
                                source=source[m.rank], **FAST) for m in world]
@@ -66,11 +40,11 @@ def test_a_pods_first_claim_waits_for_its_name_instead_of_being_turned_away(toke
             m.close()
 
 
-def test_a_wrong_address_is_still_refused_after_the_lookup(token, dns):
+def test_a_wrong_address_is_still_refused_after_the_lookup(token, pod_dns):
     world = make_world(2)
-    dns.set(fqdn("pod-0"), "127.0.0.1")
-    dns.set(fqdn("pod-1"), "127.0.0.3")
-    known = KnownPods({m.pod: fqdn(m.pod) for m in world}, nameservers=[dns.nameserver], on_claim=True)
+    pod_dns.set(fqdn("pod-0"), "127.0.0.1")
+    pod_dns.set(fqdn("pod-1"), "127.0.0.3")
+    known = KnownPods({m.pod: fqdn(m.pod) for m in world}, nameservers=[pod_dns.nameserver], on_claim=True)
     with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, known=known, **FAST) as srv:
         # A token holder on another pod's address claiming pod-1's rank: refused once its name is known.
         thief = GroupMember(server=srv.address, me=world[1], world=world, token=token, attempt=0,
@@ -106,11 +80,11 @@ def test_members_that_connect_before_the_server_runs_wait_in_its_backlog(token):
         joining.join(WAIT)
 
 
-def test_a_connection_refused_is_tried_again_without_a_dns_query_each_time(token, dns):
+def test_a_connection_refused_is_tried_again_without_a_dns_query_each_time(token, pod_dns):
     world = make_world(2)
     port = free_port()
-    dns.set(fqdn("pod-0"), "127.0.0.1")
-    resolve = functools.partial(resolve_one, nameservers=[dns.nameserver])
+    pod_dns.set(fqdn("pod-0"), "127.0.0.1")
+    resolve = functools.partial(resolve_one, nameservers=[pod_dns.nameserver])
     member = GroupMember(server=(fqdn("pod-0"), port), me=world[1], world=world, token=token, attempt=0,
                          resolve=resolve, **FAST)
     joining = threading.Thread(target=join_all, args=([member],))
@@ -127,7 +101,7 @@ def test_a_connection_refused_is_tried_again_without_a_dns_query_each_time(token
         assert member.phase is MemberPhase.RUNNING
         # The address answered each time (a RST): it was kept, not asked for again per refusal.
         refused = member._backoff.not_listening_tries
-        assert dns.stats["udp"] < refused + 1, (dns.stats, refused)
+        assert pod_dns.stats["udp"] < refused + 1, (pod_dns.stats, refused)
         # A refusal by nothing listening is not one by the server: the server's backoff never ran.
         assert member._backoff.tries == 0
         own.close()
