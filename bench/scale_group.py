@@ -1,7 +1,7 @@
 """The fail-fast group at the record scale: a coordinator, S slice leaders and N real GroupMembers, each
 member with its own TCP connection from its own loopback address (127.x.y.z), over as many processes
-as needed; K kills of a random member, each followed by an in-place restart.  Beside it, in the same
-run, the flat group (one server for every member) at the largest of --flat-pods that gets through.
+as needed; --kills kills of a random member, each followed by an in-place restart.  Beside it, in the
+same run, the flat group (one server for every member) at the largest of --flat-pods that gets through.
 
 Processes: one for the coordinator (the leaders' GroupServer; in the flat group, the only server),
 --leader-procs for the SliceLeaders (the slice servers of one process on one event loop, the upstream
@@ -14,6 +14,9 @@ member failing (report_failure, as the supervisor reports an exit).
 
 Figures (all clocks are CLOCK_MONOTONIC, shared by the processes):
   gang start              last member's start_join() -> last member told to start
+  CPU per join            user + system CPU over the gang start, of the servers' processes (coordinator
+                          and leaders) and of the members' processes, divided by the members: the
+                          gang start of N on 2 CPUs is CPU-bound, and this is where the CPU goes
   kill -> last abort      report_failure -> the last member's abort, over K kills
   in-place restart        report_failure -> every member running in the next epoch, over K kills
   peak fds/threads/RSS    of the coordinator's process, of one leader, per member
@@ -245,8 +248,8 @@ class Broke(Exception):
     """The group did not get through a step: reported with the figures measured before it."""
 
 
-def one_group(args, pods: int, slices: int) -> dict:
-    """One group of `pods` members in `slices` slices (1: flat) through a gang start and --kills kills."""
+def one_group(args, pods: int, slices: int, kills: int) -> dict:
+    """One group of `pods` members in `slices` slices (1: flat) through a gang start and `kills` kills."""
     cfg = {"pods": pods, "slices": slices, "heartbeat": args.heartbeat, "deadline": args.deadline}
     ctx = mp.get_context("fork")
     port = free_port()
@@ -312,16 +315,21 @@ def one_group(args, pods: int, slices: int) -> dict:
         got = status()[0].get((kind, epoch), 0)
         raise Broke(f"{what}: {got} of {pods} members got there within {args.step_timeout:g} s")
 
+    def cpu(role):
+        return sum(usage(pid).get("cpu_s", 0.0) for pid in sampler.roles[role])
+
+    cpu_before = {role: cpu(role) for role in sampler.roles}
     for c in member_pipes:
         c.send(("join",))
     last_called = max(c.recv() for c in member_pipes)
 
-    broke, gang_start_s = None, None
+    broke, gang_start_s, gang_cpu_s = None, None, None
     rng = random.Random(args.seed)
     aborts_ms, restarts_s = [], []
     try:
         gang_start_s = wait_for("running", 0, "gang start") - last_called
-        for k in range(args.kills):
+        gang_cpu_s = {role: cpu(role) - cpu_before[role] for role in sampler.roles}
+        for k in range(kills):
             victim = rng.randrange(pods)
             owner[victim].send(("kill", victim))
             t_kill = owner[victim].recv()
@@ -357,7 +365,7 @@ def one_group(args, pods: int, slices: int) -> dict:
     leader_process = peaks("leaders")
     return {
         "pods": pods, "slices": slices, "tree": slices > 1, "broke": broke, "kills_done": len(aborts_ms),
-        "gang_start_s": gang_start_s, "kill_to_last_abort_ms": aborts_ms, "inplace_restart_s": restarts_s,
+        "gang_start_s": gang_start_s, "gang_start_cpu_s": gang_cpu_s, "kill_to_last_abort_ms": aborts_ms, "inplace_restart_s": restarts_s,
         "coordinator": peaks("coordinator"), "leader_process": leader_process,
         "leader_process_leaders": leaders_per_proc,
         "one_leader": ({k: leader_process[k] / leaders_per_proc for k in ("fds", "threads", "rss_mib")}
@@ -396,6 +404,16 @@ def record(res: Results, tree: dict, flat: dict | None, args) -> None:
 
     both("gang_start", "last member's join called -> every member told to start", "s",
          single(lambda g: g["gang_start_s"], "s"), "< 5 s")
+    def per_join(*roles):
+        def pick(g):
+            c = g.get("gang_start_cpu_s")
+            return (Stat.single(round(sum(c[r] for r in roles) / g["pods"] * 1e6), "us"),) if c else None
+        return pick
+
+    both("gang_start_cpu.servers", "CPU per join of the servers' processes (coordinator and leaders) over the "
+         "gang start", "us", per_join("coordinator", "leaders"))
+    both("gang_start_cpu.members", "CPU per join of the members' processes over the gang start", "us",
+         per_join("members"))
     both("kill_to_last_abort", f"a member's child fails -> the last member's abort ({tree['kills_done']} kills, "
          "each through an in-place restart)", "ms", latency("kill_to_last_abort_ms", "ms"), "p99 < 1 s")
     both("inplace_restart", "a member's child fails -> every member running in the next epoch", "s",
@@ -426,7 +444,8 @@ def main():
     ap.add_argument("--flat-pods", type=int, nargs="*", default=[1024, 4096, 8192, 12736],
                     help="flat groups tried in this order until one breaks; the largest that gets through is "
                          "the tree's baseline")
-    ap.add_argument("--kills", type=int, default=30)
+    ap.add_argument("--kills", type=int, default=100, help="kills through the tree (100 or more: a p99)")
+    ap.add_argument("--flat-kills", type=int, default=30, help="kills through each flat group, the baseline")
     ap.add_argument("--per-proc", type=int, default=800, help="members per process (one reactor thread each)")
     ap.add_argument("--leader-procs", type=int, default=8)
     ap.add_argument("--heartbeat", type=float, default=5.0)
@@ -452,7 +471,7 @@ def main():
     load_start = os.getloadavg()
     flats, flat = [], None
     for n in args.flat_pods:
-        g = one_group(args, n, 1)
+        g = one_group(args, n, 1, args.flat_kills)
         flats.append(g)
         print(f"{label(g)}: {'broke: ' + g['broke'] if g['broke'] else 'got through'} ({g['wall_s']:.0f} s)",
               flush=True)
@@ -460,7 +479,7 @@ def main():
             res.note(f"the flat group of {n:,} broke: {g['broke']}")
             break
         flat = g
-    tree = one_group(args, args.pods, args.slices)
+    tree = one_group(args, args.pods, args.slices, args.kills)
     print(f"{label(tree)}: {'broke: ' + tree['broke'] if tree['broke'] else 'got through'} "
           f"({tree['wall_s']:.0f} s)", flush=True)
     if tree["broke"]:
