@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def test_a_few_hundred_members_start_and_restart_in_place_through_kills(tmp_path):
     raw, results = tmp_path / "scale.json", tmp_path / "results.json"
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "scale_group.py"), "--pods", "320", "--slices", "5",
-                        "--flat-pods", "128", "256", "--kills", "3", "--per-proc", "64", "--leader-procs", "2",
+                        "--flat-pods", "128", "256", "--kills", "3", "--flat-kills", "2", "--per-proc", "64", "--leader-procs", "2",
                         "--heartbeat", "1", "--deadline", "20", "--json", str(raw)],
                        capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), BENCH_RESULTS=str(results)))
@@ -22,8 +22,12 @@ def test_a_few_hundred_members_start_and_restart_in_place_through_kills(tmp_path
     tree, flats = report["tree"], report["flat"]
     assert p.returncode == 0 and tree["broke"] is None, (tree["broke"], p.stderr[-2000:])
     assert [f["pods"] for f in flats] == [128, 256] and not any(f["broke"] for f in flats)
+    assert tree["kills_done"] == 3 and all(f["kills_done"] == 2 for f in flats)
     for g in (tree, *flats):
-        assert g["kills_done"] == 3 and g["gang_start_s"] >= 0
+        assert g["gang_start_s"] >= 0
+        # The gang start's CPU, by role: members join in every group, leaders only in the tree.
+        assert g["gang_start_cpu_s"]["members"] > 0 and g["gang_start_cpu_s"]["coordinator"] > 0
+        assert (g["gang_start_cpu_s"]["leaders"] > 0) == g["tree"]
         assert all(0 < a <= r * 1000 for a, r in zip(g["kill_to_last_abort_ms"], g["inplace_restart_s"]))
         # Every member has its own connection; the members of a process share one reactor thread.
         assert g["member_process"]["threads"] <= 3
@@ -34,7 +38,7 @@ def test_a_few_hundred_members_start_and_restart_in_place_through_kills(tmp_path
     assert tree["leader_process"]["fds"] >= 320 // 2
 
     figures = json.loads(results.read_text())["figures"]
-    for name in ("gang_start", "kill_to_last_abort", "inplace_restart", "coordinator_cpu", "coordinator.fds"):
+    for name in ("gang_start", "gang_start_cpu.servers", "gang_start_cpu.members", "kill_to_last_abort", "inplace_restart", "coordinator_cpu", "coordinator.fds"):
         fig = figures[f"scale.tree.{name}"]
         # The baseline is the largest flat group that got through, measured in the same run.
         assert fig["baseline"]["what"].startswith("flat 256"), fig
