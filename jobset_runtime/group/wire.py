@@ -39,7 +39,7 @@ MAX_FRAME = 64 * 1024
 MAX_HANDSHAKE_FRAME = 4 * 1024
 MAX_CAUSE = 1024  # characters of a failure's cause kept on the wire
 HEADER = struct.Struct(">I")
-_SEQ = struct.Struct(">Q")
+_DIR_SEQ = struct.Struct(">cQ")  # a sealed frame's direction byte and sequence number, as tagged
 
 # Labels keep the three HMAC uses apart, so a proof can never pass for another.
 _SERVER_LABEL = b"jobset-runtime-group/1 server proof\0"
@@ -153,8 +153,15 @@ SCHEMAS: dict[str, dict[str, type | tuple]] = {
 }
 
 
+# One encoder and one decoder for every message: json.dumps() with arguments builds an encoder
+# per call, and json.loads() goes through two layers before the C scanner.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+_DECODER = json.JSONDecoder()
+_scan = _DECODER.scan_once  # one JSON value at a position: (value, end)
+
+
 def encode(msg: dict) -> bytes:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=True).encode()
+    return _ENCODER.encode(msg).encode()
 
 
 def typed(value, want) -> bool:
@@ -165,20 +172,55 @@ def typed(value, want) -> bool:
     return isinstance(value, wants)
 
 
+def compile_schemas(schemas: dict) -> dict[str, tuple[tuple[str, frozenset], ...]]:
+    """Each message type's required fields with the exact types a value may have.  JSON parses only
+    to dict, list, str, int, float, bool and None, never to a subclass, so for parsed data
+    `type(value) in types` says what typed() says (bool, not an int on the wire, is its own type)."""
+    return {kind: tuple((name, frozenset(want if isinstance(want, tuple) else (want,)))
+                        for name, want in schema.items())
+            for kind, schema in schemas.items()}
+
+
+_SCHEMA_CHECKS = compile_schemas(SCHEMAS)
+_compiled: dict[int, tuple[dict, dict]] = {}  # id(schemas) -> (schemas, compiled): fixed tables, compiled once
+_ABSENT = object()  # a missing field: of no type any schema names
+
+
+def _checks(schemas: dict) -> dict:
+    hit = _compiled.get(id(schemas))
+    if hit is None or hit[0] is not schemas:
+        hit = _compiled[id(schemas)] = (schemas, compile_schemas(schemas))
+    return hit[1]
+
+
+def parse(text: str):
+    """JSON text as data, as json.loads parses it: a message (no whitespace around it) straight
+    through the C scanner; anything else through the whole decoder, which accepts the same
+    whitespace and raises the same errors as json.loads."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    if end == len(text):
+        return value
+    return _DECODER.decode(text)
+
+
 def decode(body: bytes, schemas: dict | None = None) -> dict:
     """Parse a JSON message as data and check it against its schema (default: the group's)."""
     try:
-        msg = json.loads(body.decode("utf-8"))
+        msg = parse(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"not a JSON message: {e.__class__.__name__}") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+    if type(msg) is not dict or type(kind := msg.get("t")) is not str:
         raise ProtocolError("message is not an object with a string 't'")
-    schema = (SCHEMAS if schemas is None else schemas).get(msg["t"])
-    if schema is None:
-        raise ProtocolError(f"unknown message type {msg['t'][:40]!r}")
-    for name, want in schema.items():
-        if name not in msg or not typed(msg[name], want):
-            raise ProtocolError(f"{msg['t']} message lacks a valid {name!r}")
+    fields = (_SCHEMA_CHECKS if schemas is None else _checks(schemas)).get(kind)
+    if fields is None:
+        raise ProtocolError(f"unknown message type {kind[:40]!r}")
+    get = msg.get
+    for name, types in fields:
+        if type(get(name, _ABSENT)) not in types:
+            raise ProtocolError(f"{kind} message lacks a valid {name!r}")
     return msg
 
 
@@ -229,8 +271,10 @@ class Session:
     """Seals outgoing and opens incoming frames of one authenticated connection."""
 
     def __init__(self, key: bytes, *, send_dir: bytes, recv_dir: bytes, schemas: dict | None = None):
-        # The key's HMAC state is set up once; each tag starts from a copy of it.
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        # The key's HMAC state is set up once; each tag starts from a copy of it.  Where OpenSSL
+        # computes it, hmac.HMAC wraps a C object (_hmac) that copies without the wrapper's Python.
+        keyed = hmac.new(key, digestmod=hashlib.sha256)
+        self._keyed = getattr(keyed, "_hmac", None) or keyed
         self._schemas = schemas
         self._send_dir, self._recv_dir = send_dir, recv_dir
         self._send_seq = 0
@@ -238,7 +282,7 @@ class Session:
 
     def _tag(self, direction: bytes, seq: int, data) -> bytes:
         mac = self._keyed.copy()
-        mac.update(direction + _SEQ.pack(seq))
+        mac.update(_DIR_SEQ.pack(direction, seq))
         mac.update(data)
         return mac.digest()
 
