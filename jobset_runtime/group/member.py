@@ -520,14 +520,13 @@ class GroupMember:
             wire.check_nonce(wire.expect(body, "challenge")["nonce"])
             self._challenge_b, self._stage = body, _Stage.PROOF
         elif stage is _Stage.PROOF:
-            hello_b, challenge_b = self._hello_b, self._challenge_b
             proof = wire.expect(body, "proof")
-            if not wire.proof_ok(proof["proof"], wire.server_proof(self._key, hello_b, challenge_b)):
+            keys = wire.handshake_keys(self._key, self._hello_b, self._challenge_b)
+            if not wire.proof_ok(proof["proof"], keys.server_proof):
                 raise wire.ProtocolError("the coordinator could not prove it holds the group token "
                                          "(a different token on one side, or not our coordinator)")
-            self._write(wire.frame(wire.encode({"t": "proof",
-                                                "proof": wire.member_proof(self._key, hello_b, challenge_b)})))
-            self._session = wire.member_session(wire.session_key(self._key, hello_b, challenge_b))
+            self._write(wire.frame(wire.encode({"t": "proof", "proof": keys.member_proof})))
+            self._session = wire.member_session(keys.session_key)
             self._stage = _Stage.WELCOME
             self._frames.limit = wire.MAX_FRAME
             # The server decides on the claim once it has read this proof (after its pod's lookup,

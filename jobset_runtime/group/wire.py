@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import struct
+from typing import NamedTuple
 
 from .. import contract
 
@@ -246,9 +247,14 @@ def check_nonce(value: str) -> None:
         raise ProtocolError("nonce is not 32 bytes of hex")
 
 
-def _mac(key: bytes, label: bytes, hello: bytes, challenge: bytes) -> bytes:
+def transcript(hello: bytes, challenge: bytes) -> bytes:
+    """H(hello) | H(challenge): what the proofs and the session key are computed over."""
     h = hashlib.sha256
-    return hmac.new(key, label + h(hello).digest() + h(challenge).digest(), hashlib.sha256).digest()
+    return h(hello).digest() + h(challenge).digest()
+
+
+def _mac(key: bytes, label: bytes, hello: bytes, challenge: bytes) -> bytes:
+    return hmac.digest(key, label + transcript(hello, challenge), "sha256")
 
 
 def server_proof(token: bytes, hello: bytes, challenge: bytes) -> str:
@@ -265,6 +271,20 @@ def proof_ok(got: str, want: str) -> bool:
 
 def session_key(token: bytes, hello: bytes, challenge: bytes) -> bytes:
     return _mac(token, _SESSION_LABEL, hello, challenge)
+
+
+class HandshakeKeys(NamedTuple):
+    server_proof: str
+    member_proof: str
+    session_key: bytes
+
+
+def handshake_keys(token: bytes, hello: bytes, challenge: bytes) -> HandshakeKeys:
+    """server_proof(), member_proof() and session_key() of one handshake, its transcript hashed once."""
+    t = transcript(hello, challenge)
+    return HandshakeKeys(hmac.digest(token, _SERVER_LABEL + t, "sha256").hex(),
+                         hmac.digest(token, _MEMBER_LABEL + t, "sha256").hex(),
+                         hmac.digest(token, _SESSION_LABEL + t, "sha256"))
 
 
 class Session:
