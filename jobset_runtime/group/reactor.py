@@ -27,10 +27,8 @@ import time
 
 log = logging.getLogger("jobset_runtime.group")
 
-if hasattr(select, "epoll"):
-    READ, WRITE = select.EPOLLIN, select.EPOLLOUT
-else:
-    READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+# epoll's bits (the same numbers where there is none: the selectors poller translates them).
+READ, WRITE = getattr(select, "EPOLLIN", 1), getattr(select, "EPOLLOUT", 4)
 # An error or hang-up is reported as both readable and writable, as selectors does: the owner's
 # next recv() or send() (or SO_ERROR while connecting) then says what happened.
 _EITHER = READ | WRITE
@@ -50,22 +48,27 @@ class Timer:
 
 
 class _SelectorPoller:
-    """epoll's four calls on a selectors.DefaultSelector, for systems without epoll."""
+    """epoll's calls on a selectors.DefaultSelector, for systems without epoll."""
 
     def __init__(self):
         self._sel = selectors.DefaultSelector()
 
     def register(self, fd: int, events: int) -> None:
-        self._sel.register(fd, events)
+        self._sel.register(fd, self._events(events))
 
     def modify(self, fd: int, events: int) -> None:
-        self._sel.modify(fd, events)
+        self._sel.modify(fd, self._events(events))
 
     def unregister(self, fd: int) -> None:
         self._sel.unregister(fd)
 
     def poll(self, timeout: float | None) -> list:
-        return [(key.fd, events) for key, events in self._sel.select(timeout)]
+        return [(key.fd, (READ if got & selectors.EVENT_READ else 0) | (WRITE if got & selectors.EVENT_WRITE else 0))
+                for key, got in self._sel.select(timeout)]
+
+    @staticmethod
+    def _events(events: int) -> int:
+        return (selectors.EVENT_READ if events & READ else 0) | (selectors.EVENT_WRITE if events & WRITE else 0)
 
     def close(self) -> None:
         self._sel.close()

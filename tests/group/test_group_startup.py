@@ -4,6 +4,7 @@ reach the coordinator before its server runs, and the coordinator learns each po
 when the pod claims its rank."""
 
 import functools
+import socket
 import threading
 import time
 
@@ -110,3 +111,42 @@ def test_a_connection_refused_is_tried_again_without_a_dns_query_each_time(token
         if srv is not None:
             srv.stop()
         joining.join(WAIT)
+
+
+def test_a_member_still_connecting_sends_its_hello_once_the_connection_is_up(token):
+    """Usually the connection is up when connect() returns and the hello goes at once.  Here the
+    server's accept queue is full, so the kernel drops the member's SYN: connect() and the first
+    send() find the connection still being made (the CONNECT stage), and the hello goes when the
+    retransmitted SYN gets through, once the server drains its queue."""
+    from jobset_runtime.group.member import _Stage
+
+    world = make_world(1)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)  # an accept queue of one
+    listener.setblocking(False)
+    address = listener.getsockname()
+    fillers = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        s.connect_ex(address)
+        fillers.append(s)
+    srv = GroupServer(bind=address, world=world, token=token, attempt=0, listener=listener, **FAST)
+    # Past the first SYN retransmission (1 s), however slowly the server comes up.
+    member = GroupMember(server=address, me=world[0], world=world, token=token, attempt=0, connect_timeout=10.0,
+                         **FAST)
+    joining = threading.Thread(target=join_all, args=([member],))
+    joining.start()
+    try:
+        wait_until(lambda: member._stage is _Stage.CONNECT, "the member waiting for its connection")
+        time.sleep(0.2)
+        assert member._stage is _Stage.CONNECT and member.phase is MemberPhase.CONNECTING
+        srv.start()
+        joining.join(WAIT)
+        assert member.phase is MemberPhase.RUNNING
+        # Joined on that first connection: no try failed, none was repeated.
+        assert (member._backoff.tries, member._backoff.not_listening_tries) == (0, 0)
+    finally:
+        member.close()
+        srv.stop()
+        joining.join(WAIT)
+        for s in fillers:
+            s.close()
