@@ -109,6 +109,8 @@ class GroupMember:
         self._resolve = resolve
         self._address: str | None = None
         self._address_at = 0.0  # when it was looked up (time.monotonic)
+        # ((host, port), (family, sockaddr), or None for a name) of the last server tried.
+        self._numeric = None
         # The start said every name of the world resolved at the servers (state.py, `bound`).
         self.names_resolved = False
         self._backoff = admission.Backoff()
@@ -411,7 +413,7 @@ class GroupMember:
                 self._address = self._resolve(host)  # LookupError: not there yet, retried
                 self._address_at = time.monotonic()
             host = self._address
-        family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        family, target = self._target(host, port)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -450,6 +452,21 @@ class GroupMember:
         self._out += hello[sent:]
         self._reactor.register(sock, READ | WRITE if self._out else READ, self._on_ready)
         self._connected()
+
+    def _target(self, host: str, port: int) -> tuple[int, tuple]:
+        """Where to connect: an address (the usual case: the wait's or resolve()'s answer) is
+        parsed once and kept; a name is asked of the system's resolver on every try."""
+        if self._numeric is None or self._numeric[0] != (host, port):
+            try:
+                family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_NUMERICHOST)[0]
+                self._numeric = ((host, port), (family, target))
+            except socket.gaierror:  # a name
+                self._numeric = ((host, port), None)
+        if self._numeric[1] is not None:
+            return self._numeric[1]
+        family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        return family, target
 
     def _connect_failed(self, err: int) -> OSError:
         """The error of a connect that failed (ECONNREFUSED: a ConnectionRefusedError).  The server's pod

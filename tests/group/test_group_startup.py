@@ -150,3 +150,21 @@ def test_a_member_still_connecting_sends_its_hello_once_the_connection_is_up(tok
         joining.join(WAIT)
         for s in fillers:
             s.close()
+
+
+def test_a_server_given_by_name_is_looked_up_on_each_try_an_address_parsed_once(token):
+    """Without resolve(), a name goes to the system's resolver on every try (its answer may
+    change); an address is parsed once and kept for the tries after."""
+    world = make_world(2)
+    host = socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)[0][4][0]
+    with GroupServer(bind=(host, 0), world=world, token=token, attempt=0, **FAST) as srv:
+        port = srv.address[1]
+        by_name = GroupMember(server=("localhost", port), me=world[0], world=world, token=token, attempt=0, **FAST)
+        by_address = GroupMember(server=(host, port), me=world[1], world=world, token=token, attempt=0, **FAST)
+        try:
+            join_all([by_name, by_address])
+            assert by_name._numeric == (("localhost", port), None)
+            assert by_address._numeric[0] == (host, port) and by_address._numeric[1][1][:2] == (host, port)
+        finally:
+            by_name.close()
+            by_address.close()
