@@ -197,7 +197,10 @@ class Reactor:
                 now = monotonic()
                 while timers and timers[0][0] <= now:
                     when, entry, timer = heappop(timers)
-                    if entry != timer._entry or timer.cancelled:
+                    if entry != timer._entry:  # an entry it had before it was moved earlier
+                        continue
+                    if timer.cancelled:
+                        timer._entry = None  # none left: a move() files a new one
                         continue
                     if timer.when > when:  # moved later since it was filed
                         timer._entry, timer._due = next(seq), timer.when

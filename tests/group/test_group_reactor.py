@@ -75,16 +75,20 @@ def test_a_timer_moved_earlier_fires_at_the_earlier_time_and_only_once(reactor):
     calls = Calls()
     t0 = time.monotonic()
 
+    def fired(label):
+        calls(label, len(reactor._timers))
+
     def arm():
-        timer = reactor.call_at(t0 + 0.4, calls, "late")
-        reactor.move(timer, t0 + 0.05, calls, "early")
+        timer = reactor.call_at(t0 + 0.4, fired, "late")
+        reactor.move(timer, t0 + 0.05, fired, "early")
         return timer
 
     on_thread(reactor, arm)
-    (at, args), = calls.wait(1)
-    assert args == ("early",) and at < t0 + 0.4 + WAIT
-    time.sleep(0.6)  # past the entry it had before: stale, skipped
-    assert [a for _, a in calls.got] == [("early",)]
+    (_, args), = calls.wait(1)
+    # Fired from its new entry, the one it had before still filed (and skipped when it comes up).
+    assert args == ("early", 1)
+    time.sleep(0.6)
+    assert [a for _, a in calls.got] == [("early", 1)]
 
 
 def test_a_fired_or_cancelled_timer_can_be_armed_again(reactor):
@@ -100,10 +104,18 @@ def test_a_fired_or_cancelled_timer_can_be_armed_again(reactor):
 
     on_thread(reactor, cancel_then_rearm)
     calls.wait(3)
-    on_thread(reactor, lambda: reactor.move(timer, time.monotonic() + 0.05, calls, 4))
-    timer.cancel()
+    # Cancelled, and its time passed (its heap entry is gone): armed again, for later than that.
+    def arm_then_cancel(label):
+        reactor.move(timer, time.monotonic() + 0.05, calls, label)
+        timer.cancel()
+
+    on_thread(reactor, lambda: arm_then_cancel("never"))
+    time.sleep(0.2)
+    on_thread(reactor, lambda: reactor.move(timer, time.monotonic() + 0.1, calls, 3.5))
+    calls.wait(4)
+    on_thread(reactor, lambda: arm_then_cancel("cancelled"))
     time.sleep(0.3)
-    assert [a for _, a in calls.got] == [(1,), (2,), (3,)]
+    assert [a for _, a in calls.got] == [(1,), (2,), (3,), (3.5,)]
 
 
 def test_a_failed_connect_wakes_a_socket_watched_for_writing_as_both_readable_and_writable(reactor):
