@@ -458,11 +458,15 @@ class GroupMember:
         parsed once and kept; a name is asked of the system's resolver on every try."""
         if self._numeric is None or self._numeric[0] != (host, port):
             try:
-                family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_NUMERICHOST)[0]
-                self._numeric = ((host, port), (family, target))
-            except socket.gaierror:  # a name
-                self._numeric = ((host, port), None)
+                socket.inet_pton(socket.AF_INET, host)  # the usual case, without getaddrinfo's layers
+                self._numeric = ((host, port), (socket.AF_INET, (host, port)))
+            except OSError:
+                try:
+                    family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                 flags=socket.AI_NUMERICHOST)[0]
+                    self._numeric = ((host, port), (family, target))
+                except socket.gaierror:  # a name
+                    self._numeric = ((host, port), None)
         if self._numeric[1] is not None:
             return self._numeric[1]
         family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]

@@ -168,3 +168,23 @@ def test_a_server_given_by_name_is_looked_up_on_each_try_an_address_parsed_once(
         finally:
             by_name.close()
             by_address.close()
+
+
+def test_a_member_joins_a_server_at_an_ipv6_address(token):
+    """An IPv6 address is parsed (once) by getaddrinfo, an IPv4 one without it: both connect."""
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            pass
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    world = make_world(2)
+    with GroupServer(bind=("::1", 0), world=world, token=token, attempt=0, **FAST) as srv:
+        port = srv.address[1]
+        members = [GroupMember(server=("::1", port), me=m, world=world, token=token, attempt=0, source="::1", **FAST)
+                   for m in world]
+        try:
+            join_all(members)
+            assert all(m._numeric[1][0] == socket.AF_INET6 for m in members)
+        finally:
+            for m in members:
+                m.close()
