@@ -29,7 +29,6 @@ import enum
 import errno
 import logging
 import os
-import selectors
 import socket
 import threading
 import time
@@ -38,7 +37,7 @@ from .. import admission, contract
 from ..errors import ConfigError, JobSetRuntimeError, PeersTimeout, first_few
 from ..log import one_line
 from . import wire
-from .reactor import Reactor
+from .reactor import READ, WRITE, Reactor
 from .state import Failure, MemberId
 from .wire import check_auth
 
@@ -89,9 +88,6 @@ class _Stage(enum.Enum):
     SERVING = "serving"
 
 
-_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-
-
 class GroupMember:
     def __init__(self, *, server: tuple[str, int] | str, me: MemberId, world: list[MemberId],
                  token: bytes | None, insecure: bool = False, attempt: int,
@@ -113,6 +109,8 @@ class GroupMember:
         self._resolve = resolve
         self._address: str | None = None
         self._address_at = 0.0  # when it was looked up (time.monotonic)
+        # ((host, port), (family, sockaddr), or None for a name) of the last server tried.
+        self._numeric = None
         # The start said every name of the world resolved at the servers (state.py, `bound`).
         self.names_resolved = False
         self._backoff = admission.Backoff()
@@ -133,7 +131,9 @@ class GroupMember:
         self._stage: _Stage | None = None
         self._frames = wire.FrameBuffer(wire.MAX_HANDSHAKE_FRAME)
         self._out = bytearray()  # sealed frames the socket did not take yet
-        self._timer = None  # the connection's one timer: connect, handshake or heartbeat tick
+        # The member's one timer (connect, handshake stage, heartbeat tick or next try), moved
+        # from one to the next; None until first armed.
+        self._timer = None
         self._hello_b = self._challenge_b = b""
         self._last_rx = self._next_hb = 0.0
         self._join_deadline = 0.0
@@ -142,7 +142,9 @@ class GroupMember:
         self._config_error: ConfigError | None = None  # e.g. no DNS server to ask
         self._last_error = "no answer yet"
         self._missing: list[MemberId] | None = None
+        self._missing_raw = None  # the last heartbeat's missing list as sent (most repeat it)
         self._n_missing: int | None = None
+        self._hb: tuple[int, bytes] | None = None  # (epoch, its heartbeat encoded): one per epoch
 
     def __repr__(self):
         return f"GroupMember({self.me}, {self.phase.value}, epoch {self.epoch})"
@@ -341,13 +343,22 @@ class GroupMember:
                 log.exception("group: phase callback failed")
 
     def _send_now(self, msg: dict) -> None:
+        self._send_encoded(wire.encode(msg), msg["t"])
+
+    def _send_encoded(self, data: bytes, kind: str) -> None:
         if self._sock is None or self._session is None or self._stage is not _Stage.SERVING:
-            log.warning("group: not connected; could not send %s", msg["t"])
+            log.warning("group: not connected; could not send %s", kind)
             return
         try:
-            self._write(self._session.seal(msg))
+            self._write(self._session.seal_encoded(data))
         except OSError as e:  # the reading side notices the loss and acts on it
-            log.warning("group: could not send %s: %s", msg["t"], e)
+            log.warning("group: could not send %s: %s", kind, e)
+
+    def _heartbeat(self) -> bytes:
+        """This epoch's heartbeat, encoded once (each is sealed with its own sequence number)."""
+        if self._hb is None or self._hb[0] != self.epoch:
+            self._hb = (self.epoch, wire.encode({"t": "hb", "attempt": self.attempt, "epoch": self.epoch}))
+        return self._hb[1]
 
     def _write(self, data: bytes) -> None:
         sock = self._sock
@@ -358,18 +369,18 @@ class GroupMember:
                 pass
             if not data:
                 return
-            self._reactor.modify(sock, _READ | _WRITE, self._on_ready)
+            self._reactor.modify(sock, READ | WRITE, self._on_ready)
         self._out += data
 
     def _set_timer(self, when: float, fn, *args) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._reactor.call_at(when, fn, *args)
+        if self._timer is None:
+            self._timer = self._reactor.call_at(when, fn, *args)
+        else:
+            self._reactor.move(self._timer, when, fn, *args)
 
     def _close_socket(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         sock, self._sock = self._sock, None
         self._session, self._stage = None, None
         self._out.clear()
@@ -381,7 +392,6 @@ class GroupMember:
         """One try to connect: turned away (slots full, not yet verifiable) or lost before the start,
         the member tries again after a growing pause, never at once (two clients claiming one rank
         would swap)."""
-        self._timer = None
         if self._closing:
             return
         try:
@@ -403,10 +413,9 @@ class GroupMember:
                 self._address = self._resolve(host)  # LookupError: not there yet, retried
                 self._address_at = time.monotonic()
             host = self._address
-        family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, target = self._target(host, port)
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
-            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.source:
                 # The pod's own address as the source (see __init__).
@@ -426,8 +435,42 @@ class GroupMember:
             raise
         self._sock, self._stage = sock, _Stage.CONNECT
         self._frames = wire.FrameBuffer(wire.MAX_HANDSHAKE_FRAME)
-        self._reactor.register(sock, _WRITE, self._on_ready)
-        self._set_timer(time.monotonic() + left, self._timed_out, left)
+        self._hello_b = wire.encode({"t": "hello", "v": wire.VERSION, "attempt": self.attempt, "epoch": self.epoch,
+                                     "rank": self.me.rank, "pod": self.me.pod, "nonce": wire.nonce()})
+        hello = wire.frame(self._hello_b)
+        # Often (always on one host) the connection is up by the time connect() returns: the hello
+        # goes at once and the socket is watched for reading only.  Still connecting, send() says
+        # so (EAGAIN) and the hello waits for the socket to be writable (the CONNECT stage).
+        try:
+            sent = sock.send(hello)
+        except BlockingIOError:
+            self._reactor.register(sock, WRITE, self._on_ready)
+            self._set_timer(time.monotonic() + left, self._timed_out, left)
+            return
+        except OSError as e:  # the connection failed already (refused)
+            raise self._connect_failed(e.errno) from None
+        self._out += hello[sent:]
+        self._reactor.register(sock, READ | WRITE if self._out else READ, self._on_ready)
+        self._connected()
+
+    def _target(self, host: str, port: int) -> tuple[int, tuple]:
+        """Where to connect: an address (the usual case: the wait's or resolve()'s answer) is
+        parsed once and kept; a name is asked of the system's resolver on every try."""
+        if self._numeric is None or self._numeric[0] != (host, port):
+            try:
+                socket.inet_pton(socket.AF_INET, host)  # the usual case, without getaddrinfo's layers
+                self._numeric = ((host, port), (socket.AF_INET, (host, port)))
+            except OSError:
+                try:
+                    family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                 flags=socket.AI_NUMERICHOST)[0]
+                    self._numeric = ((host, port), (family, target))
+                except socket.gaierror:  # a name
+                    self._numeric = ((host, port), None)
+        if self._numeric[1] is not None:
+            return self._numeric[1]
+        family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        return family, target
 
     def _connect_failed(self, err: int) -> OSError:
         """The error of a connect that failed (ECONNREFUSED: a ConnectionRefusedError).  The server's pod
@@ -439,7 +482,6 @@ class GroupMember:
         return e
 
     def _timed_out(self, after: float) -> None:
-        self._timer = None
         self._broken(TimeoutError(f"timed out after {after:g} s in the {self._stage.value} stage"))
 
     def _on_ready(self, mask: int) -> None:
@@ -448,13 +490,15 @@ class GroupMember:
                 err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise self._connect_failed(err)
+                self._reactor.modify(self._sock, READ, self._on_ready)
                 self._connected()
+                self._write(wire.frame(self._hello_b))
                 return
-            if mask & _WRITE and self._out:
+            if mask & WRITE and self._out:
                 del self._out[:self._sock.send(self._out)]
                 if not self._out:
-                    self._reactor.modify(self._sock, _READ, self._on_ready)
-            if mask & _READ:
+                    self._reactor.modify(self._sock, READ, self._on_ready)
+            if mask & READ:
                 self._read()
         except BlockingIOError:
             pass
@@ -462,16 +506,13 @@ class GroupMember:
             self._broken(e)
 
     def _connected(self) -> None:
+        """Connected, the hello sent (or being sent): wait for the server's challenge and proof."""
         self._stage = _Stage.CHALLENGE
-        self._reactor.modify(self._sock, _READ, self._on_ready)
         left = max(0.05, min(self.connect_timeout, self._join_deadline - time.monotonic()))
         # As long as the server may take (its handshake deadline, admission.Limits): a member
         # that gave up on a welcome already sent would be counted joined and then lost.
-        self._set_timer(time.monotonic() + max(self.deadline, left, admission.Limits.deadline), self._timed_out,
-                        max(self.deadline, left, admission.Limits.deadline))
-        self._hello_b = wire.encode({"t": "hello", "v": wire.VERSION, "attempt": self.attempt, "epoch": self.epoch,
-                                     "rank": self.me.rank, "pod": self.me.pod, "nonce": wire.nonce()})
-        self._write(wire.frame(self._hello_b))
+        wait = max(self.deadline, left, admission.Limits.deadline)
+        self._set_timer(time.monotonic() + wait, self._timed_out, wait)
 
     def _read(self) -> None:
         data = self._sock.recv(65536)
@@ -500,14 +541,13 @@ class GroupMember:
             wire.check_nonce(wire.expect(body, "challenge")["nonce"])
             self._challenge_b, self._stage = body, _Stage.PROOF
         elif stage is _Stage.PROOF:
-            hello_b, challenge_b = self._hello_b, self._challenge_b
             proof = wire.expect(body, "proof")
-            if not wire.proof_ok(proof["proof"], wire.server_proof(self._key, hello_b, challenge_b)):
+            keys = wire.handshake_keys(self._key, self._hello_b, self._challenge_b)
+            if not wire.proof_ok(proof["proof"], keys.server_proof):
                 raise wire.ProtocolError("the coordinator could not prove it holds the group token "
                                          "(a different token on one side, or not our coordinator)")
-            self._write(wire.frame(wire.encode({"t": "proof",
-                                                "proof": wire.member_proof(self._key, hello_b, challenge_b)})))
-            self._session = wire.member_session(wire.session_key(self._key, hello_b, challenge_b))
+            self._write(wire.frame(wire.encode({"t": "proof", "proof": keys.member_proof})))
+            self._session = wire.member_session(keys.session_key)
             self._stage = _Stage.WELCOME
             self._frames.limit = wire.MAX_FRAME
             # The server decides on the claim once it has read this proof (after its pod's lookup,
@@ -539,7 +579,6 @@ class GroupMember:
 
     def _tick(self) -> None:
         """Heartbeat, and judge the coordinator's silence."""
-        self._timer = None
         now = time.monotonic()
         if now - self._last_rx > self.deadline:
             # A thread that waited long for the CPU (a loaded node) wakes past the deadline with
@@ -558,7 +597,7 @@ class GroupMember:
                 self._broken(TimeoutError(f"no word from the coordinator for more than {self.deadline:g} s"))
                 return
         if now >= self._next_hb:
-            self._send_now({"t": "hb", "attempt": self.attempt, "epoch": self.epoch})
+            self._send_encoded(self._heartbeat(), "hb")
             self._next_hb = now + self.heartbeat
         if self._sock is not None:
             self._set_timer(min(self._next_hb, self._last_rx + self.deadline), self._tick)
@@ -607,11 +646,14 @@ class GroupMember:
             return
         if kind == "hb":
             if "missing" in msg and isinstance(msg.get("n_missing"), int):
-                try:
-                    self._missing = [MemberId(int(r), str(p)) for r, p in msg["missing"]]
-                    self._n_missing = msg["n_missing"]
-                except (TypeError, ValueError):
-                    raise wire.ProtocolError("heartbeat with a malformed missing list") from None
+                raw = msg["missing"]
+                if raw != self._missing_raw:  # most heartbeats repeat the last one's list
+                    try:
+                        self._missing = [MemberId(int(r), str(p)) for r, p in raw]
+                    except (TypeError, ValueError):
+                        raise wire.ProtocolError("heartbeat with a malformed missing list") from None
+                    self._missing_raw = raw
+                self._n_missing = msg["n_missing"]
             return
         with self._cond:
             phase, epoch = self.phase, self.epoch

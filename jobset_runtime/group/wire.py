@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import struct
+from typing import NamedTuple
 
 from .. import contract
 
@@ -39,7 +40,7 @@ MAX_FRAME = 64 * 1024
 MAX_HANDSHAKE_FRAME = 4 * 1024
 MAX_CAUSE = 1024  # characters of a failure's cause kept on the wire
 HEADER = struct.Struct(">I")
-_SEQ = struct.Struct(">Q")
+_DIR_SEQ = struct.Struct(">cQ")  # a sealed frame's direction byte and sequence number, as tagged
 
 # Labels keep the three HMAC uses apart, so a proof can never pass for another.
 _SERVER_LABEL = b"jobset-runtime-group/1 server proof\0"
@@ -47,6 +48,9 @@ _MEMBER_LABEL = b"jobset-runtime-group/1 member proof\0"
 _SESSION_LABEL = b"jobset-runtime-group/1 session key\0"
 TO_MEMBER = b"S"  # direction byte of frames the server sends
 TO_SERVER = b"M"  # direction byte of frames a member sends
+
+
+_compare_digest = hmac.compare_digest
 
 
 class ProtocolError(Exception):
@@ -59,11 +63,6 @@ def frame(body: bytes) -> bytes:
     if not 0 < len(body) <= MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes (limit {MAX_FRAME})")
     return HEADER.pack(len(body)) + body
-
-
-def _check_size(n: int) -> None:
-    if not 0 < n <= MAX_FRAME:
-        raise ProtocolError(f"frame of {n} bytes (limit {MAX_FRAME})")
 
 
 def body_length(header: bytes, limit: int) -> int:
@@ -110,6 +109,10 @@ class FrameBuffer:
                 bodies.append(body)
             return bodies
         bodies, at, size, limit = [], 0, len(data), self.limit
+        if size > HEADER.size:
+            (n,) = HEADER.unpack_from(data)
+            if 0 < n <= limit and HEADER.size + n == size:  # exactly one frame: the usual read
+                return [data[HEADER.size:]]
         with memoryview(data) as view:
             while size - at >= HEADER.size:
                 n = _length(data, at, limit)
@@ -153,8 +156,15 @@ SCHEMAS: dict[str, dict[str, type | tuple]] = {
 }
 
 
+# One encoder and one decoder for every message: json.dumps() with arguments builds an encoder
+# per call, and json.loads() goes through two layers before the C scanner.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+_DECODER = json.JSONDecoder()
+_scan = _DECODER.scan_once  # one JSON value at a position: (value, end)
+
+
 def encode(msg: dict) -> bytes:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=True).encode()
+    return _ENCODER.encode(msg).encode()
 
 
 def typed(value, want) -> bool:
@@ -165,20 +175,55 @@ def typed(value, want) -> bool:
     return isinstance(value, wants)
 
 
+def compile_schemas(schemas: dict) -> dict[str, tuple[tuple[str, frozenset], ...]]:
+    """Each message type's required fields with the exact types a value may have.  JSON parses only
+    to dict, list, str, int, float, bool and None, never to a subclass, so for parsed data
+    `type(value) in types` says what typed() says (bool, not an int on the wire, is its own type)."""
+    return {kind: tuple((name, frozenset(want if isinstance(want, tuple) else (want,)))
+                        for name, want in schema.items())
+            for kind, schema in schemas.items()}
+
+
+_SCHEMA_CHECKS = compile_schemas(SCHEMAS)
+_compiled: dict[int, tuple[dict, dict]] = {}  # id(schemas) -> (schemas, compiled): fixed tables, compiled once
+_ABSENT = object()  # a missing field: of no type any schema names
+
+
+def _checks(schemas: dict) -> dict:
+    hit = _compiled.get(id(schemas))
+    if hit is None or hit[0] is not schemas:
+        hit = _compiled[id(schemas)] = (schemas, compile_schemas(schemas))
+    return hit[1]
+
+
+def parse(text: str):
+    """JSON text as data, as json.loads parses it: a message (no whitespace around it) straight
+    through the C scanner; anything else through the whole decoder, which accepts the same
+    whitespace and raises the same errors as json.loads."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    if end == len(text):
+        return value
+    return _DECODER.decode(text)
+
+
 def decode(body: bytes, schemas: dict | None = None) -> dict:
     """Parse a JSON message as data and check it against its schema (default: the group's)."""
     try:
-        msg = json.loads(body.decode("utf-8"))
+        msg = parse(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"not a JSON message: {e.__class__.__name__}") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+    if type(msg) is not dict or type(kind := msg.get("t")) is not str:
         raise ProtocolError("message is not an object with a string 't'")
-    schema = (SCHEMAS if schemas is None else schemas).get(msg["t"])
-    if schema is None:
-        raise ProtocolError(f"unknown message type {msg['t'][:40]!r}")
-    for name, want in schema.items():
-        if name not in msg or not typed(msg[name], want):
-            raise ProtocolError(f"{msg['t']} message lacks a valid {name!r}")
+    fields = (_SCHEMA_CHECKS if schemas is None else _checks(schemas)).get(kind)
+    if fields is None:
+        raise ProtocolError(f"unknown message type {kind[:40]!r}")
+    get = msg.get
+    for name, types in fields:
+        if type(get(name, _ABSENT)) not in types:
+            raise ProtocolError(f"{kind} message lacks a valid {name!r}")
     return msg
 
 
@@ -204,9 +249,14 @@ def check_nonce(value: str) -> None:
         raise ProtocolError("nonce is not 32 bytes of hex")
 
 
-def _mac(key: bytes, label: bytes, hello: bytes, challenge: bytes) -> bytes:
+def transcript(hello: bytes, challenge: bytes) -> bytes:
+    """H(hello) | H(challenge): what the proofs and the session key are computed over."""
     h = hashlib.sha256
-    return hmac.new(key, label + h(hello).digest() + h(challenge).digest(), hashlib.sha256).digest()
+    return h(hello).digest() + h(challenge).digest()
+
+
+def _mac(key: bytes, label: bytes, hello: bytes, challenge: bytes) -> bytes:
+    return hmac.digest(key, label + transcript(hello, challenge), "sha256")
 
 
 def server_proof(token: bytes, hello: bytes, challenge: bytes) -> str:
@@ -225,22 +275,35 @@ def session_key(token: bytes, hello: bytes, challenge: bytes) -> bytes:
     return _mac(token, _SESSION_LABEL, hello, challenge)
 
 
+class HandshakeKeys(NamedTuple):
+    server_proof: str
+    member_proof: str
+    session_key: bytes
+
+
+def handshake_keys(token: bytes, hello: bytes, challenge: bytes) -> HandshakeKeys:
+    """server_proof(), member_proof() and session_key() of one handshake, its transcript hashed once."""
+    t = transcript(hello, challenge)
+    return HandshakeKeys(hmac.digest(token, _SERVER_LABEL + t, "sha256").hex(),
+                         hmac.digest(token, _MEMBER_LABEL + t, "sha256").hex(),
+                         hmac.digest(token, _SESSION_LABEL + t, "sha256"))
+
+
 class Session:
     """Seals outgoing and opens incoming frames of one authenticated connection."""
 
     def __init__(self, key: bytes, *, send_dir: bytes, recv_dir: bytes, schemas: dict | None = None):
-        # The key's HMAC state is set up once; each tag starts from a copy of it.
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        # The key's HMAC state is set up once; each tag starts from a copy of it.  Where OpenSSL
+        # computes it, hmac.HMAC wraps a C object (_hmac) that copies without the wrapper's Python.
+        keyed = hmac.new(key, digestmod=hashlib.sha256)
+        self._keyed = getattr(keyed, "_hmac", None) or keyed
         self._schemas = schemas
         self._send_dir, self._recv_dir = send_dir, recv_dir
         self._send_seq = 0
         self._recv_seq = 0
 
-    def _tag(self, direction: bytes, seq: int, data) -> bytes:
-        mac = self._keyed.copy()
-        mac.update(direction + _SEQ.pack(seq))
-        mac.update(data)
-        return mac.digest()
+    # The tag, HMAC(key, direction | seq | json), is computed inline in seal_encoded() and open():
+    # both run once per frame on each side.
 
     def seal(self, msg: dict) -> bytes:
         return self.seal_encoded(encode(msg))
@@ -248,16 +311,23 @@ class Session:
     def seal_encoded(self, data: bytes) -> bytes:
         """seal() of a message already encode()d: a broadcast encodes its message once and
         seals it for each connection with that connection's key and sequence number."""
-        _check_size(TAG_LEN + len(data))
-        tag = self._tag(self._send_dir, self._send_seq, data)
+        n = TAG_LEN + len(data)
+        if n > MAX_FRAME:
+            raise ProtocolError(f"frame of {n} bytes (limit {MAX_FRAME})")
+        mac = self._keyed.copy()
+        mac.update(_DIR_SEQ.pack(self._send_dir, self._send_seq))
+        mac.update(data)
         self._send_seq += 1
-        return b"".join((HEADER.pack(TAG_LEN + len(data)), tag, data))
+        return b"".join((HEADER.pack(n), mac.digest(), data))
 
     def open(self, body: bytes) -> dict:
         if len(body) <= TAG_LEN:
             raise ProtocolError("sealed frame too short")
         data = body[TAG_LEN:]
-        if not hmac.compare_digest(body[:TAG_LEN], self._tag(self._recv_dir, self._recv_seq, data)):
+        mac = self._keyed.copy()
+        mac.update(_DIR_SEQ.pack(self._recv_dir, self._recv_seq))
+        mac.update(data)
+        if not _compare_digest(body[:TAG_LEN], mac.digest()):
             raise ProtocolError("bad frame HMAC (forged, replayed or out of order)")
         self._recv_seq += 1
         return decode(data, self._schemas)

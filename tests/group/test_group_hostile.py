@@ -204,6 +204,35 @@ def test_gang_start_timeout_counts_the_missing_beyond_the_first_few(token):
             m.join(1.0)
 
 
+def test_gang_start_timeout_names_who_is_missing_now_not_who_was_missing_first(token):
+    """The heartbeats' list of missing members changes as members join: the member keeps the latest."""
+    world = make_world(3)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, **FAST) as srv:
+        first = GroupMember(server=srv.address, me=world[0], world=world, token=token, attempt=0, **FAST)
+        errors = []
+
+        def join_first():
+            try:
+                first.join(2.0)
+            except PeersTimeout as e:
+                errors.append(str(e))
+
+        joining = threading.Thread(target=join_first)
+        joining.start()
+        wait_until(lambda: first._n_missing == 2, "a heartbeat naming both others missing")
+        assert [m.rank for m in first._missing] == [1, 2]
+        # The second stays connected until after the first's deadline.
+        second = GroupMember(server=srv.address, me=world[1], world=world, token=token, attempt=0, **FAST)
+        try:
+            second.start_join(WAIT)
+            joining.join(WAIT)
+        finally:
+            second.close()
+            first.close()
+    assert len(errors) == 1 and "1 of 3 group members had not joined" in errors[0], errors
+    assert "rank 2 (pod-2)" in errors[0] and "rank 1 (pod-1)" not in errors[0], errors[0]
+
+
 def test_gang_start_timeout_after_losing_the_coordinator_still_names_the_missing(token):
     """The coordinator gives up (or dies) a moment before a member's own deadline: the member,
     unable to rejoin, still says who was missing when it was last connected."""

@@ -4,6 +4,7 @@ reach the coordinator before its server runs, and the coordinator learns each po
 when the pod claims its rank."""
 
 import functools
+import socket
 import threading
 import time
 
@@ -110,3 +111,80 @@ def test_a_connection_refused_is_tried_again_without_a_dns_query_each_time(token
         if srv is not None:
             srv.stop()
         joining.join(WAIT)
+
+
+def test_a_member_still_connecting_sends_its_hello_once_the_connection_is_up(token):
+    """Usually the connection is up when connect() returns and the hello goes at once.  Here the
+    server's accept queue is full, so the kernel drops the member's SYN: connect() and the first
+    send() find the connection still being made (the CONNECT stage), and the hello goes when the
+    retransmitted SYN gets through, once the server drains its queue."""
+    from jobset_runtime.group.member import _Stage
+
+    world = make_world(1)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)  # an accept queue of one
+    listener.setblocking(False)
+    address = listener.getsockname()
+    fillers = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        s.connect_ex(address)
+        fillers.append(s)
+    srv = GroupServer(bind=address, world=world, token=token, attempt=0, listener=listener, **FAST)
+    # Past the first SYN retransmission (1 s), however slowly the server comes up.
+    member = GroupMember(server=address, me=world[0], world=world, token=token, attempt=0, connect_timeout=10.0,
+                         **FAST)
+    joining = threading.Thread(target=join_all, args=([member],))
+    joining.start()
+    try:
+        wait_until(lambda: member._stage is _Stage.CONNECT, "the member waiting for its connection")
+        time.sleep(0.2)
+        assert member._stage is _Stage.CONNECT and member.phase is MemberPhase.CONNECTING
+        srv.start()
+        joining.join(WAIT)
+        assert member.phase is MemberPhase.RUNNING
+        # Joined on that first connection: no try failed, none was repeated.
+        assert (member._backoff.tries, member._backoff.not_listening_tries) == (0, 0)
+    finally:
+        member.close()
+        srv.stop()
+        joining.join(WAIT)
+        for s in fillers:
+            s.close()
+
+
+def test_a_server_given_by_name_is_looked_up_on_each_try_an_address_parsed_once(token):
+    """Without resolve(), a name goes to the system's resolver on every try (its answer may
+    change); an address is parsed once and kept for the tries after."""
+    world = make_world(2)
+    host = socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)[0][4][0]
+    with GroupServer(bind=(host, 0), world=world, token=token, attempt=0, **FAST) as srv:
+        port = srv.address[1]
+        by_name = GroupMember(server=("localhost", port), me=world[0], world=world, token=token, attempt=0, **FAST)
+        by_address = GroupMember(server=(host, port), me=world[1], world=world, token=token, attempt=0, **FAST)
+        try:
+            join_all([by_name, by_address])
+            assert by_name._numeric == (("localhost", port), None)
+            assert by_address._numeric[0] == (host, port) and by_address._numeric[1][1][:2] == (host, port)
+        finally:
+            by_name.close()
+            by_address.close()
+
+
+def test_a_member_joins_a_server_at_an_ipv6_address(token):
+    """An IPv6 address is parsed (once) by getaddrinfo, an IPv4 one without it: both connect."""
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            pass
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    world = make_world(2)
+    with GroupServer(bind=("::1", 0), world=world, token=token, attempt=0, **FAST) as srv:
+        port = srv.address[1]
+        members = [GroupMember(server=("::1", port), me=m, world=world, token=token, attempt=0, source="::1", **FAST)
+                   for m in world]
+        try:
+            join_all(members)
+            assert all(m._numeric[1][0] == socket.AF_INET6 for m in members)
+        finally:
+            for m in members:
+                m.close()

@@ -1,5 +1,6 @@
 """The wire format, as pure functions: frames, schemas, proofs and sealed sessions."""
 
+import json
 import os
 
 import pytest
@@ -136,3 +137,103 @@ def test_read_token(tmp_path):
     (tmp_path / "short").write_bytes(b"abc")
     with pytest.raises(ConfigError, match="16"):
         wire.read_token(tmp_path / "short")
+
+
+# Every JSON type a field can hold, and none at all.
+_VALUES = {"int": 3, "zero": 0, "true": True, "false": False, "null": None, "str": "x", "float": 1.5,
+           "list": [1], "object": {"a": 1}, "absent": KeyError}
+
+
+@pytest.mark.parametrize("kind", sorted(wire.SCHEMAS))
+def test_schema_checks_accept_exactly_what_typed_accepts_with_the_same_error(kind):
+    """decode() checks types by exact JSON type: for every field of every message and every JSON
+    value, it accepts what typed() accepts and names the first field that typed() refuses."""
+    schema = wire.SCHEMAS[kind]
+    good = {"int": 1, "str": "s", "bool": True}
+    base = {"t": kind}
+    for name, want in schema.items():
+        first = want[0] if isinstance(want, tuple) else want
+        base[name] = good[first.__name__]
+    assert wire.decode(json.dumps(base).encode()) == base
+    for name, want in schema.items():
+        for label, value in _VALUES.items():
+            msg = dict(base)
+            if value is KeyError:
+                del msg[name]
+                ok = False
+            else:
+                msg[name] = value
+                ok = wire.typed(value, want)
+            body = json.dumps(msg).encode()
+            if ok:
+                assert wire.decode(body)[name] == value, (kind, name, label)
+            else:
+                with pytest.raises(ProtocolError, match=f"^{kind} message lacks a valid '{name}'$"):
+                    wire.decode(body)
+
+
+def test_json_is_parsed_as_json_loads_parses_it():
+    """Whitespace around a message is accepted, as json.loads accepts it; anything after it is not."""
+    msg = {"t": "hb", "attempt": 0, "epoch": 4}
+    for body in (b' {"t":"hb","attempt":0,"epoch":4}', b'{"t": "hb", "attempt": 0, "epoch": 4}\n',
+                 b'\t{"t":"hb",\n"attempt":0,"epoch":4} \r\n'):
+        assert wire.decode(body) == json.loads(body) == msg
+    for body in (b'{"t":"hb","attempt":0,"epoch":4} x', b'{"t":"hb","attempt":0,"epoch":4}{}',
+                 b'{"t":"hb","attempt":0,"epoch":4', b"", b" ", b"\xef\xbb\xbf{}", b'{"t":"hb","attempt":0,"epoch":NaN}'):
+        with pytest.raises(ProtocolError):
+            wire.decode(body)
+
+
+def test_other_schema_tables_are_checked_by_their_own_rules():
+    """decode(body, schemas) for another protocol's table (the MPI channel's): compiled once per table,
+    never confused with a table that took the place of one since freed."""
+    body = b'{"t":"ping","n":1}'
+    with pytest.raises(ProtocolError, match="unknown message type 'ping'"):
+        wire.decode(body)
+    for _ in range(3):
+        table = {"ping": {"n": int}}
+        assert wire.decode(body, table)["n"] == 1
+        del table
+        table = {"ping": {"n": str}}
+        with pytest.raises(ProtocolError, match="ping message lacks a valid 'n'"):
+            wire.decode(body, table)
+        del table
+
+
+def test_handshake_keys_are_the_documented_hmacs_of_the_transcript():
+    """HMAC(token, label | SHA-256(hello) | SHA-256(challenge)) for each role and the session key,
+    as the module docstring writes them; one call gives what the three functions give."""
+    import hashlib
+    import hmac
+
+    token, hello, challenge = os.urandom(24), b'{"t":"hello","n":1}', b'{"t":"challenge","n":2}'
+    t = hashlib.sha256(hello).digest() + hashlib.sha256(challenge).digest()
+
+    def mac(label):
+        return hmac.new(token, b"jobset-runtime-group/1 " + label + b"\0" + t, hashlib.sha256).digest()
+
+    keys = wire.handshake_keys(token, hello, challenge)
+    assert keys.server_proof == mac(b"server proof").hex() == wire.server_proof(token, hello, challenge)
+    assert keys.member_proof == mac(b"member proof").hex() == wire.member_proof(token, hello, challenge)
+    assert keys.session_key == mac(b"session key") == wire.session_key(token, hello, challenge)
+    # Without a token (--insecure) the same construction with an empty key.
+    assert wire.handshake_keys(b"", hello, challenge).session_key == wire.session_key(b"", hello, challenge)
+
+
+def test_session_tags_are_hmac_of_direction_sequence_and_body():
+    """Each sealed frame's tag, through the copied key state, is HMAC(key, direction | seq | json)."""
+    import hashlib
+    import hmac
+
+    member, server = pair()
+    for seq in range(3):
+        data = wire.encode({"t": "hb", "attempt": 0, "epoch": seq})
+        frame = member.seal_encoded(data)
+        want = hmac.new(KEY, wire.TO_SERVER + seq.to_bytes(8, "big") + data, hashlib.sha256).digest()
+        assert frame[4:4 + wire.TAG_LEN] == want
+        assert server.open(frame[4:])["epoch"] == seq
+
+
+def test_encode_is_compact_ascii_json():
+    data = wire.encode({"t": "fail", "attempt": 0, "epoch": 1, "code": None, "cause": "d\u00e9j\u00e0 \u2603"})
+    assert data == b'{"t":"fail","attempt":0,"epoch":1,"code":null,"cause":"d\\u00e9j\\u00e0 \\u2603"}'
