@@ -230,7 +230,7 @@ def resolve_batch(
 # Resolver.timeout 2.0 s (dns/resolver.py), glibc RES_TIMEOUT 5 s (resolv/resolv.h); RFC 1035
 # 4.2.1 puts the minimum retransmission interval at 2-5 s.  A copy sent sooner reaches a server
 # that is only busy (every pod of a large job asking at once), and it must answer both: 1 s
-# retransmitted ~1,700 queries of a 12,736-pod bootstrap (bench/dns_bootstrap.py, docs/peers.md).
+# retransmitted thousands of a 12,736-pod bootstrap's queries (bench/dns_bootstrap.py, docs/peers.md).
 LONE_RTO = 2.0
 LONE_TRIES = 2  # glibc's RES_DFLRETRY
 LONE_TIMEOUT = LONE_RTO * LONE_TRIES  # the last copy's answer waited for as long as the first's
