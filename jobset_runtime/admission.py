@@ -158,18 +158,24 @@ class KnownPods:
     that could not be checked yet), never ahead: one query per pod when its record is there by
     the time it connects, as it is for a running pod, and no NXDOMAIN asked for early that a
     caching resolver would keep (docs/peers.md, DNS load).  Its addresses are then known only
-    once their pods have connected, so admission treats a first connection as unknown."""
+    once their pods have connected, so admission treats a first connection as unknown.
+
+    own: {pod: address} of the listener's own pod, known without DNS (status.podIP): a claim
+    of it from that address needs no query, and its name is checked by those who ask for it to
+    reach this listener."""
 
     def __init__(self, names: dict[str, str], nameservers=None, retry_s: float = 2.0, on_claim: bool = False,
-                 family: str = "auto"):
+                 family: str = "auto", own: dict[str, str] | None = None):
         """names: pod -> DNS name to resolve; family: the pods' address family (peers.family_of)."""
         self._names, self._nameservers, self.retry_s = dict(names), nameservers, retry_s
         self._family = family
         self.on_claim = on_claim
+        self._own = {pod: addr for pod, addr in (own or {}).items() if addr}
         self._claimed: set[str] = set()
+        self._asking: set[str] = set()  # pods whose lookup is under way
         self._waiters: dict[str, list] = {}  # pod -> what to call once its name was asked for
-        self._by_pod: dict[str, str] = {}
-        self._addresses: set[str] = set()
+        self._by_pod: dict[str, str] = dict(self._own)
+        self._addresses: set[str] = set(self._own.values())
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -183,7 +189,7 @@ class KnownPods:
 
     def refresh(self, pod: str | None = None) -> None:
         """Resolve again soon (a pod's address changed, or a name was late)."""
-        if pod is not None:
+        if pod is not None and pod not in self._own:
             with self._lock:
                 self._by_pod.pop(pod, None)
                 if pod in self._names:
@@ -193,14 +199,16 @@ class KnownPods:
     def claim(self, pod: str, then: Callable[[], None]) -> None:
         """Ask for `pod`'s name now (again, if it had an address) and call then(), from the resolving
         thread, once the answer (or none) is in: a listener checks a claim against the answer
-        instead of turning the pod away until it is known."""
+        instead of turning the pod away until it is known.  A claim made while the same pod's
+        lookup is under way is answered by that lookup, not by another query."""
         with self._lock:
-            self._by_pod.pop(pod, None)
-            if pod in self._names:
-                self._claimed.add(pod)
+            if pod in self._names and pod not in self._own:
+                if pod not in self._asking:
+                    self._by_pod.pop(pod, None)
+                    self._claimed.add(pod)
                 self._waiters.setdefault(pod, []).append(then)
                 pod = None
-        if pod is not None:  # not a name this listener knows: nothing to ask
+        if pod is not None:  # its own pod, or not a name this listener knows: nothing to ask
             then()
         self._wake.set()
 
@@ -215,23 +223,24 @@ class KnownPods:
 
     def _run(self) -> None:
         from .errors import JobSetRuntimeError
-        from .peers import LONE_RTO, resolve_batch
+        from .peers import resolve_lone
 
         while not self._stop.is_set():
             self._wake.clear()  # before reading the claims: one made from now on wakes the wait below
             with self._lock:
+                claimed, self._claimed = self._claimed, set()
                 if self.on_claim:
-                    todo = {pod: self._names[pod] for pod in self._claimed if pod not in self._by_pod}
-                    self._claimed.clear()
+                    todo = {pod: self._names[pod] for pod in claimed if pod not in self._by_pod}
                 else:
                     todo = {pod: name for pod, name in self._names.items() if pod not in self._by_pod}
-            with self._lock:
-                waiters = [cb for pod in todo for cb in self._waiters.pop(pod, ())]
+                # Claimed again after an answer came: that answer is theirs (a pod known meanwhile).
+                answered = [cb for pod in claimed if pod not in todo for cb in self._waiters.pop(pod, ())]
+                self._asking = set(todo)
+            self._call(answered)
+            waiters = []
             if todo:
                 try:
-                    got = resolve_batch(list(todo.values()), self._nameservers, tries=2,
-                                        deadline=time.monotonic() + 5.0, family=self._family,
-                                        first_rto=LONE_RTO).resolved  # a few names: no round trip to learn
+                    got = resolve_lone(list(todo.values()), self._nameservers, family=self._family).resolved
                 except (JobSetRuntimeError, OSError) as e:
                     log.debug("known pods: cannot resolve: %s", e)
                     got = {}
@@ -240,13 +249,20 @@ class KnownPods:
                         if name in got:
                             self._by_pod[pod] = got[name]
                     self._addresses = set(self._by_pod.values())
-            for then in waiters:
-                try:
-                    then()
-                except Exception:
-                    log.exception("known pods: a waiter failed")
+                    # Every claim made before or while its pod's name was asked for gets this answer.
+                    waiters = [cb for pod in todo for cb in self._waiters.pop(pod, ())]
+                    self._asking = set()
+            self._call(waiters)
             # On claim: the pod's next claim (after its backoff) asks again, nothing else does.
             self._wake.wait(self.retry_s if todo and not self.on_claim else None)
+
+    @staticmethod
+    def _call(waiters) -> None:
+        for then in waiters:
+            try:
+                then()
+            except Exception:
+                log.exception("known pods: a waiter failed")
 
 
 def raise_nofile_limit() -> tuple[int, int]:

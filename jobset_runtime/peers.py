@@ -42,8 +42,8 @@ from .nameservers import Nameserver, format_nameserver, parse_one, system_namese
 
 log = logging.getLogger("jobset_runtime.peers")
 
-__all__ = ["FAMILIES", "NO_REPLY", "BatchResult", "family_of", "resolve_batch", "resolve_one", "wait_for_hosts",
-           "wait_for_ports"]
+__all__ = ["FAMILIES", "NO_REPLY", "BatchResult", "family_of", "resolve_batch", "resolve_lone", "resolve_one",
+           "wait_for_hosts", "wait_for_ports"]
 
 NO_REPLY = "no reply"
 NODATA = "no A record"
@@ -224,11 +224,25 @@ def resolve_batch(
     return result
 
 
-# A lone lookup's first retransmission timeout.  A batch learns the round trip from its
-# replies; one query has none to learn from, and 0.2 s (the batch's start) is shorter than a
-# busy cluster DNS server takes while every pod of a large job asks at once: the copy sent
-# then only doubles the load on it (bench/dns_bootstrap.py, docs/peers.md).
-LONE_RTO = 1.0
+# A lone lookup (a member asking for its server, a server checking the pods that join it): a few
+# names, no round trip to learn a retransmission timeout from.  Sent again after LONE_RTO = 2 s,
+# as the stub resolvers do: c-ares DEFAULT_TIMEOUT 2000 ms (src/lib/ares_private.h), dnspython's
+# Resolver.timeout 2.0 s (dns/resolver.py), glibc RES_TIMEOUT 5 s (resolv/resolv.h); RFC 1035
+# 4.2.1 puts the minimum retransmission interval at 2-5 s.  A copy sent sooner reaches a server
+# that is only busy (every pod of a large job asking at once), and it must answer both: 1 s
+# retransmitted thousands of a 12,736-pod bootstrap's queries (bench/dns_bootstrap.py, docs/peers.md).
+LONE_RTO = 2.0
+LONE_TRIES = 2  # glibc's RES_DFLRETRY
+LONE_TIMEOUT = LONE_RTO * LONE_TRIES  # the last copy's answer waited for as long as the first's
+
+
+def resolve_lone(names, nameservers=None, *, family: str = "auto", timeout: float = LONE_TIMEOUT) -> BatchResult:
+    """A few names, each sent at most LONE_TRIES times, LONE_RTO apart, answers waited for up
+    to `timeout` (the whole lookup)."""
+    return resolve_batch(names, nameservers, tries=LONE_TRIES, max_rto=LONE_RTO, first_rto=LONE_RTO,
+                         silence=max(timeout, LONE_TIMEOUT), deadline=time.monotonic() + timeout, family=family)
+
+
 # After a name did not resolve, resolve_one asks for it again only once this hold has passed
 # (RFC 2308's negative caching, kept short): 0.5 s, doubled per miss, at most NEGATIVE_HOLD_MAX,
 # jittered downwards.  A group member retries after 0.1, 0.2, 0.4, ... s (admission's client
@@ -272,7 +286,7 @@ class NegativeHolds:
 _holds = NegativeHolds()
 
 
-def resolve_one(name: str, nameservers=None, *, timeout: float = 2.0, family: str = "auto",
+def resolve_one(name: str, nameservers=None, *, timeout: float = LONE_TIMEOUT, family: str = "auto",
                 holds: NegativeHolds | None = None) -> str:
     """One name's address, from one query in the pod's family (retransmitted only if unanswered).
 
@@ -285,8 +299,7 @@ def resolve_one(name: str, nameservers=None, *, timeout: float = 2.0, family: st
     held = holds.check(key)
     if held is not None:
         raise LookupError(f"{name} does not resolve yet ({held})")
-    got = resolve_batch([name], nameservers, tries=2, deadline=time.monotonic() + timeout, family=family,
-                        first_rto=LONE_RTO)
+    got = resolve_lone([name], nameservers, family=family, timeout=timeout)
     if name in got.resolved:
         holds.found(key)
         return got.resolved[name]

@@ -153,3 +153,79 @@ def test_known_pods_on_claim_asks_for_a_name_only_when_its_pod_claims_it():
             assert known.address_of("pod-4") is None
         finally:
             known.stop()
+
+
+def test_known_pods_binds_its_own_pod_to_its_own_address_without_a_query():
+    from jobset_runtime.local.dns import DnsServer
+
+    with DnsServer(zones=["svc.cluster.local"]) as dns:
+        names = {f"pod-{i}": f"pod-{i}.js.default.svc.cluster.local" for i in range(3)}
+        dns.set(names["pod-0"], "10.0.0.99")  # what DNS says does not matter for the own pod
+        known = admission.KnownPods(names, nameservers=[dns.nameserver], on_claim=True,
+                                    own={"pod-0": "10.0.0.1"}).start()
+        try:
+            assert known.address_of("pod-0") == "10.0.0.1" and known("10.0.0.1")
+            called = []
+            known.claim("pod-0", lambda: called.append(True))
+            known.refresh("pod-0")
+            assert called == [True]  # at once, from the caller: nothing to ask
+            time.sleep(0.3)
+            assert dns.stats["udp"] == 0 and known.address_of("pod-0") == "10.0.0.1"
+        finally:
+            known.stop()
+
+
+def test_claims_made_while_a_pods_lookup_is_under_way_get_its_answer_without_another_query():
+    """A pod that claims again before the server's slow answer came (a member that retried after its
+    claim was refused for want of an answer) is answered by the lookup already sent."""
+    import socket
+    import threading
+
+    from jobset_runtime.local.dns import DnsServer
+
+    with DnsServer(zones=["svc.cluster.local"]) as dns:
+        name = "pod-1.js.default.svc.cluster.local"
+        dns.set(name, "10.0.0.2")
+        relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # forwards each query 0.6 s late
+        relay.bind(("127.0.0.1", 0))
+        relay.settimeout(0.1)
+        stop, timers = threading.Event(), []
+
+        def slow():
+            while not stop.is_set():
+                try:
+                    query, client = relay.recvfrom(4096)
+                except socket.timeout:
+                    continue
+
+                def answer(query=query, client=client):
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+                        up.settimeout(2)
+                        up.sendto(query, dns.address)
+                        relay.sendto(up.recv(4096), client)
+
+                timers.append(threading.Timer(0.6, answer))
+                timers[-1].start()
+
+        t = threading.Thread(target=slow, daemon=True)
+        t.start()
+        host, port = relay.getsockname()
+        known = admission.KnownPods({"pod-1": name}, nameservers=[f"{host}:{port}"], on_claim=True).start()
+        try:
+            answered = []
+            known.claim("pod-1", lambda: answered.append(known.address_of("pod-1")))
+            time.sleep(0.2)  # the lookup is under way
+            known.claim("pod-1", lambda: answered.append(known.address_of("pod-1")))
+            end = time.monotonic() + 10
+            while len(answered) < 2 and time.monotonic() < end:
+                time.sleep(0.01)
+            assert answered == ["10.0.0.2", "10.0.0.2"]
+            time.sleep(0.3)
+        finally:
+            known.stop()
+            stop.set()
+            t.join()
+            for timer in timers:
+                timer.join()
+            relay.close()
+        assert dns.stats["udp"] == 1

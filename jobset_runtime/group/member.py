@@ -68,8 +68,12 @@ class MemberPhase(str, enum.Enum):
 
 # After a connection refused (nothing listens on the port yet: the server's wrapper is starting),
 # the server's address is kept this long after it was looked up and tried again without a new DNS
-# query; past it, asked again (a recreated pod's old address may now answer for another pod).
+# query; past it, asked again (a recreated pod's old address may now answer for another pod).  Each
+# time DNS gives the same address back, it is kept twice as long, up to KEEP_REFUSED_MAX: a server
+# whose pod has its address (and record) long before its wrapper listens -- an image still pulling --
+# costs each member a query per doubling, not one per retry (docs/peers.md, DNS load).
 KEEP_REFUSED_ADDRESS = 1.0
+KEEP_REFUSED_MAX = 8.0
 
 
 class _Refused(Exception):
@@ -111,6 +115,8 @@ class GroupMember:
         self._address_at = 0.0  # when it was looked up (time.monotonic)
         # ((host, port), (family, sockaddr), or None for a name) of the last server tried.
         self._numeric = None
+        self._keep_refused = KEEP_REFUSED_ADDRESS  # how long a refused address is kept (see above)
+        self._refused_address: str | None = None  # the address given up after refusals, asked again
         # The start said every name of the world resolved at the servers (state.py, `bound`).
         self.names_resolved = False
         self._backoff = admission.Backoff()
@@ -412,6 +418,10 @@ class GroupMember:
             if self._address is None:
                 self._address = self._resolve(host)  # LookupError: not there yet, retried
                 self._address_at = time.monotonic()
+                if self._refused_address is not None:  # asked again after refusals: the same answer?
+                    same = self._address == self._refused_address
+                    self._keep_refused = min(KEEP_REFUSED_MAX, self._keep_refused * 2) if same else KEEP_REFUSED_ADDRESS
+                    self._refused_address = None
             host = self._address
         family, target = self._target(host, port)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -475,9 +485,12 @@ class GroupMember:
     def _connect_failed(self, err: int) -> OSError:
         """The error of a connect that failed (ECONNREFUSED: a ConnectionRefusedError).  The server's pod
         may have a new address, so its name is asked again -- but not after a refusal within
-        KEEP_REFUSED_ADDRESS of the lookup: nothing listens there yet, its wrapper is starting."""
+        KEEP_REFUSED_ADDRESS of the lookup (doubled each time DNS gave the same address back):
+        nothing listens there yet, its wrapper is starting."""
         e = OSError(err, os.strerror(err))
-        if not (admission.not_listening(e) and time.monotonic() - self._address_at < KEEP_REFUSED_ADDRESS):
+        refused = admission.not_listening(e)
+        if not (refused and time.monotonic() - self._address_at < self._keep_refused):
+            self._refused_address = self._address if refused else None
             self._address = None
         return e
 
@@ -508,6 +521,7 @@ class GroupMember:
     def _connected(self) -> None:
         """Connected, the hello sent (or being sent): wait for the server's challenge and proof."""
         self._stage = _Stage.CHALLENGE
+        self._keep_refused, self._refused_address = KEEP_REFUSED_ADDRESS, None  # it listens now
         left = max(0.05, min(self.connect_timeout, self._join_deadline - time.monotonic()))
         # As long as the server may take (its handshake deadline, admission.Limits): a member
         # that gave up on a welcome already sent would be counted joined and then lost.

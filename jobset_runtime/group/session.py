@@ -89,13 +89,17 @@ def _own_lookup(ident: Identity, fqdn: str, timeout: float) -> str:
     return wait_for_hosts([fqdn], timeout=timeout, family=family_of(ident.pod_ip))[fqdn]
 
 
-def _known(ident: Identity, world: list[MemberId]):
+def _known(ident: Identity, world: list[MemberId], me: MemberId, address: str):
     """The members' pods by DNS name, each rank bound to its pod's address; a name is asked for
-    when its pod joins, once (docs/peers.md, DNS load)."""
+    when its pod joins, once (docs/peers.md, DNS load).  The server's own pod is bound to the
+    address it listens on, without a query, where other members reach it by its name (and so
+    ask DNS for it); alone in its world, it asks DNS for its own name as for any other."""
     from ..addresses import family_of
     from ..admission import KnownPods
 
-    return KnownPods({m.pod: ident.fqdn(m.pod) for m in world}, on_claim=True, family=family_of(ident.pod_ip))
+    own = {me.pod: address} if len(world) > 1 and me in world else None
+    return KnownPods({m.pod: ident.fqdn(m.pod) for m in world}, on_claim=True, family=family_of(ident.pod_ip),
+                     own=own)
 
 
 def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
@@ -137,7 +141,7 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
                 from .server import GroupServer
 
                 top = GroupServer(bind=bind, world=top_world, slices=groups if tree else None,
-                                  known=_known(ident, top_world), listener=listener, **common)
+                                  known=_known(ident, top_world, me, address), listener=listener, **common)
             except BaseException:
                 listener.close()
                 raise
@@ -149,7 +153,7 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
             leader = SliceLeader(bind=(address, opts.port), slice_world=mine, me=me,
                                  upstream=(coordinator, opts.leaders_port), leaders=[g[0] for g in groups],
                                  join_timeout=opts.join_timeout, barrier_timeout=opts.join_timeout,
-                                 known=_known(ident, mine), source=ident.pod_ip, resolve=resolve, **common)
+                                 known=_known(ident, mine, me, address), source=ident.pod_ip, resolve=resolve, **common)
             leader.start()
             servers.append(leader)
         if tree:

@@ -56,6 +56,12 @@ _TCP_MAX_CONNS = 512
 _TCP_IDLE_S = 30.0
 
 
+def _parents(key: str):
+    """`a.b.c.` -> `b.c.`, `c.`: the names above `key` (the root left out)."""
+    parts = key.split(".")
+    return (".".join(parts[i:]) for i in range(1, len(parts) - 1))
+
+
 def normalize(name: str) -> str:
     """Lower-case absolute form, with the trailing dot: the key of every table here."""
     name = name.strip().lower()
@@ -101,8 +107,12 @@ class DnsServer:
         self.ttl = int(ttl)
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
-        self._ancestors: set[str] | None = None  # names with records below them; None = stale
-        self._ancestors_until = 0.0
+        # Every name with records below it -> when the first of them became (or becomes) visible;
+        # None = stale, rebuilt on the next negative answer.  Kept up to date as records are added,
+        # so a bootstrap's records appearing one by one never rebuild it (one pass per new record,
+        # over every record, made each negative answer cost milliseconds at 12,736 records).
+        self._ancestors: dict[str, float] | None = None
+        self._soa_wire: dict[tuple[str, int], bytes] = {}  # (zone, ttl) -> SOA rdata, uncompressed
         # Fault hooks (read by the serving thread; plain attributes, set them any time).
         self.servfail: set[str] = set()
         self.drop_first_udp: int = 0
@@ -134,8 +144,12 @@ class DnsServer:
         if self._zone_of(dns.name.from_text(key)) is None:
             raise ValueError(f"{name!r} is outside this server's zones {list(self._zone_texts)}: it would be REFUSED")
         with self._lock:
-            if key not in self._records:
-                self._ancestors = None
+            if key in self._records:
+                self._ancestors = None  # replaced: an earlier visible_at no longer holds
+            elif self._ancestors is not None:
+                for parent in _parents(key):
+                    if rec.visible_at < self._ancestors.get(parent, float("inf")):
+                        self._ancestors[parent] = rec.visible_at
             self._records[key] = rec
 
     def remove(self, name: str) -> None:
@@ -390,17 +404,19 @@ class DnsServer:
             return resp.to_wire(max_size=limit)
 
     def _fast_answer(self, wire: bytes, udp: bool) -> bytes | None:
-        """The common case by hand: a plain A query for a visible record that fits.
+        """The common cases by hand: a plain A query for a visible record, and a plain A or AAAA
+        query for a name without a visible record (NXDOMAIN, or NODATA for an empty
+        non-terminal: what pods polling for a late record get, in bursts).
 
-        Anything else (EDNS, other types, negative answers, SERVFAIL, TC, names
-        outside the zones) returns None and goes through dnspython.
+        Anything else (EDNS, other types, AAAA answers, SERVFAIL, names outside the zones)
+        returns None and goes through dnspython.
         """
         if len(wire) < 17:
             return None
         qid, flags, qd, an, ns, ar = _HEADER.unpack_from(wire)
         if flags & 0xF800 or qd != 1 or an or ns or ar:
             return None  # a response, another opcode, or extra sections
-        off, labels = 12, []
+        off, labels, starts = 12, [], []
         try:
             while True:
                 n = wire[off]
@@ -409,29 +425,55 @@ class DnsServer:
                     break
                 if n > 63:
                     return None
+                starts.append(off)
                 labels.append(wire[off + 1 : off + 1 + n].decode("ascii"))
                 off += n + 1
         except (IndexError, UnicodeDecodeError):
             return None
-        if wire[off : off + 4] != b"\x00\x01\x00\x01" or off + 4 != len(wire):
+        qtype = wire[off : off + 4]
+        if qtype not in (b"\x00\x01\x00\x01", b"\x00\x1c\x00\x01") or off + 4 != len(wire):
             return None
         key = ".".join(labels).lower() + "."
-        if not any(z == "." or key == z or key.endswith("." + z) for z in self._zone_texts):
+        zone = max((i for i, z in enumerate(self._zone_texts) if z == "." or key == z or key.endswith("." + z)),
+                   key=lambda i: len(self._zone_texts[i]), default=None)
+        if zone is None:
             return None
         if key in self.servfail or key[:-1] in self.servfail:
             return None
+        now = time.monotonic()
         rec = self._records.get(key)  # one dict read: atomic, the lock is for writers
-        if rec is None or not rec.v4_wire or rec.visible_at > time.monotonic():
-            return None
-        out = [_HEADER.pack(qid, 0x8400 | (flags & 0x0100), 1, len(rec.v4_wire), 0, 0), wire[12 : off + 4]]
-        rr = _A_RR.pack(0xC00C, 1, 1, self.ttl, 4)
-        for packed in rec.v4_wire:
-            out.append(rr)
-            out.append(packed)
-        reply = b"".join(out)
-        if len(reply) > (UDP_DEFAULT_PAYLOAD if udp else 65535):
-            return None
-        return reply
+        limit = UDP_DEFAULT_PAYLOAD if udp else 65535
+        if rec is not None and rec.visible_at <= now:
+            if qtype[1] != 1 or not rec.v4_wire:
+                return None  # AAAA, or NODATA for A: dnspython's
+            out = [_HEADER.pack(qid, 0x8400 | (flags & 0x0100), 1, len(rec.v4_wire), 0, 0), wire[12 : off + 4]]
+            rr = _A_RR.pack(0xC00C, 1, 1, self.ttl, 4)
+            for packed in rec.v4_wire:
+                out.append(rr)
+                out.append(packed)
+            reply = b"".join(out)
+            return reply if len(reply) <= limit else None
+        # RFC 2308: a negative answer carries the zone's SOA in the authority section; NXDOMAIN
+        # only when nothing exists at or below the name.
+        zone_text = self._zone_texts[zone]
+        with self._lock:
+            exists = key == zone_text or self._ancestor_map().get(key, now + 1) <= now
+        zone_labels = 0 if zone_text == "." else zone_text.count(".")
+        # The SOA's owner: a pointer to the zone's labels in the question (the root: one zero byte).
+        owner = b"\0" if zone_labels == 0 else struct.pack("!H", 0xC000 | starts[len(labels) - zone_labels])
+        rdata = self._soa_rdata(zone)
+        reply = b"".join((
+            _HEADER.pack(qid, 0x8400 | (flags & 0x0100) | (0 if exists else dns.rcode.NXDOMAIN), 1, 0, 1, 0),
+            wire[12 : off + 4], owner, struct.pack("!HHIH", 6, 1, self.ttl, len(rdata)), rdata))
+        return reply if len(reply) <= limit else None
+
+    def _soa_rdata(self, zone: int) -> bytes:
+        """The SOA record's data for zone number `zone`, names uncompressed (what _soa says)."""
+        key = (self._zone_texts[zone], self.ttl)
+        rdata = self._soa_wire.get(key)
+        if rdata is None:
+            rdata = self._soa_wire[key] = self._soa(self._zones[zone])[0].to_wire()
+        return rdata
 
     @staticmethod
     def _formerr(wire: bytes) -> bytes | None:
@@ -466,7 +508,7 @@ class DnsServer:
             rec = self._records.get(key)
             if rec is not None and rec.visible_at > now:
                 rec = None
-            exists = rec is not None or qname == zone or key in self._ancestor_set(now)
+            exists = rec is not None or qname == zone or self._ancestor_map().get(key, now + 1) <= now
         if rec is not None:
             want = {dns.rdatatype.A: rec.v4, dns.rdatatype.AAAA: rec.v6}
             types = (dns.rdatatype.A, dns.rdatatype.AAAA) if rdtype == dns.rdatatype.ANY else (rdtype,)
@@ -482,21 +524,16 @@ class DnsServer:
                 resp.set_rcode(dns.rcode.NXDOMAIN)
             resp.authority.append(self._soa(zone))
 
-    def _ancestor_set(self, now: float) -> set[str]:
-        # Called with the lock held.  Ancestors of visible names only, so a late
-        # record's parent is not an empty non-terminal before it appears; rebuilt
-        # after a change or once the next late record becomes visible.
-        if self._ancestors is None or now >= self._ancestors_until:
-            anc: set[str] = set()
-            until = float("inf")
+    def _ancestor_map(self) -> dict[str, float]:
+        # Called with the lock held.  A name exists (NODATA, not NXDOMAIN) once a record below it
+        # is visible, so a late record's parent is not an empty non-terminal before it appears.
+        if self._ancestors is None:
+            anc: dict[str, float] = {}
             for key, r in self._records.items():
-                if r.visible_at > now:
-                    until = min(until, r.visible_at)
-                    continue
-                parts = key.split(".")
-                for i in range(1, len(parts) - 1):
-                    anc.add(".".join(parts[i:]))
-            self._ancestors, self._ancestors_until = anc, until
+                for parent in _parents(key):
+                    if r.visible_at < anc.get(parent, float("inf")):
+                        anc[parent] = r.visible_at
+            self._ancestors = anc
         return self._ancestors
 
     def _soa(self, zone: dns.name.Name):

@@ -25,9 +25,11 @@ def test_a_few_hundred_members_start_and_restart_in_place_through_kills(tmp_path
     assert tree["kills_done"] == 3 and all(f["kills_done"] == 2 for f in flats)
     for g in (tree, *flats):
         assert g["gang_start_s"] >= 0
-        # The gang start's CPU, by role: members join in every group, leaders only in the tree.
-        assert g["gang_start_cpu_s"]["members"] > 0 and g["gang_start_cpu_s"]["coordinator"] > 0
-        assert (g["gang_start_cpu_s"]["leaders"] > 0) == g["tree"]
+        # The gang start's CPU, by role (in clock ticks: a server of a few leaders may spend less
+        # than one): members join in every group, leaders only in the tree.
+        cpu = g["gang_start_cpu_s"]
+        assert cpu["members"] > 0 and cpu["coordinator"] + cpu["leaders"] > 0
+        assert g["tree"] or cpu["leaders"] == 0
         assert all(0 < a <= r * 1000 for a, r in zip(g["kill_to_last_abort_ms"], g["inplace_restart_s"]))
         # Every member has its own connection; the members of a process share one reactor thread.
         assert g["member_process"]["threads"] <= 3

@@ -188,3 +188,38 @@ def test_a_member_joins_a_server_at_an_ipv6_address(token):
         finally:
             for m in members:
                 m.close()
+
+
+def test_a_server_refusing_for_seconds_costs_a_query_per_doubling_not_per_retry(token, pod_dns):
+    """A server whose pod has its record seconds before its wrapper listens (an image still
+    pulling): its address, given back by DNS unchanged, is kept twice as long each time."""
+    world = make_world(2)
+    port = free_port()
+    pod_dns.set(fqdn("pod-0"), "127.0.0.1")
+    resolve = functools.partial(resolve_one, nameservers=[pod_dns.nameserver])
+    member = GroupMember(server=(fqdn("pod-0"), port), me=world[1], world=world, token=token, attempt=0,
+                         resolve=resolve, **FAST)
+    joining = threading.Thread(target=join_all, args=([member],))
+    joining.start()
+    srv = None
+    try:
+        start = time.monotonic()
+        wait_until(lambda: time.monotonic() - start >= 7.0, "seven seconds of refusals", timeout=WAIT + 10)
+        refused, asked, kept = member._backoff.not_listening_tries, pod_dns.stats["udp"], member._keep_refused
+        srv = GroupServer(bind=("127.0.0.1", port), world=world, token=token, attempt=0, **FAST)
+        srv.start()
+        own = GroupMember(server=("127.0.0.1", port), me=world[0], world=world, token=token, attempt=0, **FAST)
+        own.join(WAIT)
+        joining.join(WAIT)
+        assert member.phase is MemberPhase.RUNNING
+        # Kept 1 s after the first lookup, 2 s after the second, 4 s after the third: at most 3 lookups
+        # in 7 s, one per ~10 s once at KEEP_REFUSED_MAX (a fixed second: one per 4 s for as long).
+        assert refused >= 8, refused
+        assert 2 <= asked <= 3, (asked, refused)
+        assert kept == 2.0 ** (asked - 1), (kept, asked)
+        own.close()
+    finally:
+        member.close()
+        if srv is not None:
+            srv.stop()
+        joining.join(WAIT)

@@ -221,3 +221,50 @@ def test_hand_built_and_dnspython_answers_agree(dns_server):
         assert a_records(resp) == ips
         assert resp.question[0].name.to_text() == HOST.upper() + "."
     assert plain.answer[0].ttl == edns.answer[0].ttl == 0
+
+
+def test_hand_built_negative_answers_agree_with_dnspython(dns_server):
+    # Plain A/AAAA queries for names without a visible record take the hand-built path (pods
+    # polling for a late record); EDNS queries the dnspython one.  Both must say the same.
+    dns_server.set(HOST, ["10.0.0.1"])
+    cases = [("nope.js.default.svc.cluster.local", "A", dns.rcode.NXDOMAIN),
+             ("NOPE.js.default.svc.cluster.local", "AAAA", dns.rcode.NXDOMAIN),
+             ("js.default.svc.cluster.local", "A", dns.rcode.NOERROR),  # empty non-terminal: NODATA
+             ("svc.cluster.local", "AAAA", dns.rcode.NOERROR)]  # the zone apex
+    for name, rdtype, rcode in cases:
+        plain = ask(dns_server.address, name, rdtype)
+        edns = ask(dns_server.address, name, rdtype, use_edns=0)
+        for resp in (plain, edns):
+            assert resp.rcode() == rcode, (name, rdtype, resp)
+            assert resp.flags & dns.flags.AA and resp.flags & dns.flags.RD and not resp.answer
+            assert resp.question[0].name.to_text() == name + "."
+            (soa,) = resp.authority
+            assert soa.rdtype == dns.rdatatype.SOA and soa.name.to_text() == "svc.cluster.local."
+        assert plain.authority[0][0] == edns.authority[0][0] and plain.authority[0].ttl == edns.authority[0].ttl
+
+
+def test_late_records_parent_exists_only_once_one_below_it_is_visible(dns_server):
+    # Records added one by one, each visible later: the parent is NXDOMAIN until the first of
+    # them appears, NODATA from then on (kept up to date per record, never rebuilt per answer).
+    parent = "late.default.svc.cluster.local"
+    dns_server.set(f"a.{parent}", ["10.0.1.1"], visible_after=0.6)
+    dns_server.set(f"b.{parent}", ["10.0.1.2"], visible_after=30)
+    assert ask(dns_server.address, parent).rcode() == dns.rcode.NXDOMAIN
+    assert ask(dns_server.address, f"b.{parent}").rcode() == dns.rcode.NXDOMAIN
+    deadline = time.monotonic() + 10
+    while ask(dns_server.address, f"a.{parent}").rcode() != dns.rcode.NOERROR and time.monotonic() < deadline:
+        time.sleep(0.05)
+    resp = ask(dns_server.address, parent)
+    assert resp.rcode() == dns.rcode.NOERROR and not resp.answer
+    assert ask(dns_server.address, f"b.{parent}").rcode() == dns.rcode.NXDOMAIN  # still late itself
+    # A record replaced with a later one: its parent no longer exists before that.
+    dns_server.set(f"a.{parent}", ["10.0.1.1"], visible_after=30)
+    dns_server.remove(f"b.{parent}")
+    assert ask(dns_server.address, parent).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_ttl_change_reaches_the_hand_built_soa(dns_server):
+    dns_server.ttl = 7
+    resp = ask(dns_server.address, "gone.js.default.svc.cluster.local")
+    assert resp.rcode() == dns.rcode.NXDOMAIN and resp.authority[0].ttl == 7
+    assert resp.authority[0][0].minimum == 7

@@ -3,6 +3,7 @@
 import logging
 import socket
 import threading
+import time
 
 import dnsfixtures
 import pytest
@@ -378,8 +379,10 @@ def test_a_lone_lookup_asks_again_for_a_missing_name_only_after_its_hold(dns_ser
     assert dns_server.stats["udp"] == asked + 1
 
 
-def test_a_lone_lookup_waits_for_a_slow_server_instead_of_asking_twice(dns_server):
-    """A reply 0.4 s late (a busy cluster DNS) is waited for: one query, no retransmission."""
+@pytest.mark.parametrize("late", [0.4, 1.5])
+def test_a_lone_lookup_waits_for_a_slow_server_instead_of_asking_twice(dns_server, late):
+    """A reply late by less than LONE_RTO (a busy cluster DNS; c-ares and dnspython wait 2 s too)
+    is waited for: one query, no retransmission."""
     from jobset_runtime.peers import NegativeHolds, resolve_one
 
     name = f"js-slice-0-1.{SUB}"
@@ -402,7 +405,7 @@ def test_a_lone_lookup_waits_for_a_slow_server_instead_of_asking_twice(dns_serve
                     up.sendto(query, dns_server.address)
                     relay.sendto(up.recv(4096), client)
 
-            timers.append(threading.Timer(0.4, answer))
+            timers.append(threading.Timer(late, answer))
             timers[-1].start()
 
     t = threading.Thread(target=slow, daemon=True)
@@ -463,3 +466,20 @@ def test_port_probes_leave_no_time_wait_behind():
     listener.close()
     assert len(accepted) == 20
     assert _time_wait_on(port) == 0
+
+
+def test_a_lone_lookup_sends_its_query_again_once_after_LONE_RTO_when_it_is_lost(dns_server):
+    from jobset_runtime.peers import LONE_RTO, NegativeHolds, resolve_one
+
+    name = f"js-slice-0-2.{SUB}"
+    dns_server.set(name, "10.0.0.11")
+    dns_server.drop_first_udp = 1  # the first datagram is lost
+    start = time.monotonic()
+    assert resolve_one(name, [dns_server.address], holds=NegativeHolds()) == "10.0.0.11"
+    assert time.monotonic() - start >= LONE_RTO * 0.9
+    assert dns_server.stats["udp"] == 2 and dns_server.stats["dropped"] == 1
+    # Both lost: no reply after LONE_TRIES sends, a miss the caller retries.
+    dns_server.drop_first_udp = 2
+    with pytest.raises(LookupError, match="no reply"):
+        resolve_one(f"js-slice-0-3.{SUB}", [dns_server.address], holds=NegativeHolds())
+    assert dns_server.stats["udp"] == 4
