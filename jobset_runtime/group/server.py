@@ -385,7 +385,9 @@ class GroupServer:
         admission (admission.py) before anything is built for it; while the process is out of
         descriptors, a growing pause instead of a loop."""
         listener, gate, loop = self._listener, self.gate, self._loop
-        for _ in range(_ACCEPT_BATCH):
+        for i in range(_ACCEPT_BATCH):
+            if i and gate.crowded():
+                return  # one per turn from here (admission.Gate.crowded): the others stay in the backlog
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
