@@ -266,7 +266,8 @@ class SlowDns:
 
     @property
     def nameserver(self) -> str:
-        return "%s:%d" % self.sock.getsockname()
+        host, port = self.sock.getsockname()
+        return f"{host}:{port}"
 
     def _serve(self):
         while True:

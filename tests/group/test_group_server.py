@@ -7,7 +7,16 @@ import socket
 import threading
 
 import pytest
-from grouphelpers import WAIT, SlowDns, closed_by_peer, fqdn, join_all, make_world, raw_connect, wait_until
+from grouphelpers import (
+    WAIT,
+    SlowDns,
+    closed_by_peer,
+    fqdn,
+    join_all,
+    make_world,
+    raw_connect,
+    wait_until,
+)
 
 from jobset_runtime.admission import KnownPods
 from jobset_runtime.group import GroupMember, GroupServer, Phase, server, wire
@@ -34,7 +43,7 @@ def on_loop(loop, fn):
     def run():
         try:
             done.set_result(fn())
-        except BaseException as e:
+        except Exception as e:  # noqa: BLE001 -- handed to the test thread
             done.set_exception(e)
 
     loop.call_soon_threadsafe(run)
@@ -80,19 +89,21 @@ def test_a_backlog_of_connections_is_accepted_in_one_turn_of_the_loop(token, loo
 
 def test_a_handshake_holds_no_task_and_its_deadline_is_a_timer(token, loop, caplog):
     world = make_world(1)
-    with caplog.at_level("WARNING", logger="jobset_runtime.group"):
-        with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, loop=loop,
-                         handshake_timeout=0.5, **FAST) as srv:
-            silent = [raw_connect(srv.address) for _ in range(4)]
-            halfway = raw_connect(srv.address)  # a header, and never its body
-            halfway.sendall(wire.HEADER.pack(100))
-            wait_until(lambda: srv.gate.under_way == 5, "the five handshakes to be under way")
-            # Five connections in their handshake: the loop runs the server's own task, nothing more.
-            assert on_loop(loop, lambda: len(asyncio.all_tasks(loop))) == 1
-            for c in [*silent, halfway]:
-                assert closed_by_peer(c)
-                c.close()
-            wait_until(lambda: srv.rejected == 5 and srv.gate.under_way == 0, "the five rejections")
+    with (
+        caplog.at_level("WARNING", logger="jobset_runtime.group"),
+        GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, loop=loop,
+                    handshake_timeout=0.5, **FAST) as srv,
+    ):
+        silent = [raw_connect(srv.address) for _ in range(4)]
+        halfway = raw_connect(srv.address)  # a header, and never its body
+        halfway.sendall(wire.HEADER.pack(100))
+        wait_until(lambda: srv.gate.under_way == 5, "the five handshakes to be under way")
+        # Five connections in their handshake: the loop runs the server's own task, nothing more.
+        assert on_loop(loop, lambda: len(asyncio.all_tasks(loop))) == 1
+        for c in [*silent, halfway]:
+            assert closed_by_peer(c)
+            c.close()
+        wait_until(lambda: srv.rejected == 5 and srv.gate.under_way == 0, "the five rejections")
     summary = [r.getMessage() for r in caplog.records if "unauthenticated connection" in r.getMessage()]
     assert any("handshake timed out: 5" in line for line in summary), summary
 
@@ -110,19 +121,20 @@ def test_a_claim_whose_lookup_answers_after_the_wait_is_refused_for_now_then_adm
     slow = SlowDns(pod_dns.address, delay=0.8)
     known = KnownPods({m.pod: fqdn(m.pod) for m in world}, nameservers=[slow.nameserver], on_claim=True)
     try:
-        with caplog.at_level("WARNING"):  # asyncio's log too: an exception in a callback is logged there
-            with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, known=known,
-                             **FAST) as srv:
-                members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0,
-                                       source=source[m.rank], **FAST) for m in world]
-                join_all(members)
-                assert srv.phase is Phase.RUNNING
-                assert {c.peer[0] for c in srv._conns.values()} == set(source.values())
-                assert all(m.names_resolved for m in members)
-                assert srv.claims.total >= 2  # each pod's first claim, at least
-                assert all(m._backoff.tries >= 1 for m in members)
-                for m in members:
-                    m.close()
+        with (
+            caplog.at_level("WARNING"),  # asyncio's log too: an exception in a callback is logged there
+            GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, known=known, **FAST) as srv,
+        ):
+            members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0,
+                                   source=source[m.rank], **FAST) for m in world]
+            join_all(members)
+            assert srv.phase is Phase.RUNNING
+            assert {c.peer[0] for c in srv._conns.values()} == set(source.values())
+            assert all(m.names_resolved for m in members)
+            assert srv.claims.total >= 2  # each pod's first claim, at least
+            assert all(m._backoff.tries >= 1 for m in members)
+            for m in members:
+                m.close()
     finally:
         slow.close()
     lines = [r.getMessage() for r in caplog.records]
