@@ -66,7 +66,7 @@ class _Conn(asyncio.Protocol):
     (LOOKUP) nothing is read, as nothing was before the claim was decided."""
 
     __slots__ = ("addr", "challenge_b", "frames", "gated", "hello", "hello_b", "last", "loop", "peer", "rank",
-                 "server", "session", "stage", "timer", "transport", "why")
+                 "server", "session", "spoke", "stage", "timer", "transport", "why")
 
     def __init__(self, server: GroupServer, addr: str, peer):
         self.server, self.loop, self.addr, self.peer = server, server._loop, addr, peer
@@ -81,6 +81,7 @@ class _Conn(asyncio.Protocol):
         self.session: wire.Session | None = None
         self.rank: int | None = None
         self.last = 0.0  # loop time of the last read, once serving
+        self.spoke = False  # sent a frame other than a heartbeat since the server's last tick
         self.why: str | None = None  # why this side aborted the transport, for connection_lost
 
     # --- sending ----------------------------------------------------------------------
@@ -93,6 +94,7 @@ class _Conn(asyncio.Protocol):
         if transport.is_closing():
             return
         transport.write(self.session.seal_encoded(data))
+        self.spoke = True
 
     # --- the transport's callbacks ----------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -457,7 +459,11 @@ class GroupServer:
                 conn.send_encoded(data)
 
     def _tick(self) -> None:
-        """Every heartbeat: judge silence, then send the heartbeat to the others.
+        """Every heartbeat: judge silence, then send the heartbeat to the others -- to those this
+        server sent nothing else since its last tick.  A member that had its welcome, the start or
+        an abort less than a heartbeat ago has heard from the server: it hears from it at least
+        every two heartbeats (1 s by default, against a 3 s deadline), and a gang start costs a
+        heartbeat less, on both sides, for every member welcomed since the last tick.
 
         After a stall of the loop (a loaded node), the frames that arrived meanwhile are read
         before this runs: asyncio runs a turn's I/O callbacks (data_received) before its timers."""
@@ -476,8 +482,11 @@ class GroupServer:
                           self.state.world[conn.rank], now - conn.last)
                 conn.close()
                 self._drop(conn, f"silent for more than {deadline:g} s (node or wrapper vanished)")
+            elif conn.spoke:
+                conn.spoke = False
             else:
                 conn.send_encoded(hb)
+                conn.spoke = False
 
     def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
         """A rank is bound to its pod: the claim must come from the address the pod's DNS name

@@ -178,3 +178,59 @@ def test_stop_closes_every_connection_in_every_stage_and_leaves_nothing_on_a_sha
             m.close()
         srv.stop()
         slow.close()
+
+
+def read_frame(sock) -> bytes:
+    header = b""
+    while len(header) < wire.HEADER.size:
+        header += sock.recv(wire.HEADER.size - len(header)) or _closed()
+    body = b""
+    n = wire.body_length(header, wire.MAX_FRAME)
+    while len(body) < n:
+        body += sock.recv(n - len(body)) or _closed()
+    return body
+
+
+def _closed():
+    raise AssertionError("the server closed the connection")
+
+
+def raw_member(address, token, me):
+    """A member's handshake by hand (wire.py): the connection and its session once welcomed."""
+    sock = raw_connect(address)
+    hello_b = wire.encode({"t": "hello", "v": wire.VERSION, "attempt": 0, "epoch": 0, "rank": me.rank,
+                           "pod": me.pod, "nonce": wire.nonce()})
+    sock.sendall(wire.frame(hello_b))
+    challenge_b = read_frame(sock)
+    proof = wire.expect(read_frame(sock), "proof")
+    assert wire.proof_ok(proof["proof"], wire.server_proof(token, hello_b, challenge_b))
+    sock.sendall(wire.frame(wire.encode({"t": "proof", "proof": wire.member_proof(token, hello_b, challenge_b)})))
+    session = wire.member_session(wire.session_key(token, hello_b, challenge_b))
+    assert session.open(read_frame(sock))["t"] == "welcome"
+    return sock, session
+
+
+def test_a_member_that_heard_from_the_server_since_the_last_tick_gets_no_heartbeat_at_this_one(token, loop):
+    """The welcome was the server's word: the tick after it sends no heartbeat to that member, the
+    next one does (the ticks are run by hand here; the server's own come once an hour)."""
+    world = make_world(2)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, loop=loop,
+                     heartbeat=3600, deadline=7200) as srv:
+        sock, session = raw_member(srv.address, token, world[0])
+        try:
+            on_loop(loop, srv._tick)  # welcomed since the last tick: nothing sent
+            on_loop(loop, srv._tick)  # nothing else said since: the heartbeat, with who is missing
+            # What the ticks sent is in this socket already (loopback delivers within send()).
+            sock.settimeout(0.5)
+            frames = wire.FrameBuffer(wire.MAX_FRAME)
+            bodies = []
+            try:
+                while data := sock.recv(65536):
+                    bodies += frames.feed(data)
+            except TimeoutError:
+                pass
+            msgs = [session.open(body) for body in bodies]
+            assert [m["t"] for m in msgs] == ["hb"], msgs
+            assert msgs[0]["missing"] == [[1, "pod-1"]] and msgs[0]["n_missing"] == 1
+        finally:
+            sock.close()
