@@ -101,6 +101,13 @@ class Gate:
             self._by_source[addr] += 1
         return None
 
+    def crowded(self) -> bool:
+        """As many handshakes under way as the point where unknown addresses start being dropped
+        at random: a listener that accepts in batches takes one per turn of its loop from here,
+        so that the handshakes under way can finish (and give their slots back) in between."""
+        lim = self.limits
+        return self.under_way >= lim.early_drop * (lim.total - lim.reserved)
+
     def release(self, addr: str) -> None:
         with self._lock:
             self.under_way -= 1

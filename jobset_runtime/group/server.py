@@ -4,19 +4,29 @@ It authenticates each connection (wire.py), feeds the events to GroupState (stat
 and writes out what the state decides.  A connection that breaks the protocol is closed
 and logged; before authentication that touches nothing else.  Liveness: every frame
 from a member counts; one silent past `deadline` is closed and counts as vanished.
+
+A connection costs no task: the listener stays registered with the loop and accepts what
+is waiting in batches, and each connection is an asyncio protocol (_Conn) fed by its
+transport's reads, with one timer for the stage that has a deadline.  One connection goes
+through stages:
+
+    HELLO --hello, challenge and proof sent--> PROOF --member's proof checked--> SERVING
+                                                  |                               ^
+                                                  +--its pod's name asked for--> LOOKUP
+    any --closed, broke the protocol, timed out, refused--> CLOSED
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
 import logging
 import socket
 import threading
 
-from .. import contract
+from .. import admission, contract
 from ..addresses import join_host_port
-from .. import admission
 from ..admission import KnownPods
 from ..log import one_line
 from . import wire
@@ -30,26 +40,196 @@ _WRITE_BUFFER_MAX = 1 << 20  # a member that stops reading is treated as vanishe
 # Longest a claim waits for its pod's name to be looked up: well inside the member's wait for its
 # welcome (member.py), so a slow answer means one retry, never a welcome the member gave up on.
 LOOKUP_WAIT = 2.0
+# Connections accepted per readiness of the listener (asyncio's own servers take their backlog,
+# 100): a gang start's backlog in a few turns, and the loop's other callbacks run in between.
+_ACCEPT_BATCH = 128
 
 
-class _Conn:
-    __slots__ = ("last", "peer", "rank", "session", "writer")
+class _Stage(enum.Enum):
+    """Where one connection is (see the module's docstring)."""
 
-    def __init__(self, rank, writer, session, last, peer):
-        self.rank, self.writer, self.session, self.last, self.peer = rank, writer, session, last, peer
+    HELLO = "hello"
+    PROOF = "proof"
+    LOOKUP = "lookup"
+    SERVING = "serving"
+    CLOSED = "closed"
 
+
+_HANDSHAKE = (_Stage.HELLO, _Stage.PROOF)
+
+
+class _Conn(asyncio.Protocol):
+    """One admitted connection, from accept to close, driven by its transport's callbacks.
+
+    The handshake's frames go one by one (the frame limit grows after the proof); a member's
+    sealed frames are cut from each read at once.  While the claim waits for its pod's name
+    (LOOKUP) nothing is read, as nothing was before the claim was decided."""
+
+    __slots__ = ("addr", "challenge_b", "frames", "gated", "hello", "hello_b", "last", "loop", "peer", "rank",
+                 "server", "session", "spoke", "stage", "timer", "transport", "why")
+
+    def __init__(self, server: GroupServer, addr: str, peer):
+        self.server, self.loop, self.addr, self.peer = server, server._loop, addr, peer
+        self.stage = _Stage.HELLO
+        self.transport: asyncio.Transport | None = None
+        self.frames = wire.FrameBuffer(wire.MAX_HANDSHAKE_FRAME)
+        self.gated = True  # holds a handshake slot of the server's admission.Gate
+        # The handshake's one total deadline (admission.py), from accept to the member's proof.
+        self.timer: asyncio.TimerHandle | None = self.loop.call_later(server.handshake_timeout, self._timed_out)
+        self.hello: dict | None = None
+        self.hello_b = self.challenge_b = b""
+        self.session: wire.Session | None = None
+        self.rank: int | None = None
+        self.last = 0.0  # loop time of the last read, once serving
+        self.spoke = False  # sent a frame other than a heartbeat since the server's last tick
+        self.why: str | None = None  # why this side aborted the transport, for connection_lost
+
+    # --- sending ----------------------------------------------------------------------
     def send(self, msg: dict) -> None:
         self.send_encoded(wire.encode(msg))
 
     def send_encoded(self, data: bytes) -> None:
         """A message already encoded (a broadcast encodes once), sealed for this connection."""
-        if self.writer.is_closing():
+        transport = self.transport
+        if transport.is_closing():
             return
-        if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_MAX:
+        transport.write(self.session.seal_encoded(data))
+        self.spoke = True
+
+    # --- the transport's callbacks ----------------------------------------------------
+    def connection_made(self, transport) -> None:
+        transport.set_write_buffer_limits(high=_WRITE_BUFFER_MAX)
+
+    def pause_writing(self) -> None:
+        """More than _WRITE_BUFFER_MAX unsent: the member stopped reading.  Aborted, and dropped by
+        connection_lost, which comes in a callback of its own: never within the write (a broadcast
+        to every connection may be under way)."""
+        if self.stage is _Stage.SERVING:
             log.warning("group: rank %d does not read its messages; closing it", self.rank)
-            self.writer.close()
+        self.why = "does not read its messages"
+        self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        stage = self.stage
+        if stage is _Stage.SERVING:
+            self.last = self.loop.time()
+            self._serve(data)
             return
-        self.writer.write(self.session.seal_encoded(data))
+        if stage is _Stage.CLOSED:
+            return
+        self.frames.add(data)
+        try:
+            while self.stage in _HANDSHAKE and (body := self.frames.pop()) is not None:
+                self._handshake(body)
+        except wire.ProtocolError as e:
+            self.server._rejected(self, "handshake failed", _why(e))
+            self.close()
+            return
+        if self.stage is _Stage.SERVING:  # frames that came with the proof, after the welcome
+            self._serve(b"")
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost says what it meant
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server, stage = self.server, self.stage
+        server._open.discard(self)
+        if stage is _Stage.CLOSED:  # closed by this side, already accounted for
+            return
+        self._end()
+        why = self.why or _why(exc)
+        if stage in _HANDSHAKE:
+            server._rejected(self, "handshake failed", why)
+        elif stage is _Stage.SERVING:
+            server._lost(self, why)
+        # LOOKUP: nothing is read meanwhile, so only a failed write gets here; the answer finds it CLOSED.
+
+    # --- stages -----------------------------------------------------------------------
+    def _handshake(self, body: bytes) -> None:
+        server = self.server
+        if self.stage is _Stage.HELLO:
+            hello = wire.expect(body, "hello")
+            wire.check_nonce(hello["nonce"])
+            if hello["v"] != wire.VERSION:
+                raise wire.ProtocolError(f"protocol version {hello['v']} (this side speaks {wire.VERSION})")
+            state = server.state
+            challenge_b = wire.encode({"t": "challenge", "v": wire.VERSION, "attempt": state.attempt,
+                                       "epoch": state.epoch, "nonce": wire.nonce()})
+            proof = wire.server_proof(server._key, body, challenge_b)
+            self.transport.write(wire.frame(challenge_b) + wire.frame(wire.encode({"t": "proof", "proof": proof})))
+            self.hello, self.hello_b, self.challenge_b, self.stage = hello, body, challenge_b, _Stage.PROOF
+            return
+        answer = wire.expect(body, "proof")
+        key, hello_b, challenge_b = server._key, self.hello_b, self.challenge_b
+        if not wire.proof_ok(answer["proof"], wire.member_proof(key, hello_b, challenge_b)):
+            raise wire.ProtocolError(f"wrong token (claimed rank {self.hello['rank']}, "
+                                     f"pod {self.hello['pod'][:64]!r})")
+        self.session = wire.server_session(wire.session_key(key, hello_b, challenge_b))
+        # The handshake is over: its deadline and its slot go, and the address is known from now on.
+        self.timer.cancel()
+        self.timer, self.gated = None, False
+        server.gate.release(self.addr)
+        server.gate.learn(self.addr)
+        self.frames.limit = wire.MAX_FRAME
+        server._claim(self)
+
+    def await_lookup(self, known: KnownPods) -> None:
+        """The claim waits for its pod's name to be answered, up to LOOKUP_WAIT (a timer, and the
+        answer comes from the resolving thread): whichever comes first decides."""
+        self.stage = _Stage.LOOKUP
+        self.transport.pause_reading()
+        loop, looked_up = self.loop, self._looked_up
+
+        def answered():
+            try:
+                loop.call_soon_threadsafe(looked_up)
+            except RuntimeError:
+                pass  # the server stopped meanwhile
+
+        self.timer = loop.call_later(LOOKUP_WAIT, looked_up)
+        known.claim(self.hello["pod"], answered)
+
+    def _looked_up(self) -> None:
+        if self.stage is not _Stage.LOOKUP:
+            return  # decided already (by the timer or the answer), or closed
+        self.timer.cancel()
+        self.timer = None
+        server = self.server
+        # Checked again after the lookup: the group may have moved on while it was answered.
+        server._decide(self, server._bound(self.hello, self.addr) or server.state.admit(self.hello))
+        if self.stage is _Stage.SERVING:
+            self.transport.resume_reading()
+            self._serve(b"")
+
+    def _serve(self, data: bytes) -> None:
+        handle, session = self.server._handle, self.session
+        try:
+            for body in self.frames.feed(data):
+                handle(self, session.open(body))
+        except wire.ProtocolError as e:
+            self.close()
+            self.server._lost(self, _why(e))
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.stage in _HANDSHAKE:
+            self.server._rejected(self, "handshake timed out", "handshake timed out")
+            self.close()
+
+    # --- ending -----------------------------------------------------------------------
+    def close(self) -> None:
+        """From this side: the transport sends what it holds, then closes."""
+        self._end()
+        self.transport.close()
+
+    def _end(self) -> None:
+        self.stage = _Stage.CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.gated:  # a handshake slot is given back however the handshake ends
+            self.gated = False
+            self.server.gate.release(self.addr)
 
 
 class GroupServer:
@@ -87,10 +267,14 @@ class GroupServer:
         self.known = known
         self.state = GroupState(list(world), attempt, relay=on_up is not None, bound=known is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
-        self._conns: dict[int, _Conn] = {}
+        self._conns: dict[int, _Conn] = {}  # the members' connections (SERVING), by rank
+        self._open: set[_Conn] = set()  # every connection whose transport has not closed yet
         self._no_conns = threading.Event()  # set while no member is connected (drain waits on it)
         self._no_conns.set()
-        self._tasks: set[asyncio.Task] = set()
+        self._hb: bytes | None = None  # the heartbeat, encoded; None once an event changed the state
+        self._ticker: asyncio.TimerHandle | None = None
+        self._pause = 0.0  # accept()'s pause while the process is out of descriptors
+        self._accepting: asyncio.TimerHandle | None = None  # the end of that pause
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -173,58 +357,74 @@ class GroupServer:
         log.info("group: coordinator listening on %s for %d members (attempt %d)",
                  join_host_port(*self.address), len(self.state.world), self.state.attempt)
         ready.set()
-        ticker = asyncio.create_task(self._tick())
-        acceptor = asyncio.create_task(self._accept(listener))
+        self._ticker = self._loop.call_later(self.heartbeat, self._tick)
+        self._listen()
         try:
             await self._stopped.wait()
         finally:
-            ticker.cancel()
-            acceptor.cancel()
+            self._ticker.cancel()
+            self._loop.remove_reader(listener.fileno())
+            if self._accepting is not None:
+                self._accepting.cancel()
             listener.close()
             if self.known is not None:
                 self.known.stop()
             self.refusals.flush_due(force=True)
             self.claims.flush_due(force=True)
-            for conn in list(self._conns.values()):
-                conn.writer.close()
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(acceptor, *tasks, return_exceptions=True)
+            for conn in list(self._open):
+                conn.close()
+            await asyncio.sleep(0)  # the transports with nothing left to send close now
+            for conn in list(self._open):
+                conn.transport.abort()  # the others: their members stopped reading
+            await asyncio.sleep(0)
 
-    async def _accept(self, listener: socket.socket) -> None:
-        """One connection at a time: admission (admission.py) before anything is built for it,
-        and a growing pause, not a loop, while the process is out of descriptors."""
-        pause = 0.0
-        while True:
+    def _listen(self) -> None:
+        self._accepting = None
+        self._loop.add_reader(self._listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        """The listener is readable: accept what waits, up to _ACCEPT_BATCH, each connection through
+        admission (admission.py) before anything is built for it; while the process is out of
+        descriptors, a growing pause instead of a loop."""
+        listener, gate, loop = self._listener, self.gate, self._loop
+        for i in range(_ACCEPT_BATCH):
+            if i and gate.crowded():
+                return  # one per turn from here (admission.Gate.crowded): the others stay in the backlog
             try:
-                sock, peer = await self._loop.sock_accept(listener)
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as e:
-                if listener.fileno() == -1:
-                    return
                 if admission.out_of_resources(e):
                     self.rejected += 1
                     self.refusals.note(None, f"accept() failed: {e.strerror}")
-                    pause = admission.accept_backoff(pause)
-                    await asyncio.sleep(pause)
-                else:  # the client gave up before accept (ECONNABORTED, ...)
-                    log.debug("group: accept() failed: %s", e)
+                    self._pause = admission.accept_backoff(self._pause)
+                    loop.remove_reader(listener.fileno())
+                    self._accepting = loop.call_later(self._pause, self._listen)
+                    return
+                log.debug("group: accept() failed: %s", e)  # the client gave up before accept (ECONNABORTED, ...)
                 continue
-            pause = 0.0
+            self._pause = 0.0
             addr = peer[0]
-            refusal = self.gate.admit(addr)
+            refusal = gate.admit(addr)
             if refusal is not None:
                 self.rejected += 1
                 self.refusals.note(addr, refusal)
                 sock.close()
                 continue
+            conn = _Conn(self, addr, peer)
             try:
-                reader, writer = await asyncio.open_connection(sock=sock)
+                sock.setblocking(False)
+                # The loop's own transport for an accepted socket (it sets TCP_NODELAY), made
+                # directly: the public connect_accepted_socket() is a coroutine, so a task and a
+                # future per connection (twice the transport's own cost, measured on 3.11), which is
+                # what this avoids.
+                conn.transport = loop._make_socket_transport(sock, conn)
             except OSError:
-                self.gate.release(addr)
+                conn._end()
                 sock.close()
                 continue
-            self._tasks.add(self._loop.create_task(self._serve(reader, writer, addr)))
+            self._open.add(conn)
 
     def upstream(self, event: str, failure: Failure | None = None, names_resolved: bool = False) -> None:
         """Relay mode, from any thread: the leaders' group's answer (start, abort, complete, restart)."""
@@ -247,6 +447,8 @@ class GroupServer:
         self._loop.call_later(delay, fn, *args)
 
     def _apply(self, outs) -> None:
+        """What the state decided on an event, sent.  Every event passes here: the cached heartbeat goes."""
+        self._hb = None
         for to, msg in outs:
             if to == UP:
                 self._on_up(msg)
@@ -256,56 +458,102 @@ class GroupServer:
             for conn in targets:
                 conn.send_encoded(data)
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat)
-            # After a stall of the loop (a loaded node), the frames that arrived meanwhile are read by
-            # tasks woken in this same turn: let them run before anyone is judged silent.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            now = self._loop.time()
-            hb = wire.encode(self.state.heartbeat())
-            self.refusals.flush_due()
-            self.claims.flush_due()
-            for conn in list(self._conns.values()):
-                if now - conn.last > self.deadline:
-                    log.error("group: %s silent for %.1f s; counting it as vanished",
-                              self.state.world[conn.rank], now - conn.last)
-                    self._drop(conn, f"silent for more than {self.deadline:g} s (node or wrapper vanished)")
-                    conn.writer.close()
-                else:
-                    conn.send_encoded(hb)
+    def _tick(self) -> None:
+        """Every heartbeat: judge silence, then send the heartbeat to the others -- to those this
+        server sent nothing else since its last tick.  A member that had its welcome, the start or
+        an abort less than a heartbeat ago has heard from the server: it hears from it at least
+        every two heartbeats (1 s by default, against a 3 s deadline), and a gang start costs a
+        heartbeat less, on both sides, for every member welcomed since the last tick.
 
-    async def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
+        After a stall of the loop (a loaded node), the frames that arrived meanwhile are read
+        before this runs: asyncio runs a turn's I/O callbacks (data_received) before its timers."""
+        loop = self._loop
+        self._ticker = loop.call_later(self.heartbeat, self._tick)
+        now = loop.time()
+        hb = self._hb
+        if hb is None:  # the state changed since the last tick: encoded again, once for every connection
+            hb = self._hb = wire.encode(self.state.heartbeat())
+        self.refusals.flush_due()
+        self.claims.flush_due()
+        deadline = self.deadline
+        for conn in list(self._conns.values()):
+            if now - conn.last > deadline:
+                log.error("group: %s silent for %.1f s; counting it as vanished",
+                          self.state.world[conn.rank], now - conn.last)
+                conn.close()
+                self._drop(conn, f"silent for more than {deadline:g} s (node or wrapper vanished)")
+            elif conn.spoke:
+                conn.spoke = False
+            else:
+                conn.send_encoded(hb)
+                conn.spoke = False
+
+    def _bound(self, hello: dict, addr: str) -> tuple[str, bool] | None:
         """A rank is bound to its pod: the claim must come from the address the pod's DNS name
-        resolves to.  A name is asked for when its pod first claims it (KnownPods on_claim), or
-        again when it held another address (DNS may still hold the old IP of a recreated pod):
-        the claim waits for that answer, up to LOOKUP_WAIT.  Still no record, or another address:
-        refused for now, and the member retries."""
+        resolves to (None: it does, or no binding).  A name is asked for when its pod first claims
+        it (KnownPods on_claim), or again when it held another address (DNS may still hold the old
+        IP of a recreated pod): _claim then waits for that answer, up to LOOKUP_WAIT, before asking
+        here.  Still no record, or another address: refused for now, and the member retries."""
         if self.known is None:
             return None
         pod = hello["pod"]
         want = self.known.address_of(pod)
-        if want != addr:
-            loop, answered = self._loop, self._loop.create_future()
-
-            def then():
-                try:
-                    loop.call_soon_threadsafe(lambda: answered.done() or answered.set_result(None))
-                except RuntimeError:
-                    pass  # the server stopped meanwhile
-
-            self.known.claim(pod, then)
-            try:
-                await asyncio.wait_for(answered, LOOKUP_WAIT)
-            except asyncio.TimeoutError:
-                pass
-            want = self.known.address_of(pod)
         if want == addr:
             return None
         if want is None:
             return f"pod {one_line(pod, 64)} has no DNS record yet to check its address against", True
         return f"pod {one_line(pod, 64)} has address {want}, not {addr}", True
+
+    def _claim(self, conn: _Conn) -> None:
+        """An authenticated hello: refused, welcomed, or (its pod's address not the one it came
+        from, or not known yet) waiting for its pod's name to be looked up."""
+        hello = conn.hello
+        refusal = self.state.admit(hello)
+        if refusal is None and self.known is not None and self.known.address_of(hello["pod"]) != conn.addr:
+            conn.await_lookup(self.known)
+            return
+        self._decide(conn, refusal)
+
+    def _decide(self, conn: _Conn, refusal: tuple[str, bool] | None) -> None:
+        hello, peer = conn.hello, conn.peer
+        rank = hello["rank"]
+        if refusal is None and rank in self._conns:
+            # A rank that joined is not taken over: the one holding it keeps it until its
+            # connection is lost (closed, or silent past the deadline); a member that really
+            # reconnects is told to retry until then.
+            refusal = (f"rank {rank} is already connected from {self._conns[rank].peer[0]}", True)
+        if refusal is not None:
+            reason, retry = refusal
+            if retry:
+                self.claims.note(conn.addr, reason)
+                log.debug("group: refused rank %d (pod %s) from %s for now: %s", rank,
+                          one_line(hello["pod"], 64), peer, reason)
+            else:
+                log.warning("group: refused rank %d (pod %s) from %s: %s", rank, one_line(hello["pod"], 64),
+                            peer, reason)
+            conn.transport.write(conn.session.seal({"t": "refused", "attempt": self.state.attempt,
+                                                    "epoch": self.state.epoch, "reason": reason, "retry": retry}))
+            conn.close()
+            return
+        conn.rank, conn.last, conn.stage = rank, self._loop.time(), _Stage.SERVING
+        self._conns[rank] = conn
+        self._no_conns.clear()
+        conn.send({"t": "welcome", "attempt": self.state.attempt, "epoch": self.state.epoch})
+        log.debug("group: %s joined from %s", self.state.world[rank], peer)
+        self._apply(self.state.join(rank))
+
+    def _rejected(self, conn: _Conn, note: str, why: str) -> None:
+        """A connection that did not get through the handshake (the caller closes it)."""
+        self.rejected += 1
+        self.refusals.note(conn.addr, note)
+        log.debug("group: rejected a connection from %s: %s", conn.peer, why)
+
+    def _lost(self, conn: _Conn, why: str) -> None:
+        """A member's connection ended (closed, reset, broke the protocol, stopped reading)."""
+        # After `done`, the completion or an abort, hanging up is how a member leaves.
+        quiet = conn.rank in self.state.done or self.state.phase in (Phase.COMPLETE, Phase.ABORTED)
+        (log.debug if quiet else log.warning)("group: lost %s: %s", self.state.world[conn.rank], why)
+        self._drop(conn, f"connection lost ({why})")
 
     def _drop(self, conn: _Conn, cause: str) -> None:
         if self._conns.get(conn.rank) is conn:
@@ -313,93 +561,6 @@ class GroupServer:
             if not self._conns:
                 self._no_conns.set()
             self._apply(self.state.leave(conn.rank, cause))
-
-    async def _read(self, reader: asyncio.StreamReader, limit: int) -> bytes:
-        n = wire.body_length(await reader.readexactly(wire.HEADER.size), limit)
-        return await reader.readexactly(n)
-
-    async def _handshake(self, reader, writer):
-        hello_b = await self._read(reader, wire.MAX_HANDSHAKE_FRAME)
-        hello = wire.expect(hello_b, "hello")
-        wire.check_nonce(hello["nonce"])
-        if hello["v"] != wire.VERSION:
-            raise wire.ProtocolError(f"protocol version {hello['v']} (this side speaks {wire.VERSION})")
-        challenge_b = wire.encode({"t": "challenge", "v": wire.VERSION, "attempt": self.state.attempt,
-                                   "epoch": self.state.epoch, "nonce": wire.nonce()})
-        proof = wire.server_proof(self._key, hello_b, challenge_b)
-        writer.write(wire.frame(challenge_b) + wire.frame(wire.encode({"t": "proof", "proof": proof})))
-        answer = wire.expect(await self._read(reader, wire.MAX_HANDSHAKE_FRAME), "proof")
-        if not wire.proof_ok(answer["proof"], wire.member_proof(self._key, hello_b, challenge_b)):
-            raise wire.ProtocolError(f"wrong token (claimed rank {hello['rank']}, pod {hello['pod'][:64]!r})")
-        return wire.server_session(wire.session_key(self._key, hello_b, challenge_b)), hello
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
-        """A connection admitted by _accept: the handshake within its deadline (its slot is given
-        back however it ends), then the member's messages."""
-        peer = writer.get_extra_info("peername")
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = None
-        try:
-            try:
-                session, hello = await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
-            except (wire.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
-                self.rejected += 1
-                self.refusals.note(addr, _why(e) if isinstance(e, asyncio.TimeoutError) else "handshake failed")
-                log.debug("group: rejected a connection from %s: %s", peer, _why(e))
-                return
-            finally:
-                self.gate.release(addr)
-            self.gate.learn(addr)
-            # Checked again after the lookup: the group may have moved on while it was answered.
-            refusal = self.state.admit(hello) or await self._bound(hello, addr) or self.state.admit(hello)
-            rank = hello["rank"]
-            if refusal is None and rank in self._conns:
-                # A rank that joined is not taken over: the one holding it keeps it until its
-                # connection is lost (closed, or silent past the deadline); a member that really
-                # reconnects is told to retry until then.
-                refusal = (f"rank {rank} is already connected from {self._conns[rank].peer[0]}", True)
-            if refusal is not None:
-                reason, retry = refusal
-                if retry:
-                    self.claims.note(addr, reason)
-                    log.debug("group: refused rank %d (pod %s) from %s for now: %s", rank,
-                              one_line(hello["pod"], 64), peer, reason)
-                else:
-                    log.warning("group: refused rank %d (pod %s) from %s: %s", rank, one_line(hello["pod"], 64),
-                                peer, reason)
-                writer.write(session.seal({"t": "refused", "attempt": self.state.attempt,
-                                           "epoch": self.state.epoch, "reason": reason, "retry": retry}))
-                await writer.drain()
-                return
-            conn = _Conn(rank, writer, session, self._loop.time(), peer)
-            self._conns[rank] = conn
-            self._no_conns.clear()
-            conn.send({"t": "welcome", "attempt": self.state.attempt, "epoch": self.state.epoch})
-            log.debug("group: %s joined from %s", self.state.world[rank], peer)
-            self._apply(self.state.join(rank))
-            # Whatever the socket holds at once, split here: one wake-up of this task per read,
-            # not two per frame (a leader reads a frame from each of its members per heartbeat).
-            frames = wire.FrameBuffer(wire.MAX_FRAME)
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    raise asyncio.IncompleteReadError(b"", None)
-                conn.last = self._loop.time()
-                for body in frames.feed(data):
-                    self._handle(conn, session.open(body))
-        except (wire.ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError) as e:
-            if conn is not None:
-                # After `done`, the completion or an abort, hanging up is how a member leaves.
-                quiet = conn.rank in self.state.done or self.state.phase in (Phase.COMPLETE, Phase.ABORTED)
-                (log.debug if quiet else log.warning)("group: lost %s: %s", self.state.world[conn.rank], _why(e))
-                self._drop(conn, f"connection lost ({_why(e)})")
-        except asyncio.CancelledError:
-            pass  # the server is stopping; end quietly
-        finally:
-            self._tasks.discard(asyncio.current_task())
-            writer.close()
 
     def _handle(self, conn: _Conn, msg: dict) -> None:
         kind = msg["t"]
@@ -438,9 +599,7 @@ class GroupServer:
         return leader <= origin.rank < (min(later) if later else float("inf"))
 
 
-def _why(e: BaseException) -> str:
-    if isinstance(e, asyncio.IncompleteReadError):
-        return "closed mid-frame" if e.partial else "closed"
-    if isinstance(e, asyncio.TimeoutError):
-        return "handshake timed out"
+def _why(e: BaseException | None) -> str:
+    if e is None:
+        return "closed"
     return str(e) or e.__class__.__name__

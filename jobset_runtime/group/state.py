@@ -84,6 +84,7 @@ class GroupState:
         self.world = {m.rank: m for m in world}
         if len(self.world) != len(world):
             raise ValueError("the group's world repeats a rank")
+        self._ranks = sorted(self.world)
         self.attempt = attempt
         self.epoch = 0
         self.phase = Phase.WAITING
@@ -102,8 +103,15 @@ class GroupState:
     def _msg(self, kind: str, **fields) -> dict:
         return {"t": kind, "attempt": self.attempt, "epoch": self.epoch, **fields}
 
-    def missing(self) -> list[MemberId]:
-        return [m for r, m in sorted(self.world.items()) if r not in self.joined]
+    def missing(self, first: int | None = None) -> list[MemberId]:
+        """The members not joined, in rank order (only the `first` few, when given)."""
+        joined, out = self.joined, []
+        for r in self._ranks:
+            if r not in joined:
+                out.append(self.world[r])
+                if len(out) == first:
+                    break
+        return out
 
     # --- admission -------------------------------------------------------------
     def admit(self, hello: dict) -> tuple[str, bool] | None:
@@ -257,7 +265,7 @@ class GroupState:
     def heartbeat(self) -> dict:
         hb = self._msg("hb")
         if self.phase is Phase.WAITING:
-            missing = self.missing()
-            hb["missing"] = [[m.rank, m.pod] for m in missing[:5]]
-            hb["n_missing"] = len(missing)
+            # The first few by name and the count: not the whole list, sorted, on every heartbeat.
+            hb["missing"] = [[m.rank, m.pod] for m in self.missing(5)]
+            hb["n_missing"] = len(self.world) - len(self.joined)  # only the world's ranks join
         return hb
