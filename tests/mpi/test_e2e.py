@@ -46,17 +46,21 @@ def test_allreduce_on_every_worker(cluster, which):
 
 
 def _communicate(cl, proc, timeout: float) -> tuple[str, str]:
-    """proc.communicate(); past `timeout`, a failure that keeps what the launcher and the workers said."""
+    """proc.communicate(); past `timeout`, a failure that keeps what the launcher and the workers
+    said, every pod's processes, and the launcher's threads' stacks."""
     import subprocess
 
     try:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        exited = proc.poll()  # not None: the launcher is gone, and what it started holds its pipes
+        pods = cl.what_hangs(proc)
         cl.net.kill_pod(cl.launcher)  # mpirun and its agents too: they hold the pipes
         out, err = proc.communicate(timeout=10)
-        logs = "".join(f"--- {h}\n{cl.log(h)[-2000:]}" for h in cl.workers)
-        raise AssertionError(f"the launcher did not exit within {timeout:g}s\n--- stdout\n{out[-3000:]}\n"
-                             f"--- stderr\n{err[-5000:]}\n{logs}") from None
+        logs = "".join(f"--- {h}\n{cl.log(h)[-3000:]}" for h in cl.workers)
+        raise AssertionError(f"the launcher did not exit within {timeout:g}s "
+                             f"({'it had exited: ' + str(exited) if exited is not None else 'still running'})\n"
+                             f"--- stdout\n{out[-3000:]}\n--- stderr\n{err[-8000:]}\n{logs}{pods}") from None
 
 
 def _wait_for_line(stream, needle: str, timeout: float) -> str:
