@@ -8,8 +8,9 @@ import threading
 import time
 
 import pytest
-from grouphelpers import WAIT, fqdn, free_port, join_all, make_world, wait_until
+from grouphelpers import WAIT, fqdn, join_all, make_world, wait_until
 
+from jobset_runtime.addresses import free_port
 from jobset_runtime.admission import KnownPods
 from jobset_runtime.group import GroupMember, GroupServer, MemberPhase, Phase
 from jobset_runtime.group.listener import open_listener
@@ -82,7 +83,7 @@ def test_members_that_connect_before_the_server_runs_wait_in_its_backlog(token):
 
 def test_a_connection_refused_is_tried_again_without_a_dns_query_each_time(token, pod_dns):
     world = make_world(2)
-    port = free_port()
+    port = free_port("127.0.0.1")
     pod_dns.set(fqdn("pod-0"), "127.0.0.1")
     resolve = functools.partial(resolve_one, nameservers=[pod_dns.nameserver])
     member = GroupMember(server=(fqdn("pod-0"), port), me=world[1], world=world, token=token, attempt=0,
