@@ -10,7 +10,8 @@ Steps, each fixing a mistake users report with today's operators (REFERENCE.md):
 4. run mpirun (run-as-root flag only for root; Python programs under
    `python -m mpi4py`, so an exception aborts the job instead of hanging it),
    relaying its stderr: once it announces the job's end (an MPI_Abort, ...),
-   it has ENDING_EXIT_S to exit, or is stopped (announcements.py);
+   it has ENDING_EXIT_S to exit, or is stopped (announcements.py); once it is
+   gone, the agents it left running are stopped too (orphans.py);
 5. tell every worker how it ended (`finish`), so the workers exit too, and
    leave the cause in the termination message.
 """
@@ -38,7 +39,7 @@ from ..addresses import join_host_port
 from ..errors import ConfigError, PeersTimeout, first_few
 from ..files import write_atomic
 from ..group.wire import ProtocolError
-from . import channel, hostfile
+from . import channel, hostfile, orphans
 from .agent import port_from_env, script_text
 from .announcements import StderrRelay
 from .detect import detect, missing
@@ -591,6 +592,9 @@ def _stop_noted(signum, _frame) -> None:
 
 
 def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) -> tuple[int, str]:
+    # mpirun's agents outlive a stopped mpirun (orphans.py): they become this process's children.
+    adopted = orphans.adopt()
+    before = orphans.children()
     try:
         child = supervisor.launch(argv, env, stderr=subprocess.PIPE)
     except FileNotFoundError:
@@ -632,6 +636,16 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         unclean = unclean_ends(watch.reports(), expected)
     if child.group_alive():
         child.stop(grace=1.0)
+    left = orphans.children() - before - {child.pid}
+    if left:
+        # Its agents, each in a group of its own; stopped, each closes its channel and its worker
+        # stops the daemon, rather than both waiting for the worker's end.
+        stopped = orphans.stop(left)
+        if stopped:
+            log.info("stopped %d process(es) mpirun left running (its agents): pid %s",
+                     len(stopped), first_few([str(p) for p in stopped]))
+    if adopted:
+        orphans.adopt(False)
     for sig in supervisor.FORWARDED:  # mpirun is gone: note a stop request, finish the account first
         signal.signal(sig, _stop_noted)
     troubles = watch.troubles()
