@@ -1,6 +1,7 @@
 """The two-level tree: members (processes) -> slice leaders -> the leaders' group."""
 
 import asyncio
+import logging
 import signal
 import threading
 
@@ -155,7 +156,7 @@ def test_a_slice_whose_leaders_group_never_restarts_aborts_after_its_barrier_tim
                 m.close()
 
 
-def test_a_slice_that_says_ready_again_after_a_member_rejoins_joins_the_leaders_group_once(token):
+def test_a_slice_that_says_ready_again_after_a_member_rejoins_joins_the_leaders_group_once(token, caplog):
     """The slice's members all join (ready goes up, the leader's upstream member waits for the
     other slice), one leaves and comes back (ready goes up a second time): the leader joins the
     leaders' group once, and the group starts when the other slice arrives."""
@@ -177,16 +178,19 @@ def test_a_slice_that_says_ready_again_after_a_member_rejoins_joins_the_leaders_
                 made.start_join(WAIT)
                 return made
 
-            readies = []
-            on_up = sl.server._on_up
-            sl.server._on_up = lambda msg: (readies.append(msg["t"]) if msg["t"] == "ready" else None, on_up(msg))
+            caplog.set_level(logging.INFO, logger="jobset_runtime.group")
+
+            def readies():  # the slice state's log line each time it sends ready up
+                return sum("members of the slice joined; waiting for the other slices" in r.getMessage()
+                           for r in caplog.records)
+
             first, second = member(world[0]), member(world[1])
-            wait_until(lambda: readies == ["ready"], "the slice's first ready")
+            wait_until(lambda: readies() == 1, "the slice's first ready")
             wait_until(lambda: top.state.joined == {0}, "the leader in the leaders' group")
             second.close()
             wait_until(lambda: 1 not in sl.server.state.joined, "the slice server to see member 1 leave")
             again = member(world[1])
-            wait_until(lambda: readies == ["ready", "ready"], "the slice's second ready")
+            wait_until(lambda: readies() == 2, "the slice's second ready")
             other = GroupMember(server=top.address, me=world[2], world=leaders, token=token, attempt=0, **FAST)
             members.append(other)
             other.join(WAIT)  # the other slice's leader: the leaders' group starts
