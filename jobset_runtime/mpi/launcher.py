@@ -53,6 +53,9 @@ DAEMONS_SETTLE_S = 10.0  # after mpirun exited 0, how long every started daemon 
 LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
 BEAT_WAIT_S = 0.5  # how long a heartbeat round waits for the channel openings under way to finish
 ENDING_EXIT_S = 10.0  # after mpirun announced the job's end (announcements.py), how long it may take to exit
+# After mpirun ended, how long its agents may take to end by themselves (a worker relays a daemon's
+# last output for up to worker.DRAIN_S before it says the daemon exited) before they are stopped.
+AGENTS_SETTLE_S = 2.0
 TRANSPORTS = ("exec", "ssh")
 HOSTFILE_BY = hostfile.HOSTFILE_BY
 _PYTHON = re.compile(r"python[0-9.]*\Z")
@@ -638,9 +641,10 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         child.stop(grace=1.0)
     left = orphans.children() - before - {child.pid}
     if left:
-        # Its agents, each in a group of its own; stopped, each closes its channel and its worker
-        # stops the daemon, rather than both waiting for the worker's end.
-        stopped = orphans.stop(left)
+        # Its agents, each in a group of its own: those that do not end by themselves are stopped,
+        # and each closes its channel, so its worker stops the daemon rather than both waiting for
+        # the worker's end.
+        stopped = orphans.stop(left, settle=AGENTS_SETTLE_S)
         if stopped:
             log.info("stopped %d process(es) mpirun left running (its agents): pid %s",
                      len(stopped), first_few([str(p) for p in stopped]))

@@ -9,9 +9,10 @@ worker until that worker ends, and all of them hold the launcher's stdout and st
 so whatever reads the launcher's output waits for them after the launcher is gone.
 
 So the launcher is made the child subreaper of what it starts (PR_SET_CHILD_SUBREAPER):
-an agent orphaned by mpirun's end becomes its child, and is stopped once mpirun is
-done.  A stopped agent closes its channel, and its worker stops the daemon at once
-(worker.py).  Children the process had before mpirun started (a benchmark's worker
+an agent orphaned by mpirun's end becomes its child, and once mpirun is done, is given
+a moment to end by itself (a successful run's agents are still relaying their daemons'
+last output when mpirun exits 0), and then stopped.  A stopped agent closes its channel,
+and its worker stops the daemon at once (worker.py).  Children the process had before mpirun started (a benchmark's worker
 processes) are never touched.
 """
 
@@ -57,39 +58,45 @@ def children(pid: int | None = None) -> set[int]:
     return found
 
 
-def stop(pids: set[int], grace: float = 1.0) -> list[int]:
-    """SIGTERM `pids` (children of this process), SIGKILL those left `grace` s later, reap them all;
-    the pids that were still running."""
-    running = []
-    for pid in sorted(pids):
+def _reap(pids: set[int]) -> set[int]:
+    """Reap those of `pids` that have exited; the ones still running."""
+    left = set()
+    for pid in pids:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not ours to reap, or reaped already
+            done = pid
+        if not done:
+            left.add(pid)
+    return left
+
+
+def _wait(pids: set[int], timeout: float) -> set[int]:
+    """Until every one of `pids` has exited and been reaped, or `timeout` passes; those left."""
+    deadline = time.monotonic() + timeout
+    left = _reap(pids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = _reap(left)
+    return left
+
+
+def stop(pids: set[int], settle: float = 0.0, grace: float = 1.0) -> list[int]:
+    """Let `pids` (children of this process) end by themselves for `settle` s, then SIGTERM those
+    left, SIGKILL them `grace` s later, and reap them all; the pids that had to be signalled."""
+    left = _wait(set(pids), settle)
+    signalled = []
+    for pid in sorted(left):
         try:
             os.kill(pid, signal.SIGTERM)
-            running.append(pid)
+            signalled.append(pid)
         except ProcessLookupError:
             pass
-    left = set(pids)
-    deadline = time.monotonic() + grace
-    while left:
-        for pid in list(left):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # not ours to reap, or reaped already
-                done = pid
-            if done:
-                left.discard(pid)
-        if not left:
-            break
-        if time.monotonic() >= deadline:
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            for pid in left:
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
-            break
-        time.sleep(0.02)
-    return running
+    left = _wait(left, grace)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _wait(left, 10.0)  # SIGKILL is not refused; a moment to be reaped
+    return signalled

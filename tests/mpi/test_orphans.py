@@ -10,7 +10,7 @@ import pytest
 from jobset_runtime.mpi import orphans
 
 # An "mpirun" that starts an "agent" in a process group of its own (as PRRTE does), which ignores
-# SIGTERM, prints its pid, and then exits, leaving the agent behind.
+# SIGTERM, prints its pid and stays AGENT_S seconds, and then exits, leaving the agent behind.
 MPIRUN = """
 import os, signal, sys, time
 pid = os.fork()
@@ -18,10 +18,18 @@ if pid == 0:
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(os.getpid(), flush=True)
-    time.sleep(600)
+    time.sleep(float(sys.argv[1]))
     os._exit(0)
 time.sleep(0.2)
 """
+
+
+def _leave_agent(stays: float) -> int:
+    mpirun = subprocess.Popen([sys.executable, "-c", MPIRUN, str(stays)], stdout=subprocess.PIPE, text=True)
+    agent = int(mpirun.stdout.readline())
+    assert mpirun.wait(20) == 0
+    mpirun.stdout.close()
+    return agent
 
 
 def _state(pid: int) -> str | None:
@@ -39,9 +47,7 @@ def test_an_agent_left_by_mpirun_becomes_a_child_and_is_stopped_and_reaped():
     agent = None
     try:
         before = orphans.children()
-        mpirun = subprocess.Popen([sys.executable, "-c", MPIRUN], stdout=subprocess.PIPE, text=True)
-        agent = int(mpirun.stdout.readline())
-        assert mpirun.wait(20) == 0
+        agent = _leave_agent(600)
         assert os.getpgid(agent) == agent  # its own group: stopping mpirun's would not reach it
         left = orphans.children() - before
         assert left == {agent}, left  # mpirun's orphan is ours now
@@ -53,6 +59,21 @@ def test_an_agent_left_by_mpirun_becomes_a_child_and_is_stopped_and_reaped():
         orphans.adopt(False)
         if agent is not None and _state(agent) not in (None, "Z"):
             os.kill(agent, 9)
+
+
+def test_an_agent_that_ends_by_itself_while_settling_is_not_signalled():
+    """What a successful run's agents do: end once their worker relayed the daemon's last output."""
+    if not orphans.adopt():
+        pytest.skip("this kernel has no PR_SET_CHILD_SUBREAPER")
+    try:
+        before = orphans.children()
+        agent = _leave_agent(0.5)
+        left = orphans.children() - before
+        assert left == {agent}, left
+        assert orphans.stop(left, settle=30) == []
+        assert _state(agent) is None  # ended, and reaped
+    finally:
+        orphans.adopt(False)
 
 
 def test_children_names_this_processs_children_only():
