@@ -134,10 +134,18 @@ class Cluster:
         return proc
 
     def wait_workers(self, timeout: float = 20.0) -> dict[str, int]:
+        """Every worker's exit code; a worker still running after `timeout` fails the test with
+        what each worker said and every pod's processes."""
         deadline = time.monotonic() + timeout
         codes = {}
         for host in self.workers:
-            codes[host] = self.procs[host].wait(max(0.1, deadline - time.monotonic()))
+            try:
+                codes[host] = self.procs[host].wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                said = "".join(f"--- {h}\n{self.log(h)[-3000:]}" for h in self.workers)
+                pods = "".join(f"--- processes in {h}\n{self.processes(h)}\n" for h in [self.launcher, *self.workers])
+                raise AssertionError(f"worker {host} did not exit within {timeout:g}s (exits so far: {codes})\n"
+                                     f"{said}{pods}") from None
         return codes
 
     def termination(self, host: str) -> str:
