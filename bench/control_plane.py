@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from results import Results, Stat  # noqa: E402
 
 from jobset_runtime import contract
+from jobset_runtime.addresses import free_port
 from jobset_runtime.local.controlplane import binaries
 
 
@@ -52,12 +52,6 @@ def trivial(name: str, pods: int) -> dict:
                 "parallelism": pods, "completions": pods, "backoffLimit": 0,
                 "template": {"spec": {"restartPolicy": "Never", "containers": [
                     {"name": "main", "image": "ignored", "command": ["true"]}]}}}}}]}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

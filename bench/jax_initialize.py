@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import Results, Stat  # noqa: E402
 
 from jobset_runtime import contract  # noqa: E402
+from jobset_runtime.addresses import free_port  # noqa: E402
 
 JOBSET, RJOB, NS = "bench", "worker", "default"
 
@@ -62,14 +62,8 @@ def child(mode: str) -> None:
     jax.distributed.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_round(mode: str, n: int, nameserver: str, tries: int = 3) -> float:
-    port = free_port()
+    port = free_port("::")  # JAX's coordinator binds [::]:PORT
     procs = []
     for rank in range(n):
         env = {k: v for k, v in os.environ.items() if not k.startswith(contract.ENV_PREFIX)}

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import Results, Stat  # noqa: E402
 
 from jobset_runtime import contract  # noqa: E402
+from jobset_runtime.addresses import free_port  # noqa: E402
 from jobset_runtime.mpi import sshd  # noqa: E402
 from jobset_runtime.mpi.tokens import load_key  # noqa: E402
 from jobset_runtime.mpi.agent import script_text  # noqa: E402
@@ -72,12 +73,6 @@ def peak_rss_mb(argv: list[str], env: dict) -> float:
     return peak / 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
@@ -110,7 +105,7 @@ def main(argv=None) -> int:
         clients = []
         why_not = ""
         if shutil.which("ssh") and shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:" + os.environ["PATH"]):
-            port = free_port()
+            port = free_port("::")  # sshd_config listens on 0.0.0.0 and ::
             host_key = tmp / "host_key"
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
             if os.geteuid() == 0:

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import resource
-import socket
 import sys
 import tempfile
 import threading
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import Results, Stat  # noqa: E402
 
 from jobset_runtime import admission, contract  # noqa: E402
+from jobset_runtime.addresses import free_port  # noqa: E402
 from jobset_runtime.identity import PodMetadata, derive  # noqa: E402
 from jobset_runtime.mpi import channel, launcher  # noqa: E402
 from jobset_runtime.peers import wait_for_hosts  # noqa: E402
@@ -141,15 +141,9 @@ def peak(values, unit: str) -> Stat:
     return Stat.single(values[0], unit) if len(values) == 1 else Stat.max(values, unit)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_run(a, identity, hosts, key, mpirun, stamp) -> dict:
     n = len(hosts)
-    port = free_port()
+    port = free_port(*(address(i) for i in range(n)))  # every worker address binds it
     procs, pipes = [], []
     for w in range(a.procs):
         mine, theirs = multiprocessing.Pipe()

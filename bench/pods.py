@@ -86,10 +86,6 @@ def pod_network(tmp: Path) -> None:
     conf = tmp / "resolv.conf"
     conf.write_text(kubelet.resolv_conf("default", "127.0.0.1"))
     subprocess.run(["mount", "--bind", str(conf), contract.RESOLV_CONF], check=True)
-    # The port a resolv.conf nameserver is asked on; free in this fresh namespace.
-    dnsfixtures.free_port = lambda host="127.0.0.1": 53
-
-
 
 
 def dns_names(pod_list) -> dict[str, str]:
@@ -99,7 +95,8 @@ def dns_names(pod_list) -> dict[str, str]:
 
 def start_dns(tmp: Path, names: dict[str, str]):
     pod_network(tmp)
-    return dnsfixtures.Dnsmasq(tmp, names).start()
+    # On the port a resolv.conf nameserver is asked on; free in this fresh namespace.
+    return dnsfixtures.Dnsmasq(tmp, names, port=53).start()
 
 
 def have_dnsmasq() -> bool:

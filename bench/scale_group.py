@@ -35,7 +35,6 @@ import multiprocessing as mp
 import os
 import random
 import resource
-import socket
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import Results, Stat  # noqa: E402
 
 from jobset_runtime import admission  # noqa: E402
+from jobset_runtime.addresses import free_port  # noqa: E402
 from jobset_runtime.errors import JobSetRuntimeError  # noqa: E402
 from jobset_runtime.group import GroupMember, GroupServer, MemberId, MemberPhase  # noqa: E402
 from jobset_runtime.group.reactor import Reactor  # noqa: E402
@@ -60,12 +60,6 @@ WAIT = 600.0
 def address(rank: int) -> str:
     """A loopback address of its own per pod (none ends in .0 or .255)."""
     return f"127.{rank // 62500 + 1}.{rank // 250 % 250 + 1}.{rank % 250 + 1}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def layout(n: int, s: int):
@@ -252,8 +246,9 @@ def one_group(args, pods: int, slices: int, kills: int) -> dict:
     """One group of `pods` members in `slices` slices (1: flat) through a gang start and `kills` kills."""
     cfg = {"pods": pods, "slices": slices, "heartbeat": args.heartbeat, "deadline": args.deadline}
     ctx = mp.get_context("fork")
-    port = free_port()
     world, groups = layout(pods, slices)
+    # The coordinator on port (flat) or port + 1 (the leaders' group), the slice leaders on port.
+    port = free_port(*{address(g[0].rank) for g in groups}, count=2)
     t_begin = time.monotonic()
     procs = []
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from jobset_runtime.addresses import family_of, join_host_port, listen_any, unmapped
+from jobset_runtime.addresses import family_of, free_port, join_host_port, listen_any, unmapped
 
 needs_dualstack = pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="this kernel has no IPv6")
 
@@ -59,3 +59,36 @@ def test_mpi_worker_serves_ipv4_and_ipv6_launchers_and_admits_by_plain_address()
             chan.close()
     finally:
         worker.close()
+
+
+@needs_dualstack
+def test_free_port_checks_the_addresses_the_server_binds():
+    """A port held on 127.0.0.2 is free on 127.0.0.1 (all that the old checks looked at), and
+    taken for a listener on `::` (JAX's coordinator, sshd, listen_any) or on 127.0.0.2."""
+    with socket.create_server(("127.0.0.2", 0)) as held:
+        port = held.getsockname()[1]
+        assert free_port("127.0.0.1", ports=[port]) == port
+        for hosts in (("::",), ("127.0.0.2",), ("127.0.0.1", "127.0.0.2")):
+            with pytest.raises(OSError, match="no 1 free port"):
+                free_port(*hosts, ports=[port])
+        # Another port is found where the first is taken, and a dual-stack listener takes it.
+        got = free_port("::", ports=[port, *range(20000, 20200)])
+        assert got != port
+        with listen_any(got, backlog=1):
+            pass
+
+
+def test_free_port_with_udp_and_consecutive_ports():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:  # UDP only: TCP stays free
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        assert free_port(ports=[port]) == port
+        with pytest.raises(OSError, match="no 1 free port"):
+            free_port(udp=True, ports=[port])
+        with pytest.raises(OSError, match="no 2 free port"):  # the second of two in a row is held
+            free_port(count=2, udp=True, ports=[port - 1])
+    first = free_port("127.0.0.1", "127.0.0.2", count=2, udp=True)
+    for host in ("127.0.0.1", "127.0.0.2"):
+        for p in (first, first + 1):
+            with socket.create_server((host, p)), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, p))

@@ -49,6 +49,10 @@ class SliceLeader:
         # server's loop (_barrier); the restart comes back through on_phase.
         self._barrier_epoch: int | None = None
         self.up.on_phase(self._up_phase)
+        # Whether the upstream member's join was begun.  The slice says "ready" again when a member
+        # leaves and rejoins before the leaders' group starts (the slice stays WAITING in relay
+        # mode); the upstream member joins once per attempt.  Read and set on the slice server's loop.
+        self._joining = False
 
     @property
     def address(self):
@@ -79,6 +83,11 @@ class SliceLeader:
         if kind == "barrier":
             self._barrier()
             return
+        if kind == "ready":
+            if self._joining:
+                log.info("group: the slice is ready again (a member rejoined); its leader has joined already")
+                return
+            self._joining = True
         step = {"ready": self._join, "done": self._finish}[kind]
         threading.Thread(target=step, daemon=True, name=f"slice-leader-{kind}").start()
 

@@ -10,7 +10,8 @@ Steps, each fixing a mistake users report with today's operators (REFERENCE.md):
 4. run mpirun (run-as-root flag only for root; Python programs under
    `python -m mpi4py`, so an exception aborts the job instead of hanging it),
    relaying its stderr: once it announces the job's end (an MPI_Abort, ...),
-   it has ENDING_EXIT_S to exit, or is stopped (announcements.py);
+   it has ENDING_EXIT_S to exit, or is stopped (announcements.py); once it is
+   gone, the agents it left running are stopped too (orphans.py);
 5. tell every worker how it ended (`finish`), so the workers exit too, and
    leave the cause in the termination message.
 """
@@ -38,7 +39,7 @@ from ..addresses import join_host_port
 from ..errors import ConfigError, PeersTimeout, first_few
 from ..files import write_atomic
 from ..group.wire import ProtocolError
-from . import channel, hostfile
+from . import channel, hostfile, orphans
 from .agent import port_from_env, script_text
 from .announcements import StderrRelay
 from .detect import detect, missing
@@ -52,6 +53,9 @@ DAEMONS_SETTLE_S = 10.0  # after mpirun exited 0, how long every started daemon 
 LOSS_SETTLE_S = 1.0  # after mpirun failed on its own, how long a worker's loss may take to be reported
 BEAT_WAIT_S = 0.5  # how long a heartbeat round waits for the channel openings under way to finish
 ENDING_EXIT_S = 10.0  # after mpirun announced the job's end (announcements.py), how long it may take to exit
+# After mpirun ended, how long its agents may take to end by themselves (a worker relays a daemon's
+# last output for up to worker.DRAIN_S before it says the daemon exited) before they are stopped.
+AGENTS_SETTLE_S = 2.0
 TRANSPORTS = ("exec", "ssh")
 HOSTFILE_BY = hostfile.HOSTFILE_BY
 _PYTHON = re.compile(r"python[0-9.]*\Z")
@@ -591,6 +595,9 @@ def _stop_noted(signum, _frame) -> None:
 
 
 def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) -> tuple[int, str]:
+    # mpirun's agents outlive a stopped mpirun (orphans.py): they become this process's children.
+    adopted = orphans.adopt()
+    before = orphans.children()
     try:
         child = supervisor.launch(argv, env, stderr=subprocess.PIPE)
     except FileNotFoundError:
@@ -632,6 +639,17 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
         unclean = unclean_ends(watch.reports(), expected)
     if child.group_alive():
         child.stop(grace=1.0)
+    left = orphans.children() - before - {child.pid}
+    if left:
+        # Its agents, each in a group of its own: those that do not end by themselves are stopped,
+        # and each closes its channel, so its worker stops the daemon rather than both waiting for
+        # the worker's end.
+        stopped = orphans.stop(left, settle=AGENTS_SETTLE_S)
+        if stopped:
+            log.info("stopped %d process(es) mpirun left running (its agents): pid %s",
+                     len(stopped), first_few([str(p) for p in stopped]))
+    if adopted:
+        orphans.adopt(False)
     for sig in supervisor.FORWARDED:  # mpirun is gone: note a stop request, finish the account first
         signal.signal(sig, _stop_noted)
     troubles = watch.troubles()

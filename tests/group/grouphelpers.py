@@ -110,12 +110,6 @@ def fqdn(pod: str) -> str:
     return f"{pod}.js.default.svc.cluster.local"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(cond, what: str, timeout: float = WAIT) -> None:
     """Until cond() holds; an AssertionError naming `what` after `timeout`."""
     end = time.monotonic() + timeout

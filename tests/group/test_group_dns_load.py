@@ -13,8 +13,9 @@ from collections import Counter
 
 import dns.message as dns_message
 import pytest
-from grouphelpers import WAIT, fqdn, free_port
+from grouphelpers import WAIT, fqdn
 
+from jobset_runtime.addresses import free_port
 from jobset_runtime.admission import KnownPods
 from jobset_runtime.errors import PeersTimeout
 from jobset_runtime.group import GroupMember, GroupServer, MemberId, MemberPhase
@@ -63,7 +64,7 @@ def bootstrap(dns, token, bound=True):
     world = [MemberId(r, f"pod-{r}") for r in range(SLICES * PER_SLICE)]
     groups = [world[s * PER_SLICE:(s + 1) * PER_SLICE] for s in range(SLICES)]
     leaders = [g[0] for g in groups]
-    port = free_port()
+    port = free_port(*{address(m.rank) for m in leaders}, count=2)  # the slice leaders on port, the top on port + 1
 
     def resolve():  # each pod's own (a process's negative holds are its pod's)
         return functools.partial(resolve_one, nameservers=ns, holds=NegativeHolds())

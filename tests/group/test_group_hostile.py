@@ -332,25 +332,6 @@ def test_a_rank_is_bound_to_the_address_of_its_pods_dns_name(token, pod_dns):
             m.close()
 
 
-def test_a_pods_first_join_is_checked_against_its_name_asked_then_not_refused(token, pod_dns):
-    """Names are asked for when their pods first claim them (on_claim): the claim waits for that
-    answer, so no pod whose record is there is turned away once before it gets in."""
-    world = make_world(6)
-    for m in world:
-        pod_dns.set(fqdn(m.pod), f"127.0.3.{m.rank + 1}")
-    known = KnownPods({m.pod: fqdn(m.pod) for m in world}, nameservers=[pod_dns.nameserver], on_claim=True)
-    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, known=known, **FAST) as srv:
-        members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0,
-                               source=f"127.0.3.{m.rank + 1}", **FAST) for m in world]
-        join_all(members)
-        assert srv.phase is Phase.RUNNING
-        assert srv.claims.total == 0  # not one join refused for now
-        assert all(m._backoff.tries == 0 for m in members)  # and not one member retried
-        assert all(m.names_resolved for m in members)
-        for m in members:
-            m.close()
-
-
 def leaders_group(token, origin):
     """The leaders' group of two slices (ranks 0-1 and 2-3); the last leader relays a failure of `origin`."""
     pods = make_world(4)

@@ -9,8 +9,9 @@ import threading
 import time
 
 import pytest
-from grouphelpers import WAIT, fqdn, free_port, join_all, make_world, wait_until
+from grouphelpers import WAIT, fqdn, join_all, make_world, wait_until
 
+from jobset_runtime.addresses import free_port
 from jobset_runtime.admission import KnownPods
 from jobset_runtime.group import GroupMember, GroupServer, MemberPhase, Phase
 from jobset_runtime.group.listener import open_listener
@@ -20,23 +21,25 @@ FAST = {"heartbeat": 0.1, "deadline": 5.0}
 
 
 def test_a_pods_first_claim_waits_for_its_name_instead_of_being_turned_away(token, pod_dns):
-    world = make_world(3)
-    source = {0: "127.0.0.1", 1: "127.0.0.3", 2: "127.0.0.4"}
+    """As the wrappers' servers run, a pod's name is asked for when the pod first claims its rank
+    (on_claim), not before: the claim waits for that answer, so no pod whose record is there is
+    turned away once before it gets in, and each rank is still bound to its pod's address."""
+    world = make_world(6)
+    source = {m.rank: f"127.0.3.{m.rank + 1}" for m in world}
     for m in world:
         pod_dns.set(fqdn(m.pod), source[m.rank])
-    # As the wrappers' servers run: a pod's name is asked for when it claims its rank, not before.
     known = KnownPods({m.pod: fqdn(m.pod) for m in world}, nameservers=[pod_dns.nameserver], on_claim=True)
     with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, known=known, **FAST) as srv:
         members = [GroupMember(server=srv.address, me=m, world=world, token=token, attempt=0,
                                source=source[m.rank], **FAST) for m in world]
         join_all(members)
         assert srv.phase is Phase.RUNNING
-        # Every rank still bound to its pod's address, and the start vouches for every name...
+        # Every rank bound to its pod's address, and the start vouches for every name...
         assert {c.peer[0] for c in srv._conns.values()} == set(source.values())
         assert all(m.names_resolved for m in members)
         # ... with no join refused for now, so no member slept in its backoff.
         assert srv.claims.total == 0
-        assert [m._backoff.tries for m in members] == [0, 0, 0]
+        assert [m._backoff.tries for m in members] == [0] * len(world)
         for m in members:
             m.close()
 
@@ -83,7 +86,7 @@ def test_members_that_connect_before_the_server_runs_wait_in_its_backlog(token):
 
 def test_a_connection_refused_is_tried_again_without_a_dns_query_each_time(token, pod_dns):
     world = make_world(2)
-    port = free_port()
+    port = free_port("127.0.0.1")
     pod_dns.set(fqdn("pod-0"), "127.0.0.1")
     resolve = functools.partial(resolve_one, nameservers=[pod_dns.nameserver])
     member = GroupMember(server=(fqdn("pod-0"), port), me=world[1], world=world, token=token, attempt=0,

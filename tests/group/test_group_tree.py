@@ -1,11 +1,12 @@
 """The two-level tree: members (processes) -> slice leaders -> the leaders' group."""
 
 import asyncio
+import logging
 import signal
 import threading
 
 import pytest
-from grouphelpers import WAIT, Proc, join_all, make_world
+from grouphelpers import WAIT, Proc, join_all, make_world, wait_until
 
 from jobset_runtime.errors import PeersTimeout
 from jobset_runtime.group import GroupMember, GroupServer, MemberId, MemberPhase, Phase
@@ -153,3 +154,51 @@ def test_a_slice_whose_leaders_group_never_restarts_aborts_after_its_barrier_tim
         finally:
             for m in members:
                 m.close()
+
+
+def test_a_slice_that_says_ready_again_after_a_member_rejoins_joins_the_leaders_group_once(token, caplog):
+    """The slice's members all join (ready goes up, the leader's upstream member waits for the
+    other slice), one leaves and comes back (ready goes up a second time): the leader joins the
+    leaders' group once, and the group starts when the other slice arrives."""
+    world = make_world(4)
+    leaders = [world[0], world[2]]
+    errors = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args)  # an uncaught error in the leader's threads
+    members = []
+    try:
+        with (
+            GroupServer(bind=("127.0.0.1", 0), world=leaders, token=token, attempt=0, leaders=True, **FAST) as top,
+            SliceLeader(bind=("127.0.0.1", 0), slice_world=world[:2], upstream=top.address, me=world[0],
+                        leaders=leaders, token=token, attempt=0, join_timeout=WAIT, **FAST) as sl,
+        ):
+            def member(m):
+                made = GroupMember(server=sl.address, me=m, world=world[:2], token=token, attempt=0, **FAST)
+                members.append(made)
+                made.start_join(WAIT)
+                return made
+
+            caplog.set_level(logging.INFO, logger="jobset_runtime.group")
+
+            def readies():  # the slice state's log line each time it sends ready up
+                return sum("members of the slice joined; waiting for the other slices" in r.getMessage()
+                           for r in caplog.records)
+
+            first, second = member(world[0]), member(world[1])
+            wait_until(lambda: readies() == 1, "the slice's first ready")
+            wait_until(lambda: top.state.joined == {0}, "the leader in the leaders' group")
+            second.close()
+            wait_until(lambda: 1 not in sl.server.state.joined, "the slice server to see member 1 leave")
+            again = member(world[1])
+            wait_until(lambda: readies() == 2, "the slice's second ready")
+            other = GroupMember(server=top.address, me=world[2], world=leaders, token=token, attempt=0, **FAST)
+            members.append(other)
+            other.join(WAIT)  # the other slice's leader: the leaders' group starts
+            for m in (first, again):
+                wait_until(lambda: m.phase is MemberPhase.RUNNING, f"{m.me} to start")
+            assert top.phase is Phase.RUNNING and sl.up.phase is MemberPhase.RUNNING
+    finally:
+        for m in members:
+            m.close()
+        threading.excepthook = previous_hook
+    assert not errors, [f"{e.thread.name}: {e.exc_type.__name__}: {e.exc_value}" for e in errors]

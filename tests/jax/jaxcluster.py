@@ -8,14 +8,13 @@ serves every pod's FQDN with a 127.0.0.x address of its own.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobset_runtime import contract
+from jobset_runtime import addresses, contract
 from jobset_runtime.identity import hostname_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,10 +22,10 @@ DEMO = ROOT / "examples" / "jax_cpu_demo.py"
 NAMESPACE = "default"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def coordinator_port() -> int:
+    """A free port for JAX's coordinator, which binds `[::]:PORT` (jax/_src/distributed.py,
+    default_coordinator_bind_address)."""
+    return addresses.free_port("::")
 
 
 @dataclass

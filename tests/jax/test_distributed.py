@@ -62,14 +62,14 @@ def check_world(rep, pods):
 
 
 def test_two_slices_of_two_hosts_psum(dns_server, tmp_path):
-    port = jc.free_port()
+    port = jc.coordinator_port()
     pods, procs = launch(dns_server, tmp_path, ["--port", str(port), "--initialization-timeout", "60",
                                                 "--timeout", "50", "--shutdown-timeout", "20"])
     check_world(reports(jc.collect(procs, 90)), pods)
 
 
 def test_coordinator_starting_10s_late_still_succeeds(dns_server, tmp_path):
-    port = jc.free_port()
+    port = jc.coordinator_port()
     # Its DNS record is late too, as for a pod that is scheduled late.
     pods = jc.pods(JOBSET, RJOB, SLICES, HOSTS)
     dns_server.set(pods[0].fqdn, pods[0].ip, visible_after=10)
@@ -84,7 +84,7 @@ def test_coordinator_starting_10s_late_still_succeeds(dns_server, tmp_path):
 
 def test_missing_peer_is_named_before_jax_aborts(dns_server, tmp_path):
     """demo-slice-1-1 never starts and never gets a DNS record (a pod that was never scheduled)."""
-    port = jc.free_port()
+    port = jc.coordinator_port()
     init_timeout, ours = 40, 10
     pods, procs = launch(dns_server, tmp_path, ["--port", str(port), "--initialization-timeout", str(init_timeout),
                                                 "--timeout", str(ours)], ranks=[0, 1, 2], register={0, 1, 2})
@@ -109,7 +109,7 @@ def test_missing_peer_is_named_before_jax_aborts(dns_server, tmp_path):
 
 def test_coordinator_that_never_listens_is_named(dns_server, tmp_path):
     """The coordinator's pod exists in DNS but its program never opens the port: PeersTimeout, exit 69."""
-    port = jc.free_port()
+    port = jc.coordinator_port()
     pods, procs = launch(dns_server, tmp_path, ["--port", str(port), "--initialization-timeout", "30",
                                                 "--timeout", "8"], ranks=[1])
     code, _, stderr, _ = jc.collect(procs, 40)[1]
@@ -120,7 +120,7 @@ def test_coordinator_that_never_listens_is_named(dns_server, tmp_path):
 
 
 def test_multislice_training_example_on_cpu(dns_server, tmp_path):
-    port = jc.free_port()
+    port = jc.coordinator_port()
     pods = jc.pods(JOBSET, RJOB, SLICES, HOSTS)
     for pod in pods:
         dns_server.set(pod.fqdn, pod.ip)

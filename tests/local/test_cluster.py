@@ -21,6 +21,7 @@ import yaml
 from localfixtures import ROOT, netns_unavailable
 
 from jobset_runtime import contract
+from jobset_runtime.addresses import free_port
 from jobset_runtime.local.controlplane import binaries
 
 _ok, _where = binaries.available()
@@ -45,12 +46,6 @@ def cli(*args, timeout=400, check=None) -> subprocess.CompletedProcess:
     if check is not None:
         assert r.returncode == check, r.stdout[-4000:] + r.stderr[-4000:]
     return r
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:

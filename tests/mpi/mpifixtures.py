@@ -9,8 +9,10 @@ points.  mpi4py picks the library through MPI4PY_LIBMPI.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -111,6 +113,9 @@ class Cluster:
             "JOBSET_RUNTIME_NAMESERVERS": self.dns.nameserver,
             "JOBSET_RUNTIME_MPI_TOKEN_FILE": str(self.token),
             "JOBSET_RUNTIME_TERMINATION_LOG": str(self.tmp / f"termination-{host}"),
+            # A launcher or worker that hangs can be made to print every thread's stack (SIGABRT:
+            # what_hangs()); inherited by mpirun's agents, not by the ranks (started by the workers).
+            "PYTHONFAULTHANDLER": "1",
         })
         env.update(extra or {})
         return env
@@ -129,10 +134,18 @@ class Cluster:
         return proc
 
     def wait_workers(self, timeout: float = 20.0) -> dict[str, int]:
+        """Every worker's exit code; a worker still running after `timeout` fails the test with
+        what each worker said and every pod's processes."""
         deadline = time.monotonic() + timeout
         codes = {}
         for host in self.workers:
-            codes[host] = self.procs[host].wait(max(0.1, deadline - time.monotonic()))
+            try:
+                codes[host] = self.procs[host].wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                said = "".join(f"--- {h}\n{self.log(h)[-3000:]}" for h in self.workers)
+                pods = "".join(f"--- processes in {h}\n{self.processes(h)}\n" for h in [self.launcher, *self.workers])
+                raise AssertionError(f"worker {host} did not exit within {timeout:g}s (exits so far: {codes})\n"
+                                     f"{said}{pods}") from None
         return codes
 
     def termination(self, host: str) -> str:
@@ -142,6 +155,42 @@ class Cluster:
     def log(self, host: str) -> str:
         path = self.tmp / f"{host}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def processes(self, host: str) -> str:
+        """Every process left in the pod: pid, parent, state, and where each thread waits (wchan)."""
+        lines = []
+        for pid in self.net.pids(host):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+                waits = collections.Counter()
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    try:
+                        with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                            waits[f.read() or "-"] += 1
+                    except OSError:
+                        pass
+            except OSError:  # gone meanwhile
+                continue
+            # stat: pid (comm) state ppid ...; comm may hold spaces and parentheses
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+            threads = ", ".join(f"{w} x{n}" if n > 1 else w for w, n in waits.most_common())
+            lines.append(f"  pid {pid} ppid {ppid} {state} [{threads}] {cmd}")
+        return "\n".join(lines) or "  (none)"
+
+    def what_hangs(self, proc: subprocess.Popen) -> str:
+        """Why `proc`, a pod's Python program that does not exit, waits: every pod's processes, and
+        its own threads' stacks (faulthandler's dump on SIGABRT, on its stderr: read it after this)."""
+        pods = "".join(f"--- processes in {h}\n{self.processes(h)}\n" for h in [self.launcher, *self.workers])
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGABRT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        return pods
 
     def close(self) -> None:
         for proc in self.procs.values():

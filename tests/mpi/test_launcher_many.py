@@ -3,10 +3,10 @@ address (the small version of bench/mpi_launcher_start.py): every worker gets on
 channel, hears heartbeats for longer than it waits before calling the launcher gone, and ends
 with the launcher's verdict; the servers of one process share one accept thread."""
 
-import socket
 import threading
 import time
 
+from jobset_runtime.addresses import free_port
 from jobset_runtime.mpi import channel
 from jobset_runtime.mpi.launcher import Watch, connect_all
 from jobset_runtime.mpi.worker import WorkerServer
@@ -22,14 +22,8 @@ def address(i):
     return f"127.77.{i // 250}.{1 + i % 250}"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_launcher_watches_hundreds_of_workers_and_every_one_ends_with_its_verdict():
-    port = free_port()
+    port = free_port(*(address(i) for i in range(WORKERS)))
     before = sum(t.name == "mpi-worker-accept" for t in threading.enumerate())
     servers = [WorkerServer(KEY, pod=f"w-{i}", address=address(i), port=port, vanish_s=VANISH_S).start()
                for i in range(WORKERS)]

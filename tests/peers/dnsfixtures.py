@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -14,27 +13,14 @@ import dns.message
 import dns.query
 import dns.rcode
 
+from jobset_runtime.addresses import free_port
+
 
 def find_dnsmasq() -> str | None:
     path = shutil.which("dnsmasq")
     if path is None and os.access("/usr/sbin/dnsmasq", os.X_OK):
         path = "/usr/sbin/dnsmasq"
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP right now (dnsmasq serves both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise OSError("no free port")
 
 
 def ask(server: tuple[str, int], name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float = 2.0, **kw):
@@ -52,10 +38,13 @@ class Dnsmasq:
     `update()` rewrites the file and sends SIGHUP, which makes dnsmasq re-read it.
     """
 
-    def __init__(self, workdir, hosts: dict[str, list[str] | str] | None = None, *, zone: str = "cluster.local"):
+    def __init__(self, workdir, hosts: dict[str, list[str] | str] | None = None, *, zone: str = "cluster.local",
+                 port: int = 0):
+        """port: where to serve; 0, a free one (UDP and TCP)."""
         self.binary = find_dnsmasq()
         self.hosts_file = os.path.join(str(workdir), "dnsmasq.hosts")
         self.zone = zone
+        self._port = port
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self._write(hosts or {})
@@ -80,7 +69,7 @@ class Dnsmasq:
 
     def start(self) -> Dnsmasq:
         for _ in range(5):
-            self.port = free_port()
+            self.port = self._port or free_port("127.0.0.1", udp=True)  # dnsmasq serves both
             argv = [
                 self.binary, "--keep-in-foreground", "--conf-file=/dev/null", "--pid-file=",
                 "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts_file}",

@@ -9,6 +9,7 @@ import dnsfixtures
 import pytest
 
 from jobset_runtime import contract
+from jobset_runtime.addresses import free_port
 from jobset_runtime.errors import ConfigError, DnsUnavailable, PeersTimeout
 from jobset_runtime.local.dns import DnsServer
 from jobset_runtime.peers import NO_REPLY, connect_batch, resolve_batch, wait_for_hosts
@@ -208,7 +209,7 @@ def test_tcp_port_that_opens_late(dns_server):
     names = pod_names(1, 4)
     for n in names:
         dns_server.set(n, "127.0.0.1")
-    port = dnsfixtures.free_port()
+    port = free_port()
     listeners = []
     timer = listen_later(0.5, [port], listeners)
     try:
@@ -239,7 +240,7 @@ def test_tcp_deadline_names_port_and_error(dns_server):
     names = pod_names(1, 2)
     for n in names:
         dns_server.set(n, "127.0.0.1")
-    port = dnsfixtures.free_port()
+    port = free_port()
     with pytest.raises(PeersTimeout) as info:
         wait_for_hosts(names, port=port, nameservers=[dns_server.address], timeout=2.0, max_backoff=0.2)
     message = str(info.value)

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from ... import contract
+from ...addresses import free_port
 from ...errors import ConfigError, JobSetRuntimeError
 from . import binaries, certs, components, kubeconfig
 from .components import Layout, Ports
@@ -57,12 +58,6 @@ def port_free(port: int) -> bool:
         s.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Supervisor:
     def __init__(self, lay: Layout, bin_dir: Path, port: int, nodes: int, node_labels: list[str],
                  domain: str = contract.DEFAULT_CLUSTER_DOMAIN, out=sys.stderr, agent_args: list | None = None):
@@ -92,8 +87,11 @@ class Supervisor:
                               "another with --port")
         for d in (lay.pki, lay.webhook_certs, lay.logs, lay.pods):
             d.mkdir(parents=True, exist_ok=True)
-        self.ports = Ports(apiserver=self.port, etcd_client=free_port(), etcd_peer=free_port(),
-                           webhook=free_port(), jobset_health=free_port())
+        first = self.port
+        while first <= self.port < first + 4:  # four in a row on 127.0.0.1, none the API server's
+            first = free_port("127.0.0.1", count=4)
+        self.ports = Ports(apiserver=self.port, etcd_client=first, etcd_peer=first + 1,
+                           webhook=first + 2, jobset_health=first + 3)
         self._write_pki()
         lay.jobset_config.write_text(components.jobset_config(lay, self.ports))
         self._record()
