@@ -65,7 +65,7 @@ class _Conn(asyncio.Protocol):
     sealed frames are cut from each read at once.  While the claim waits for its pod's name
     (LOOKUP) nothing is read, as nothing was before the claim was decided."""
 
-    __slots__ = ("addr", "challenge_b", "frames", "gated", "hello", "hello_b", "last", "loop", "peer", "rank",
+    __slots__ = ("addr", "frames", "gated", "hello", "keys", "last", "loop", "peer", "rank",
                  "server", "session", "spoke", "stage", "timer", "transport", "why")
 
     def __init__(self, server: GroupServer, addr: str, peer):
@@ -77,7 +77,7 @@ class _Conn(asyncio.Protocol):
         # The handshake's one total deadline (admission.py), from accept to the member's proof.
         self.timer: asyncio.TimerHandle | None = self.loop.call_later(server.handshake_timeout, self._timed_out)
         self.hello: dict | None = None
-        self.hello_b = self.challenge_b = b""
+        self.keys: wire.HandshakeKeys | None = None  # from the hello until the proof is checked
         self.session: wire.Session | None = None
         self.rank: int | None = None
         self.last = 0.0  # loop time of the last read, once serving
@@ -155,16 +155,18 @@ class _Conn(asyncio.Protocol):
             state = server.state
             challenge_b = wire.encode({"t": "challenge", "v": wire.VERSION, "attempt": state.attempt,
                                        "epoch": state.epoch, "nonce": wire.nonce()})
-            proof = wire.server_proof(server._key, body, challenge_b)
-            self.transport.write(wire.frame(challenge_b) + wire.frame(wire.encode({"t": "proof", "proof": proof})))
-            self.hello, self.hello_b, self.challenge_b, self.stage = hello, body, challenge_b, _Stage.PROOF
+            # Both proofs and the session key at once: the transcript is hashed once, not thrice.
+            keys = wire.handshake_keys(server._key, body, challenge_b)
+            self.transport.write(wire.frame(challenge_b)
+                                 + wire.frame(wire.encode({"t": "proof", "proof": keys.server_proof})))
+            self.hello, self.keys, self.stage = hello, keys, _Stage.PROOF
             return
         answer = wire.expect(body, "proof")
-        key, hello_b, challenge_b = server._key, self.hello_b, self.challenge_b
-        if not wire.proof_ok(answer["proof"], wire.member_proof(key, hello_b, challenge_b)):
+        if not wire.proof_ok(answer["proof"], self.keys.member_proof):
             raise wire.ProtocolError(f"wrong token (claimed rank {self.hello['rank']}, "
                                      f"pod {self.hello['pod'][:64]!r})")
-        self.session = wire.server_session(wire.session_key(key, hello_b, challenge_b))
+        self.session = wire.server_session(self.keys.session_key)
+        self.keys = None
         # The handshake is over: its deadline and its slot go, and the address is known from now on.
         self.timer.cancel()
         self.timer, self.gated = None, False
