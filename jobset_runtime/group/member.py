@@ -206,6 +206,10 @@ class GroupMember:
                 f"gang start: after {timeout:g} s, {self._n_missing} of {len(self.world)} group members "
                 f"had not joined the coordinator at {host}:{port}: {missing}; "
                 "check those pods (scheduled? their wrapper started? same group token?)")
+        if phase is MemberPhase.WAITING and self._n_missing is None:  # joined, no heartbeat heard yet
+            raise PeersTimeout(
+                f"gang start: joined the coordinator at {host}:{port}, but the group did not start within "
+                f"{timeout:g} s (the coordinator had not yet said who is missing)")
         if phase is MemberPhase.WAITING:
             raise PeersTimeout(
                 f"gang start: every member joined the coordinator at {host}:{port}, but the group did "
@@ -300,7 +304,9 @@ class GroupMember:
                 self.phase = MemberPhase.CLOSED
             self._cond.notify_all()
         reactor = self._reactor
-        if reactor.on_thread() or not reactor.started:
+        # A member closed twice (join() gave up, then its owner closed it) finds its own reactor
+        # stopped: nothing would run a queued close, so it closes here.
+        if reactor.on_thread() or not reactor.running:
             self._close_socket()
         else:
             closed = threading.Event()

@@ -102,6 +102,13 @@ class Reactor:
     def started(self) -> bool:
         return self._thread is not None
 
+    @property
+    def running(self) -> bool:
+        """Its thread runs what call_soon() queues: started, not stopped (a stopped reactor's
+        thread is gone, and a callback queued then would never run)."""
+        thread = self._thread
+        return thread is not None and not self._stopping and thread.is_alive()
+
     def on_thread(self) -> bool:
         return self._thread is threading.current_thread()
 

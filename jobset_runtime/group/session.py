@@ -164,6 +164,11 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
         try:
             member.join(opts.join_timeout)
         except BaseException:
+            # The servers stop first: a heartbeat sent after this pod's member left would name this
+            # pod among the missing to every member still waiting.
+            for server in servers:
+                server.stop()
+            servers.clear()
             member.close()
             raise
     except BaseException:

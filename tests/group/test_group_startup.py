@@ -226,3 +226,21 @@ def test_a_server_refusing_for_seconds_costs_a_query_per_doubling_not_per_retry(
         if srv is not None:
             srv.stop()
         joining.join(WAIT)
+
+
+def test_a_member_whose_join_gave_up_closes_at_once_when_closed_again(token):
+    """join() closes a member that timed out, stopping its reactor; its owner then closes it too
+    (the wrapper does, before it exits 69).  That second close has no reactor thread left to run a
+    queued close on, so it closes the socket itself instead of waiting for one: a coordinator's pod
+    used to sit that wait (the reactor's 5 s stop) out with its server still up, telling every
+    other member that its own pod was missing."""
+    world = make_world(2)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0) as srv:
+        m = GroupMember(server=srv.address, me=world[0], world=world, token=token, attempt=0)
+        with pytest.raises(Exception, match="1 of 2 group members had not joined|did not start"):
+            m.join(1.5)
+        assert not m._reactor.running
+        started = time.monotonic()
+        m.close()
+        assert m.phase is MemberPhase.CLOSED and m._sock is None
+        assert time.monotonic() - started < 4.0  # not the 5 s fallback wait of a queued close
