@@ -37,9 +37,11 @@ from .wire import check_auth
 log = logging.getLogger("jobset_runtime.group")
 
 _WRITE_BUFFER_MAX = 1 << 20  # a member that stops reading is treated as vanished
-# Longest a claim waits for its pod's name to be looked up: well inside the member's wait for its
-# welcome (member.py), so a slow answer means one retry, never a welcome the member gave up on.
-LOOKUP_WAIT = 2.0
+# Longest a claim waits for its pod's name to be looked up: longer than a lookup's first try
+# (peers.LONE_RTO, 2 s), so a query lost once is answered by its retransmission within the wait;
+# well inside the member's wait for its welcome (member.py, at least 5 s), so a slow answer means
+# one retry, never a welcome the member gave up on.
+LOOKUP_WAIT = 3.0
 # Connections accepted per readiness of the listener (asyncio's own servers take their backlog,
 # 100): a gang start's backlog in a few turns, and the loop's other callbacks run in between.
 _ACCEPT_BATCH = 128
@@ -269,6 +271,10 @@ class GroupServer:
         self.known = known
         self.state = GroupState(list(world), attempt, relay=on_up is not None, bound=known is not None)
         self.heartbeat, self.deadline, self.handshake_timeout = heartbeat, deadline, handshake_timeout
+        # A member that heard something else since the last tick may go without that tick's heartbeat,
+        # so it hears from the server every two heartbeats at worst: only where its deadline (the
+        # wrapper gives both sides the same) leaves room for that, with a heartbeat to spare.
+        self._may_skip = deadline >= 3 * heartbeat
         self._conns: dict[int, _Conn] = {}  # the members' connections (SERVING), by rank
         self._open: set[_Conn] = set()  # every connection whose transport has not closed yet
         self._no_conns = threading.Event()  # set while no member is connected (drain waits on it)
@@ -422,7 +428,9 @@ class GroupServer:
                 # future per connection (twice the transport's own cost, measured on 3.11), which is
                 # what this avoids.
                 conn.transport = loop._make_socket_transport(sock, conn)
-            except OSError:
+            except Exception as e:  # OSError: the socket went; anything else: a loop without it
+                if not isinstance(e, OSError):
+                    log.exception("group: cannot serve the connection from %s", join_host_port(*peer[:2]))
                 conn._end()
                 sock.close()
                 continue
@@ -484,7 +492,7 @@ class GroupServer:
                           self.state.world[conn.rank], now - conn.last)
                 conn.close()
                 self._drop(conn, f"silent for more than {deadline:g} s (node or wrapper vanished)")
-            elif conn.spoke:
+            elif conn.spoke and self._may_skip:
                 conn.spoke = False
             else:
                 conn.send_encoded(hb)

@@ -210,27 +210,43 @@ def raw_member(address, token, me):
     return sock, session
 
 
+def _ticked(srv, loop, token, me, ticks: int) -> list[dict]:
+    """A member joined by hand, then `ticks` ticks of the server run by hand: what they sent it."""
+    sock, session = raw_member(srv.address, token, me)
+    try:
+        for _ in range(ticks):
+            on_loop(loop, srv._tick)
+        # What the ticks sent is in this socket already (loopback delivers within send()).
+        sock.settimeout(0.5)
+        frames = wire.FrameBuffer(wire.MAX_FRAME)
+        bodies = []
+        try:
+            while data := sock.recv(65536):
+                bodies += frames.feed(data)
+        except TimeoutError:
+            pass
+        return [session.open(body) for body in bodies]
+    finally:
+        sock.close()
+
+
 def test_a_member_that_heard_from_the_server_since_the_last_tick_gets_no_heartbeat_at_this_one(token, loop):
     """The welcome was the server's word: the tick after it sends no heartbeat to that member, the
     next one does (the ticks are run by hand here; the server's own come once an hour)."""
     world = make_world(2)
     with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, loop=loop,
-                     heartbeat=3600, deadline=7200) as srv:
-        sock, session = raw_member(srv.address, token, world[0])
-        try:
-            on_loop(loop, srv._tick)  # welcomed since the last tick: nothing sent
-            on_loop(loop, srv._tick)  # nothing else said since: the heartbeat, with who is missing
-            # What the ticks sent is in this socket already (loopback delivers within send()).
-            sock.settimeout(0.5)
-            frames = wire.FrameBuffer(wire.MAX_FRAME)
-            bodies = []
-            try:
-                while data := sock.recv(65536):
-                    bodies += frames.feed(data)
-            except TimeoutError:
-                pass
-            msgs = [session.open(body) for body in bodies]
-            assert [m["t"] for m in msgs] == ["hb"], msgs
-            assert msgs[0]["missing"] == [[1, "pod-1"]] and msgs[0]["n_missing"] == 1
-        finally:
-            sock.close()
+                     heartbeat=3600, deadline=3 * 3600) as srv:
+        # The first tick: welcomed since the last one, nothing sent; the second: the heartbeat.
+        msgs = _ticked(srv, loop, token, world[0], ticks=2)
+        assert [m["t"] for m in msgs] == ["hb"], msgs
+        assert msgs[0]["missing"] == [[1, "pod-1"]] and msgs[0]["n_missing"] == 1
+
+
+def test_a_deadline_under_three_heartbeats_gets_every_heartbeat(token, loop):
+    """Skipping a tick leaves a member two heartbeats without a word: with a deadline shorter than
+    three, every tick sends its heartbeat, the welcome's notwithstanding."""
+    world = make_world(2)
+    with GroupServer(bind=("127.0.0.1", 0), world=world, token=token, attempt=0, loop=loop,
+                     heartbeat=3600, deadline=2 * 3600) as srv:
+        msgs = _ticked(srv, loop, token, world[0], ticks=2)
+        assert [m["t"] for m in msgs] == ["hb", "hb"], msgs
