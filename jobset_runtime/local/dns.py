@@ -425,8 +425,11 @@ class DnsServer:
                     break
                 if n > 63:
                     return None
+                label = wire[off + 1 : off + 1 + n]
+                if b"." in label:  # a label holding a dot is not a name of ours spelt in text: dnspython's
+                    return None
                 starts.append(off)
-                labels.append(wire[off + 1 : off + 1 + n].decode("ascii"))
+                labels.append(label.decode("ascii"))
                 off += n + 1
         except (IndexError, UnicodeDecodeError):
             return None

@@ -49,6 +49,28 @@ def test_outside_zones_is_refused(dns_server):
     assert resp.rcode() == dns.rcode.REFUSED and not resp.answer
 
 
+def test_a_label_holding_a_dot_is_not_read_as_two_labels(dns_server):
+    """`js-worker-0-0.js` as one wire label is not the name of the record it spells in text: no
+    answer with that record's address, and the name's own zone in the negative answer; a single
+    label `svc.cluster.local` is a name outside the zones (REFUSED).  Never no answer at all."""
+    dns_server.set(HOST, ["10.0.0.1"])
+
+    def ask_raw(labels):
+        name = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+        query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 1, 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(query, dns_server.address)
+            return dns.message.from_wire(s.recv(4096))
+
+    resp = ask_raw([b"svc.cluster.local"])
+    assert resp.rcode() == dns.rcode.REFUSED and not resp.answer, resp
+    resp = ask_raw([b"js-worker-0-0.js", b"default", b"svc", b"cluster", b"local"])
+    assert resp.rcode() == dns.rcode.NXDOMAIN and not resp.answer, resp
+    owner = resp.authority[0].name.to_text()
+    assert HOST.endswith(owner.rstrip(".")) and "\\" not in owner, resp
+
+
 def test_change_and_remove(dns_server):
     dns_server.set(HOST, ["10.0.0.1"])
     dns_server.set(HOST + ".", ["10.0.0.2"])  # a restarted pod: new IP, same name
