@@ -313,19 +313,21 @@ def jax_detection(n: int, heartbeat: int) -> float | None:
         import jax  # noqa: F401
     except ImportError:
         return None
-    import socket
+    from jobset_runtime.addresses import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port("::")  # JAX's coordinator listens on every address
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    errs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]
     procs = [subprocess.Popen([sys.executable, "-c", JAX_MEMBER, str(port), str(n), str(i), str(heartbeat)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                              stdout=subprocess.PIPE, stderr=errs[i], text=True, env=env)
              for i in range(n)]
     try:
-        for p in procs:
+        for i, p in enumerate(procs):
             if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a JAX process did not start")
+                p.kill()
+                p.wait()
+                errs[i].seek(0)
+                raise RuntimeError(f"JAX process {i} did not start: {errs[i].read()[-2000:]}")
         t0 = time.monotonic()
         procs[-1].kill()
         for p in procs[:-1]:
@@ -336,6 +338,8 @@ def jax_detection(n: int, heartbeat: int) -> float | None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for f in errs:
+            f.close()
 
 
 # JAX takes heartbeat_timeout_seconds as a whole number of seconds (jax/_src/distributed.py,

@@ -61,10 +61,13 @@ def _bind_check(host: str, port: int, kind: int) -> None:
     """Bind `host`:`port` as a server there would, and let go; OSError if it is taken.
     `::` or `` is the dual-stack wildcard (listen_any): taken when either family's holder is."""
     if host in ("", "::"):
-        s = socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET, kind)
-        if s.family == socket.AF_INET6 and socket.has_dualstack_ipv6():
+        # The family listen_any() takes: has_ipv6 is how Python was built, not whether this
+        # kernel has IPv6.
+        dual = socket.has_dualstack_ipv6()
+        s = socket.socket(socket.AF_INET6 if dual else socket.AF_INET, kind)
+        if dual:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        host = "::" if s.family == socket.AF_INET6 else "0.0.0.0"
+        host = "::" if dual else "0.0.0.0"
     else:
         s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
     with s:

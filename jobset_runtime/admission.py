@@ -157,6 +157,15 @@ class RefusalLog:
         return line
 
 
+def _canonical(addr: str) -> str:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(addr).compressed
+    except ValueError:
+        return addr
+
+
 class KnownPods:
     """The addresses of the pods a listener expects, from their DNS names, resolved in a
     background thread until every name has an address (and again on request).
@@ -177,7 +186,9 @@ class KnownPods:
         self._names, self._nameservers, self.retry_s = dict(names), nameservers, retry_s
         self._family = family
         self.on_claim = on_claim
-        self._own = {pod: addr for pod, addr in (own or {}).items() if addr}
+        # In the form a peer's address has at accept() (an IPv6 pod IP written another way would
+        # never match its own member's connection).
+        self._own = {pod: _canonical(addr) for pod, addr in (own or {}).items() if addr}
         self._claimed: set[str] = set()
         self._asking: set[str] = set()  # pods whose lookup is under way
         self._waiters: dict[str, list] = {}  # pod -> what to call once its name was asked for

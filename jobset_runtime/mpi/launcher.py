@@ -601,6 +601,8 @@ def _supervise(argv: list[str], env: dict, watch: Watch, expected: list[str]) ->
     try:
         child = supervisor.launch(argv, env, stderr=subprocess.PIPE)
     except FileNotFoundError:
+        if adopted:
+            orphans.adopt(False)
         raise missing(argv[0]) from None
     relay = StderrRelay(child.proc.stderr).start()
     stopped_for = None
