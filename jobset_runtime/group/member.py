@@ -119,6 +119,8 @@ class GroupMember:
         self._refused_address: str | None = None  # the address given up after refusals, asked again
         # The start said every name of the world resolved at the servers (state.py, `bound`).
         self.names_resolved = False
+        # The start came (a join() that then sees ABORTED: the abort came after it, not instead).
+        self.started = False
         self._backoff = admission.Backoff()
         self.epoch = 0
         self.phase = MemberPhase.NEW
@@ -696,6 +698,7 @@ class GroupMember:
         if kind == "start":
             if phase is MemberPhase.WAITING:
                 self.names_resolved = msg.get("dns") == "all"
+                self.started = True
                 self._set_phase(MemberPhase.RUNNING)
         elif kind == "abort":
             self._abort(Failure.from_message(msg))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .. import contract
 from ..errors import ConfigError, JobSetRuntimeError
 from ..identity import Identity
-from .member import GroupMember
+from .member import GroupAborted, GroupMember
 from .state import MemberId
 from .wire import read_token
 
@@ -162,7 +162,13 @@ def open_session(ident: Identity, opts: GroupOptions) -> GroupSession:
             target = (coordinator, opts.port)
         member = GroupMember(server=target, me=me, world=mine, source=ident.pod_ip, resolve=resolve, **common)
         try:
-            member.join(opts.join_timeout)
+            try:
+                member.join(opts.join_timeout)
+            except GroupAborted:
+                # The start came and an abort right behind it (a pod failing at once): the group did
+                # start, and the supervisor takes the abort as its first epoch's (restart in place).
+                if not member.started:
+                    raise
         except BaseException:
             # The servers stop first: a heartbeat sent after this pod's member left would name this
             # pod among the missing to every member still waiting.
