@@ -2,12 +2,17 @@
 
 import logging
 import resource
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from jobset_runtime import admission
 from jobset_runtime.admission import Gate, Limits, RefusalLog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))  # the DNS test helpers
+from dnsfixtures import SlowDns  # noqa: E402
 
 
 def test_per_source_cap_holds_unknown_addresses_but_not_known_pods():
@@ -178,39 +183,13 @@ def test_known_pods_binds_its_own_pod_to_its_own_address_without_a_query():
 def test_claims_made_while_a_pods_lookup_is_under_way_get_its_answer_without_another_query():
     """A pod that claims again before the server's slow answer came (a member that retried after its
     claim was refused for want of an answer) is answered by the lookup already sent."""
-    import socket
-    import threading
-
     from jobset_runtime.local.dns import DnsServer
 
     with DnsServer(zones=["svc.cluster.local"]) as dns:
         name = "pod-1.js.default.svc.cluster.local"
         dns.set(name, "10.0.0.2")
-        relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # forwards each query 0.6 s late
-        relay.bind(("127.0.0.1", 0))
-        relay.settimeout(0.1)
-        stop, timers = threading.Event(), []
-
-        def slow():
-            while not stop.is_set():
-                try:
-                    query, client = relay.recvfrom(4096)
-                except socket.timeout:
-                    continue
-
-                def answer(query=query, client=client):
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
-                        up.settimeout(2)
-                        up.sendto(query, dns.address)
-                        relay.sendto(up.recv(4096), client)
-
-                timers.append(threading.Timer(0.6, answer))
-                timers[-1].start()
-
-        t = threading.Thread(target=slow, daemon=True)
-        t.start()
-        host, port = relay.getsockname()
-        known = admission.KnownPods({"pod-1": name}, nameservers=[f"{host}:{port}"], on_claim=True).start()
+        relay = SlowDns(dns.address, delay=0.6)
+        known = admission.KnownPods({"pod-1": name}, nameservers=[relay.nameserver], on_claim=True).start()
         try:
             answered = []
             known.claim("pod-1", lambda: answered.append(known.address_of("pod-1")))
@@ -223,9 +202,5 @@ def test_claims_made_while_a_pods_lookup_is_under_way_get_its_answer_without_ano
             time.sleep(0.3)
         finally:
             known.stop()
-            stop.set()
-            t.join()
-            for timer in timers:
-                timer.join()
             relay.close()
         assert dns.stats["udp"] == 1

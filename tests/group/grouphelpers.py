@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "peers"))  # the DNS test helpers
+
+from dnsfixtures import SlowDns  # noqa: E402,F401  (re-exported for the group tests)
 ROOT = HERE.parent.parent
 WAIT = 20.0  # upper bound for any one awaited event; never a timing assertion
 
@@ -245,41 +248,3 @@ class SlowClients:
                 pass
             finally:
                 s.close()
-
-
-class SlowDns:
-    """A UDP relay in front of a DNS server that passes each query on `delay` seconds late (a
-    cluster DNS server slow to answer), and its answer straight back."""
-
-    def __init__(self, upstream: tuple, delay: float):
-        self.upstream, self.delay = tuple(upstream), delay
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.queries = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def nameserver(self) -> str:
-        host, port = self.sock.getsockname()
-        return f"{host}:{port}"
-
-    def _serve(self):
-        while True:
-            try:
-                query, client = self.sock.recvfrom(65535)
-            except OSError:
-                return  # closed
-            self.queries += 1
-            threading.Timer(self.delay, self._relay, (query, client)).start()
-
-    def _relay(self, query, client):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
-            up.settimeout(WAIT)
-            try:
-                up.sendto(query, self.upstream)
-                self.sock.sendto(up.recv(65535), client)
-            except OSError:
-                pass  # the relay was closed meanwhile
-
-    def close(self):
-        self.sock.close()

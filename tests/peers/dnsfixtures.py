@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import dns.exception
@@ -117,3 +119,57 @@ class Dnsmasq:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class SlowDns:
+    """A UDP relay in front of a DNS server that passes each query on `delay` seconds late (a
+    cluster DNS server slow to answer), and its answer straight back."""
+
+    def __init__(self, upstream: tuple, delay: float):
+        self.upstream, self.delay = tuple(upstream), delay
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.queries = 0
+        self._timers: list[threading.Timer] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.sock.getsockname()
+
+    @property
+    def nameserver(self) -> str:
+        host, port = self.address
+        return f"{host}:{port}"
+
+    def _serve(self):
+        while True:
+            try:
+                query, client = self.sock.recvfrom(65535)
+            except OSError:
+                return  # closed
+            self.queries += 1
+            timer = threading.Timer(self.delay, self._relay, (query, client))
+            self._timers.append(timer)
+            timer.start()
+
+    def _relay(self, query, client):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+            up.settimeout(5)
+            try:
+                up.sendto(query, self.upstream)
+                self.sock.sendto(up.recv(65535), client)
+            except OSError:
+                pass  # the relay was closed meanwhile
+
+    def close(self):
+        """Every query received so far is passed on (and its answer back) before the relay closes."""
+        for timer in list(self._timers):
+            timer.join()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -388,37 +388,8 @@ def test_a_lone_lookup_waits_for_a_slow_server_instead_of_asking_twice(dns_serve
 
     name = f"js-slice-0-1.{SUB}"
     dns_server.set(name, "10.0.0.10")
-    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    relay.bind(("127.0.0.1", 0))
-    stop, timers = threading.Event(), []
-
-    def slow():  # forwards each query to the server 0.4 s late, and its reply back
-        relay.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                query, client = relay.recvfrom(4096)
-            except socket.timeout:
-                continue
-
-            def answer(query=query, client=client):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
-                    up.settimeout(2)
-                    up.sendto(query, dns_server.address)
-                    relay.sendto(up.recv(4096), client)
-
-            timers.append(threading.Timer(late, answer))
-            timers[-1].start()
-
-    t = threading.Thread(target=slow, daemon=True)
-    t.start()
-    try:
-        got = resolve_one(name, [relay.getsockname()], holds=NegativeHolds())
-    finally:
-        stop.set()
-        t.join()
-        for timer in timers:  # every query the client sent has reached the server
-            timer.join()
-        relay.close()
+    with dnsfixtures.SlowDns(dns_server.address, delay=late) as relay:  # every query passed on before it closes
+        got = resolve_one(name, [relay.address], holds=NegativeHolds())
     assert got == "10.0.0.10"
     assert dns_server.stats["udp"] == 1
 
