@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import struct
-from typing import NamedTuple
 
 from .. import contract
 
@@ -275,10 +274,14 @@ def session_key(token: bytes, hello: bytes, challenge: bytes) -> bytes:
     return _mac(token, _SESSION_LABEL, hello, challenge)
 
 
-class HandshakeKeys(NamedTuple):
-    server_proof: str
-    member_proof: str
-    session_key: bytes
+class HandshakeKeys:
+    """The two proofs and the session key of one handshake (a plain class: typing.NamedTuple would
+    put the typing module on the wrapper's start path)."""
+
+    __slots__ = ("member_proof", "server_proof", "session_key")
+
+    def __init__(self, server_proof: str, member_proof: str, session_key: bytes):
+        self.server_proof, self.member_proof, self.session_key = server_proof, member_proof, session_key
 
 
 def handshake_keys(token: bytes, hello: bytes, challenge: bytes) -> HandshakeKeys:
